@@ -1,0 +1,123 @@
+//! `trainwatch history`: training runs, or one run's epochs. `--run ID --format csv` writes
+//! Ultralytics' `results.csv` columns so tools that read results.csv work on it.
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Args;
+use rusqlite::types::Value;
+
+use super::render::{self, OutputFormat, Rows};
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Show the epochs of this run.
+    #[arg(long)]
+    pub run: Option<i64>,
+    /// Only runs of this container.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+const RUNS: &str = "SELECT run_id, container, status, epochs_done, epochs_total, best_epoch,
+        round(best_map50_95, 5) AS best_map50_95, started_at, ended_at, save_dir
+    FROM training_runs WHERE (?1 IS NULL OR container = ?1) ORDER BY started_at, run_id";
+
+const EPOCHS: &str =
+    "SELECT epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss, loss, losses,
+        precision, recall, map50, map50_95, gpu_mem_gb, non_finite
+    FROM training_epochs WHERE run_id = ?1 ORDER BY epoch";
+
+pub fn run(args: HistoryArgs, db: &Path) -> anyhow::Result<()> {
+    let conn = super::open_ro(db)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match args.run {
+        None => {
+            let rows = Rows::query(&conn, RUNS, &[&args.container]).context("listing runs")?;
+            render::write(&mut out, &rows, args.format)?;
+        }
+        Some(id) => {
+            let exists: i64 =
+                conn.query_row("SELECT count(*) FROM runs WHERE run_id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+            if exists == 0 {
+                anyhow::bail!("no training run with id {id} (see `trainwatch history`)");
+            }
+            let rows = Rows::query(&conn, EPOCHS, &[&id])
+                .with_context(|| format!("listing epochs of run {id}"))?;
+            if args.format == OutputFormat::Csv {
+                render::write(&mut out, &results_csv(&conn, id, &rows)?, OutputFormat::Csv)?;
+            } else {
+                render::write(&mut out, &rows, args.format)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds results.csv's columns: epoch, time (seconds since the run started),
+/// train/<loss> for each loss column, metrics/precision(B) ... metrics/mAP50-95(B).
+fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow::Result<Rows> {
+    let (names, started): (String, String) = conn.query_row(
+        "SELECT loss_names, started_at FROM runs WHERE run_id = ?1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut names: Vec<String> = serde_json::from_str(&names).unwrap_or_default();
+    let idx = |c: &str| {
+        rows.columns
+            .iter()
+            .position(|x| x == c)
+            .expect("known column")
+    };
+    // Loss names: the header's, else whatever the first epoch recorded.
+    if names.is_empty()
+        && let Some(Value::Text(l)) = rows.rows.first().map(|r| &r[idx("losses")])
+        && let Ok(serde_json::Value::Object(m)) = serde_json::from_str(l)
+    {
+        names = m.keys().cloned().collect();
+    }
+    let start = trainwatch::time::parse_rfc3339(&started).unwrap_or(0);
+    let mut columns = vec!["epoch".to_string(), "time".to_string()];
+    columns.extend(names.iter().map(|n| format!("train/{n}")));
+    columns.extend(
+        [
+            "metrics/precision(B)",
+            "metrics/recall(B)",
+            "metrics/mAP50(B)",
+            "metrics/mAP50-95(B)",
+        ]
+        .map(String::from),
+    );
+    let mut out = Vec::new();
+    for r in &rows.rows {
+        let mut row = vec![r[idx("epoch")].clone()];
+        let t = match &r[idx("ended_at")] {
+            Value::Text(s) => trainwatch::time::parse_rfc3339(s)
+                .map(|e| Value::Real(((e - start) as f64 / 1e9 * 1e3).round() / 1e3)),
+            _ => None,
+        };
+        row.push(t.unwrap_or(Value::Null));
+        let losses: serde_json::Map<String, serde_json::Value> = match &r[idx("losses")] {
+            Value::Text(l) => serde_json::from_str(l).unwrap_or_default(),
+            _ => Default::default(),
+        };
+        for n in &names {
+            row.push(match losses.get(n) {
+                Some(serde_json::Value::Number(x)) => Value::Real(x.as_f64().unwrap_or(f64::NAN)),
+                Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
+                _ => Value::Null,
+            });
+        }
+        for c in ["precision", "recall", "map50", "map50_95"] {
+            row.push(r[idx(c)].clone());
+        }
+        out.push(row);
+    }
+    Ok(Rows { columns, rows: out })
+}

@@ -1,0 +1,67 @@
+//! `trainwatch replay`: archived Docker json-file logs and plain text logs into the store.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+use trainwatch::parse::Parser;
+use trainwatch::pipeline;
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// Container name to record (default: the id from `<id>-json.log`, or the file's stem).
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Log files, directories of rotated logs, or quoted globs (`'/var/lib/docker/containers/*/*-json.log*'`).
+    #[arg(required = true)]
+    pub files: Vec<String>,
+}
+
+pub fn run(args: ReplayArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = super::load_config(config)?;
+    let parser = Parser::new(cfg.patterns()?);
+    let start = std::time::Instant::now();
+    let s = pipeline::replay(
+        &args.files,
+        args.container.as_deref(),
+        PathBuf::from(db),
+        &parser,
+    )
+    .with_context(|| format!("replaying into {}", db.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "replayed {} file(s), {:.1} MB in {:.2}s ({:.1} MB/s): {} lines ({} already stored), {} records",
+        s.files,
+        s.bytes as f64 / 1e6,
+        secs,
+        s.bytes as f64 / 1e6 / secs.max(1e-9),
+        s.lines,
+        s.already_stored,
+        s.records
+    );
+    println!(
+        "stored: {} events ({} duplicates ignored), {} epoch updates, {} run updates, {} metric samples",
+        s.write.events_inserted,
+        s.write.events_duplicate,
+        s.write.epochs_written,
+        s.write.runs_written,
+        s.write.metrics_inserted
+    );
+    if !s.by_kind.is_empty() {
+        let kinds: Vec<String> = s.by_kind.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        println!("events by kind: {}", kinds.join(" "));
+    }
+    if s.skips.total() > 0 {
+        let r: Vec<String> = s
+            .skips
+            .by_reason
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        println!("skipped: {}", r.join(" "));
+    } else {
+        println!("skipped: none");
+    }
+    Ok(())
+}

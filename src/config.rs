@@ -1,0 +1,110 @@
+//! The TOML configuration, documented with defaults and validated once at start.
+//!
+//! ```toml
+//! # Message patterns -> event kind / counter, tried before the built-in ones.
+//! replace_default_patterns = false
+//! [[patterns]]
+//! regex = '^Handled batch of (?P<n>\d+) annotations'
+//! kind = "annotation_processed"
+//! counter = "queue_messages_processed"
+//! add = "n"
+//!
+//! [retention]
+//! events = "30d"      # events and metric samples
+//! history = "keep"    # training runs and epochs: "keep" or an age such as "365d"
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::parse::patterns::{PatternConfig, Patterns};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub patterns: Vec<PatternConfig>,
+    #[serde(default)]
+    pub replace_default_patterns: bool,
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default = "default_events_age")]
+    pub events: String,
+    #[serde(default = "default_history")]
+    pub history: String,
+}
+
+fn default_events_age() -> String {
+    "30d".into()
+}
+
+fn default_history() -> String {
+    "keep".into()
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            events: default_events_age(),
+            history: default_history(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        cfg.patterns()?;
+        for (what, v) in [
+            ("retention.events", &cfg.retention.events),
+            ("retention.history", &cfg.retention.history),
+        ] {
+            if v != "keep" && crate::time::parse_age(v).is_none() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: format!("{what} = {v:?}: expected an age like 30d, 12h or \"keep\""),
+                });
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Compiles the pattern rules.
+    pub fn patterns(&self) -> Result<Patterns, ConfigError> {
+        Patterns::new(&self.patterns, self.replace_default_patterns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let c = Config::parse("[[patterns]]\nregex = 'x (?P<n>\\d+)'\nkind = 'annotation_processed'\ncounter = 'queue_messages_processed'\nadd = 'n'\n[retention]\nevents = '7d'\n", Path::new("t.toml")).unwrap();
+        assert_eq!(c.patterns.len(), 1);
+        assert_eq!(c.retention.events, "7d");
+        assert_eq!(c.retention.history, "keep");
+        assert!(Config::parse("[retention]\nevents = 'soon'\n", Path::new("t.toml")).is_err());
+        assert!(Config::parse("unknown = 1\n", Path::new("t.toml")).is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! Derivation: parsed records in log order -> rows for the store ([`Op`]s).
+//!
+//! One [`ContainerState`] per container holds what a single line cannot know: the loss column
+//! names of the latest epoch header, the current training run, whether the final validation of
+//! `best.pt` is under way, and the queue counters. Fed by the parser, it feeds the store's
+//! writer. It is a plain state machine (no I/O, no clock), so replay and live follow share it.
+
+mod runs;
+
+pub use runs::{ContainerState, Resume, RunKey, RunStatus};
+
+use std::sync::Arc;
+
+use crate::event::Stream;
+use crate::parse::Level;
+
+/// One event row (view `events`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    pub ts: i64,
+    pub container: Arc<str>,
+    pub stream: Stream,
+    pub seq: u32,
+    pub key_ts: i64,
+    pub level: Level,
+    pub kind: &'static str,
+    pub message: String,
+    /// JSON object text.
+    pub context: String,
+}
+
+/// A training run's current state, upserted by its natural key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRow {
+    pub key: RunKey,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub status: RunStatus,
+    pub epochs_total: Option<u32>,
+    /// The best epoch as Ultralytics' EarlyStopping reported it.
+    pub best_epoch_reported: Option<u32>,
+    pub save_dir: Option<String>,
+    pub model: Option<String>,
+    pub loss_names: Vec<String>,
+}
+
+/// Values of one epoch, merged into the stored row: `None` leaves a column as it is, so the
+/// training row and the validation row of an epoch can arrive separately.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EpochRow {
+    pub epoch: u32,
+    pub epochs_total: Option<u32>,
+    pub ended_at: i64,
+    /// Loss columns by name, in header order; values may be non-finite.
+    pub losses: Option<Vec<(String, f64)>>,
+    /// A single total loss when only that is known (service JSON `loss`).
+    pub loss: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub map50: Option<f64>,
+    pub map50_95: Option<f64>,
+    pub gpu_mem_gb: Option<f64>,
+}
+
+/// One metric sample (view `metric_samples`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricRow {
+    pub ts: i64,
+    pub container: Arc<str>,
+    pub name: &'static str,
+    pub value: f64,
+}
+
+/// A source position that is fully stored once the batch carrying it commits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CursorRow {
+    pub container: Arc<str>,
+    pub stream: Stream,
+    pub origin: Arc<str>,
+    pub key: crate::event::Key,
+}
+
+/// What derivation asks the store to write. A batch of ops is committed in one transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Event(EventRow),
+    Run(RunRow),
+    Epoch(RunKey, EpochRow),
+    Metric(MetricRow),
+    Cursor(CursorRow),
+}

@@ -1,0 +1,898 @@
+//! The per-container state machine for training runs, epochs, queue counters and the events
+//! they produce.
+//!
+//! Rules (from how Ultralytics behaves; see `../shared/reference/log-formats.md` §1):
+//! - A run starts at the trainer's settings line (`engine/trainer: ...`) or, without one, at
+//!   `Starting training for N epochs...`, or implicitly at the first epoch seen without a run.
+//!   The `Ultralytics 8.x 🚀` banner is not a start: it is printed again before the final
+//!   validation of `best.pt`.
+//! - `resume=<path>` in the settings, or `Resuming training ... from epoch K`, continues the run
+//!   with the same `save_dir` (else the latest run of the container).
+//! - A new start while a run is still `running` means the earlier process died without an end
+//!   message: that run becomes `interrupted`.
+//! - An epoch is complete when its bar's last frame shows all batches (or the line was closed
+//!   with `\n`); the following `all` row is that epoch's validation. After
+//!   `N epochs completed` / `Validating best.pt...`, `all` rows belong to the final validation.
+//! - An uncaught traceback (not inside a logging record) while a run is running fails it; an
+//!   epoch seen later in the same run sets it back to running.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::{EpochRow, EventRow, MetricRow, Op, RunRow};
+use crate::event::{Record, Stream};
+use crate::parse::{Detail, Format, Level, Parsed};
+use crate::redact;
+
+/// A run's natural key: the container and the position of the line that started it. Replaying
+/// the same log finds the same key, so the run is updated, never duplicated.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RunKey {
+    pub container: Arc<str>,
+    pub stream: Stream,
+    pub ts: i64,
+    pub seq: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Completed,
+    EarlyStopped,
+    Failed,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::EarlyStopped => "early_stopped",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "completed" => RunStatus::Completed,
+            "early_stopped" => RunStatus::EarlyStopped,
+            "failed" => RunStatus::Failed,
+            "interrupted" => RunStatus::Interrupted,
+            _ => return None,
+        })
+    }
+}
+
+/// What the store remembers of a container, to continue derivation where an earlier replay or
+/// follow stopped.
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    /// The latest run and its last epoch.
+    pub run: Option<(RunRow, u32)>,
+    /// Earlier runs' save_dir -> key, for resumes of older runs.
+    pub save_dirs: Vec<(String, RunRow)>,
+    pub counters: Vec<(String, f64)>,
+}
+
+#[derive(Debug)]
+struct Run {
+    row: RunRow,
+    last_epoch: u32,
+    /// Log time of the latest record that belonged to this run.
+    last_ts: i64,
+    /// Set by the settings line until `Starting training` or the first epoch arrives, so the
+    /// start is not counted twice.
+    starting: bool,
+}
+
+/// Derivation state of one container.
+#[derive(Debug)]
+pub struct ContainerState {
+    container: Arc<str>,
+    loss_names: Vec<String>,
+    run: Option<Run>,
+    /// Finished runs by save_dir, so `resume` finds the run it continues.
+    by_save_dir: HashMap<String, RunRow>,
+    final_validation: bool,
+    counters: HashMap<&'static str, f64>,
+}
+
+const DEFAULT_LOSS_NAMES: [&str; 3] = ["box_loss", "cls_loss", "dfl_loss"];
+
+fn truthy(v: &str) -> bool {
+    !matches!(v.trim(), "" | "False" | "false" | "None" | "null" | "0")
+}
+
+/// A JSON number, or the text `nan`/`inf`/`-inf` when not finite (SQLite and JSON would
+/// otherwise turn it into NULL and hide it).
+fn json_num(v: f64) -> Value {
+    match serde_json::Number::from_f64(v) {
+        Some(n) => Value::Number(n),
+        None if v.is_nan() => Value::String("nan".into()),
+        None if v > 0.0 => Value::String("inf".into()),
+        None => Value::String("-inf".into()),
+    }
+}
+
+fn intern_counter(name: &str) -> &'static str {
+    match name {
+        "queue_messages_processed" => "queue_messages_processed",
+        "queue_messages_failed" => "queue_messages_failed",
+        other => Box::leak(other.to_string().into_boxed_str()),
+    }
+}
+
+impl ContainerState {
+    pub fn new(container: Arc<str>, resume: Resume) -> Self {
+        let mut st = ContainerState {
+            container,
+            loss_names: DEFAULT_LOSS_NAMES.iter().map(|s| s.to_string()).collect(),
+            run: None,
+            by_save_dir: HashMap::new(),
+            final_validation: false,
+            counters: HashMap::new(),
+        };
+        for (dir, row) in resume.save_dirs {
+            st.by_save_dir.insert(dir, row);
+        }
+        if let Some((row, last_epoch)) = resume.run {
+            if !row.loss_names.is_empty() {
+                st.loss_names = row.loss_names.clone();
+            }
+            let last_ts = row.ended_at.unwrap_or(row.started_at);
+            st.run = Some(Run {
+                row,
+                last_epoch,
+                last_ts,
+                starting: false,
+            });
+        }
+        for (name, v) in resume.counters {
+            st.counters.insert(intern_counter(&name), v);
+        }
+        st
+    }
+
+    pub fn container(&self) -> &Arc<str> {
+        &self.container
+    }
+
+    fn event(
+        &self,
+        rec: &Record,
+        level: Level,
+        kind: &'static str,
+        message: &str,
+        context: Value,
+    ) -> Op {
+        let mut context = context;
+        redact::json(&mut context);
+        Op::Event(EventRow {
+            ts: rec.ts,
+            container: self.container.clone(),
+            stream: rec.stream,
+            seq: rec.key.seq,
+            key_ts: rec.key.ts,
+            level,
+            kind,
+            message: redact::text(message).into_owned(),
+            context: context.to_string(),
+        })
+    }
+
+    fn metric(&self, ts: i64, name: &'static str, value: f64, out: &mut Vec<Op>) {
+        if value.is_finite() {
+            out.push(Op::Metric(MetricRow {
+                ts,
+                container: self.container.clone(),
+                name,
+                value,
+            }));
+        }
+    }
+
+    /// Ends the current run as interrupted if it is still running (a new process started).
+    fn interrupt_current(&mut self, out: &mut Vec<Op>) {
+        if let Some(run) = self.run.as_mut()
+            && run.row.status == RunStatus::Running
+        {
+            run.row.status = RunStatus::Interrupted;
+            run.row.ended_at = Some(run.last_ts);
+            out.push(Op::Run(run.row.clone()));
+        }
+        if let Some(run) = self.run.take()
+            && let Some(dir) = &run.row.save_dir
+        {
+            self.by_save_dir.insert(dir.clone(), run.row);
+        }
+    }
+
+    fn new_run(
+        &mut self,
+        rec: &Record,
+        epochs: Option<u32>,
+        save_dir: Option<String>,
+        model: Option<String>,
+        starting: bool,
+        out: &mut Vec<Op>,
+    ) {
+        self.interrupt_current(out);
+        let row = RunRow {
+            key: RunKey {
+                container: self.container.clone(),
+                stream: rec.stream,
+                ts: rec.key.ts,
+                seq: rec.key.seq,
+            },
+            started_at: rec.ts,
+            ended_at: None,
+            status: RunStatus::Running,
+            epochs_total: epochs,
+            best_epoch_reported: None,
+            save_dir,
+            model,
+            loss_names: self.loss_names.clone(),
+        };
+        out.push(Op::Run(row.clone()));
+        self.final_validation = false;
+        self.run = Some(Run {
+            row,
+            last_epoch: 0,
+            last_ts: rec.ts,
+            starting,
+        });
+    }
+
+    /// Continues the run with `save_dir` (or the latest one) after a resume.
+    fn continue_run(
+        &mut self,
+        rec: &Record,
+        save_dir: Option<&str>,
+        epochs: Option<u32>,
+        out: &mut Vec<Op>,
+    ) -> bool {
+        let same_dir = |r: &RunRow| {
+            save_dir.is_none() || r.save_dir.as_deref() == save_dir || r.save_dir.is_none()
+        };
+        let current_matches = self.run.as_ref().is_some_and(|r| same_dir(&r.row));
+        if !current_matches {
+            let Some(row) = save_dir.and_then(|d| self.by_save_dir.remove(d)) else {
+                return false;
+            };
+            self.interrupt_current(out);
+            self.run = Some(Run {
+                row,
+                last_epoch: 0,
+                last_ts: rec.ts,
+                starting: false,
+            });
+        }
+        let run = self.run.as_mut().expect("run set above");
+        run.row.status = RunStatus::Running;
+        run.row.ended_at = None;
+        if epochs.is_some() {
+            run.row.epochs_total = epochs;
+        }
+        if run.row.save_dir.is_none() {
+            run.row.save_dir = save_dir.map(str::to_string);
+        }
+        run.last_ts = rec.ts;
+        run.starting = true;
+        self.final_validation = false;
+        out.push(Op::Run(run.row.clone()));
+        true
+    }
+
+    /// Makes sure there is a running run for an epoch line that arrived without a start.
+    fn ensure_run(&mut self, rec: &Record, epochs: u32, epoch: u32, out: &mut Vec<Op>) {
+        let usable = self.run.as_ref().is_some_and(|r| {
+            r.row.status == RunStatus::Running
+                || r.row.status == RunStatus::Failed
+                || (epoch > r.last_epoch
+                    && !matches!(r.row.status, RunStatus::Completed | RunStatus::EarlyStopped))
+        });
+        if !usable || self.final_validation {
+            self.new_run(rec, Some(epochs), None, None, false, out);
+        }
+    }
+
+    /// Feeds one parsed record; appends the resulting ops to `out`.
+    pub fn apply(&mut self, rec: &Record, p: &Parsed, out: &mut Vec<Op>) {
+        if let Some(run) = self.run.as_mut()
+            && run.row.status == RunStatus::Running
+        {
+            run.last_ts = rec.ts;
+        }
+        match &p.detail {
+            Detail::None | Detail::Banner(_) => {}
+            Detail::Header(names) => {
+                self.loss_names = names.clone();
+                if let Some(run) = self.run.as_mut()
+                    && run.row.loss_names != *names
+                {
+                    run.row.loss_names = names.clone();
+                    out.push(Op::Run(run.row.clone()));
+                }
+            }
+            Detail::TrainerSettings(kv) => self.settings(rec, p, kv, out),
+            Detail::StartingTraining(epochs) => {
+                let starting = self
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| r.starting && r.row.status == RunStatus::Running);
+                if starting {
+                    let run = self.run.as_mut().expect("checked");
+                    run.starting = false;
+                    if epochs.is_some() && run.row.epochs_total != *epochs {
+                        run.row.epochs_total = *epochs;
+                        out.push(Op::Run(run.row.clone()));
+                    }
+                } else {
+                    self.new_run(rec, *epochs, None, None, false, out);
+                    out.push(self.event(
+                        rec,
+                        Level::Info,
+                        "training_started",
+                        &p.message,
+                        json!({ "epochs": epochs }),
+                    ));
+                }
+            }
+            Detail::Resuming {
+                model,
+                from_epoch,
+                epochs,
+            } => {
+                let dir = model.split_once("/weights/").map(|(d, _)| d.to_string());
+                if !self.continue_run(rec, dir.as_deref(), Some(*epochs), out) {
+                    self.new_run(rec, Some(*epochs), dir, Some(model.clone()), true, out);
+                }
+                out.push(self.event(
+                    rec,
+                    Level::Info,
+                    "training_resumed",
+                    &p.message,
+                    json!({ "model": model, "from_epoch": from_epoch, "epochs": epochs }),
+                ));
+            }
+            Detail::Progress(pr) => {
+                if let Some(frame) = &rec.nonfinite_frame {
+                    out.push(self.event(
+                        rec,
+                        Level::Error,
+                        "loss_non_finite",
+                        frame,
+                        json!({ "epoch": pr.epoch, "epochs": pr.epochs, "source": "progress" }),
+                    ));
+                }
+                if pr.complete() || (rec.terminated && pr.batches.is_none()) {
+                    self.epoch_from_progress(rec, p, pr, out);
+                }
+            }
+            Detail::Validation(v) => {
+                let final_val = self.final_validation;
+                let epoch = self
+                    .run
+                    .as_ref()
+                    .map(|r| r.last_epoch)
+                    .filter(|e| *e > 0 && !final_val);
+                let mut ctx = json!({
+                    "epoch": epoch, "images": v.images, "instances": v.instances,
+                    "precision": json_num(v.precision), "recall": json_num(v.recall),
+                    "map50": json_num(v.map50), "map50_95": json_num(v.map50_95),
+                });
+                if final_val {
+                    ctx["final"] = Value::Bool(true);
+                }
+                out.push(self.event(rec, Level::Info, "validation", &p.message, ctx));
+                if let (Some(epoch), Some(run)) = (epoch, self.run.as_ref()) {
+                    let key = run.row.key.clone();
+                    out.push(Op::Epoch(
+                        key,
+                        EpochRow {
+                            epoch,
+                            ended_at: rec.ts,
+                            precision: Some(v.precision),
+                            recall: Some(v.recall),
+                            map50: Some(v.map50),
+                            map50_95: Some(v.map50_95),
+                            ..Default::default()
+                        },
+                    ));
+                    self.metric(rec.ts, "training_mAP50", v.map50, out);
+                    self.metric(rec.ts, "training_mAP50_95", v.map50_95, out);
+                }
+            }
+            Detail::ServiceEpoch { epoch, epochs } => {
+                self.service_epoch(rec, p, *epoch, *epochs, out)
+            }
+            Detail::EpochsCompleted { epochs, hours } => {
+                if let Some(run) = self.run.as_mut() {
+                    if run.row.status != RunStatus::EarlyStopped {
+                        run.row.status = RunStatus::Completed;
+                    }
+                    run.row.ended_at = Some(rec.ts);
+                    run.starting = false;
+                    out.push(Op::Run(run.row.clone()));
+                }
+                self.final_validation = true;
+                out.push(self.event(
+                    rec,
+                    Level::Info,
+                    "training_completed",
+                    &p.message,
+                    json!({ "epochs": epochs, "hours": json_num(*hours) }),
+                ));
+            }
+            Detail::EarlyStopped {
+                best_epoch,
+                patience,
+            } => {
+                if let Some(run) = self.run.as_mut() {
+                    run.row.status = RunStatus::EarlyStopped;
+                    run.row.best_epoch_reported = Some(*best_epoch);
+                    run.row.ended_at = Some(rec.ts);
+                    out.push(Op::Run(run.row.clone()));
+                }
+                out.push(self.event(
+                    rec,
+                    Level::Info,
+                    "early_stopped",
+                    &p.message,
+                    json!({ "best_epoch": best_epoch, "patience": patience }),
+                ));
+            }
+            Detail::ValidatingBest => self.final_validation = true,
+            Detail::ResultsDir(dir) => {
+                if let Some(run) = self.run.as_mut()
+                    && run.row.save_dir.is_none()
+                {
+                    run.row.save_dir = Some(dir.clone());
+                    out.push(Op::Run(run.row.clone()));
+                }
+            }
+            Detail::Traceback { exception } => {
+                let uncaught = p.format == Format::Traceback;
+                if uncaught
+                    && let Some(run) = self.run.as_mut()
+                    && run.row.status == RunStatus::Running
+                {
+                    run.row.status = RunStatus::Failed;
+                    run.row.ended_at = Some(rec.ts);
+                    out.push(Op::Run(run.row.clone()));
+                }
+                let _ = exception;
+            }
+        }
+        if let Some(kind) = p.kind {
+            self.generic_event(rec, p, kind, out);
+        }
+    }
+
+    fn settings(&mut self, rec: &Record, p: &Parsed, kv: &[(String, String)], out: &mut Vec<Op>) {
+        let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let epochs = get("epochs").and_then(|v| v.parse().ok());
+        let resume = get("resume").filter(|v| truthy(v));
+        let model = get("model").map(str::to_string);
+        let save_dir = get("save_dir")
+            .map(str::to_string)
+            .or_else(|| resume.and_then(|r| r.split_once("/weights/").map(|(d, _)| d.to_string())));
+        let mut ctx = Map::new();
+        for k in [
+            "task", "mode", "model", "data", "epochs", "batch", "imgsz", "device", "resume",
+            "save_dir", "project", "name",
+        ] {
+            if let Some(v) = get(k) {
+                ctx.insert(k.into(), Value::String(v.to_string()));
+            }
+        }
+        if resume.is_some() {
+            // The `Resuming training ... from epoch K` line that follows is the
+            // training_resumed event; here the run is only picked up (or, when its start is not
+            // in the store, opened).
+            if !self.continue_run(rec, save_dir.as_deref(), epochs, out) {
+                self.new_run(rec, epochs, save_dir, model, true, out);
+            }
+            return;
+        }
+        self.new_run(rec, epochs, save_dir, model, true, out);
+        out.push(self.event(
+            rec,
+            Level::Info,
+            "training_started",
+            &p.message,
+            Value::Object(ctx),
+        ));
+    }
+
+    fn epoch_from_progress(
+        &mut self,
+        rec: &Record,
+        p: &Parsed,
+        pr: &crate::parse::ultralytics::Progress,
+        out: &mut Vec<Op>,
+    ) {
+        self.ensure_run(rec, pr.epochs, pr.epoch, out);
+        let losses: Vec<(String, f64)> = pr
+            .losses
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                (
+                    self.loss_names
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| format!("loss{}", i + 1)),
+                    *v,
+                )
+            })
+            .collect();
+        let total: f64 = pr.losses.iter().sum();
+        let non_finite = pr.losses.iter().any(|v| !v.is_finite());
+        let run = self.run.as_mut().expect("ensure_run");
+        run.starting = false;
+        let mut changed = false;
+        if run.row.status != RunStatus::Running {
+            run.row.status = RunStatus::Running;
+            run.row.ended_at = None;
+            changed = true;
+        }
+        if run.row.epochs_total != Some(pr.epochs) {
+            run.row.epochs_total = Some(pr.epochs);
+            changed = true;
+        }
+        if changed {
+            out.push(Op::Run(run.row.clone()));
+        }
+        run.last_epoch = pr.epoch;
+        let key = run.row.key.clone();
+        let mut ctx = Map::new();
+        ctx.insert("epoch".into(), json!(pr.epoch));
+        ctx.insert("epochs".into(), json!(pr.epochs));
+        ctx.insert("gpu_mem_gb".into(), json_num(pr.gpu_mem_gb));
+        for (name, v) in &losses {
+            ctx.insert(name.clone(), json_num(*v));
+        }
+        ctx.insert("loss".into(), json_num(total));
+        out.push(Op::Epoch(
+            key,
+            EpochRow {
+                epoch: pr.epoch,
+                epochs_total: Some(pr.epochs),
+                ended_at: rec.ts,
+                losses: Some(losses),
+                gpu_mem_gb: Some(pr.gpu_mem_gb),
+                ..Default::default()
+            },
+        ));
+        out.push(self.event(
+            rec,
+            Level::Info,
+            "epoch_completed",
+            &p.message,
+            Value::Object(ctx),
+        ));
+        if non_finite && rec.nonfinite_frame.is_none() {
+            out.push(self.event(
+                rec,
+                Level::Error,
+                "loss_non_finite",
+                &p.message,
+                json!({ "epoch": pr.epoch, "epochs": pr.epochs, "source": "epoch" }),
+            ));
+        }
+        self.metric(rec.ts, "training_epoch", pr.epoch as f64, out);
+        self.metric(rec.ts, "training_loss", total, out);
+    }
+
+    fn service_epoch(
+        &mut self,
+        rec: &Record,
+        p: &Parsed,
+        epoch: u32,
+        epochs: u32,
+        out: &mut Vec<Op>,
+    ) {
+        use crate::parse::json::num;
+        let c = &p.context;
+        let get = |keys: &[&str]| keys.iter().find_map(|k| c.get(*k).and_then(num));
+        let loss = get(&["loss", "train_loss"]);
+        let map50 = get(&["mAP50", "map50", "metrics/mAP50(B)"]);
+        let map50_95 = get(&["mAP50_95", "mAP50-95", "map50_95", "metrics/mAP50-95(B)"]);
+        let precision = get(&["precision", "P"]);
+        let recall = get(&["recall", "R"]);
+        let named: Vec<(String, f64)> = c
+            .iter()
+            .filter(|(k, _)| k.ends_with("_loss"))
+            .filter_map(|(k, v)| Some((k.clone(), num(v)?)))
+            .collect();
+        // An epoch already derived from the progress bar of this run is the same epoch.
+        let same = self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.last_epoch == epoch && !self.final_validation);
+        if !same {
+            self.ensure_run(rec, epochs, epoch, out);
+        }
+        let run = self.run.as_mut().expect("ensure_run");
+        run.last_epoch = run.last_epoch.max(epoch);
+        run.starting = false;
+        let key = run.row.key.clone();
+        let non_finite =
+            loss.is_some_and(|l| !l.is_finite()) || named.iter().any(|(_, v)| !v.is_finite());
+        out.push(Op::Epoch(
+            key,
+            EpochRow {
+                epoch,
+                epochs_total: Some(epochs),
+                ended_at: rec.ts,
+                losses: (!named.is_empty()).then_some(named),
+                loss,
+                precision,
+                recall,
+                map50,
+                map50_95,
+                gpu_mem_gb: None,
+            },
+        ));
+        let mut ctx = c.clone();
+        ctx.insert("epochs".into(), json!(epochs));
+        out.push(self.event(
+            rec,
+            p.level,
+            "epoch_completed",
+            &p.message,
+            Value::Object(ctx),
+        ));
+        if non_finite {
+            out.push(self.event(
+                rec,
+                Level::Error,
+                "loss_non_finite",
+                &p.message,
+                json!({ "epoch": epoch, "epochs": epochs, "source": "service" }),
+            ));
+        }
+        self.metric(rec.ts, "training_epoch", epoch as f64, out);
+        if let Some(l) = loss {
+            self.metric(rec.ts, "training_loss", l, out);
+        }
+        if let Some(m) = map50 {
+            self.metric(rec.ts, "training_mAP50", m, out);
+        }
+        if let Some(m) = map50_95 {
+            self.metric(rec.ts, "training_mAP50_95", m, out);
+        }
+    }
+
+    fn generic_event(&mut self, rec: &Record, p: &Parsed, kind: &'static str, out: &mut Vec<Op>) {
+        let mut ctx = p.context.clone();
+        if let Detail::Traceback { exception } = &p.detail {
+            ctx.insert("exception".into(), Value::String(exception.clone()));
+        }
+        if let Some(off) = p.offset {
+            ctx.insert("offset".into(), json!(off));
+            self.metric(rec.ts, "queue_offset", off as f64, out);
+        }
+        if let Some((name, add)) = p.counter {
+            let v = self.counters.entry(name).or_insert(0.0);
+            *v += add;
+            let v = *v;
+            self.metric(rec.ts, name, v, out);
+        }
+        if p.skip.is_some() {
+            ctx.insert("unparsed".into(), Value::String("invalid_json".into()));
+        }
+        if (kind == "loss_non_finite" || kind == "gpu_oom" || kind == "checkpoint_save_failed")
+            && let Some(run) = self.run.as_ref()
+        {
+            ctx.insert("epoch".into(), json!(run.last_epoch));
+        }
+        out.push(self.event(rec, p.level, kind, &p.message, Value::Object(ctx)));
+    }
+
+    /// The loss column names in effect (for tests and status views).
+    pub fn loss_names(&self) -> &[String] {
+        &self.loss_names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Key;
+    use crate::parse::Parser;
+
+    struct Harness {
+        st: ContainerState,
+        parser: Parser,
+        ops: Vec<Op>,
+        n: i64,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Harness {
+                st: ContainerState::new("c".into(), Resume::default()),
+                parser: Parser::default(),
+                ops: Vec::new(),
+                n: 0,
+            }
+        }
+        fn line(&mut self, text: &str) {
+            self.n += 1;
+            let rec = Record {
+                key: Key { ts: self.n, seq: 0 },
+                ts: self.n,
+                stream: Stream::Stdout,
+                text: text.into(),
+                nonfinite_frame: None,
+                terminated: true,
+                line_no: self.n as u64,
+                lines: 1,
+                last_key: Key { ts: self.n, seq: 0 },
+            };
+            let p = self.parser.parse(&rec);
+            self.st.apply(&rec, &p, &mut self.ops);
+        }
+        fn runs(&self) -> Vec<RunRow> {
+            let mut last: Vec<RunRow> = Vec::new();
+            for op in &self.ops {
+                if let Op::Run(r) = op {
+                    match last.iter_mut().find(|x| x.key == r.key) {
+                        Some(x) => *x = r.clone(),
+                        None => last.push(r.clone()),
+                    }
+                }
+            }
+            last
+        }
+        fn kinds(&self) -> Vec<&'static str> {
+            self.ops
+                .iter()
+                .filter_map(|o| {
+                    if let Op::Event(e) = o {
+                        Some(e.kind)
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        }
+    }
+
+    const HEADER: &str =
+        "      Epoch    GPU_mem   box_loss   cls_loss   dfl_loss  Instances       Size";
+
+    fn epoch(h: &mut Harness, e: u32, n: u32, loss: &str) {
+        h.line(HEADER);
+        h.line(&format!("      {e}/{n}      2.41G      {loss}      2.345      1.123         49        640: 100% ━━━━━━━━━━━━ 5/5 8.3it/s 0.6s"));
+        h.line("                   all        128        929      0.386     0.0348     0.0324     0.0135");
+    }
+
+    #[test]
+    fn completed_run() {
+        let mut h = Harness::new();
+        h.line("engine/trainer: task=detect, mode=train, model=yolo11n.yaml, epochs=2, resume=False, save_dir=/r/train");
+        h.line("Starting training for 2 epochs...");
+        epoch(&mut h, 1, 2, "1.194");
+        epoch(&mut h, 2, 2, "1.100");
+        h.line("2 epochs completed in 0.010 hours.");
+        h.line("Validating /r/train/weights/best.pt...");
+        h.line("Ultralytics 8.3.40 🚀 Python-3.11.7 torch-2.5.1 CPU");
+        h.line("                   all        128        929      0.5     0.05     0.05     0.02");
+        let runs = h.runs();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, RunStatus::Completed);
+        assert_eq!(runs[0].epochs_total, Some(2));
+        assert_eq!(runs[0].save_dir.as_deref(), Some("/r/train"));
+        let epochs: Vec<u32> = h
+            .ops
+            .iter()
+            .filter_map(|o| {
+                if let Op::Epoch(_, e) = o {
+                    Some(e.epoch)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(epochs, vec![1, 1, 2, 2]);
+        let kinds = h.kinds();
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "training_started").count(),
+            1
+        );
+        assert_eq!(kinds.iter().filter(|k| **k == "epoch_completed").count(), 2);
+        assert_eq!(kinds.iter().filter(|k| **k == "validation").count(), 3);
+        assert!(kinds.contains(&"training_completed"));
+    }
+
+    #[test]
+    fn killed_then_new_process_interrupts_and_resume_continues() {
+        let mut h = Harness::new();
+        h.line("engine/trainer: task=detect, epochs=10, resume=False, save_dir=/r/train");
+        epoch(&mut h, 1, 10, "1.2");
+        // The process is killed; the next one resumes the same save_dir.
+        h.line("engine/trainer: task=detect, epochs=10, resume=/r/train/weights/last.pt, save_dir=/r/train");
+        h.line("Resuming training /r/train/weights/last.pt from epoch 2 to 10 total epochs");
+        epoch(&mut h, 2, 10, "1.1");
+        assert_eq!(h.runs().len(), 1);
+        assert_eq!(h.runs()[0].status, RunStatus::Running);
+        // A fresh training without resume: the running one is interrupted.
+        h.line("engine/trainer: task=detect, epochs=5, resume=False, save_dir=/r/train2");
+        let runs = h.runs();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].status, RunStatus::Interrupted);
+        assert_eq!(runs[1].status, RunStatus::Running);
+    }
+
+    #[test]
+    fn failure_before_first_epoch_is_a_failed_run() {
+        let mut h = Harness::new();
+        h.line("engine/trainer: task=detect, epochs=10, resume=False, save_dir=/r/t");
+        h.line("Traceback (most recent call last):\n  File \"train.py\", line 3\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.");
+        let runs = h.runs();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, RunStatus::Failed);
+        assert!(h.kinds().contains(&"gpu_oom"));
+    }
+
+    #[test]
+    fn early_stop_and_nan_epoch() {
+        let mut h = Harness::new();
+        h.line("Starting training for 300 epochs...");
+        epoch(&mut h, 1, 300, "nan");
+        h.line("EarlyStopping: Training stopped early as no improvement observed in last 1 epochs. Best results observed at epoch 1, best model saved as best.pt.");
+        h.line("1 epochs completed in 0.001 hours.");
+        let runs = h.runs();
+        assert_eq!(runs[0].status, RunStatus::EarlyStopped);
+        assert_eq!(runs[0].best_epoch_reported, Some(1));
+        assert!(h.kinds().contains(&"loss_non_finite"));
+        assert!(h.kinds().contains(&"early_stopped"));
+    }
+
+    #[test]
+    fn queue_counters_accumulate() {
+        let mut h = Harness::new();
+        h.line(
+            "2026-03-28 14:30:00,000 - annotation_queue - INFO - Annotation saved: id=1 offset=10",
+        );
+        h.line("Processed 5 messages");
+        h.line("WARNING:annotation_queue:Failed to process message offset=12");
+        let metrics: Vec<(&str, f64)> = h
+            .ops
+            .iter()
+            .filter_map(|o| {
+                if let Op::Metric(m) = o {
+                    Some((m.name, m.value))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            metrics,
+            vec![
+                ("queue_offset", 10.0),
+                ("queue_messages_processed", 1.0),
+                ("queue_messages_processed", 6.0),
+                ("queue_offset", 12.0),
+                ("queue_messages_failed", 1.0),
+            ]
+        );
+        assert_eq!(
+            h.kinds(),
+            vec![
+                "annotation_processed",
+                "annotation_processed",
+                "annotation_failed"
+            ]
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! The library's error types, one enum per layer, each variant naming what failed and carrying
+//! the context (path, line, SQL) a person needs to act on it.
+
+use std::path::PathBuf;
+
+/// Reading a source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path} at line {line}: {source}")]
+    Read {
+        path: PathBuf,
+        line: u64,
+        source: std::io::Error,
+    },
+    #[error("no log files match {pattern}")]
+    NoMatch { pattern: String },
+    #[error("bad glob pattern {pattern}: {reason}")]
+    Glob { pattern: String, reason: String },
+}
+
+/// Loading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("invalid pattern `{regex}`: {reason}")]
+    Pattern { regex: String, reason: String },
+}
+
+/// The SQLite store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database migration {version} failed: {source}")]
+    Migrate {
+        version: usize,
+        source: rusqlite::Error,
+    },
+    #[error("database {path} has schema version {found}, newer than this trainwatch ({known})")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("database error during {what}: {source}")]
+    Sql {
+        what: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("the store writer stopped unexpectedly")]
+    WriterGone,
+}
+
+impl StoreError {
+    pub fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        move |source| StoreError::Sql { what, source }
+    }
+}

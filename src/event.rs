@@ -1,0 +1,88 @@
+//! The values that flow through the pipeline, from a source's raw line to the rows the store
+//! writes. Sources produce [`RawLine`]s, assembly turns them into [`Record`]s, the parsers give a
+//! [`crate::parse::Parsed`], and derivation emits [`crate::derive::Op`]s for the store.
+
+use std::fmt;
+
+/// Which of a container's output streams a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stream> {
+        match s {
+            "stdout" => Some(Stream::Stdout),
+            "stderr" => Some(Stream::Stderr),
+            _ => None,
+        }
+    }
+
+    pub const ALL: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A record's position in its source: the log time in nanoseconds since the Unix epoch and its
+/// position among the records of the same stream carrying that same time.
+///
+/// Together with the container, the stream and the source's origin this is the natural key
+/// that makes ingestion idempotent: Docker's `since` is inclusive and rotated sets overlap, so
+/// the same line can be offered twice and must be recognised as already stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub ts: i64,
+    pub seq: u32,
+}
+
+/// One logical line from a source: Docker's 16 KiB partial pieces already merged, the trailing
+/// newline removed. The text may still hold `\r` progress redraws and ANSI escapes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawLine {
+    pub key: Key,
+    /// Log time (ns since the epoch) used for display and retention; equals `key.ts` for
+    /// Docker sources.
+    pub ts: i64,
+    pub stream: Stream,
+    pub text: String,
+    /// False for the unterminated tail of a process that died mid-line (no `\n` ever came).
+    pub terminated: bool,
+    /// 1-based physical line of the first piece in its file, for error messages.
+    pub line_no: u64,
+    /// True when the merge of partial pieces hit the size cap and the rest was dropped.
+    pub truncated: bool,
+}
+
+/// A line after assembly: the final `\r` frame, ANSI stripped, continuation lines grouped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub key: Key,
+    pub ts: i64,
+    pub stream: Stream,
+    /// Clean text; a grouped traceback or multi-line logging record keeps all its lines,
+    /// joined with `\n`.
+    pub text: String,
+    /// The first progress frame of this line that showed a non-finite loss, when one did
+    /// (a NaN in an intermediate frame is still a NaN, even if the final frame recovered).
+    pub nonfinite_frame: Option<String>,
+    pub terminated: bool,
+    pub line_no: u64,
+    /// Number of physical lines grouped into this record.
+    pub lines: u32,
+    /// The key of the last physical line grouped into this record: once the record is
+    /// stored, the source is stored up to here.
+    pub last_key: Key,
+}

@@ -1,0 +1,34 @@
+//! trainwatch turns the logs of an ML training server's Docker containers (Ultralytics YOLO
+//! training, an annotation queue consumer) into typed events, metrics, training history and
+//! alerts, stored in SQLite.
+//!
+//! ```text
+//!  sources              assemble               parse               derive               store
+//!  ───────              ────────               ─────               ──────               ─────
+//!  json-file (.gz,  ─┐  partial merge (16 KiB) service JSON        runs & epochs        one writer thread,
+//!   rotated sets)    ├─> \r frames, ANSI,   ─> Ultralytics rows ─> metrics (counters, ─> batched transactions,
+//!  plain text logs  ─┘  tracebacks/multiline  Python logging      gauges), events      cursor + natural keys
+//! ```
+//! `replay` feeds archived files through this pipeline; every stage after the source is shared.
+//!
+//! # Layout
+//! - [`source`]: files, json-file reader with partial merge, plain text reader.
+//! - [`assemble`]: `\r` frames, ANSI stripping, multi-line grouping.
+//! - [`parse`]: line parsers (nom for text, serde_json for JSON) and message patterns.
+//! - [`derive`]: the per-container run/epoch state machine and metrics.
+//! - [`store`]: SQLite schema, writer, queries, retention.
+//! - [`pipeline`]: the replay driver wiring the stages together.
+//! - [`redact`]: secret and payload redaction before anything is stored or logged.
+//! - [`config`], [`time`], [`event`], [`error`]: shared pieces.
+
+pub mod assemble;
+pub mod config;
+pub mod derive;
+pub mod error;
+pub mod event;
+pub mod parse;
+pub mod pipeline;
+pub mod redact;
+pub mod source;
+pub mod store;
+pub mod time;

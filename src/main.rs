@@ -1,0 +1,76 @@
+//! The `trainwatch` binary: parses arguments, sets up logging, runs a subcommand, maps errors to
+//! an exit code. Everything else lives in the library.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trainwatch",
+    version,
+    about = "Typed events, metrics and training history from the Docker logs of an ML training server."
+)]
+struct Cli {
+    /// SQLite database file.
+    #[arg(long, global = true, env = "TRAINWATCH_DB", default_value = trainwatch::store::DEFAULT_DB)]
+    db: PathBuf,
+    /// TOML config file (patterns, retention).
+    #[arg(long, global = true, env = "TRAINWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replay archived Docker json-file logs (rotated, .gz) and plain text logs into the store.
+    Replay(cli::replay::ReplayArgs),
+    /// Show training runs, or the epochs of one run (`--run ID`).
+    History(cli::history::HistoryArgs),
+    /// Run a read-only SQL query (views: training_runs, training_epochs, events, metric_samples).
+    Sql(cli::sql::SqlArgs),
+    /// Delete events and metric samples older than the retention age.
+    Prune(cli::prune::PruneArgs),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("TRAINWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // CLI commands print their results on stdout; their own log lines go to stderr as JSON.
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let r = match cli.command {
+        Command::Replay(a) => cli::replay::run(a, &cli.db, cli.config.as_deref()),
+        Command::History(a) => cli::history::run(a, &cli.db),
+        Command::Sql(a) => cli::sql::run(a, &cli.db),
+        Command::Prune(a) => cli::prune::run(a, &cli.db, cli.config.as_deref()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (`trainwatch sql ... | head`) is not a failure.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

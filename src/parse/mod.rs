@@ -1,0 +1,380 @@
+//! Parsing: one [`Record`] in, one [`Parsed`] out, never a failure. Fed by assembly, feeds
+//! derivation. The parser recognises the line's syntax (service JSON, Python logging, the
+//! Ultralytics shapes, tracebacks) and classifies its message with [`patterns`]; what the line
+//! means for a run (which epoch, which run) is derivation's job.
+
+pub mod json;
+pub mod patterns;
+pub mod pylog;
+pub mod ultralytics;
+
+use serde_json::{Map, Value};
+
+use crate::event::Record;
+use patterns::Patterns;
+
+/// Severity of a record, from its own level field or prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        Some(match s.trim().to_ascii_uppercase().as_str() {
+            "DEBUG" | "TRACE" => Level::Debug,
+            "INFO" | "NOTICE" => Level::Info,
+            "WARNING" | "WARN" => Level::Warning,
+            "ERROR" | "ERR" => Level::Error,
+            "CRITICAL" | "FATAL" => Level::Critical,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warning => "WARNING",
+            Level::Error => "ERROR",
+            Level::Critical => "CRITICAL",
+        }
+    }
+}
+
+/// What a line says about training, for derivation's run and epoch state machine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Detail {
+    None,
+    /// The epoch header with the loss column names.
+    Header(Vec<String>),
+    Progress(ultralytics::Progress),
+    Validation(ultralytics::Validation),
+    /// `engine/trainer: key=value, ...`
+    TrainerSettings(Vec<(String, String)>),
+    /// `Starting training for N epochs...`
+    StartingTraining(Option<u32>),
+    Resuming {
+        model: String,
+        from_epoch: u32,
+        epochs: u32,
+    },
+    EpochsCompleted {
+        epochs: u32,
+        hours: f64,
+    },
+    EarlyStopped {
+        best_epoch: u32,
+        patience: Option<u32>,
+    },
+    /// `Validating .../best.pt...`: what follows is the final validation, not an epoch's.
+    ValidatingBest,
+    ResultsDir(String),
+    Banner(String),
+    /// A service JSON `Epoch k/N completed` line.
+    ServiceEpoch {
+        epoch: u32,
+        epochs: u32,
+    },
+    /// A traceback: its last line names the exception.
+    Traceback {
+        exception: String,
+    },
+}
+
+/// How a record was recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Empty,
+    Json,
+    PyLog,
+    Ultralytics,
+    Traceback,
+    Text,
+}
+
+/// A parsed record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    pub format: Format,
+    pub level: Level,
+    /// The event kind this record is stored as, when it is worth storing on its own.
+    /// Derivation adds the training kinds (`epoch_completed`, `validation`, ...).
+    pub kind: Option<&'static str>,
+    /// For JSON and logging records, the message field; otherwise the whole text.
+    pub message: String,
+    pub context: Map<String, Value>,
+    pub detail: Detail,
+    /// A time the line itself carries (asctime, JSON timestamp).
+    pub line_ts: Option<i64>,
+    /// A counter increment from a pattern rule.
+    pub counter: Option<(&'static str, f64)>,
+    /// A queue offset the line states.
+    pub offset: Option<u64>,
+    /// Set when a JSON-looking line could not be read as JSON.
+    pub skip: Option<json::JsonSkip>,
+}
+
+impl Parsed {
+    fn new(format: Format, message: String) -> Self {
+        Parsed {
+            format,
+            level: Level::Info,
+            kind: None,
+            message,
+            context: Map::new(),
+            detail: Detail::None,
+            line_ts: None,
+            counter: None,
+            offset: None,
+            skip: None,
+        }
+    }
+}
+
+/// The parser: stateless apart from its compiled patterns, so one instance serves every source.
+#[derive(Debug, Default)]
+pub struct Parser {
+    pub patterns: Patterns,
+}
+
+fn level_kind(level: Level) -> Option<&'static str> {
+    match level {
+        Level::Warning => Some("warning"),
+        Level::Error | Level::Critical => Some("error"),
+        _ => None,
+    }
+}
+
+impl Parser {
+    pub fn new(patterns: Patterns) -> Self {
+        Parser { patterns }
+    }
+
+    /// Parses one assembled record.
+    pub fn parse(&self, rec: &Record) -> Parsed {
+        let text = rec.text.as_str();
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() {
+            return Parsed::new(Format::Empty, String::new());
+        }
+        if trimmed.starts_with('{') {
+            match json::parse(trimmed) {
+                Ok(line) => return self.service(line),
+                Err(skip) => {
+                    // Kept as a text event (a crash can cut the most important line short).
+                    let mut p = self.text(text);
+                    p.skip = Some(skip);
+                    p.kind = p.kind.or(Some("log"));
+                    return p;
+                }
+            }
+        }
+        if text.starts_with("Traceback (most recent call last):") {
+            return self.traceback(text);
+        }
+        if let Some(log) = pylog::parse(text) {
+            let mut p = Parsed::new(Format::PyLog, text.to_string());
+            p.level = log.level;
+            p.line_ts = log.ts;
+            p.context
+                .insert("logger".into(), Value::String(log.logger.to_string()));
+            // A record with a traceback is classified by its whole text (the exception is at
+            // the end); otherwise by its message.
+            let has_tb = text.contains("\nTraceback (most recent call last):");
+            let probe = if has_tb { text } else { log.message };
+            self.classify(&mut p, probe);
+            if has_tb {
+                p.detail = Detail::Traceback {
+                    exception: last_line(text).to_string(),
+                };
+            }
+            return p;
+        }
+        if let Some(p) = self.ultralytics(text, trimmed) {
+            return p;
+        }
+        self.text(text)
+    }
+
+    fn classify(&self, p: &mut Parsed, probe: &str) {
+        if let Some(m) = self.patterns.classify(probe) {
+            p.kind = Some(m.kind);
+            if let Some(l) = m.level {
+                p.level = l;
+            }
+            p.counter = m.counter;
+        } else {
+            p.kind = level_kind(p.level);
+        }
+        p.offset = self.patterns.offset(probe);
+        if p.kind.is_none() && p.offset.is_some() {
+            p.kind = Some("queue_offset");
+        }
+    }
+
+    fn service(&self, line: json::ServiceLine) -> Parsed {
+        let mut p = Parsed::new(Format::Json, line.message);
+        p.level = line.level.unwrap_or(Level::Info);
+        p.line_ts = line.ts;
+        p.context = line.context;
+        if let Some(s) = line.service {
+            p.context.entry("service").or_insert(Value::String(s));
+        }
+        if let Some((epoch, epochs)) = json::epoch_message(&p.message) {
+            p.detail = Detail::ServiceEpoch { epoch, epochs };
+            return p;
+        }
+        let msg = std::mem::take(&mut p.message);
+        self.classify(&mut p, &msg);
+        if p.offset.is_none() {
+            p.offset = p
+                .context
+                .get("offset")
+                .and_then(json::num)
+                .filter(|v| *v >= 0.0)
+                .map(|v| v as u64);
+        }
+        p.message = msg;
+        if p.kind.is_none() {
+            p.kind = Some("log");
+        }
+        p
+    }
+
+    fn traceback(&self, text: &str) -> Parsed {
+        let mut p = Parsed::new(Format::Traceback, text.to_string());
+        p.level = Level::Error;
+        self.classify(&mut p, text);
+        if p.kind.is_none() || p.kind == Some("queue_offset") {
+            p.kind = Some("error");
+        }
+        p.detail = Detail::Traceback {
+            exception: last_line(text).to_string(),
+        };
+        p
+    }
+
+    fn ultralytics(&self, text: &str, trimmed: &str) -> Option<Parsed> {
+        let first = trimmed.as_bytes()[0];
+        let detail = if first.is_ascii_digit() {
+            if let Some(pr) = ultralytics::progress_row(text) {
+                Detail::Progress(pr)
+            } else if let Some((epochs, hours)) = ultralytics::epochs_completed(text) {
+                Detail::EpochsCompleted { epochs, hours }
+            } else {
+                return None;
+            }
+        } else if trimmed.starts_with("Epoch") {
+            Detail::Header(ultralytics::epoch_header(text)?)
+        } else if trimmed.starts_with("all ") {
+            Detail::Validation(ultralytics::val_all_row(text)?)
+        } else if trimmed.starts_with("engine/trainer:") {
+            Detail::TrainerSettings(ultralytics::trainer_settings(text)?)
+        } else if let Some(n) = ultralytics::starting_training(text) {
+            Detail::StartingTraining(n)
+        } else if let Some((model, from_epoch, epochs)) = ultralytics::resuming(text) {
+            Detail::Resuming {
+                model,
+                from_epoch,
+                epochs,
+            }
+        } else if let Some((best_epoch, patience)) = ultralytics::early_stopping(text) {
+            Detail::EarlyStopped {
+                best_epoch,
+                patience,
+            }
+        } else if ultralytics::validating_best(text) {
+            Detail::ValidatingBest
+        } else if let Some(dir) = ultralytics::results_dir(text) {
+            Detail::ResultsDir(dir.to_string())
+        } else if let Some(v) = ultralytics::banner(text) {
+            Detail::Banner(v.to_string())
+        } else {
+            return None;
+        };
+        let mut p = Parsed::new(Format::Ultralytics, text.trim().to_string());
+        p.detail = detail;
+        Some(p)
+    }
+
+    fn text(&self, text: &str) -> Parsed {
+        let mut p = Parsed::new(Format::Text, text.to_string());
+        if let Some(l) = ultralytics::level_prefix(text) {
+            p.level = l;
+        }
+        self.classify(&mut p, text);
+        p
+    }
+}
+
+fn last_line(text: &str) -> &str {
+    text.trim_end().rsplit('\n').next().unwrap_or(text).trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Key, Stream};
+
+    fn parse(text: &str) -> Parsed {
+        let rec = Record {
+            key: Key::default(),
+            ts: 0,
+            stream: Stream::Stdout,
+            text: text.into(),
+            nonfinite_frame: None,
+            terminated: true,
+            line_no: 1,
+            lines: 1,
+            last_key: Key::default(),
+        };
+        Parser::default().parse(&rec)
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(
+            parse("WARNING ⚠️ no labels found in detect set").kind,
+            Some("warning")
+        );
+        assert_eq!(parse("ERROR ❌ AMP: checks failed").kind, Some("error"));
+        assert_eq!(parse("just a print").kind, None);
+        let p = parse(
+            "2026-11-29 05:00:48,263 - consumer - ERROR - Error handling message\nTraceback (most recent call last):\n  File \"x\", line 1, in f\nKeyError: 'x'",
+        );
+        assert_eq!(p.kind, Some("annotation_failed"));
+        assert_eq!(p.level, Level::Error);
+        let p = parse(
+            "2026-11-29 05:00:48,263 - trainer - ERROR - Unhandled exception\nTraceback (most recent call last):\n  File \"x\", line 1, in f\nKeyError: 'x'",
+        );
+        assert_eq!(p.kind, Some("error"));
+        assert_eq!(
+            p.detail,
+            Detail::Traceback {
+                exception: "KeyError: 'x'".into()
+            }
+        );
+        let p = parse(
+            "Traceback (most recent call last):\n  File \"t.py\", line 5\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
+        );
+        assert_eq!(p.kind, Some("gpu_oom"));
+        assert_eq!(
+            parse("{\"message\":\"cut").skip,
+            Some(json::JsonSkip::Invalid)
+        );
+        let p = parse(
+            r#"{"level":"INFO","service":"annotation_queue","message":"Queue depth","context":{"depth":3}}"#,
+        );
+        assert_eq!(p.kind, Some("log"));
+        assert_eq!(p.context["service"], "annotation_queue");
+        let p = parse("INFO:annotation_queue:Annotation saved: id=1 offset=42");
+        assert_eq!((p.kind, p.offset), (Some("annotation_processed"), Some(42)));
+        let p = parse("current offset: 99");
+        assert_eq!((p.kind, p.offset), (Some("queue_offset"), Some(99)));
+    }
+}

@@ -1,0 +1,308 @@
+//! Message patterns -> event kind and counter, the way Promtail's `metrics` stage works: an
+//! ordered list of regular expressions, the first match wins. trainwatch ships defaults for
+//! the Ultralytics/PyTorch wordings and for the annotation queue; a TOML config adds rules in
+//! front of them (so they override) or replaces them.
+//!
+//! The annotation queue's source is not public, so its default patterns are educated guesses
+//! at common wordings (`Annotation saved: id=.. offset=..`, `Processed 10 messages`,
+//! `Failed to process message ...`); teams are expected to tune them in the config.
+
+use regex::{Regex, RegexSet};
+use serde::Deserialize;
+
+use super::Level;
+use crate::error::ConfigError;
+
+/// One rule as written in the config file:
+/// ```toml
+/// [[patterns]]
+/// regex = '^Annotation (?:saved|stored)\b'
+/// kind = "annotation_processed"
+/// counter = "queue_messages_processed"   # optional: a counter metric to increment
+/// add = "count"                          # optional: named capture to add instead of 1
+/// level = "INFO"                         # optional: overrides the line's level
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    pub regex: String,
+    pub kind: String,
+    #[serde(default)]
+    pub counter: Option<String>,
+    #[serde(default)]
+    pub add: Option<String>,
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    regex: Regex,
+    kind: &'static str,
+    counter: Option<&'static str>,
+    add: Option<String>,
+    level: Option<Level>,
+}
+
+/// What a matching rule says about a message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Match {
+    pub kind: &'static str,
+    pub level: Option<Level>,
+    pub counter: Option<(&'static str, f64)>,
+}
+
+/// The compiled, ordered rule list.
+#[derive(Debug)]
+pub struct Patterns {
+    set: RegexSet,
+    rules: Vec<Rule>,
+    offset: Regex,
+}
+
+/// The built-in rules, in priority order.
+const DEFAULTS: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+    // PyTorch / CUDA / HIP OOM wordings and the allocator failures Ultralytics treats as OOM.
+    (
+        r"(?i)\b(?:cuda|hip|mps|gpu)(?: error:| driver error:| runtime error \(\d+\) :)? out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|CUDA backend memory error",
+        "gpu_oom",
+        None,
+        None,
+    ),
+    (
+        r"(?:Loss|Fitness) NaN/Inf detected|NaN persisted for \d+ epochs|corrupted with NaN/Inf",
+        "loss_non_finite",
+        None,
+        None,
+    ),
+    (
+        r"(?is)(?:torch\.save\(|in save_model|serialization\.py)[^\n]*\n.*(?:Error|Exception)\b|(?i:\b(?:fail\w*|error|unable|could not|cannot)\b[^\n]{0,40}\bsav\w*[^\n]{0,40}(?:checkpoint|weights|\.pt\b))|(?i:checkpoint[^\n]{0,40}\b(?:save|saving|write|writing)\b[^\n]{0,20}\b(?:failed|error))",
+        "checkpoint_save_failed",
+        None,
+        None,
+    ),
+    (
+        r"(?i)^(?:checkpoint saved|saved checkpoint|saving checkpoint)\b|^Optimizer stripped from ",
+        "checkpoint_saved",
+        None,
+        None,
+    ),
+    (r"export success", "model_exported", None, None),
+    (
+        r"(?i)\bfailed to (?:process|handle|save|parse) (?:the )?(?:message|annotation)|\berror (?:processing|handling) (?:the )?(?:message|annotation)|\bannotation (?:failed|rejected)|\bmessage (?:processing )?failed",
+        "annotation_failed",
+        Some("queue_messages_failed"),
+        None,
+    ),
+    (
+        r"(?i)^processed (?P<count>\d+) (?:messages|annotations)\b",
+        "annotation_processed",
+        Some("queue_messages_processed"),
+        Some("count"),
+    ),
+    (
+        r"(?i)^(?:annotation (?:saved|processed|stored|handled)|processed (?:annotation|message)|message processed)\b",
+        "annotation_processed",
+        Some("queue_messages_processed"),
+        None,
+    ),
+];
+
+/// Interns a kind or counter name from the config for the life of the process (bounded by the
+/// config's size).
+fn intern(s: &str) -> &'static str {
+    match s {
+        "gpu_oom" => "gpu_oom",
+        "annotation_processed" => "annotation_processed",
+        "annotation_failed" => "annotation_failed",
+        "queue_offset" => "queue_offset",
+        "queue_messages_processed" => "queue_messages_processed",
+        "queue_messages_failed" => "queue_messages_failed",
+        other => Box::leak(other.to_string().into_boxed_str()),
+    }
+}
+
+impl Patterns {
+    /// Compiles `extra` (from the config, highest priority) followed by the defaults unless
+    /// `replace_defaults` is set.
+    pub fn new(extra: &[PatternConfig], replace_defaults: bool) -> Result<Self, ConfigError> {
+        let mut rules = Vec::new();
+        for p in extra {
+            let regex = Regex::new(&p.regex).map_err(|e| ConfigError::Pattern {
+                regex: p.regex.clone(),
+                reason: e.to_string(),
+            })?;
+            if let Some(add) = &p.add
+                && !regex.capture_names().any(|n| n == Some(add.as_str()))
+            {
+                return Err(ConfigError::Pattern {
+                    regex: p.regex.clone(),
+                    reason: format!("no named capture `{add}` for `add`"),
+                });
+            }
+            let level = match &p.level {
+                Some(l) => Some(Level::parse(l).ok_or_else(|| ConfigError::Pattern {
+                    regex: p.regex.clone(),
+                    reason: format!("unknown level `{l}`"),
+                })?),
+                None => None,
+            };
+            rules.push(Rule {
+                regex,
+                kind: intern(&p.kind),
+                counter: p.counter.as_deref().map(intern),
+                add: p.add.clone(),
+                level,
+            });
+        }
+        if !replace_defaults {
+            for (re, kind, counter, add) in DEFAULTS {
+                rules.push(Rule {
+                    regex: Regex::new(re).expect("built-in pattern compiles"),
+                    kind,
+                    counter: *counter,
+                    add: add.map(str::to_string),
+                    level: None,
+                });
+            }
+        }
+        let set = RegexSet::new(rules.iter().map(|r| r.regex.as_str())).map_err(|e| {
+            ConfigError::Pattern {
+                regex: "<set>".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        let offset = Regex::new(r"(?i)\boffset\b[\s=:]{1,3}(\d{1,19})\b").expect("offset pattern");
+        Ok(Patterns { set, rules, offset })
+    }
+
+    /// The first rule matching `text`, if any.
+    pub fn classify(&self, text: &str) -> Option<Match> {
+        let idx = self.set.matches(text).into_iter().next()?;
+        let rule = &self.rules[idx];
+        let counter = rule.counter.map(|name| {
+            let add = rule
+                .add
+                .as_deref()
+                .and_then(|cap| {
+                    rule.regex
+                        .captures(text)?
+                        .name(cap)?
+                        .as_str()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(1.0);
+            (name, add)
+        });
+        Some(Match {
+            kind: rule.kind,
+            level: rule.level,
+            counter,
+        })
+    }
+
+    /// The queue offset a line states (`offset=1234`, `offset: 1234`), if any.
+    pub fn offset(&self, text: &str) -> Option<u64> {
+        if !text.contains("ffset") && !text.contains("FFSET") {
+            return None;
+        }
+        self.offset.captures(text)?.get(1)?.as_str().parse().ok()
+    }
+}
+
+impl Default for Patterns {
+    fn default() -> Self {
+        Patterns::new(&[], false).expect("built-in patterns compile")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(text: &str) -> Option<&'static str> {
+        Patterns::default().classify(text).map(|m| m.kind)
+    }
+
+    #[test]
+    fn oom_wordings() {
+        for t in [
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 324.00 MiB. GPU 0 has a total capacity of 7.63 GiB",
+            "RuntimeError: CUDA error: out of memory",
+            "RuntimeError: CUDA driver error: out of memory",
+            "RuntimeError: cuda runtime error (2) : out of memory",
+            "RuntimeError: HIP out of memory. Tried to allocate 2.00 GiB",
+            "WARNING ⚠️ CUDA out of memory with batch=16. Reducing to batch=8 and retrying (1/3).",
+        ] {
+            assert_eq!(kind(t), Some("gpu_oom"), "{t}");
+        }
+        assert_eq!(kind("Docker container ran fine"), None);
+    }
+
+    #[test]
+    fn checkpoints_and_queue() {
+        assert_eq!(
+            kind("Optimizer stripped from runs/detect/train/weights/last.pt, 6.3MB"),
+            Some("checkpoint_saved")
+        );
+        assert_eq!(
+            kind("Failed to save checkpoint to /azaion/models/last.pt: No space left on device"),
+            Some("checkpoint_save_failed")
+        );
+        assert_eq!(
+            kind(
+                "Traceback (most recent call last):\n  File \"/usr/lib/python3/torch/serialization.py\", line 1, in save\n    torch.save(obj, f)\nOSError: [Errno 28] No space left on device"
+            ),
+            Some("checkpoint_save_failed")
+        );
+        assert_eq!(
+            kind("ONNX: export success ✅ 3.3s, saved as 'best.onnx' (35.7 MB)"),
+            Some("model_exported")
+        );
+        let p = Patterns::default();
+        let m = p.classify("Processed 10 messages").unwrap();
+        assert_eq!(m.counter, Some(("queue_messages_processed", 10.0)));
+        let m = p.classify("Annotation saved: id=5 offset=77").unwrap();
+        assert_eq!(
+            (m.kind, m.counter),
+            (
+                "annotation_processed",
+                Some(("queue_messages_processed", 1.0))
+            )
+        );
+        assert_eq!(p.offset("Annotation saved: id=5 offset=77"), Some(77));
+        assert_eq!(p.offset("offset: 12"), Some(12));
+        assert_eq!(p.offset("offsets are fine"), None);
+        assert_eq!(
+            kind("Failed to process message offset=1234"),
+            Some("annotation_failed")
+        );
+    }
+
+    #[test]
+    fn config_rules_take_priority_and_are_validated() {
+        let extra = [PatternConfig {
+            regex: r"^Handled batch of (?P<n>\d+)".into(),
+            kind: "annotation_processed".into(),
+            counter: Some("queue_messages_processed".into()),
+            add: Some("n".into()),
+            level: None,
+        }];
+        let p = Patterns::new(&extra, false).unwrap();
+        assert_eq!(
+            p.classify("Handled batch of 7").unwrap().counter,
+            Some(("queue_messages_processed", 7.0))
+        );
+        let bad = [PatternConfig {
+            add: Some("missing".into()),
+            ..extra[0].clone()
+        }];
+        assert!(Patterns::new(&bad, false).is_err());
+        let bad = [PatternConfig {
+            regex: "(".into(),
+            ..extra[0].clone()
+        }];
+        assert!(Patterns::new(&bad, false).is_err());
+    }
+}

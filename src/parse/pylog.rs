@@ -1,0 +1,163 @@
+//! Python `logging` text lines, in the two formats the annotation queue and training wrappers
+//! use: `%(asctime)s - %(name)s - %(levelname)s - %(message)s` and `logging.BASIC_FORMAT`
+//! (`%(levelname)s:%(name)s:%(message)s`). `asctime` is `YYYY-MM-DD HH:MM:SS,mmm` or, with a
+//! custom `datefmt`, without milliseconds.
+
+use nom::{
+    IResult, Parser,
+    branch::alt,
+    bytes::complete::{tag, take_while_m_n, take_while1},
+    combinator::{opt, recognize, rest},
+    sequence::preceded,
+};
+
+use super::Level;
+
+/// One logging record's first line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PyLog<'a> {
+    pub ts: Option<i64>,
+    pub logger: &'a str,
+    pub level: Level,
+    pub message: &'a str,
+}
+
+type R<'a, T> = IResult<&'a str, T>;
+
+fn level_name(i: &str) -> R<'_, Level> {
+    let (i, name) = alt((
+        tag("DEBUG"),
+        tag("INFO"),
+        tag("WARNING"),
+        tag("WARN"),
+        tag("ERROR"),
+        tag("CRITICAL"),
+        tag("FATAL"),
+    ))
+    .parse(i)?;
+    Ok((i, Level::parse(name).unwrap_or(Level::Info)))
+}
+
+/// `2026-11-29 05:00:48,263` or `2026-11-29 05:00:48`
+fn asctime(i: &str) -> R<'_, &str> {
+    let d = |n| take_while_m_n(n, n, |c: char| c.is_ascii_digit());
+    recognize((
+        d(4),
+        tag("-"),
+        d(2),
+        tag("-"),
+        d(2),
+        tag(" "),
+        d(2),
+        tag(":"),
+        d(2),
+        tag(":"),
+        d(2),
+        opt(preceded(
+            alt((tag(","), tag("."))),
+            take_while_m_n(1, 9, |c: char| c.is_ascii_digit()),
+        )),
+    ))
+    .parse(i)
+}
+
+/// `asctime - name - LEVEL - message`. The logger name may itself contain ` - `, so the level
+/// is the first ` - LEVEL - ` after the time.
+fn dashed(i: &str) -> R<'_, PyLog<'_>> {
+    let (rest, (ts, _)) = (asctime, tag(" - ")).parse(i)?;
+    let mut from = 0;
+    while let Some(pos) = rest[from..].find(" - ") {
+        let at = from + pos;
+        let after = &rest[at + 3..];
+        let level: R<'_, (Level, &str)> = (level_name, alt((tag(" - "), tag(" -")))).parse(after);
+        if let Ok((message, (level, _))) = level
+            && at > 0
+        {
+            let logger = &rest[..at];
+            return Ok((
+                "",
+                PyLog {
+                    ts: crate::time::parse_loose(ts),
+                    logger,
+                    level,
+                    message,
+                },
+            ));
+        }
+        from = at + 3;
+    }
+    Err(nom::Err::Error(nom::error::Error::new(
+        i,
+        nom::error::ErrorKind::Tag,
+    )))
+}
+
+/// `LEVEL:name:message`
+fn basic(i: &str) -> R<'_, PyLog<'_>> {
+    let (i, (level, _, logger, _, message)) = (
+        level_name,
+        tag(":"),
+        take_while1(|c: char| c != ':' && !c.is_whitespace()),
+        tag(":"),
+        rest,
+    )
+        .parse(i)?;
+    Ok((
+        i,
+        PyLog {
+            ts: None,
+            logger,
+            level,
+            message,
+        },
+    ))
+}
+
+/// Parses a logging record's first line, or `None` when the line is not one.
+pub fn parse(line: &str) -> Option<PyLog<'_>> {
+    let first = line.as_bytes().first()?;
+    let r = if first.is_ascii_digit() {
+        dashed(line)
+    } else if first.is_ascii_uppercase() {
+        basic(line)
+    } else {
+        return None;
+    };
+    r.ok().map(|(_, p)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dashed_format() {
+        let p = parse("2026-11-29 05:00:48,263 - consumer - INFO - Processed 10 messages").unwrap();
+        assert_eq!(p.logger, "consumer");
+        assert_eq!(p.level, Level::Info);
+        assert_eq!(p.message, "Processed 10 messages");
+        assert_eq!(p.ts, crate::time::parse_loose("2026-11-29T05:00:48.263Z"));
+        let p = parse("2026-04-22 15:39:47 - exp01_detection_baseline - INFO - ").unwrap();
+        assert_eq!(p.message, "");
+        let p = parse("2026-04-22 15:39:47 - a - b - ERROR - x - y").unwrap();
+        assert_eq!(p.logger, "a - b");
+        assert_eq!(p.message, "x - y");
+    }
+
+    #[test]
+    fn basic_format() {
+        let p = parse("WARNING:annotation_queue:Failed to process message offset=1234").unwrap();
+        assert_eq!(p.level, Level::Warning);
+        assert_eq!(p.logger, "annotation_queue");
+        assert_eq!(p.message, "Failed to process message offset=1234");
+        assert!(parse("INFO:root:root info").is_some());
+    }
+
+    #[test]
+    fn not_logging() {
+        assert!(parse("Epoch 45/120").is_none());
+        assert!(parse("ERROR ❌ AMP: checks failed").is_none());
+        assert!(parse("2026 was a year").is_none());
+        assert!(parse("").is_none());
+    }
+}

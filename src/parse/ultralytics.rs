@@ -1,0 +1,434 @@
+//! Parsers for the lines Ultralytics YOLO (v8, 11, 26) prints while training, after frame
+//! selection and ANSI stripping. One small nom parser per line shape; see
+//! `../shared/reference/log-formats.md` §1 for where each format string comes from.
+//!
+//! Loss columns are never mapped by position: the epoch header (`Epoch GPU_mem box_loss cls_loss
+//! dfl_loss Instances Size`) names them, and progress rows are read against the latest header.
+
+use nom::{
+    IResult, Parser,
+    branch::alt,
+    bytes::complete::{tag, take_till1, take_while1},
+    character::complete::{char, digit1, space0, space1},
+    combinator::{map_res, opt, rest},
+    multi::many1,
+    sequence::preceded,
+};
+
+/// A training progress row (one bar frame): `  82/120  6.66G  0.6647  0.3599  1.079  38  640: ...`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    pub epoch: u32,
+    pub epochs: u32,
+    pub gpu_mem_gb: f64,
+    /// Running-mean losses, in header order.
+    pub losses: Vec<f64>,
+    pub instances: f64,
+    pub size: f64,
+    pub percent: Option<u32>,
+    /// Batches done and total, when the bar shows `n/total`.
+    pub batches: Option<(u64, u64)>,
+}
+
+impl Progress {
+    /// Whether this frame is the bar's last (all batches done).
+    pub fn complete(&self) -> bool {
+        match (self.batches, self.percent) {
+            (Some((n, total)), _) => n >= total,
+            (None, Some(p)) => p >= 100,
+            _ => false,
+        }
+    }
+}
+
+/// The validation `all` row: `all  images  instances  P  R  mAP50  mAP50-95` (segmentation and
+/// pose runs append mask/pose columns; the first four metrics are the box metrics).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validation {
+    pub images: u64,
+    pub instances: u64,
+    pub precision: f64,
+    pub recall: f64,
+    pub map50: f64,
+    pub map50_95: f64,
+}
+
+type R<'a, T> = IResult<&'a str, T>;
+
+/// A whitespace-free token parsed as f64; accepts `nan`, `inf`, `-inf`, `1e-05`.
+fn number(i: &str) -> R<'_, f64> {
+    map_res(
+        take_till1(|c: char| c.is_whitespace() || c == ':'),
+        str::parse::<f64>,
+    )
+    .parse(i)
+}
+
+fn uint(i: &str) -> R<'_, u64> {
+    map_res(digit1, str::parse::<u64>).parse(i)
+}
+
+/// `82/120`
+fn epoch_of(i: &str) -> R<'_, (u32, u32)> {
+    let (i, (e, _, n)) = (uint, char('/'), uint).parse(i)?;
+    Ok((
+        i,
+        (e.min(u32::MAX as u64) as u32, n.min(u32::MAX as u64) as u32),
+    ))
+}
+
+/// `6.66G`, `0G`, `1.23e+03G`
+fn gpu_mem(i: &str) -> R<'_, f64> {
+    let (i, tok) = take_while1(|c: char| !c.is_whitespace()).parse(i)?;
+    match tok.strip_suffix('G').map(str::parse::<f64>) {
+        Some(Ok(v)) => Ok((i, v)),
+        _ => Err(nom::Err::Error(nom::error::Error::new(
+            i,
+            nom::error::ErrorKind::Float,
+        ))),
+    }
+}
+
+/// The bar after the description: old tqdm `100%|██████████| 8/8 [...]`, new
+/// `100% ━━━━━━━━━━━━ 8/8 6.5it/s 1.2s`, Colab `100% 85/85 [...]`. Returns (percent, n/total).
+fn bar_fields(i: &str) -> (Option<u32>, Option<(u64, u64)>) {
+    let i = i.trim_start();
+    let pct: R<'_, u64> = uint(i);
+    let Ok((after, p)) = pct else {
+        return (None, None);
+    };
+    if !after.starts_with('%') {
+        return (None, None);
+    }
+    // The first `n/total` token after the percentage.
+    let batches = after[1..]
+        .split(|c: char| c.is_whitespace() || c == '|')
+        .find_map(|tok| {
+            let (n, t) = tok.split_once('/')?;
+            Some((n.parse().ok()?, t.parse().ok()?))
+        });
+    (Some(p.min(u32::MAX as u64) as u32), batches)
+}
+
+/// Parses a training progress row. Needs at least one loss column besides Instances and Size.
+pub fn progress_row(line: &str) -> Option<Progress> {
+    let parsed: R<'_, _> = (
+        preceded(space0, epoch_of),
+        preceded(space1, gpu_mem),
+        many1(preceded(space1, number)),
+        opt(preceded(char(':'), rest)),
+    )
+        .parse(line);
+    let (_, ((epoch, epochs), gpu_mem_gb, mut nums, tail)) = parsed.ok()?;
+    if nums.len() < 3 || epoch == 0 || epochs == 0 {
+        return None;
+    }
+    let size = nums.pop()?;
+    let instances = nums.pop()?;
+    let (percent, batches) = tail.map(bar_fields).unwrap_or((None, None));
+    Some(Progress {
+        epoch,
+        epochs,
+        gpu_mem_gb,
+        losses: nums,
+        instances,
+        size,
+        percent,
+        batches,
+    })
+}
+
+/// Parses the epoch header and returns the loss column names between `GPU_mem` and `Instances`.
+pub fn epoch_header(line: &str) -> Option<Vec<String>> {
+    let parsed: R<'_, _> = (
+        preceded(space0, tag("Epoch")),
+        preceded(space1, tag("GPU_mem")),
+        many1(preceded(space1, take_while1(|c: char| !c.is_whitespace()))),
+    )
+        .parse(line);
+    let (rest, (_, _, mut names)) = parsed.ok()?;
+    if !rest.trim().is_empty() || names.len() < 3 {
+        return None;
+    }
+    if names.pop()? != "Size" || names.pop()? != "Instances" {
+        return None;
+    }
+    Some(names.into_iter().map(str::to_string).collect())
+}
+
+/// Parses the validation `all` row.
+pub fn val_all_row(line: &str) -> Option<Validation> {
+    let parsed: R<'_, _> = (
+        preceded(space0, tag("all")),
+        preceded(space1, uint),
+        preceded(space1, uint),
+        many1(preceded(space1, number)),
+        space0,
+    )
+        .parse(line);
+    let (rest, (_, images, instances, m, _)) = parsed.ok()?;
+    if !rest.is_empty() || m.len() < 4 {
+        return None;
+    }
+    Some(Validation {
+        images,
+        instances,
+        precision: m[0],
+        recall: m[1],
+        map50: m[2],
+        map50_95: m[3],
+    })
+}
+
+/// `engine/trainer: task=detect, mode=train, model=yolo11n.yaml, ..., epochs=3, ..., resume=False, ...`
+/// Returns the settings as (key, value) pairs. Values may contain `, ` only inside brackets,
+/// which Ultralytics prints for lists; those are kept whole.
+pub fn trainer_settings(line: &str) -> Option<Vec<(String, String)>> {
+    let body = line.trim_start().strip_prefix("engine/trainer:")?.trim();
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    let bytes = body.as_bytes();
+    let mut push = |s: &str| {
+        if let Some((k, v)) = s.split_once('=') {
+            out.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    };
+    for (i, &c) in bytes.iter().enumerate() {
+        match c {
+            b'[' | b'(' | b'{' => depth += 1,
+            b']' | b')' | b'}' => depth -= 1,
+            b',' if depth <= 0 && bytes.get(i + 1) == Some(&b' ') => {
+                push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    push(&body[start..]);
+    (!out.is_empty()).then_some(out)
+}
+
+/// `Starting training for 120 epochs...` -> 120 (`for 2.5 hours...` -> None epochs).
+pub fn starting_training(line: &str) -> Option<Option<u32>> {
+    let rest = line.trim().strip_prefix("Starting training for ")?;
+    let (n, unit) = rest.split_once(' ')?;
+    if unit.starts_with("epochs") {
+        Some(n.parse().ok())
+    } else if unit.starts_with("hours") {
+        Some(None)
+    } else {
+        None
+    }
+}
+
+/// `Resuming training runs/detect/train/weights/last.pt from epoch 4 to 10 total epochs`
+/// -> (model, from_epoch, total).
+pub fn resuming(line: &str) -> Option<(String, u32, u32)> {
+    let rest = line.trim().strip_prefix("Resuming training ")?;
+    let (model, rest) = rest.rsplit_once(" from epoch ")?;
+    let (from, rest) = rest.split_once(" to ")?;
+    let total = rest.strip_suffix(" total epochs")?;
+    Some((
+        model.to_string(),
+        from.trim().parse().ok()?,
+        total.trim().parse().ok()?,
+    ))
+}
+
+/// `188 epochs completed in 0.422 hours.` -> (188, 0.422)
+pub fn epochs_completed(line: &str) -> Option<(u32, f64)> {
+    let parsed: R<'_, _> = (
+        preceded(space0, uint),
+        tag(" epochs completed in "),
+        number,
+        tag(" hours."),
+    )
+        .parse(line);
+    let (_, (n, _, h, _)) = parsed.ok()?;
+    Some((n.min(u32::MAX as u64) as u32, h))
+}
+
+/// `EarlyStopping: Training stopped early as no improvement observed in last 15 epochs. Best
+/// results observed at epoch 70, best model saved as best.pt.` -> (best epoch, patience)
+pub fn early_stopping(line: &str) -> Option<(u32, Option<u32>)> {
+    let rest = line.trim_start().strip_prefix("EarlyStopping: ")?;
+    if !rest.starts_with("Training stopped early") {
+        return None;
+    }
+    let best = rest.split_once("observed at epoch ")?.1;
+    let best: u32 = best
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let patience = rest
+        .split_once("observed in last ")
+        .and_then(|(_, r)| r.split(' ').next())
+        .and_then(|n| n.parse().ok());
+    Some((best, patience))
+}
+
+/// `Results saved to runs/detect/train` / `Logging results to runs/detect/train`
+pub fn results_dir(line: &str) -> Option<&str> {
+    let t = line.trim();
+    let dir = t
+        .strip_prefix("Results saved to ")
+        .or_else(|| t.strip_prefix("Logging results to "))?;
+    (!dir.is_empty()).then_some(dir.trim())
+}
+
+/// `Validating runs/detect/train/weights/best.pt...`: the final validation of the best model.
+pub fn validating_best(line: &str) -> bool {
+    let t = line.trim();
+    t.starts_with("Validating ") && t.ends_with("...")
+}
+
+/// `Ultralytics 8.3.40 🚀 Python-3.11.7 ...` / `Ultralytics YOLOv8.0.145 🚀 ...`: the version.
+pub fn banner(line: &str) -> Option<&str> {
+    let rest = line.trim().strip_prefix("Ultralytics ")?;
+    let (ver, tail) = rest.split_once(' ')?;
+    if !tail.starts_with('🚀') {
+        return None;
+    }
+    Some(ver.trim_start_matches("YOLOv"))
+}
+
+/// Ultralytics' logging prefixes: `WARNING ⚠️ ...` and `ERROR ❌ ...` (bare on Windows).
+pub fn level_prefix(line: &str) -> Option<crate::parse::Level> {
+    let r: R<'_, &str> = alt((tag("WARNING"), tag("ERROR"))).parse(line.trim_start());
+    match r {
+        Ok((rest, lvl)) if rest.is_empty() || rest.starts_with(' ') || rest.starts_with(':') => {
+            Some(if lvl == "ERROR" {
+                crate::parse::Level::Error
+            } else {
+                crate::parse::Level::Warning
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_new_bar() {
+        let p = progress_row("     82/120      6.66G     0.6647     0.3599      1.079         38        640: 28% ━━━───────── 43/154 2.2it/s 19.8s<49.8s").unwrap();
+        assert_eq!((p.epoch, p.epochs), (82, 120));
+        assert_eq!(p.gpu_mem_gb, 6.66);
+        assert_eq!(p.losses, vec![0.6647, 0.3599, 1.079]);
+        assert_eq!((p.instances, p.size), (38.0, 640.0));
+        assert_eq!(p.percent, Some(28));
+        assert_eq!(p.batches, Some((43, 154)));
+        assert!(!p.complete());
+    }
+
+    #[test]
+    fn progress_old_tqdm_and_colab() {
+        let p = progress_row("       1/10      4.35G      1.394      4.212       1.26         28        640: 100%|██████████| 28/28 [00:17<00:00,  1.63it/s]").unwrap();
+        assert!(p.complete());
+        assert_eq!(p.batches, Some((28, 28)));
+        let p = progress_row("      20/20      14.9G     0.7806     0.7389     0.9101         12        640: 100% 85/85 [01:41<00:00,  1.19s/it]").unwrap();
+        assert_eq!(p.batches, Some((85, 85)));
+        let p = progress_row("        1/4         0G       1.58          2      1.126        256        224: 100%|██████████| 54/54").unwrap();
+        assert_eq!(p.gpu_mem_gb, 0.0);
+        assert_eq!(p.losses, vec![1.58, 2.0, 1.126]);
+    }
+
+    #[test]
+    fn progress_nan_and_glued_stderr() {
+        let p = progress_row("      1/100      2.41G        nan        inf       -inf         47        640: 40% ━━━━╸─────── 2/5 4.2it/s 0.4s<0.7s").unwrap();
+        assert!(p.losses[0].is_nan());
+        assert_eq!(p.losses[1], f64::INFINITY);
+        assert_eq!(p.losses[2], f64::NEG_INFINITY);
+        let p = progress_row("     82/120      6.66G     0.6647     0.3599      1.079         38        640: 28% ━━━───────── 43/154 2.2it/s 19.8s<49.8sCorrupt JPEG data: premature end of data segment").unwrap();
+        assert_eq!(p.batches, Some((43, 154)));
+    }
+
+    #[test]
+    fn not_progress() {
+        assert!(progress_row("Epoch 45/120 completed").is_none());
+        assert!(progress_row("  1/2 files").is_none());
+        assert!(progress_row("").is_none());
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            epoch_header(
+                "      Epoch    GPU_mem   box_loss   cls_loss   dfl_loss  Instances       Size"
+            )
+            .unwrap(),
+            vec!["box_loss", "cls_loss", "dfl_loss"]
+        );
+        assert_eq!(
+            epoch_header("      Epoch    GPU_mem   box_loss   seg_loss   cls_loss   dfl_loss   sem_loss  Instances       Size").unwrap().len(),
+            5
+        );
+        assert!(epoch_header("      Epoch    GPU_mem").is_none());
+    }
+
+    #[test]
+    fn all_rows() {
+        let v = val_all_row("                   all        128        929      0.386     0.0348     0.0324     0.0135").unwrap();
+        assert_eq!(v.images, 128);
+        assert_eq!(v.instances, 929);
+        assert_eq!(
+            (v.precision, v.recall, v.map50, v.map50_95),
+            (0.386, 0.0348, 0.0324, 0.0135)
+        );
+        let v = val_all_row("                   all        128        929        0.4     0.0366        nan     0.0125").unwrap();
+        assert!(v.map50.is_nan());
+        assert!(val_all_row("                   car        100        222        0.4      0.414      0.366      0.292").is_none());
+    }
+
+    #[test]
+    fn run_lines() {
+        let s = trainer_settings("engine/trainer: task=detect, mode=train, epochs=3, imgsz=[640, 480], resume=False, save_dir=/r/train2").unwrap();
+        assert!(s.contains(&("imgsz".into(), "[640, 480]".into())));
+        assert!(s.contains(&("save_dir".into(), "/r/train2".into())));
+        assert_eq!(
+            starting_training("Starting training for 10 epochs..."),
+            Some(Some(10))
+        );
+        assert_eq!(
+            starting_training("Starting training for 2.5 hours..."),
+            Some(None)
+        );
+        assert_eq!(
+            resuming("Resuming training /r/train/weights/last.pt from epoch 4 to 10 total epochs"),
+            Some(("/r/train/weights/last.pt".into(), 4, 10))
+        );
+        assert_eq!(
+            epochs_completed("188 epochs completed in 0.422 hours."),
+            Some((188, 0.422))
+        );
+        assert_eq!(
+            early_stopping(
+                "EarlyStopping: Training stopped early as no improvement observed in last 15 epochs. Best results observed at epoch 70, best model saved as best.pt."
+            ),
+            Some((70, Some(15)))
+        );
+        assert_eq!(
+            banner(
+                "Ultralytics 8.3.175 🚀 Python-3.11.13 torch-2.6.0+cu124 CUDA:0 (Tesla T4, 14914MiB)"
+            ),
+            Some("8.3.175")
+        );
+        assert_eq!(
+            banner("Ultralytics YOLOv8.1.29 🚀 Python-3.10.12"),
+            Some("8.1.29")
+        );
+        assert_eq!(
+            results_dir("Results saved to runs/detect/train"),
+            Some("runs/detect/train")
+        );
+        assert_eq!(
+            level_prefix("WARNING ⚠️ no labels found"),
+            Some(crate::parse::Level::Warning)
+        );
+        assert_eq!(level_prefix("WARNINGS"), None);
+    }
+}

@@ -1,0 +1,200 @@
+//! The replay pipeline: plan -> read -> assemble -> parse -> derive -> store, for archived logs.
+//! The same stages serve the live path; only the source differs.
+//!
+//! Threads: this one reads, assembles, parses and derives; the store's writer thread commits
+//! batches behind a bounded channel, so a slow disk slows reading and nothing is dropped.
+//!
+//! Exactly once: each source position (container, stream, origin) has a cursor in the store,
+//! committed in the same transaction as the rows it covers. Lines at or before the cursor were
+//! stored by an earlier run and are skipped before derivation, so replaying the same files
+//! again, or an overlapping rotated set, adds nothing and does not disturb run state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::assemble::{self, multiline::Grouper};
+use crate::derive::{ContainerState, CursorRow, Op};
+use crate::error::{SourceError, StoreError};
+use crate::event::{Key, Record, Stream};
+use crate::parse::Parser;
+use crate::source::files::{self, Format};
+use crate::source::jsonfile::JsonFileReader;
+use crate::source::text::{self, TextReader};
+use crate::source::{LineSource, Skips};
+use crate::store::{self, WriteStats, WriterHandle};
+
+/// Ops per transaction.
+pub const BATCH_OPS: usize = 20_000;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub files: usize,
+    pub bytes: u64,
+    /// Lines read from sources (after partial merge).
+    pub lines: u64,
+    /// Lines skipped because an earlier replay stored them.
+    pub already_stored: u64,
+    /// Records after grouping.
+    pub records: u64,
+    pub skips: Skips,
+    pub write: WriteStats,
+    pub by_kind: BTreeMap<&'static str, u64>,
+}
+
+/// Replays `inputs` into the database at `db`.
+pub fn replay(
+    inputs: &[String],
+    container: Option<&str>,
+    db: PathBuf,
+    parser: &Parser,
+) -> Result<Summary, ReplayError> {
+    let sets = files::plan(inputs, container)?;
+    let reader_conn = {
+        // The writer migrates; open it first so reads see the schema.
+        let w = WriterHandle::spawn(db.clone())?;
+        (w, store::open_rw(&db)?)
+    };
+    let (writer, conn) = reader_conn;
+    let mut summary = Summary::default();
+    let mut states: HashMap<String, ContainerState> = HashMap::new();
+    let mut cursors: HashMap<String, HashMap<(Stream, String), Key>> = HashMap::new();
+    let mut ops: Vec<Op> = Vec::with_capacity(BATCH_OPS + 64);
+    for set in sets {
+        summary.files += set.files.len();
+        let container: Arc<str> = Arc::from(set.container.as_str());
+        if !states.contains_key(&set.container) {
+            let resume = store::queries::resume_state(&conn, &container)?;
+            states.insert(
+                set.container.clone(),
+                ContainerState::new(container.clone(), resume),
+            );
+            cursors.insert(
+                set.container.clone(),
+                store::queries::cursors(&conn, &set.container)?,
+            );
+        }
+        let state = states.get_mut(&set.container).expect("inserted above");
+        let cur = cursors.get_mut(&set.container).expect("inserted above");
+        let mut source: Box<dyn LineSource> = match set.format {
+            Format::DockerJson => Box::new(JsonFileReader::new(set.files.clone())),
+            Format::Text => {
+                let fp = text::fingerprint(&set.files[0]).map_err(|source| SourceError::Open {
+                    path: set.files[0].clone(),
+                    source,
+                })?;
+                Box::new(TextReader::new(set.files.clone(), fp))
+            }
+        };
+        let origin: Arc<str> = Arc::from(source.origin());
+        let mut ctx = SetRun {
+            parser,
+            state,
+            ops: &mut ops,
+            writer: &writer,
+            summary: &mut summary,
+            origin: origin.clone(),
+            emitted: [None, None],
+        };
+        let mut grouper = Grouper::new();
+        let mut recs: Vec<Record> = Vec::new();
+        let stored_out = [
+            cur.get(&(Stream::Stdout, origin.to_string())).copied(),
+            cur.get(&(Stream::Stderr, origin.to_string())).copied(),
+        ];
+        for raw in source.by_ref() {
+            ctx.summary.lines += 1;
+            let si = if raw.stream == Stream::Stdout { 0 } else { 1 };
+            if stored_out[si].is_some_and(|k| raw.key <= k) {
+                ctx.summary.already_stored += 1;
+                continue;
+            }
+            grouper.push(assemble::clean(raw), &mut recs);
+            ctx.process(&mut recs)?;
+        }
+        grouper.finish(&mut recs);
+        ctx.process(&mut recs)?;
+        ctx.flush(true)?;
+        for (i, s) in Stream::ALL.iter().enumerate() {
+            if let Some(k) = ctx.emitted[i] {
+                cur.insert((*s, origin.to_string()), k);
+            }
+        }
+        summary.bytes += source.bytes_read();
+        summary.skips.merge(source.skips());
+    }
+    drop(conn);
+    summary.write = writer.finish()?;
+    Ok(summary)
+}
+
+struct SetRun<'a> {
+    parser: &'a Parser,
+    state: &'a mut ContainerState,
+    ops: &'a mut Vec<Op>,
+    writer: &'a WriterHandle,
+    summary: &'a mut Summary,
+    origin: Arc<str>,
+    /// The last key fully emitted per stream: the cursor candidate.
+    emitted: [Option<Key>; 2],
+}
+
+impl SetRun<'_> {
+    fn process(&mut self, recs: &mut Vec<Record>) -> Result<(), ReplayError> {
+        for rec in recs.drain(..) {
+            self.summary.records += 1;
+            let p = self.parser.parse(&rec);
+            if let Some(skip) = p.skip {
+                let reason = match skip {
+                    crate::parse::json::JsonSkip::Invalid => "invalid_service_json",
+                    crate::parse::json::JsonSkip::NotObject => "service_json_not_object",
+                };
+                *self.summary.skips.by_reason.entry(reason).or_insert(0) += 1;
+            }
+            let before = self.ops.len();
+            self.state.apply(&rec, &p, self.ops);
+            for op in &self.ops[before..] {
+                if let Op::Event(e) = op {
+                    *self.summary.by_kind.entry(e.kind).or_insert(0) += 1;
+                }
+            }
+            let si = if rec.stream == Stream::Stdout { 0 } else { 1 };
+            if self.emitted[si].is_none_or(|k| rec.last_key > k) {
+                self.emitted[si] = Some(rec.last_key);
+            }
+            if self.ops.len() >= BATCH_OPS {
+                self.flush(false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, last: bool) -> Result<(), ReplayError> {
+        if self.ops.is_empty() && !last {
+            return Ok(());
+        }
+        for (i, s) in Stream::ALL.iter().enumerate() {
+            if let Some(k) = self.emitted[i] {
+                self.ops.push(Op::Cursor(CursorRow {
+                    container: self.state.container().clone(),
+                    stream: *s,
+                    origin: self.origin.clone(),
+                    key: k,
+                }));
+            }
+        }
+        let batch = std::mem::replace(self.ops, Vec::with_capacity(BATCH_OPS + 64));
+        self.writer.send(batch)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! Replay planning: expands the user's arguments (files, directories, globs) into sets of
+//! files that belong together, each ordered oldest first, with its format and container.
+//!
+//! Rotation orders:
+//! - Docker json-file: `<id>-json.log.N[.gz]` (higher N older) ... `.1`, then `<id>-json.log`.
+//! - Python `RotatingFileHandler`: `queue.log.N` (higher N older), then `queue.log`.
+//! - Python `TimedRotatingFileHandler`: `queue.log.2026-03-27` (date order), then `queue.log`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::SourceError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    DockerJson,
+    Text,
+}
+
+/// Files of one source, oldest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSet {
+    pub container: String,
+    pub format: Format,
+    pub files: Vec<PathBuf>,
+}
+
+/// Sort key of a file within its rotated set: (class, -number, date); lower is older.
+type Rank = (u8, i64, String);
+
+/// Splits a file name into its base and rotation suffix rank (lower = older).
+fn rotation(name: &str) -> (String, Rank) {
+    let name = name.strip_suffix(".gz").unwrap_or(name);
+    if let Some((base, suffix)) = name.rsplit_once('.') {
+        if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) && suffix.len() < 6 {
+            // Numbered backups: .1 is the newest, so a higher number sorts first.
+            let n: i64 = suffix.parse().unwrap_or(0);
+            return (base.to_string(), (1, -n, String::new()));
+        }
+        let is_date = suffix.len() >= 10
+            && suffix.as_bytes()[4] == b'-'
+            && suffix[..4].bytes().all(|b| b.is_ascii_digit());
+        if is_date {
+            return (base.to_string(), (0, 0, suffix.to_string()));
+        }
+    }
+    (name.to_string(), (2, 0, String::new()))
+}
+
+fn detect(path: &Path, base: &str) -> Format {
+    if base.ends_with("-json.log") {
+        return Format::DockerJson;
+    }
+    // Sniff: a json-file entry starts with {"log": or {"stream":.
+    let head = super::open_maybe_gz(path).ok().and_then(|(mut r, _)| {
+        let mut buf = [0u8; 64];
+        let n = std::io::Read::read(&mut r, &mut buf).ok()?;
+        Some(buf[..n].to_vec())
+    });
+    match head {
+        Some(h) if h.starts_with(b"{\"log\":") || h.starts_with(b"{\"stream\":") => {
+            Format::DockerJson
+        }
+        _ => Format::Text,
+    }
+}
+
+/// The container a set belongs to: the given name, else the container id from a json-file
+/// name (`<id>-json.log`, shortened to 12 characters like `docker ps`), else the file's stem.
+fn container_of(base: &str, format: Format, given: Option<&str>) -> String {
+    if let Some(g) = given {
+        return g.to_string();
+    }
+    let file = Path::new(base)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or(base);
+    if format == Format::DockerJson
+        && let Some(id) = file.strip_suffix("-json.log")
+    {
+        return id.chars().take(12).collect();
+    }
+    file.split('.').next().unwrap_or(file).to_string()
+}
+
+fn expand(arg: &str, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
+    let p = Path::new(arg);
+    if p.is_dir() {
+        let rd = std::fs::read_dir(p).map_err(|source| SourceError::Open {
+            path: p.to_path_buf(),
+            source,
+        })?;
+        let mut found: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| {
+                f.is_file()
+                    && f.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        let n = n.strip_suffix(".gz").unwrap_or(n);
+                        n.contains(".log") && !n.ends_with(".truth.json")
+                    })
+            })
+            .collect();
+        if found.is_empty() {
+            return Err(SourceError::NoMatch {
+                pattern: arg.to_string(),
+            });
+        }
+        out.append(&mut found);
+        return Ok(());
+    }
+    if p.exists() {
+        out.push(p.to_path_buf());
+        return Ok(());
+    }
+    if arg.contains(['*', '?', '[']) {
+        let paths = glob::glob(arg).map_err(|e| SourceError::Glob {
+            pattern: arg.to_string(),
+            reason: e.to_string(),
+        })?;
+        let before = out.len();
+        out.extend(paths.filter_map(Result::ok).filter(|f| f.is_file()));
+        if out.len() == before {
+            return Err(SourceError::NoMatch {
+                pattern: arg.to_string(),
+            });
+        }
+        return Ok(());
+    }
+    Err(SourceError::Open {
+        path: p.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+    })
+}
+
+/// Plans the replay of `args`. Sets keep the order in which their first file was named.
+pub fn plan(args: &[String], container: Option<&str>) -> Result<Vec<FileSet>, SourceError> {
+    let mut paths = Vec::new();
+    for a in args {
+        expand(a, &mut paths)?;
+    }
+    paths.dedup();
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: BTreeMap<String, Vec<(Rank, PathBuf)>> = BTreeMap::new();
+    for p in paths {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let (base, rank) = rotation(&name);
+        let key = p.with_file_name(&base).to_string_lossy().into_owned();
+        if !groups.contains_key(&key) {
+            order.push(key.clone());
+        }
+        let g = groups.entry(key).or_default();
+        if !g.iter().any(|(_, q)| *q == p) {
+            g.push((rank, p));
+        }
+    }
+    let mut sets = Vec::new();
+    for key in order {
+        let mut g = groups.remove(&key).unwrap_or_default();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        let files: Vec<PathBuf> = g.into_iter().map(|(_, p)| p).collect();
+        let format = detect(&files[0], &key);
+        sets.push(FileSet {
+            container: container_of(&key, format, container),
+            format,
+            files,
+        });
+    }
+    Ok(sets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_sets_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "abcdef0123456789-json.log",
+            "abcdef0123456789-json.log.1",
+            "abcdef0123456789-json.log.2.gz",
+            "abcdef0123456789-json.log.10.gz",
+            "queue.log",
+            "queue.log.1",
+            "queue.log.2",
+            "queue.log.2026-03-27",
+            "queue.log.2026-03-26",
+        ] {
+            std::fs::write(d.join(f), "x\n").unwrap();
+        }
+        let sets = plan(&[d.to_string_lossy().into_owned()], None).unwrap();
+        let docker = sets
+            .iter()
+            .find(|s| s.format == Format::DockerJson)
+            .unwrap();
+        assert_eq!(docker.container, "abcdef012345");
+        let names: Vec<String> = docker
+            .files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "abcdef0123456789-json.log.10.gz",
+                "abcdef0123456789-json.log.2.gz",
+                "abcdef0123456789-json.log.1",
+                "abcdef0123456789-json.log"
+            ]
+        );
+        let q = sets.iter().find(|s| s.container == "queue").unwrap();
+        let names: Vec<String> = q
+            .files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "queue.log.2026-03-26",
+                "queue.log.2026-03-27",
+                "queue.log.2",
+                "queue.log.1",
+                "queue.log"
+            ]
+        );
+        assert_eq!(q.format, Format::Text);
+        let g = plan(&[format!("{}/queue.log*", d.display())], Some("q")).unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].container, "q");
+        assert!(plan(&[format!("{}/nothing*", d.display())], None).is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! Sources: where raw lines come from. Each yields [`crate::event::RawLine`]s in log order with
+//! a resumable position ([`crate::event::Key`]) and counts what it had to skip.
+//!
+//! - [`files`] plans a replay: which files form a rotated set, in which order, in which format.
+//! - [`jsonfile`] reads Docker `json-file` logs and merges 16 KiB partial messages.
+//! - [`text`] reads plain text logs (`docker logs` output, Python's rotating handler files).
+
+pub mod files;
+pub mod jsonfile;
+pub mod lines;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Counted, logged skips by reason. Good records around a bad one are never lost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Skips {
+    pub by_reason: BTreeMap<&'static str, u64>,
+}
+
+/// How many skips of one reason per file are logged individually before going quiet.
+const LOG_FIRST: u64 = 5;
+
+impl Skips {
+    /// Counts a skip and logs the first few of each reason with file and line.
+    pub fn record(&mut self, reason: &'static str, path: &Path, line: u64, detail: &str) {
+        let n = self.by_reason.entry(reason).or_insert(0);
+        *n += 1;
+        if *n <= LOG_FIRST {
+            tracing::warn!(reason, file = %path.display(), line, detail, "Skipped part of a log record.");
+        }
+    }
+
+    pub fn merge(&mut self, other: &Skips) {
+        for (k, v) in &other.by_reason {
+            *self.by_reason.entry(k).or_insert(0) += v;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason.values().sum()
+    }
+}
+
+/// Where a line came from, for the dedup key and error messages.
+pub trait LineSource: Iterator<Item = crate::event::RawLine> {
+    /// The origin part of the cursor key: `""` for Docker streams, a content fingerprint for
+    /// plain text files.
+    fn origin(&self) -> &str;
+    fn skips(&self) -> &Skips;
+    /// Bytes read from disk so far (compressed size for gzip).
+    fn bytes_read(&self) -> u64;
+}
+
+pub(crate) fn open_maybe_gz(
+    path: &Path,
+) -> std::io::Result<(Box<dyn std::io::Read + Send>, CountingHandle)> {
+    let f = std::fs::File::open(path)?;
+    let counter = CountingHandle::default();
+    let counted = Counting {
+        inner: f,
+        n: counter.clone(),
+    };
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    let r: Box<dyn std::io::Read + Send> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(
+            std::io::BufReader::with_capacity(256 * 1024, counted),
+        ))
+    } else {
+        Box::new(counted)
+    };
+    Ok((r, counter))
+}
+
+/// Shared byte counter of a file being read.
+#[derive(Clone, Debug, Default)]
+pub struct CountingHandle(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl CountingHandle {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+struct Counting<R> {
+    inner: R,
+    n: CountingHandle,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n
+            .0
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// The file currently open in a [`FileChain`].
+struct OpenFile {
+    lines: lines::CappedLines<Box<dyn std::io::Read + Send>>,
+    counter: CountingHandle,
+    path: std::path::PathBuf,
+}
+
+/// One physical line read by a [`FileChain`].
+pub struct ChainLine {
+    /// False for a last line without a newline.
+    pub ended: bool,
+    /// True when the line was longer than the cap and cut.
+    pub cut: bool,
+    /// True when this line is the first of a new file in the chain.
+    pub new_file: bool,
+}
+
+/// An ordered set of files read as one sequence of lines, oldest first. Open failures, read
+/// errors and truncated gzip members are counted skips; what was read before them is kept and
+/// reading goes on with the next file.
+pub struct FileChain {
+    files: Vec<std::path::PathBuf>,
+    next_file: usize,
+    cur: Option<OpenFile>,
+    cap: usize,
+    line_no: u64,
+    bytes_done: u64,
+    fresh: bool,
+}
+
+impl FileChain {
+    pub fn new(files: Vec<std::path::PathBuf>, cap: usize) -> Self {
+        FileChain {
+            files,
+            next_file: 0,
+            cur: None,
+            cap,
+            line_no: 0,
+            bytes_done: 0,
+            fresh: false,
+        }
+    }
+
+    /// Path of the file being read (or last read).
+    pub fn path(&self) -> &Path {
+        match &self.cur {
+            Some(f) => &f.path,
+            None => self
+                .files
+                .get(self.next_file.saturating_sub(1))
+                .map(|p| p.as_path())
+                .unwrap_or(Path::new("")),
+        }
+    }
+
+    /// 1-based line number within the current file of the line last read.
+    pub fn line_no(&self) -> u64 {
+        self.line_no
+    }
+
+    /// Bytes read from disk so far (compressed size for gzip).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_done + self.cur.as_ref().map(|f| f.counter.get()).unwrap_or(0)
+    }
+
+    fn close(&mut self) {
+        if let Some(f) = self.cur.take() {
+            self.bytes_done += f.counter.get();
+        }
+    }
+
+    /// Reads the next line into `buf`; `None` at the end of the last file.
+    pub fn next_line(&mut self, buf: &mut Vec<u8>, skips: &mut Skips) -> Option<ChainLine> {
+        loop {
+            if self.cur.is_none() {
+                let path = self.files.get(self.next_file)?.clone();
+                self.next_file += 1;
+                match open_maybe_gz(&path) {
+                    Ok((r, counter)) => {
+                        self.cur = Some(OpenFile {
+                            lines: lines::CappedLines::new(r, self.cap),
+                            counter,
+                            path,
+                        });
+                        self.line_no = 0;
+                        self.fresh = true;
+                    }
+                    Err(e) => {
+                        skips.record("file_unreadable", &path, 0, &e.to_string());
+                        continue;
+                    }
+                }
+            }
+            let f = self.cur.as_mut().expect("opened above");
+            match f.lines.next_line(buf) {
+                Ok(lines::LineRead::Eof) => self.close(),
+                Ok(lines::LineRead::Line { ended, cut }) => {
+                    self.line_no += 1;
+                    let new_file = std::mem::take(&mut self.fresh);
+                    return Some(ChainLine {
+                        ended,
+                        cut,
+                        new_file,
+                    });
+                }
+                Err(e) => {
+                    // Truncated gzip, a file that vanished or an I/O error: keep what was read.
+                    let reason = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        "truncated_gzip"
+                    } else {
+                        "read_error"
+                    };
+                    let path = f.path.clone();
+                    skips.record(reason, &path, self.line_no, &e.to_string());
+                    self.close();
+                }
+            }
+        }
+    }
+}

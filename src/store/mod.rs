@@ -1,0 +1,127 @@
+//! The SQLite store. One writer owns the write connection and commits batches of [`Op`]s in
+//! transactions ([`writer`]); readers (CLI views, status) open their own read-only connections.
+//! Fed by derivation; read by the outputs.
+//!
+//! Connection settings: WAL so readers never block the writer, `synchronous=NORMAL` (durable at
+//! checkpoints, safe against corruption), `busy_timeout` so a reader meeting a checkpoint waits
+//! instead of failing with "database is locked", `auto_vacuum=INCREMENTAL` set before the first
+//! table exists so retention can return space in small steps.
+
+pub mod migrate;
+pub mod queries;
+pub mod retention;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::derive::Op;
+use crate::error::StoreError;
+
+pub use writer::{WriteStats, Writer};
+
+/// How long a connection waits on a lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default database path: `$TRAINWATCH_DB`, else `./trainwatch.db` (set by the CLI).
+pub const DEFAULT_DB: &str = "trainwatch.db";
+
+fn pragmas(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(StoreError::sql("set busy_timeout"))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(StoreError::sql("enable foreign keys"))?;
+    Ok(())
+}
+
+/// Opens (creating and migrating if needed) the database for writing.
+pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    pragmas(&conn)?;
+    // auto_vacuum only takes effect before the first table is created.
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if tables == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(StoreError::sql("set auto_vacuum"))?;
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(StoreError::sql("set WAL"))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(StoreError::sql("set synchronous"))?;
+    migrate::migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Opens the database read-only (for `sql`, `history` and other views). Fails if the file does
+/// not exist rather than creating an empty one.
+pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    pragmas(&conn)?;
+    Ok(conn)
+}
+
+/// A handle to the writer thread: batches go in through a bounded channel (a slow disk slows
+/// the sources; nothing is dropped), the stats come back when it is closed.
+pub struct WriterHandle {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<Op>>>,
+    join: Option<std::thread::JoinHandle<Result<WriteStats, StoreError>>>,
+}
+
+impl WriterHandle {
+    /// Starts the writer thread on `path`.
+    pub fn spawn(path: PathBuf) -> Result<Self, StoreError> {
+        let conn = open_rw(&path)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Op>>(4);
+        let join = std::thread::Builder::new()
+            .name("trainwatch-writer".into())
+            .spawn(move || {
+                let mut w = Writer::new(conn);
+                for batch in rx {
+                    w.write(batch)?;
+                }
+                w.finish()
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(WriterHandle {
+            tx: Some(tx),
+            join: Some(join),
+        })
+    }
+
+    /// Sends a batch, waiting while the writer is behind.
+    pub fn send(&self, batch: Vec<Op>) -> Result<(), StoreError> {
+        match &self.tx {
+            Some(tx) => tx.send(batch).map_err(|_| StoreError::WriterGone),
+            None => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// Closes the channel and waits for the writer to commit everything.
+    pub fn finish(mut self) -> Result<WriteStats, StoreError> {
+        self.tx.take();
+        match self.join.take().map(|j| j.join()) {
+            Some(Ok(r)) => r,
+            _ => Err(StoreError::WriterGone),
+        }
+    }
+}

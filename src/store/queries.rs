@@ -1,0 +1,111 @@
+//! Named read queries: what derivation needs to continue a container where the store left it,
+//! the source cursors, and the history views.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::derive::{Resume, RunKey, RunRow, RunStatus};
+use crate::error::StoreError;
+use crate::event::{Key, Stream};
+
+const RUN_COLUMNS: &str =
+    "run_id, start_stream, start_key_ts, start_seq, started_at, ended_at, status,
+    epochs_total, best_epoch_reported, save_dir, model, loss_names";
+
+fn run_from_row(container: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, RunRow)> {
+    let parse_ts = |s: Option<String>| s.and_then(|s| crate::time::parse_rfc3339(&s));
+    let names: String = r.get(11)?;
+    Ok((
+        r.get(0)?,
+        RunRow {
+            key: RunKey {
+                container: container.clone(),
+                stream: Stream::parse(&r.get::<_, String>(1)?).unwrap_or(Stream::Stdout),
+                ts: r.get(2)?,
+                seq: r.get(3)?,
+            },
+            started_at: parse_ts(r.get(4)?).unwrap_or(0),
+            ended_at: parse_ts(r.get(5)?),
+            status: RunStatus::parse(&r.get::<_, String>(6)?).unwrap_or(RunStatus::Running),
+            epochs_total: r.get(7)?,
+            best_epoch_reported: r.get(8)?,
+            save_dir: r.get(9)?,
+            model: r.get(10)?,
+            loss_names: serde_json::from_str(&names).unwrap_or_default(),
+        },
+    ))
+}
+
+/// Loads what derivation needs to continue `container`.
+pub fn resume_state(conn: &Connection, container: &Arc<str>) -> Result<Resume, StoreError> {
+    let q = StoreError::sql("load container state");
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE container = ?1 ORDER BY started_at DESC, run_id DESC LIMIT 50"))
+        .map_err(StoreError::sql("load container state"))?;
+    let runs: Vec<(i64, RunRow)> = stmt
+        .query_map(params![&**container], |r| run_from_row(container, r))
+        .and_then(|it| it.collect())
+        .map_err(q)?;
+    let mut resume = Resume::default();
+    let mut first = true;
+    for (id, row) in runs {
+        if first {
+            let last: u32 = conn
+                .query_row(
+                    "SELECT COALESCE(max(epoch), 0) FROM epochs WHERE run_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::sql("load last epoch"))?;
+            resume.run = Some((row, last));
+            first = false;
+        } else if let Some(dir) = row.save_dir.clone()
+            && !resume.save_dirs.iter().any(|(d, _)| *d == dir)
+        {
+            resume.save_dirs.push((dir, row));
+        }
+    }
+    for name in ["queue_messages_processed", "queue_messages_failed"] {
+        let v: Option<f64> = conn
+            .query_row(
+                "SELECT value FROM metric_log WHERE container = ?1 AND name = ?2 ORDER BY ts DESC LIMIT 1",
+                params![&**container, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(StoreError::sql("load counters"))?;
+        if let Some(v) = v {
+            resume.counters.push((name.to_string(), v));
+        }
+    }
+    Ok(resume)
+}
+
+/// The stored cursors of `container`: (stream, origin) -> last stored key.
+pub fn cursors(
+    conn: &Connection,
+    container: &str,
+) -> Result<HashMap<(Stream, String), Key>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT stream, origin, key_ts, seq FROM cursors WHERE container = ?1")
+        .map_err(StoreError::sql("load cursors"))?;
+    let rows = stmt
+        .query_map([container], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                Key {
+                    ts: r.get(2)?,
+                    seq: r.get(3)?,
+                },
+            ))
+        })
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(StoreError::sql("load cursors"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(s, o, k)| Some(((Stream::parse(&s)?, o), k)))
+        .collect())
+}

@@ -1,0 +1,103 @@
+//! Retention: deletes rows older than a cutoff in small batches, each its own transaction, then
+//! returns free pages with `incremental_vacuum`. Never a full `VACUUM`: on a large database it
+//! blocks every writer for minutes (Uptime Kuma issues #1994, #2470, #4041).
+
+use rusqlite::{Connection, params};
+
+use crate::error::StoreError;
+
+/// Rows per delete batch: small enough that the writer lock is held for milliseconds.
+pub const BATCH: i64 = 5_000;
+
+/// What a prune removed (or, in a dry run, would remove).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub events: u64,
+    pub metric_samples: u64,
+    pub runs: u64,
+    pub epochs: u64,
+    pub freed_pages: u64,
+}
+
+/// Prunes events and metric samples older than `cutoff` (fixed-width UTC text), and training
+/// history (runs that ended, with their epochs) older than `history_cutoff` when given.
+pub fn prune(
+    conn: &Connection,
+    cutoff: &str,
+    history_cutoff: Option<&str>,
+    dry_run: bool,
+) -> Result<PruneReport, StoreError> {
+    let mut rep = PruneReport::default();
+    let count = |sql: &str, arg: &str| -> Result<u64, StoreError> {
+        conn.query_row(sql, [arg], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(StoreError::sql("count prunable rows"))
+    };
+    if dry_run {
+        rep.events = count("SELECT count(*) FROM event_log WHERE ts < ?1", cutoff)?;
+        rep.metric_samples = count("SELECT count(*) FROM metric_log WHERE ts < ?1", cutoff)?;
+        if let Some(h) = history_cutoff {
+            rep.runs = count(
+                "SELECT count(*) FROM runs WHERE status <> 'running' AND COALESCE(ended_at, started_at) < ?1",
+                h,
+            )?;
+            rep.epochs = count(
+                "SELECT count(*) FROM epochs WHERE run_id IN (SELECT run_id FROM runs WHERE status <> 'running' AND COALESCE(ended_at, started_at) < ?1)",
+                h,
+            )?;
+        }
+        return Ok(rep);
+    }
+    let pages_before: i64 = conn
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .unwrap_or(0);
+    loop {
+        let n = conn
+            .execute("DELETE FROM event_log WHERE id IN (SELECT id FROM event_log WHERE ts < ?1 LIMIT ?2)", params![cutoff, BATCH])
+            .map_err(StoreError::sql("prune events"))?;
+        rep.events += n as u64;
+        if (n as i64) < BATCH {
+            break;
+        }
+    }
+    loop {
+        let n = conn
+            .execute(
+                "DELETE FROM metric_log WHERE (container, name, ts) IN
+                   (SELECT container, name, ts FROM metric_log WHERE ts < ?1 LIMIT ?2)",
+                params![cutoff, BATCH],
+            )
+            .map_err(StoreError::sql("prune metric samples"))?;
+        rep.metric_samples += n as u64;
+        if (n as i64) < BATCH {
+            break;
+        }
+    }
+    if let Some(h) = history_cutoff {
+        rep.epochs = conn
+            .execute("DELETE FROM epochs WHERE run_id IN (SELECT run_id FROM runs WHERE status <> 'running' AND COALESCE(ended_at, started_at) < ?1)", [h])
+            .map_err(StoreError::sql("prune epochs"))? as u64;
+        rep.runs = conn
+            .execute("DELETE FROM runs WHERE status <> 'running' AND COALESCE(ended_at, started_at) < ?1", [h])
+            .map_err(StoreError::sql("prune runs"))? as u64;
+    }
+    let free: i64 = conn
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .unwrap_or(0);
+    // Return the freed pages in steps so no single statement holds the lock for long.
+    let mut left = free;
+    while left > 0 {
+        // execute_batch steps the pragma to completion (a single step frees one page only).
+        conn.execute_batch("PRAGMA incremental_vacuum(2000)")
+            .map_err(StoreError::sql("incremental vacuum"))?;
+        let now: i64 = conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap_or(0);
+        if now >= left {
+            break;
+        }
+        left = now;
+    }
+    rep.freed_pages = (free.max(pages_before) - left).max(0) as u64;
+    Ok(rep)
+}

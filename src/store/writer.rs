@@ -1,0 +1,288 @@
+//! The single writer: applies batches of [`Op`]s, each batch in one transaction, with cached
+//! prepared statements. Every insert is keyed by its natural key, so offering the same rows
+//! twice changes nothing (`ON CONFLICT DO NOTHING` for events and samples, merging upserts for
+//! runs and epochs). Cursors are written in the same transaction as the rows they cover.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, params};
+
+use crate::derive::{EpochRow, Op, RunKey, RunRow};
+use crate::error::StoreError;
+use crate::time::format_ns;
+
+/// What the writer did, for the replay summary and trainwatch's own metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub batches: u64,
+    pub events_inserted: u64,
+    pub events_duplicate: u64,
+    pub epochs_written: u64,
+    pub runs_written: u64,
+    pub metrics_inserted: u64,
+}
+
+pub struct Writer {
+    conn: Connection,
+    run_ids: HashMap<RunKey, i64>,
+    stats: WriteStats,
+}
+
+const INSERT_EVENT: &str =
+    "INSERT INTO event_log (ts, container, stream, key_ts, seq, level, kind, message, context)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING";
+
+const UPSERT_RUN: &str =
+    "INSERT INTO runs (container, start_stream, start_key_ts, start_seq, started_at, ended_at,
+        status, epochs_total, best_epoch_reported, save_dir, model, loss_names)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+     ON CONFLICT (container, start_stream, start_key_ts, start_seq) DO UPDATE SET
+        ended_at = excluded.ended_at, status = excluded.status,
+        epochs_total = COALESCE(excluded.epochs_total, epochs_total),
+        best_epoch_reported = COALESCE(excluded.best_epoch_reported, best_epoch_reported),
+        save_dir = COALESCE(excluded.save_dir, save_dir), model = COALESCE(excluded.model, model),
+        loss_names = excluded.loss_names
+     RETURNING run_id";
+
+// ?16 says whether this row carries the loss columns (a training row); validation rows leave
+// them as they are. A re-run epoch (resume, NaN recovery) overwrites with its latest values.
+const UPSERT_EPOCH: &str =
+    "INSERT INTO epochs (run_id, epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss,
+        loss, losses, non_finite, precision, recall, map50, map50_95, gpu_mem_gb)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, COALESCE(?10, 0), ?11, ?12, ?13, ?14, ?15)
+     ON CONFLICT (run_id, epoch) DO UPDATE SET
+        epochs_total = COALESCE(excluded.epochs_total, epochs_total),
+        ended_at = max(excluded.ended_at, ended_at),
+        box_loss = CASE WHEN ?16 THEN excluded.box_loss ELSE box_loss END,
+        cls_loss = CASE WHEN ?16 THEN excluded.cls_loss ELSE cls_loss END,
+        dfl_loss = CASE WHEN ?16 THEN excluded.dfl_loss ELSE dfl_loss END,
+        losses = CASE WHEN ?16 THEN excluded.losses ELSE losses END,
+        loss = CASE WHEN ?16 THEN excluded.loss ELSE COALESCE(excluded.loss, loss) END,
+        non_finite = COALESCE(?10, non_finite),
+        precision = COALESCE(excluded.precision, precision),
+        recall = COALESCE(excluded.recall, recall),
+        map50 = COALESCE(excluded.map50, map50),
+        map50_95 = COALESCE(excluded.map50_95, map50_95),
+        gpu_mem_gb = COALESCE(excluded.gpu_mem_gb, gpu_mem_gb)";
+
+// Two samples of one metric at the same instant (lines without their own time share the last
+// one seen): the later line's value is the current one, e.g. a counter's running total.
+const INSERT_METRIC: &str =
+    "INSERT INTO metric_log (container, name, ts, value) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (container, name, ts) DO UPDATE SET value = excluded.value";
+
+const UPSERT_CURSOR: &str =
+    "INSERT INTO cursors (container, stream, origin, key_ts, seq, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (container, stream, origin) DO UPDATE SET
+        key_ts = excluded.key_ts, seq = excluded.seq, updated_at = excluded.updated_at
+     WHERE (excluded.key_ts, excluded.seq) > (cursors.key_ts, cursors.seq)";
+
+const SELECT_RUN_ID: &str = "SELECT run_id FROM runs WHERE container = ?1 AND start_stream = ?2 AND start_key_ts = ?3 AND start_seq = ?4";
+
+/// A loss value as JSON: a number, or the text of a non-finite value so it stays visible.
+fn loss_json(v: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(v)
+        .map(serde_json::Value::Number)
+        .unwrap_or_else(|| {
+            serde_json::Value::String(
+                if v.is_nan() {
+                    "nan"
+                } else if v > 0.0 {
+                    "inf"
+                } else {
+                    "-inf"
+                }
+                .into(),
+            )
+        })
+}
+
+impl Writer {
+    pub fn new(conn: Connection) -> Self {
+        Writer {
+            conn,
+            run_ids: HashMap::new(),
+            stats: WriteStats::default(),
+        }
+    }
+
+    /// Applies one batch in one transaction.
+    pub fn write(&mut self, batch: Vec<Op>) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::sql("begin transaction"))?;
+        {
+            let mut ev = tx
+                .prepare_cached(INSERT_EVENT)
+                .map_err(StoreError::sql("prepare event insert"))?;
+            let mut me = tx
+                .prepare_cached(INSERT_METRIC)
+                .map_err(StoreError::sql("prepare metric insert"))?;
+            let mut ts_buf = String::with_capacity(32);
+            for op in batch {
+                match op {
+                    Op::Event(e) => {
+                        ts_buf.clear();
+                        crate::time::write_ns(&mut ts_buf, e.ts);
+                        let n = ev
+                            .execute(params![
+                                ts_buf,
+                                &*e.container,
+                                e.stream.as_str(),
+                                e.key_ts,
+                                e.seq,
+                                e.level.as_str(),
+                                e.kind,
+                                e.message,
+                                e.context
+                            ])
+                            .map_err(StoreError::sql("insert event"))?;
+                        if n == 1 {
+                            self.stats.events_inserted += 1;
+                        } else {
+                            self.stats.events_duplicate += 1;
+                        }
+                    }
+                    Op::Metric(m) => {
+                        ts_buf.clear();
+                        crate::time::write_ns(&mut ts_buf, m.ts);
+                        let n = me
+                            .execute(params![&*m.container, m.name, ts_buf, m.value])
+                            .map_err(StoreError::sql("insert metric sample"))?;
+                        self.stats.metrics_inserted += n as u64;
+                    }
+                    Op::Run(r) => {
+                        let id = upsert_run(&tx, &r)?;
+                        self.run_ids.insert(r.key.clone(), id);
+                        self.stats.runs_written += 1;
+                    }
+                    Op::Epoch(key, e) => {
+                        let run_id = match self.run_ids.get(&key) {
+                            Some(id) => *id,
+                            None => {
+                                let id: i64 = tx
+                                    .query_row(
+                                        SELECT_RUN_ID,
+                                        params![
+                                            &*key.container,
+                                            key.stream.as_str(),
+                                            key.ts,
+                                            key.seq
+                                        ],
+                                        |r| r.get(0),
+                                    )
+                                    .map_err(StoreError::sql("find run for epoch"))?;
+                                self.run_ids.insert(key, id);
+                                id
+                            }
+                        };
+                        upsert_epoch(&tx, run_id, &e)?;
+                        self.stats.epochs_written += 1;
+                    }
+                    Op::Cursor(c) => {
+                        tx.prepare_cached(UPSERT_CURSOR)
+                            .and_then(|mut s| {
+                                s.execute(params![
+                                    &*c.container,
+                                    c.stream.as_str(),
+                                    &*c.origin,
+                                    c.key.ts,
+                                    c.key.seq,
+                                    format_ns(crate::time::now_ns())
+                                ])
+                            })
+                            .map_err(StoreError::sql("update cursor"))?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(StoreError::sql("commit batch"))?;
+        self.stats.batches += 1;
+        Ok(())
+    }
+
+    /// Checkpoints the WAL and returns the totals.
+    pub fn finish(self) -> Result<WriteStats, StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(StoreError::sql("checkpoint WAL"))?;
+        Ok(self.stats)
+    }
+}
+
+fn upsert_run(tx: &rusqlite::Transaction<'_>, r: &RunRow) -> Result<i64, StoreError> {
+    let names = serde_json::to_string(&r.loss_names).unwrap_or_else(|_| "[]".into());
+    tx.prepare_cached(UPSERT_RUN)
+        .and_then(|mut s| {
+            s.query_row(
+                params![
+                    &*r.key.container,
+                    r.key.stream.as_str(),
+                    r.key.ts,
+                    r.key.seq,
+                    format_ns(r.started_at),
+                    r.ended_at.map(format_ns),
+                    r.status.as_str(),
+                    r.epochs_total,
+                    r.best_epoch_reported,
+                    r.save_dir,
+                    r.model,
+                    names
+                ],
+                |row| row.get(0),
+            )
+        })
+        .map_err(StoreError::sql("upsert run"))
+}
+
+fn upsert_epoch(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: i64,
+    e: &EpochRow,
+) -> Result<(), StoreError> {
+    let named = |n: &str| {
+        e.losses
+            .as_ref()
+            .and_then(|l| l.iter().find(|(k, _)| k == n).map(|(_, v)| *v))
+    };
+    let (losses_json, sum, non_finite) = match &e.losses {
+        Some(l) => {
+            let obj: serde_json::Map<String, serde_json::Value> =
+                l.iter().map(|(k, v)| (k.clone(), loss_json(*v))).collect();
+            let sum: f64 = l.iter().map(|(_, v)| v).sum();
+            let nf =
+                l.iter().any(|(_, v)| !v.is_finite()) || e.loss.is_some_and(|v| !v.is_finite());
+            (
+                Some(serde_json::Value::Object(obj).to_string()),
+                Some(e.loss.unwrap_or(sum)),
+                Some(nf),
+            )
+        }
+        None => (None, e.loss, e.loss.map(|v| !v.is_finite())),
+    };
+    tx.prepare_cached(UPSERT_EPOCH)
+        .and_then(|mut s| {
+            s.execute(params![
+                run_id,
+                e.epoch,
+                e.epochs_total,
+                format_ns(e.ended_at),
+                named("box_loss"),
+                named("cls_loss"),
+                named("dfl_loss"),
+                sum,
+                losses_json,
+                non_finite,
+                e.precision,
+                e.recall,
+                e.map50,
+                e.map50_95,
+                e.gpu_mem_gb,
+                e.losses.is_some()
+            ])
+        })
+        .map_err(StoreError::sql("upsert epoch"))?;
+    Ok(())
+}

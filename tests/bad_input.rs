@@ -1,0 +1,147 @@
+//! Bad input is a counted, logged skip and never loses the good records around it.
+
+use std::io::Write;
+
+use crate::util::{Db, entry};
+
+fn write_log(db: &Db, name: &str, bytes: &[u8]) -> String {
+    let p = db.dir.path().join(name);
+    std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn damaged_json_file_keeps_good_records() {
+    let db = Db::new();
+    let mut data = Vec::new();
+    data.extend(entry("ERROR:q:first\n", "stderr", "2026-03-28T14:30:00Z").as_bytes());
+    data.extend(b"{\"log\":\"ERROR:q:cut sho");
+    data.extend(b"\n");
+    data.extend(b"{\"log\":\"ERROR:q:bad \xff\xfe bytes\\n\",\"stream\":\"stderr\",\"time\":\"2026-03-28T14:30:01Z\"}\n");
+    data.extend(
+        entry(
+            "ERROR:q:ctrl \u{0007}\u{0000} chars\n",
+            "stderr",
+            "2026-03-28T14:30:02Z",
+        )
+        .as_bytes(),
+    );
+    data.extend(
+        entry(
+            &format!("ERROR:q:huge {}\n", "word ".repeat(1 << 18)),
+            "stderr",
+            "2026-03-28T14:30:03Z",
+        )
+        .as_bytes(),
+    );
+    data.extend(entry("ERROR:q:earlier clock\n", "stderr", "2026-03-28T14:29:00Z").as_bytes());
+    data.extend(
+        entry(
+            "{\"level\":\"ERROR\",\"message\":\"trunc",
+            "stdout",
+            "2026-03-28T14:30:04Z",
+        )
+        .as_bytes(),
+    );
+    data.extend(entry("ERROR:q:last\n", "stderr", "2026-03-28T14:30:05Z").as_bytes());
+    let f = write_log(&db, "bad-json.log", &data);
+    let s = db.replay(&[f], None);
+    assert_eq!(s.skips.by_reason.get("invalid_json"), Some(&1));
+    assert_eq!(s.skips.by_reason.get("invalid_utf8_replaced"), Some(&1));
+    assert_eq!(s.skips.by_reason.get("clock_skew"), Some(&1));
+    let msgs: Vec<String> = db
+        .conn()
+        .prepare("SELECT message FROM events WHERE kind = 'error' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(msgs.len(), 6, "{msgs:?}");
+    assert_eq!(msgs[0], "ERROR:q:first");
+    assert_eq!(msgs[1], "ERROR:q:bad \u{fffd}\u{fffd} bytes");
+    assert!(msgs[3].len() > 1 << 20, "a 1 MiB line is kept whole");
+    assert_eq!(msgs[5], "ERROR:q:last");
+    // The unterminated, truncated service JSON line is kept as text and flagged.
+    assert_eq!(
+        db.text(
+            "SELECT message FROM events WHERE json_extract(context, '$.unparsed') = 'invalid_json'"
+        )
+        .unwrap(),
+        r#"{"level":"ERROR","message":"trunc"#
+    );
+    assert_eq!(s.skips.by_reason.get("invalid_service_json"), Some(&1));
+}
+
+#[test]
+fn truncated_gzip_in_a_rotated_set() {
+    let db = Db::new();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for i in 0..3000 {
+        enc.write_all(
+            entry(
+                &format!("WARNING:q:old {i}\n"),
+                "stderr",
+                &format!("2026-03-28T14:{:02}:{:02}Z", i / 60 % 60, i % 60),
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    }
+    let gz = enc.finish().unwrap();
+    write_log(&db, "c-json.log.1.gz", &gz[..gz.len() / 2]);
+    write_log(
+        &db,
+        "c-json.log",
+        entry("WARNING:q:current\n", "stderr", "2026-03-28T15:00:00Z").as_bytes(),
+    );
+    let s = db.replay(&[db.dir.path().to_string_lossy().into()], None);
+    assert_eq!(s.skips.by_reason.get("truncated_gzip"), Some(&1));
+    let n = db.count("SELECT count(*) FROM events WHERE kind = 'warning'");
+    assert!(n > 100 && n < 3001, "kept what was readable: {n}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE message = 'WARNING:q:current'"),
+        1
+    );
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let db = Db::new();
+    let parser = trainwatch::parse::Parser::default();
+    let err = trainwatch::pipeline::replay(
+        &["/nonexistent/x-json.log".into()],
+        None,
+        db.path.clone(),
+        &parser,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/x-json.log"), "{err}");
+}
+
+#[test]
+fn nan_and_inf_in_service_json() {
+    let db = Db::new();
+    let lines = [
+        r#"{"timestamp":"2026-03-28T14:30:00Z","level":"INFO","service":"training","message":"Epoch 1/3 completed","context":{"epoch":1,"loss":0.5,"mAP50":0.1,"mAP50_95":0.05}}"#,
+        r#"{"timestamp":"2026-03-28T14:31:00Z","level":"INFO","service":"training","message":"Epoch 2/3 completed","context":{"epoch":2,"loss":NaN,"mAP50":0.1,"mAP50_95":0.05}}"#,
+        r#"{"timestamp":"2026-03-28T14:32:00Z","level":"INFO","service":"training","message":"Epoch 3/3 completed","context":{"epoch":3,"loss":Infinity}}"#,
+    ];
+    let f = write_log(&db, "svc.log", (lines.join("\n") + "\n").as_bytes());
+    db.replay(&[f], Some("trainer"));
+    assert_eq!(db.count("SELECT count(*) FROM training_epochs"), 3);
+    assert_eq!(
+        db.count("SELECT count(*) FROM training_epochs WHERE non_finite = 1"),
+        2
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'loss_non_finite'"),
+        2
+    );
+    // Service lines carry their own time in a plain text file.
+    assert_eq!(
+        db.text("SELECT ended_at FROM training_epochs WHERE epoch = 2")
+            .unwrap(),
+        "2026-03-28T14:31:00.000000000Z"
+    );
+}

@@ -1,0 +1,105 @@
+//! The binary: `replay`, `history`, `sql`, `prune`, their formats and errors.
+
+use crate::util::{Db, bin, fixture, fixture_str};
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn replay_history_sql_prune() {
+    let db = Db::new();
+    let o = bin(
+        &[
+            "replay",
+            "--container",
+            "gpu",
+            &fixture_str("ultralytics/normal-json.log"),
+        ],
+        &db.path,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out(&o).contains("skipped: none"));
+
+    let o = bin(&["history", "--format", "json"], &db.path);
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(runs[0]["status"], "completed");
+    assert_eq!(runs[0]["epochs_done"], 10);
+
+    // One run as results.csv: the same columns Ultralytics writes, values that match it.
+    let o = bin(&["history", "--run", "1", "--format", "csv"], &db.path);
+    let csv = out(&o);
+    let header = csv.lines().next().unwrap();
+    assert_eq!(
+        header,
+        "epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/precision(B),metrics/recall(B),metrics/mAP50(B),metrics/mAP50-95(B)"
+    );
+    assert_eq!(csv.lines().count(), 11);
+    let want = crate::util::ResultsCsv::load(&fixture("ultralytics/normal.results.csv"));
+    let row3: Vec<&str> = csv.lines().nth(3).unwrap().split(',').collect();
+    assert_eq!(row3[0], "3");
+    assert!(crate::util::close_sig(
+        row3[2].parse().unwrap(),
+        want.get(3, "train/box_loss"),
+        4
+    ));
+
+    let o = bin(
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY kind",
+        ],
+        &db.path,
+    );
+    assert!(out(&o).contains("epoch_completed,10"), "{}", out(&o));
+
+    // Read-only: writes are refused.
+    let o = bin(&["sql", "DELETE FROM event_log"], &db.path);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("readonly")
+            || String::from_utf8_lossy(&o.stderr).contains("read-only")
+            || String::from_utf8_lossy(&o.stderr).contains("query_only")
+    );
+
+    // The captured log is from today, so nothing is older than 30 days; 0s prunes all events.
+    let o = bin(&["prune", "--dry-run"], &db.path);
+    assert!(out(&o).starts_with("would delete 0 events"), "{}", out(&o));
+    let events = db.count("SELECT count(*) FROM events");
+    let o = bin(&["prune", "--older-than", "0s", "--dry-run"], &db.path);
+    assert!(
+        out(&o).starts_with(&format!("would delete {events} events")),
+        "{}",
+        out(&o)
+    );
+    let o = bin(&["prune", "--older-than", "0s"], &db.path);
+    assert!(o.status.success());
+    assert_eq!(db.count("SELECT count(*) FROM events"), 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM training_epochs"),
+        10,
+        "training history is kept"
+    );
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let db = Db::new();
+    let o = bin(&["history"], &db.path);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist yet"));
+    let o = bin(&["replay", "/nope/missing.log"], &db.path);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nope/missing.log"));
+    let o = bin(&["prune", "--older-than", "soon"], &db.path);
+    assert!(!o.status.success());
+    for cmd in ["replay", "history", "sql", "prune"] {
+        let o = bin(&[cmd, "--help"], &db.path);
+        assert!(
+            o.status.success() && out(&o).contains("--db"),
+            "{cmd} --help"
+        );
+    }
+}

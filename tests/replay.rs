@@ -1,0 +1,316 @@
+//! Real Ultralytics 8.4.190 captures replayed and checked against the results.csv that the same
+//! training wrote (fixtures/README.md says how each was produced).
+
+use crate::util::{Db, ResultsCsv, close_sig, fixture, fixture_str};
+
+fn replay_one(name: &str) -> Db {
+    let db = Db::new();
+    let s = db.replay(
+        &[fixture_str(&format!("ultralytics/{name}-json.log"))],
+        Some(name),
+    );
+    assert_eq!(s.skips.total(), 0, "{name}: {:?}", s.skips);
+    db
+}
+
+/// Every epoch's losses (4 significant digits on the console) and metrics (3) match results.csv.
+fn assert_epochs_match(db: &Db, run: i64, csv: &ResultsCsv) {
+    let conn = db.conn();
+    let mut stmt = conn
+        .prepare("SELECT epoch, box_loss, cls_loss, dfl_loss, precision, recall, map50, map50_95 FROM training_epochs WHERE run_id = ?1 ORDER BY epoch")
+        .unwrap();
+    let rows: Vec<(u32, [Option<f64>; 7])> = stmt
+        .query_map([run], |r| {
+            Ok((
+                r.get(0)?,
+                [
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ],
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let epochs: Vec<u32> = rows.iter().map(|r| r.0).collect();
+    let mut want = csv.epochs();
+    want.dedup();
+    assert_eq!(epochs, want, "epochs stored vs results.csv");
+    let cols = [
+        ("train/box_loss", 4),
+        ("train/cls_loss", 4),
+        ("train/dfl_loss", 4),
+        ("metrics/precision(B)", 3),
+        ("metrics/recall(B)", 3),
+        ("metrics/mAP50(B)", 3),
+        ("metrics/mAP50-95(B)", 3),
+    ];
+    for (epoch, vals) in rows {
+        for (i, (col, digits)) in cols.iter().enumerate() {
+            let want = csv.get(epoch, col);
+            let got = vals[i].unwrap_or_else(|| panic!("epoch {epoch} {col} is NULL"));
+            assert!(
+                close_sig(got, want, *digits),
+                "epoch {epoch} {col}: stored {got}, results.csv {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn normal_run_matches_results_csv() {
+    let db = replay_one("normal");
+    assert_eq!(db.count("SELECT count(*) FROM training_runs"), 1);
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(db.count("SELECT epochs_total FROM training_runs"), 10);
+    assert_eq!(db.count("SELECT epochs_done FROM training_runs"), 10);
+    assert_eq!(
+        db.text("SELECT save_dir FROM training_runs").unwrap(),
+        "/work/fx/runs/normal"
+    );
+    assert_epochs_match(
+        &db,
+        1,
+        &ResultsCsv::load(&fixture("ultralytics/normal.results.csv")),
+    );
+    // The final validation of best.pt (after the banner printed again) is not an epoch and
+    // not a new run.
+    assert_eq!(db.count("SELECT count(*) FROM events WHERE kind = 'validation' AND json_extract(context, '$.final')"), 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'training_started'"),
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'training_completed'"),
+        1
+    );
+    // losses keeps every column by name; loss is their sum.
+    let (losses, loss): (String, f64) = db
+        .conn()
+        .query_row(
+            "SELECT losses, loss FROM training_epochs WHERE epoch = 3",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let m: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&losses).unwrap();
+    assert_eq!(
+        m.keys().cloned().collect::<Vec<_>>(),
+        ["box_loss", "cls_loss", "dfl_loss"]
+    );
+    let sum: f64 = m.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((sum - loss).abs() < 1e-9);
+    // The service metric names.
+    for name in [
+        "training_epoch",
+        "training_loss",
+        "training_mAP50",
+        "training_mAP50_95",
+    ] {
+        assert_eq!(
+            db.count(&format!(
+                "SELECT count(*) FROM metric_samples WHERE name = '{name}'"
+            )),
+            10,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn interrupted_then_resumed_is_one_run() {
+    let db = replay_one("interrupted");
+    assert_eq!(
+        db.count("SELECT count(*) FROM training_runs"),
+        1,
+        "a resume continues its run"
+    );
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'training_resumed'"),
+        1
+    );
+    assert_epochs_match(
+        &db,
+        1,
+        &ResultsCsv::load(&fixture("ultralytics/interrupted.results.csv")),
+    );
+}
+
+#[test]
+fn killed_without_resume_is_interrupted() {
+    // The killed process's log followed by a fresh training (not a resume) in the same
+    // container: the first run is interrupted, the second runs on.
+    let db = Db::new();
+    let text = std::fs::read_to_string(fixture("ultralytics/interrupted-json.log")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // The killed process ends with the unterminated progress line (no `\n` in its log).
+    let tail = lines
+        .iter()
+        .position(|l| l.contains("\"stream\":\"stdout\"") && !l.contains("\\n\",\"stream\""))
+        .unwrap();
+    let first_process: String = lines[..=tail].iter().map(|l| format!("{l}\n")).collect();
+    let dir = db.dir.path();
+    std::fs::write(dir.join("killed-json.log"), first_process).unwrap();
+    // The early-stop capture was recorded after this one, so it follows in time.
+    std::fs::copy(
+        fixture("ultralytics/earlystop-json.log"),
+        dir.join("next-json.log"),
+    )
+    .unwrap();
+    db.replay(
+        &[
+            dir.join("killed-json.log").to_string_lossy().into(),
+            dir.join("next-json.log").to_string_lossy().into(),
+        ],
+        Some("gpu0"),
+    );
+    let statuses: Vec<String> = db
+        .conn()
+        .prepare("SELECT status FROM training_runs ORDER BY started_at")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(statuses, ["interrupted", "early_stopped"]);
+    assert_eq!(
+        db.count("SELECT epochs_done FROM training_runs WHERE status = 'interrupted'"),
+        2
+    );
+}
+
+#[test]
+fn early_stop_keeps_best_epoch() {
+    let db = replay_one("earlystop");
+    let csv = ResultsCsv::load(&fixture("ultralytics/earlystop.results.csv"));
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("early_stopped")
+    );
+    let text = std::fs::read_to_string(fixture("ultralytics/earlystop-json.log")).unwrap();
+    let best: i64 = text
+        .split("Best results observed at epoch ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(db.count("SELECT best_epoch FROM training_runs"), best);
+    assert_eq!(
+        db.count("SELECT epochs_done FROM training_runs"),
+        *csv.epochs().last().unwrap() as i64
+    );
+    assert_epochs_match(&db, 1, &csv);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'early_stopped'"),
+        1
+    );
+}
+
+#[test]
+fn crash_is_a_failed_run_with_the_whole_traceback() {
+    let db = replay_one("crash");
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("failed")
+    );
+    let msg = db
+        .text("SELECT message FROM events WHERE kind = 'error'")
+        .unwrap();
+    assert!(
+        msg.starts_with("Traceback (most recent call last):"),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("RuntimeError: simulated data loader failure at epoch 2"),
+        "{msg}"
+    );
+    assert!(
+        msg.lines().count() > 8,
+        "grouped traceback keeps all its lines: {msg}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'error'"),
+        1
+    );
+}
+
+#[test]
+fn nan_run_flags_non_finite_losses() {
+    let db = replay_one("nan");
+    // Epoch 1 is finite; epoch 2 went NaN and Ultralytics retried it 3 times, then gave up.
+    assert_eq!(
+        db.count("SELECT non_finite FROM training_epochs WHERE epoch = 1"),
+        0
+    );
+    assert_eq!(
+        db.count("SELECT non_finite FROM training_epochs WHERE epoch = 2"),
+        1
+    );
+    assert_eq!(
+        db.text("SELECT losses FROM training_epochs WHERE epoch = 2")
+            .unwrap(),
+        r#"{"box_loss":"nan","cls_loss":"nan","dfl_loss":"nan"}"#
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM training_epochs WHERE epoch = 2 AND box_loss IS NULL"),
+        1
+    );
+    let first = db
+        .text("SELECT min(ts) FROM events WHERE kind = 'loss_non_finite'")
+        .unwrap();
+    let epoch2 = db.text("SELECT min(ts) FROM events WHERE kind = 'epoch_completed' AND json_extract(context, '$.epoch') = 2").unwrap();
+    assert!(
+        first <= epoch2,
+        "the NaN is reported no later than the epoch that showed it"
+    );
+    assert!(db.count("SELECT count(*) FROM events WHERE kind = 'loss_non_finite' AND message LIKE 'WARNING%Loss NaN/Inf detected%'") == 3);
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("failed")
+    );
+    assert!(db.text("SELECT message FROM events WHERE kind IN ('error', 'loss_non_finite') AND message LIKE 'Traceback%'").unwrap().ends_with("NaN persisted for 4 epochs"));
+}
+
+#[test]
+fn progress_line_over_16k_is_merged() {
+    let raw = std::fs::read_to_string(fixture("ultralytics/longline-json.log")).unwrap();
+    let partial = raw
+        .lines()
+        .filter(|l| !l.contains("\\n\",\"stream\""))
+        .count();
+    assert!(partial >= 1, "the capture holds Docker partial entries");
+    let db = replay_one("longline");
+    assert_epochs_match(
+        &db,
+        1,
+        &ResultsCsv::load(&fixture("ultralytics/longline.results.csv")),
+    );
+}
+
+#[test]
+fn plain_text_capture_gives_the_same_epochs() {
+    // `python train.py > log 2>&1`: stdout then stderr, no timestamps.
+    let db = Db::new();
+    db.replay(&[fixture_str("ultralytics/normal.txt")], Some("txt"));
+    assert_eq!(db.count("SELECT count(*) FROM training_runs"), 1);
+    assert_epochs_match(
+        &db,
+        1,
+        &ResultsCsv::load(&fixture("ultralytics/normal.results.csv")),
+    );
+}

@@ -1,0 +1,17 @@
+//! Integration tests, one binary. Modules:
+//! - `replay`: real Ultralytics captures (fixtures/ultralytics) against their results.csv.
+//! - `dedup`: replaying twice, overlapping rotated sets, resuming after a partial replay.
+//! - `bad_input`: invalid UTF-8, truncated JSON, 1 MiB lines, NaN, control characters, clock
+//!   skew, truncated gzip, missing files.
+//! - `queue`: the (synthetic) annotation queue logs, counters, redaction.
+//! - `cli`: the binary's commands and their output formats.
+//! - `props`: property tests: the parsers never panic.
+
+mod util;
+
+mod bad_input;
+mod cli;
+mod dedup;
+mod props;
+mod queue;
+mod replay;

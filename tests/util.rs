@@ -1,0 +1,135 @@
+//! Shared harness for the integration tests: temp databases, fixture paths, results.csv.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
+}
+
+pub fn fixture_str(rel: &str) -> String {
+    fixture(rel).to_string_lossy().into_owned()
+}
+
+pub struct Db {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Db {
+    pub fn new() -> Db {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tw.db");
+        Db { dir, path }
+    }
+
+    pub fn replay(
+        &self,
+        files: &[String],
+        container: Option<&str>,
+    ) -> trainwatch::pipeline::Summary {
+        let parser = trainwatch::parse::Parser::default();
+        trainwatch::pipeline::replay(files, container, self.path.clone(), &parser).expect("replay")
+    }
+
+    pub fn conn(&self) -> Connection {
+        trainwatch::store::open_ro(&self.path).expect("open ro")
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.conn()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub fn text(&self, sql: &str) -> Option<String> {
+        self.conn()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Row counts of every public view, to compare before and after a second replay.
+    pub fn counts(&self) -> [i64; 4] {
+        [
+            self.count("SELECT count(*) FROM training_runs"),
+            self.count("SELECT count(*) FROM training_epochs"),
+            self.count("SELECT count(*) FROM events"),
+            self.count("SELECT count(*) FROM metric_samples"),
+        ]
+    }
+}
+
+/// One results.csv, columns trimmed (old 8.0.x files pad them).
+pub struct ResultsCsv {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl ResultsCsv {
+    pub fn load(path: &Path) -> ResultsCsv {
+        let text = std::fs::read_to_string(path).expect("results.csv");
+        let mut lines = text.lines();
+        let header = lines
+            .next()
+            .unwrap()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
+        let rows = lines
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split(',').map(|s| s.trim().to_string()).collect())
+            .collect();
+        ResultsCsv { header, rows }
+    }
+
+    pub fn get(&self, epoch: u32, col: &str) -> f64 {
+        let i = self
+            .header
+            .iter()
+            .position(|h| h == col)
+            .unwrap_or_else(|| panic!("no column {col}"));
+        let row = self
+            .rows
+            .iter()
+            .rev()
+            .find(|r| r[0].parse::<u32>().ok() == Some(epoch))
+            .unwrap_or_else(|| panic!("no epoch {epoch}"));
+        row[i].parse().unwrap()
+    }
+
+    pub fn epochs(&self) -> Vec<u32> {
+        self.rows.iter().map(|r| r[0].parse().unwrap()).collect()
+    }
+}
+
+/// The console prints losses with `%11.4g` (4 significant digits) and metrics with `%11.3g`;
+/// results.csv rounds to 5 decimals. Equal within the console's precision.
+pub fn close_sig(console: f64, csv: f64, digits: i32) -> bool {
+    if csv == 0.0 {
+        return console.abs() < 10f64.powi(-digits);
+    }
+    let tol = 10f64.powi(csv.abs().log10().floor() as i32 - digits + 1) * 0.5 + 1e-5;
+    (console - csv).abs() <= tol
+}
+
+/// Writes a Docker json-file entry line.
+pub fn entry(log: &str, stream: &str, time: &str) -> String {
+    format!(
+        "{{\"log\":{},\"stream\":\"{stream}\",\"time\":\"{time}\"}}\n",
+        serde_json::to_string(log).unwrap()
+    )
+}
+
+/// Runs the built binary.
+pub fn bin(args: &[&str], db: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+        .args(args)
+        .env("TRAINWATCH_DB", db)
+        .output()
+        .expect("run trainwatch")
+}
