@@ -25,7 +25,7 @@ use crate::source::{LineSource, Skips};
 use crate::store::{self, WriteStats, WriterHandle};
 
 /// Ops per transaction.
-pub const BATCH_OPS: usize = 20_000;
+pub const BATCH_OPS: usize = 4_000;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -193,7 +193,7 @@ impl SetRun<'_> {
                 }));
             }
         }
-        let batch = std::mem::replace(self.ops, Vec::with_capacity(BATCH_OPS + 64));
+        let batch = std::mem::replace(self.ops, self.writer.empty_batch(BATCH_OPS + 64));
         self.writer.send(batch)?;
         Ok(())
     }

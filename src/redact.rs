@@ -16,13 +16,13 @@ pub const MASK: &str = "[REDACTED]";
 
 static SECRET_KV: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r#"(?i)\b((?:[a-z0-9]+[_-])*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|encryption[_-]?key|credentials?|authorization)(?:[_-][a-z0-9]+)*)(["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?([^\s"',;&}\]]+)"#,
+        r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|encryption[_-]?key|credentials?|authorization)(?:[_-][a-z0-9]+)*)(["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?([^\s"',;&}\]]+)"#,
     )
     .expect("secret pattern")
 });
 
 static BEARER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}").expect("bearer pattern")
+    Regex::new(r"(?i)(?-u:\b)(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}").expect("bearer pattern")
 });
 
 static URL_CREDS: LazyLock<Regex> = LazyLock::new(|| {

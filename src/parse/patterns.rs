@@ -64,7 +64,7 @@ pub struct Patterns {
 const DEFAULTS: &[(&str, &str, Option<&str>, Option<&str>)] = &[
     // PyTorch / CUDA / HIP OOM wordings and the allocator failures Ultralytics treats as OOM.
     (
-        r"(?i)\b(?:cuda|hip|mps|gpu)(?: error:| driver error:| runtime error \(\d+\) :)? out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|CUDA backend memory error",
+        r"(?i)(?-u:\b)(?:cuda|hip|mps|gpu)(?: error:| driver error:| runtime error \(\d+\) :)? out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|CUDA backend memory error",
         "gpu_oom",
         None,
         None,
@@ -76,32 +76,32 @@ const DEFAULTS: &[(&str, &str, Option<&str>, Option<&str>)] = &[
         None,
     ),
     (
-        r"(?is)(?:torch\.save\(|in save_model|serialization\.py)[^\n]*\n.*(?:Error|Exception)\b|(?i:\b(?:fail\w*|error|unable|could not|cannot)\b[^\n]{0,40}\bsav\w*[^\n]{0,40}(?:checkpoint|weights|\.pt\b))|(?i:checkpoint[^\n]{0,40}\b(?:save|saving|write|writing)\b[^\n]{0,20}\b(?:failed|error))",
+        r"(?is)(?:torch\.save\(|in save_model|serialization\.py)[^\n]*\n.*(?:Error|Exception)(?-u:\b)|(?i:(?-u:\b)(?:fail\w*|error|unable|could not|cannot)(?-u:\b)[^\n]{0,40}(?-u:\b)sav\w*[^\n]{0,40}(?:checkpoint|weights|\.pt(?-u:\b)))|(?i:checkpoint[^\n]{0,40}(?-u:\b)(?:save|saving|write|writing)(?-u:\b)[^\n]{0,20}(?-u:\b)(?:failed|error))",
         "checkpoint_save_failed",
         None,
         None,
     ),
     (
-        r"(?i)^(?:checkpoint saved|saved checkpoint|saving checkpoint)\b|^Optimizer stripped from ",
+        r"(?i)^(?:checkpoint saved|saved checkpoint|saving checkpoint)(?-u:\b)|^Optimizer stripped from ",
         "checkpoint_saved",
         None,
         None,
     ),
     (r"export success", "model_exported", None, None),
     (
-        r"(?i)\bfailed to (?:process|handle|save|parse) (?:the )?(?:message|annotation)|\berror (?:processing|handling) (?:the )?(?:message|annotation)|\bannotation (?:failed|rejected)|\bmessage (?:processing )?failed",
+        r"(?i)(?-u:\b)failed to (?:process|handle|save|parse) (?:the )?(?:message|annotation)|(?-u:\b)error (?:processing|handling) (?:the )?(?:message|annotation)|(?-u:\b)annotation (?:failed|rejected)|(?-u:\b)message (?:processing )?failed",
         "annotation_failed",
         Some("queue_messages_failed"),
         None,
     ),
     (
-        r"(?i)^processed (?P<count>\d+) (?:messages|annotations)\b",
+        r"(?i)^processed (?P<count>\d+) (?:messages|annotations)(?-u:\b)",
         "annotation_processed",
         Some("queue_messages_processed"),
         Some("count"),
     ),
     (
-        r"(?i)^(?:annotation (?:saved|processed|stored|handled)|processed (?:annotation|message)|message processed)\b",
+        r"(?i)^(?:annotation (?:saved|processed|stored|handled)|processed (?:annotation|message)|message processed)(?-u:\b)",
         "annotation_processed",
         Some("queue_messages_processed"),
         None,
@@ -172,7 +172,8 @@ impl Patterns {
                 reason: e.to_string(),
             }
         })?;
-        let offset = Regex::new(r"(?i)\boffset\b[\s=:]{1,3}(\d{1,19})\b").expect("offset pattern");
+        let offset = Regex::new(r"(?i)(?-u:\b)offset(?-u:\b)[\s=:]{1,3}(\d{1,19})(?-u:\b)")
+            .expect("offset pattern");
         Ok(Patterns { set, rules, offset })
     }
 

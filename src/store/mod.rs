@@ -82,28 +82,41 @@ pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
 
 /// A handle to the writer thread: batches go in through a bounded channel (a slow disk slows
 /// the sources; nothing is dropped), the stats come back when it is closed.
+///
+/// Written batches come back through a second channel so their rows are freed, and the vectors
+/// reused, on the thread that allocated them: freeing on the writer thread made both threads
+/// contend for the allocator (measured with bench/replay.sh).
 pub struct WriterHandle {
     tx: Option<std::sync::mpsc::SyncSender<Vec<Op>>>,
+    spent: std::sync::mpsc::Receiver<Vec<Op>>,
     join: Option<std::thread::JoinHandle<Result<WriteStats, StoreError>>>,
 }
+
+/// Batches in flight between the stages: bounds memory (each holds up to
+/// [`crate::pipeline::BATCH_OPS`] rows).
+const IN_FLIGHT: usize = 2;
 
 impl WriterHandle {
     /// Starts the writer thread on `path`.
     pub fn spawn(path: PathBuf) -> Result<Self, StoreError> {
         let conn = open_rw(&path)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Op>>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Op>>(IN_FLIGHT);
+        let (spent_tx, spent) = std::sync::mpsc::sync_channel::<Vec<Op>>(IN_FLIGHT + 2);
         let join = std::thread::Builder::new()
             .name("trainwatch-writer".into())
             .spawn(move || {
                 let mut w = Writer::new(conn);
-                for batch in rx {
-                    w.write(batch)?;
+                for mut batch in rx {
+                    w.write(&mut batch)?;
+                    // The reader may have stopped collecting; then the batch is dropped here.
+                    let _ = spent_tx.try_send(batch);
                 }
                 w.finish()
             })
             .map_err(|_| StoreError::WriterGone)?;
         Ok(WriterHandle {
             tx: Some(tx),
+            spent,
             join: Some(join),
         })
     }
@@ -113,6 +126,18 @@ impl WriterHandle {
         match &self.tx {
             Some(tx) => tx.send(batch).map_err(|_| StoreError::WriterGone),
             None => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// An empty vector for the next batch: a written one (its rows dropped here) if the writer
+    /// has returned one, else a new one.
+    pub fn empty_batch(&self, capacity: usize) -> Vec<Op> {
+        match self.spent.try_recv() {
+            Ok(mut v) => {
+                v.clear();
+                v
+            }
+            Err(_) => Vec::with_capacity(capacity),
         }
     }
 

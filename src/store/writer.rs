@@ -107,8 +107,9 @@ impl Writer {
         }
     }
 
-    /// Applies one batch in one transaction.
-    pub fn write(&mut self, batch: Vec<Op>) -> Result<(), StoreError> {
+    /// Applies one batch in one transaction. The batch is left as it was (the caller frees or
+    /// reuses it).
+    pub fn write(&mut self, batch: &mut [Op]) -> Result<(), StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -121,7 +122,7 @@ impl Writer {
                 .prepare_cached(INSERT_METRIC)
                 .map_err(StoreError::sql("prepare metric insert"))?;
             let mut ts_buf = String::with_capacity(32);
-            for op in batch {
+            for op in batch.iter() {
                 match op {
                     Op::Event(e) => {
                         ts_buf.clear();
@@ -135,8 +136,8 @@ impl Writer {
                                 e.seq,
                                 e.level.as_str(),
                                 e.kind,
-                                e.message,
-                                e.context
+                                &e.message,
+                                &e.context
                             ])
                             .map_err(StoreError::sql("insert event"))?;
                         if n == 1 {
@@ -154,12 +155,12 @@ impl Writer {
                         self.stats.metrics_inserted += n as u64;
                     }
                     Op::Run(r) => {
-                        let id = upsert_run(&tx, &r)?;
+                        let id = upsert_run(&tx, r)?;
                         self.run_ids.insert(r.key.clone(), id);
                         self.stats.runs_written += 1;
                     }
                     Op::Epoch(key, e) => {
-                        let run_id = match self.run_ids.get(&key) {
+                        let run_id = match self.run_ids.get(key) {
                             Some(id) => *id,
                             None => {
                                 let id: i64 = tx
@@ -174,11 +175,11 @@ impl Writer {
                                         |r| r.get(0),
                                     )
                                     .map_err(StoreError::sql("find run for epoch"))?;
-                                self.run_ids.insert(key, id);
+                                self.run_ids.insert(key.clone(), id);
                                 id
                             }
                         };
-                        upsert_epoch(&tx, run_id, &e)?;
+                        upsert_epoch(&tx, run_id, e)?;
                         self.stats.epochs_written += 1;
                     }
                     Op::Cursor(c) => {
