@@ -183,6 +183,7 @@ impl SetRun<'_> {
         if self.ops.is_empty() && !last {
             return Ok(());
         }
+        self.state.flush_metrics(self.ops);
         for (i, s) in Stream::ALL.iter().enumerate() {
             if let Some(k) = self.emitted[i] {
                 self.ops.push(Op::Cursor(CursorRow {

@@ -100,7 +100,14 @@ pub struct ContainerState {
     by_save_dir: HashMap<String, RunRow>,
     final_validation: bool,
     counters: HashMap<&'static str, f64>,
+    /// The latest sample of each queue metric within the current second, not yet emitted: one
+    /// sample per metric per second is kept (the last), like a scrape interval, so a queue
+    /// logging every message does not write two rows per message.
+    pending: Vec<MetricRow>,
 }
+
+/// Width of a metric sample bucket.
+const SAMPLE_BUCKET_NS: i64 = 1_000_000_000;
 
 const DEFAULT_LOSS_NAMES: [&str; 3] = ["box_loss", "cls_loss", "dfl_loss"];
 
@@ -136,6 +143,7 @@ impl ContainerState {
             by_save_dir: HashMap::new(),
             final_validation: false,
             counters: HashMap::new(),
+            pending: Vec::new(),
         };
         for (dir, row) in resume.save_dirs {
             st.by_save_dir.insert(dir, row);
@@ -185,15 +193,29 @@ impl ContainerState {
         })
     }
 
-    fn metric(&self, ts: i64, name: &'static str, value: f64, out: &mut Vec<Op>) {
-        if value.is_finite() {
-            out.push(Op::Metric(MetricRow {
-                ts,
-                container: self.container.clone(),
-                name,
-                value,
-            }));
+    /// Records a sample. Training metrics (one per epoch) are emitted as they come; queue
+    /// metrics, which can change with every message, are kept at one sample per second.
+    fn metric(&mut self, ts: i64, name: &'static str, value: f64, out: &mut Vec<Op>) {
+        if !value.is_finite() {
+            return;
         }
+        let sample = MetricRow { ts, container: self.container.clone(), name, value };
+        if !name.starts_with("queue_") {
+            out.push(Op::Metric(sample));
+            return;
+        }
+        let bucket = ts.div_euclid(SAMPLE_BUCKET_NS);
+        match self.pending.iter_mut().find(|p| p.name == name) {
+            Some(p) if p.ts.div_euclid(SAMPLE_BUCKET_NS) == bucket => *p = sample,
+            Some(p) => out.push(Op::Metric(std::mem::replace(p, sample))),
+            None => self.pending.push(sample),
+        }
+    }
+
+    /// Emits the samples still held for the current second. Called before every batch is
+    /// committed, so a cursor never covers a record whose sample is not stored.
+    pub fn flush_metrics(&mut self, out: &mut Vec<Op>) {
+        out.extend(self.pending.drain(..).map(Op::Metric));
     }
 
     /// Ends the current run as interrupted if it is still running (a new process started).
@@ -640,6 +662,15 @@ impl ContainerState {
                 gpu_mem_gb: None,
             },
         ));
+        if same {
+            // The training wrapper's line for an epoch the progress bar already completed:
+            // its values are merged into that epoch, not counted as another one.
+            if non_finite {
+                let ctx = json!({ "epoch": epoch, "epochs": epochs, "source": "service" });
+                out.push(self.event(rec, Level::Error, "loss_non_finite", &p.message, ctx));
+            }
+            return;
+        }
         let mut ctx = c.clone();
         ctx.insert("epochs".into(), json!(epochs));
         out.push(self.event(
@@ -865,6 +896,7 @@ mod tests {
         );
         h.line("Processed 5 messages");
         h.line("WARNING:annotation_queue:Failed to process message offset=12");
+        h.st.flush_metrics(&mut h.ops);
         let metrics: Vec<(&str, f64)> = h
             .ops
             .iter()
@@ -876,13 +908,12 @@ mod tests {
                 }
             })
             .collect();
+        // All three lines fall in one second: one sample per metric, the latest value.
         assert_eq!(
             metrics,
             vec![
-                ("queue_offset", 10.0),
-                ("queue_messages_processed", 1.0),
-                ("queue_messages_processed", 6.0),
                 ("queue_offset", 12.0),
+                ("queue_messages_processed", 6.0),
                 ("queue_messages_failed", 1.0),
             ]
         );
@@ -894,5 +925,23 @@ mod tests {
                 "annotation_failed"
             ]
         );
+        // A line in a later second emits the held samples and starts new ones.
+        h.ops.clear();
+        h.n += 2_000_000_000;
+        h.line("Processed 3 messages");
+        h.st.flush_metrics(&mut h.ops);
+        let metrics: Vec<(&str, f64)> = h
+            .ops
+            .iter()
+            .filter_map(|o| {
+                if let Op::Metric(m) = o {
+                    Some((m.name, m.value))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(metrics, vec![("queue_messages_processed", 9.0)]);
+        assert_eq!(h.kinds(), vec!["annotation_processed"]);
     }
 }
