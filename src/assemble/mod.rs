@@ -17,7 +17,14 @@ use crate::event::{RawLine, Record};
 
 /// Applies frame selection and ANSI stripping to one raw line (grouping comes after).
 pub fn clean(line: RawLine) -> Record {
-    let (text, nonfinite_frame) = frames::final_frame(&line.text);
+    // Most lines have neither redraws nor escapes (a TTY's trailing `\r` aside): keep their
+    // text as it is instead of copying it.
+    let plain = memchr::memchr2(b'\r', 0x1b, line.text.as_bytes()).is_none();
+    let (text, nonfinite_frame) = if plain {
+        (line.text, None)
+    } else {
+        frames::final_frame(&line.text)
+    };
     Record {
         key: line.key,
         ts: line.ts,

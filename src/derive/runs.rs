@@ -199,7 +199,12 @@ impl ContainerState {
         if !value.is_finite() {
             return;
         }
-        let sample = MetricRow { ts, container: self.container.clone(), name, value };
+        let sample = MetricRow {
+            ts,
+            container: self.container.clone(),
+            name,
+            value,
+        };
         if !name.starts_with("queue_") {
             out.push(Op::Metric(sample));
             return;
