@@ -60,12 +60,10 @@ pub fn replay(
     parser: &Parser,
 ) -> Result<Summary, ReplayError> {
     let sets = files::plan(inputs, container)?;
-    let reader_conn = {
-        // The writer migrates; open it first so reads see the schema.
-        let w = WriterHandle::spawn(db.clone())?;
-        (w, store::open_rw(&db)?)
-    };
-    let (writer, conn) = reader_conn;
+    // The writer creates and migrates the database; the state of containers already in it is
+    // read on a separate read-only connection.
+    let writer = WriterHandle::spawn(db.clone())?;
+    let conn = store::open_ro(&db)?;
     let mut summary = Summary::default();
     let mut states: HashMap<String, ContainerState> = HashMap::new();
     let mut cursors: HashMap<String, HashMap<(Stream, String), Key>> = HashMap::new();

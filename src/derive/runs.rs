@@ -483,9 +483,10 @@ impl ContainerState {
                     out.push(Op::Run(run.row.clone()));
                 }
             }
-            Detail::Traceback { exception } => {
-                let uncaught = p.format == Format::Traceback;
-                if uncaught
+            Detail::Traceback { .. } => {
+                // Only an uncaught traceback ends the process; one inside a logging record
+                // (`logger.exception`) was handled by the program.
+                if p.format == Format::Traceback
                     && let Some(run) = self.run.as_mut()
                     && run.row.status == RunStatus::Running
                 {
@@ -493,7 +494,6 @@ impl ContainerState {
                     run.row.ended_at = Some(rec.ts);
                     out.push(Op::Run(run.row.clone()));
                 }
-                let _ = exception;
             }
         }
         if let Some(kind) = p.kind {
