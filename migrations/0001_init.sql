@@ -59,7 +59,7 @@ CREATE TABLE event_log (
     message   TEXT NOT NULL,
     context   TEXT NOT NULL DEFAULT '{}'
 );
-CREATE UNIQUE INDEX event_log_natural_key ON event_log (container, stream, key_ts, seq, kind);
+CREATE UNIQUE INDEX event_log_natural_key ON event_log (key_ts, seq, container, stream, kind);
 CREATE INDEX event_log_for_retention_and_ranges ON event_log (ts);
 CREATE INDEX event_log_by_kind_for_alerts ON event_log (kind, ts);
 

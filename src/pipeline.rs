@@ -160,7 +160,7 @@ impl SetRun<'_> {
                 *self.summary.skips.by_reason.entry(reason).or_insert(0) += 1;
             }
             let before = self.ops.len();
-            self.state.apply(&rec, &p, self.ops);
+            self.state.apply(&rec, p, self.ops);
             for op in &self.ops[before..] {
                 if let Op::Event(e) = op {
                     *self.summary.by_kind.entry(e.kind).or_insert(0) += 1;

@@ -32,7 +32,7 @@ proptest! {
         let mut ops = Vec::new();
         for rec in &out {
             let p = parser.parse(rec);
-            state.apply(rec, &p, &mut ops);
+            state.apply(rec, p, &mut ops);
         }
     }
 

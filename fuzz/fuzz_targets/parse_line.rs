@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     grouper.finish(&mut recs);
     for rec in &recs {
         let parsed = parser.parse(rec);
-        state.apply(rec, &parsed, &mut ops);
+        state.apply(rec, parsed, &mut ops);
     }
     let _ = trainwatch::redact::text(&text);
 });

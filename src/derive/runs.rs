@@ -328,8 +328,8 @@ impl ContainerState {
         }
     }
 
-    /// Feeds one parsed record; appends the resulting ops to `out`.
-    pub fn apply(&mut self, rec: &Record, p: &Parsed, out: &mut Vec<Op>) {
+    /// Feeds one parsed record (taken by value: its context moves into the event).
+    pub fn apply(&mut self, rec: &Record, mut p: Parsed, out: &mut Vec<Op>) {
         if let Some(run) = self.run.as_mut()
             && run.row.status == RunStatus::Running
         {
@@ -346,7 +346,7 @@ impl ContainerState {
                     out.push(Op::Run(run.row.clone()));
                 }
             }
-            Detail::TrainerSettings(kv) => self.settings(rec, p, kv, out),
+            Detail::TrainerSettings(kv) => self.settings(rec, &p, kv, out),
             Detail::StartingTraining(epochs) => {
                 let starting = self
                     .run
@@ -398,7 +398,7 @@ impl ContainerState {
                     ));
                 }
                 if pr.complete() || (rec.terminated && pr.batches.is_none()) {
-                    self.epoch_from_progress(rec, p, pr, out);
+                    self.epoch_from_progress(rec, &p, pr, out);
                 }
             }
             Detail::Validation(v) => {
@@ -436,7 +436,8 @@ impl ContainerState {
                 }
             }
             Detail::ServiceEpoch { epoch, epochs } => {
-                self.service_epoch(rec, p, *epoch, *epochs, out)
+                let (epoch, epochs) = (*epoch, *epochs);
+                self.service_epoch(rec, &mut p, epoch, epochs, out)
             }
             Detail::EpochsCompleted { epochs, hours } => {
                 if let Some(run) = self.run.as_mut() {
@@ -497,7 +498,7 @@ impl ContainerState {
             }
         }
         if let Some(kind) = p.kind {
-            self.generic_event(rec, p, kind, out);
+            self.generic_event(rec, &mut p, kind, out);
         }
     }
 
@@ -620,7 +621,7 @@ impl ContainerState {
     fn service_epoch(
         &mut self,
         rec: &Record,
-        p: &Parsed,
+        p: &mut Parsed,
         epoch: u32,
         epochs: u32,
         out: &mut Vec<Op>,
@@ -676,7 +677,7 @@ impl ContainerState {
             }
             return;
         }
-        let mut ctx = c.clone();
+        let mut ctx = std::mem::take(&mut p.context);
         ctx.insert("epochs".into(), json!(epochs));
         out.push(self.event(
             rec,
@@ -706,8 +707,14 @@ impl ContainerState {
         }
     }
 
-    fn generic_event(&mut self, rec: &Record, p: &Parsed, kind: &'static str, out: &mut Vec<Op>) {
-        let mut ctx = p.context.clone();
+    fn generic_event(
+        &mut self,
+        rec: &Record,
+        p: &mut Parsed,
+        kind: &'static str,
+        out: &mut Vec<Op>,
+    ) {
+        let mut ctx = std::mem::take(&mut p.context);
         if let Detail::Traceback { exception } = &p.detail {
             ctx.insert("exception".into(), Value::String(exception.clone()));
         }
@@ -774,7 +781,7 @@ mod tests {
                 last_key: Key { ts: self.n, seq: 0 },
             };
             let p = self.parser.parse(&rec);
-            self.st.apply(&rec, &p, &mut self.ops);
+            self.st.apply(&rec, p, &mut self.ops);
         }
         fn runs(&self) -> Vec<RunRow> {
             let mut last: Vec<RunRow> = Vec::new();

@@ -179,6 +179,11 @@ impl Patterns {
 
     /// The first rule matching `text`, if any.
     pub fn classify(&self, text: &str) -> Option<Match> {
+        // Most messages match no rule: `is_match` stops early and avoids the overlapping
+        // search `matches` needs, which is only run to find which rule matched.
+        if !self.set.is_match(text) {
+            return None;
+        }
         let idx = self.set.matches(text).into_iter().next()?;
         let rule = &self.rules[idx];
         let counter = rule.counter.map(|name| {
