@@ -12,6 +12,11 @@
 //! [retention]
 //! events = "30d"      # events and metric samples
 //! history = "keep"    # training runs and epochs: "keep" or an age such as "365d"
+//!
+//! [docker]            # which containers `watch` follows (default: all)
+//! [[docker.include]]
+//! name = "yolo-*"
+//! role = "training"
 //! ```
 
 use std::path::Path;
@@ -30,6 +35,8 @@ pub struct Config {
     pub replace_default_patterns: bool,
     #[serde(default)]
     pub retention: Retention,
+    #[serde(default)]
+    pub docker: crate::source::docker::DockerConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]

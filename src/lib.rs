@@ -12,13 +12,14 @@
 //! `replay` feeds archived files through this pipeline; every stage after the source is shared.
 //!
 //! # Layout
-//! - [`source`]: files, json-file reader with partial merge, plain text reader.
+//! - [`source`]: live Docker follow, files, json-file reader with partial merge, plain text.
 //! - [`assemble`]: `\r` frames, ANSI stripping, multi-line grouping.
 //! - [`parse`]: line parsers (nom for text, serde_json for JSON) and message patterns.
 //! - [`derive`]: the per-container run/epoch state machine and metrics.
 //! - [`store`]: SQLite schema, writer, queries, retention.
 //! - [`pipeline`]: the replay driver wiring the stages together.
 //! - [`redact`]: secret and payload redaction before anything is stored or logged.
+//! - [`telemetry`]: trainwatch's own logs in the service JSON format.
 //! - [`config`], [`time`], [`event`], [`error`]: shared pieces.
 
 pub mod assemble;
@@ -31,4 +32,5 @@ pub mod pipeline;
 pub mod redact;
 pub mod source;
 pub mod store;
+pub mod telemetry;
 pub mod time;

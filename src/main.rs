@@ -27,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Follow the Docker containers' logs live into the store (until SIGTERM/SIGINT).
+    Watch(cli::watch::WatchArgs),
     /// Replay archived Docker json-file logs (rotated, .gz) and plain text logs into the store.
     Replay(cli::replay::ReplayArgs),
     /// Show training runs, or the epochs of one run (`--run ID`).
@@ -37,23 +39,28 @@ enum Command {
     Prune(cli::prune::PruneArgs),
 }
 
-fn init_logging() {
+/// trainwatch's own logs, in the service JSON format: on stdout for the ingestor (`watch`), on
+/// stderr for the other commands, whose results are on stdout.
+fn init_logging(ingestor: bool) {
     use tracing_subscriber::EnvFilter;
+    let default = if ingestor { "info" } else { "warn" };
     let filter =
-        EnvFilter::try_from_env("TRAINWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    // CLI commands print their results on stdout; their own log lines go to stderr as JSON.
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        EnvFilter::try_from_env("TRAINWATCH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let fmt = tracing_subscriber::fmt()
+        .event_format(trainwatch::telemetry::ServiceFormat)
+        .with_env_filter(filter);
+    if ingestor {
+        fmt.with_writer(std::io::stdout).init();
+    } else {
+        fmt.with_writer(std::io::stderr).init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(matches!(cli.command, Command::Watch(_)));
     let r = match cli.command {
+        Command::Watch(a) => cli::watch::run(a, &cli.db, cli.config.as_deref()),
         Command::Replay(a) => cli::replay::run(a, &cli.db, cli.config.as_deref()),
         Command::History(a) => cli::history::run(a, &cli.db),
         Command::Sql(a) => cli::sql::run(a, &cli.db),

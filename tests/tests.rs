@@ -5,6 +5,7 @@
 //!   skew, truncated gzip, missing files.
 //! - `queue`: the (synthetic) annotation queue logs, counters, redaction.
 //! - `cli`: the binary's commands and their output formats.
+//! - `docker`: `watch` against the real Docker daemon (busybox containers from a scratch image).
 //! - `props`: property tests: the parsers never panic.
 
 mod util;
@@ -12,6 +13,7 @@ mod util;
 mod bad_input;
 mod cli;
 mod dedup;
+mod docker;
 mod props;
 mod queue;
 mod replay;

@@ -6,6 +6,7 @@ pub mod prune;
 pub mod render;
 pub mod replay;
 pub mod sql;
+pub mod watch;
 
 use std::path::Path;
 

@@ -19,7 +19,8 @@ use crate::parse::Level;
 pub struct EventRow {
     pub ts: i64,
     pub container: Arc<str>,
-    pub stream: Stream,
+    /// `stdout`, `stderr`, or `docker` for the daemon's own events.
+    pub stream: &'static str,
     pub seq: u32,
     pub key_ts: i64,
     pub level: Level,

@@ -183,7 +183,7 @@ impl ContainerState {
         Op::Event(EventRow {
             ts: rec.ts,
             container: self.container.clone(),
-            stream: rec.stream,
+            stream: rec.stream.as_str(),
             seq: rec.key.seq,
             key_ts: rec.key.ts,
             level,

@@ -1,13 +1,7 @@
 //! Docker `json-file` logs: one JSON object per line,
 //! `{"log":"...\n","stream":"stdout","time":"<RFC3339Nano>"}` (optional `attrs` before `time`).
 //!
-//! Partial messages: dockerd's copier cuts a line at its 16 KiB buffer and writes each piece
-//! without the trailing `\n`; since moby 18.06 every piece carries the first piece's timestamp
-//! (`partialTS` in `daemon/logger/copier.go`); the json-file format keeps no partial id. Pieces
-//! are merged per stream while the next entry has the same timestamp or the previous piece was a
-//! full buffer (older daemons stamped each piece anew). A short piece followed by a later
-//! entry is the unterminated tail of a process that died: it is emitted on its own and the next
-//! process's line is not glued onto it.
+//! Partial messages are merged by [`super::partial::Merger`].
 //!
 //! A rotated set (`.N.gz` ... `.1`, current) is read as one stream of entries, oldest first,
 //! so a line split across a rotation is still merged.
@@ -17,15 +11,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::partial::{Merger, Note};
 use super::{FileChain, LineSource, Skips};
-use crate::event::{Key, RawLine, Stream};
+use crate::event::{RawLine, Stream};
 
-/// dockerd's copier buffer: a piece this long (give or take the `\ufffd` a cut multi-byte
-/// character becomes) was cut by the daemon, not by a dying process.
-const DOCKER_PIECE: usize = 16 * 1024;
-const PIECE_SLACK: usize = 64;
-/// Largest merged message kept; the rest is dropped and the line marked truncated.
-pub const MAX_MERGED: usize = 8 * 1024 * 1024;
 /// Largest physical json-file line accepted (dockerd writes at most ~100 KiB per entry).
 const MAX_ENTRY: usize = 16 * 1024 * 1024;
 
@@ -39,26 +28,12 @@ struct Entry<'a> {
     time: Option<Cow<'a, str>>,
 }
 
-struct Pending {
-    line: RawLine,
-    last_piece: usize,
-}
-
 /// Reads an ordered set of json-file logs of one container.
 pub struct JsonFileReader {
     chain: FileChain,
     buf: Vec<u8>,
-    pending: [Option<Pending>; 2],
-    last: [Key; 2],
-    ready: std::collections::VecDeque<RawLine>,
+    merger: Merger,
     skips: Skips,
-}
-
-fn si(s: Stream) -> usize {
-    match s {
-        Stream::Stdout => 0,
-        Stream::Stderr => 1,
-    }
 }
 
 impl JsonFileReader {
@@ -66,30 +41,8 @@ impl JsonFileReader {
         JsonFileReader {
             chain: FileChain::new(files, MAX_ENTRY),
             buf: Vec::with_capacity(64 * 1024),
-            pending: [None, None],
-            last: [Key {
-                ts: i64::MIN,
-                seq: 0,
-            }; 2],
-            ready: Default::default(),
+            merger: Merger::new(),
             skips: Skips::default(),
-        }
-    }
-
-    /// Assigns the dedup key: the position among lines of the stream with the same time.
-    fn keyed(&mut self, mut line: RawLine) -> RawLine {
-        let i = si(line.stream);
-        let last = &mut self.last[i];
-        let seq = if line.ts == last.ts { last.seq + 1 } else { 0 };
-        *last = Key { ts: line.ts, seq };
-        line.key = Key { ts: line.ts, seq };
-        line
-    }
-
-    fn emit_pending(&mut self, i: usize) {
-        if let Some(p) = self.pending[i].take() {
-            let line = self.keyed(p.line);
-            self.ready.push_back(line);
         }
     }
 
@@ -155,64 +108,21 @@ impl JsonFileReader {
                 return;
             }
         };
-        let mut log = log.unwrap_or_default();
-        let i = si(stream);
-        if self.last[i].ts != i64::MIN && ts < self.last[i].ts {
-            self.skips.record(
+        let log = log.unwrap_or_default();
+        match self.merger.push(stream, ts, log, line_no) {
+            Note::ClockSkew => self.skips.record(
                 "clock_skew",
                 path,
                 line_no,
                 "time went backwards; record kept",
-            );
-        }
-        let ended = log.ends_with('\n');
-        if ended {
-            log.pop();
-        }
-        let piece_len = log.len();
-        if let Some(p) = self.pending[i].as_mut() {
-            let continues = ts == p.line.ts || p.last_piece + PIECE_SLACK >= DOCKER_PIECE;
-            if continues {
-                if p.line.text.len() + log.len() > MAX_MERGED {
-                    if !p.line.truncated {
-                        self.skips.record(
-                            "merge_capped",
-                            path,
-                            line_no,
-                            "merged partial message over 8 MiB; rest dropped",
-                        );
-                    }
-                    p.line.truncated = true;
-                } else {
-                    p.line.text.push_str(&log);
-                }
-                p.last_piece = piece_len;
-                if ended {
-                    p.line.terminated = true;
-                    self.emit_pending(i);
-                }
-                return;
-            }
-            // The earlier process died mid-line: its tail stands alone.
-            self.emit_pending(i);
-        }
-        let line = RawLine {
-            key: Key::default(),
-            ts,
-            stream,
-            text: log,
-            terminated: ended,
-            line_no,
-            truncated: false,
-        };
-        if ended {
-            let line = self.keyed(line);
-            self.ready.push_back(line);
-        } else {
-            self.pending[i] = Some(Pending {
-                line,
-                last_piece: piece_len,
-            });
+            ),
+            Note::Capped => self.skips.record(
+                "merge_capped",
+                path,
+                line_no,
+                "merged partial message over 8 MiB; rest dropped",
+            ),
+            Note::None => {}
         }
     }
 }
@@ -222,7 +132,7 @@ impl Iterator for JsonFileReader {
 
     fn next(&mut self) -> Option<RawLine> {
         loop {
-            if let Some(l) = self.ready.pop_front() {
+            if let Some(l) = self.merger.pop() {
                 return Some(l);
             }
             let mut buf = std::mem::take(&mut self.buf);
@@ -230,14 +140,8 @@ impl Iterator for JsonFileReader {
             self.buf = buf;
             let Some(line) = line else {
                 // End of the set: what is still pending never got its newline.
-                let mut rest: Vec<Pending> =
-                    self.pending.iter_mut().filter_map(Option::take).collect();
-                rest.sort_by_key(|p| p.line.ts);
-                for p in rest {
-                    let line = self.keyed(p.line);
-                    self.ready.push_back(line);
-                }
-                return self.ready.pop_front();
+                self.merger.finish();
+                return self.merger.pop();
             };
             let path = self.chain.path().to_path_buf();
             if line.cut {
@@ -294,7 +198,7 @@ mod tests {
 
     #[test]
     fn merges_partials_sharing_a_timestamp() {
-        let a = "a".repeat(DOCKER_PIECE);
+        let a = "a".repeat(16 * 1024);
         let t = "2026-03-28T14:30:00.5Z";
         let data = entry(&a, "stdout", t)
             + &entry("tail\n", "stderr", "2026-03-28T14:30:00.6Z")
@@ -317,12 +221,12 @@ mod tests {
 
     #[test]
     fn full_pieces_with_later_timestamps_still_merge() {
-        let a = "a".repeat(DOCKER_PIECE);
+        let a = "a".repeat(16 * 1024);
         let data = entry(&a, "stdout", "2026-03-28T14:30:00Z")
             + &entry("z\n", "stdout", "2026-03-28T14:30:01Z");
         let (lines, _) = read(&data);
         assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0].text.len(), DOCKER_PIECE + 1);
+        assert_eq!(lines[0].text.len(), 16 * 1024 + 1);
         assert_eq!(
             lines[0].ts,
             crate::time::parse_rfc3339("2026-03-28T14:30:00Z").unwrap()

@@ -1,13 +1,16 @@
 //! Sources: where raw lines come from. Each yields [`crate::event::RawLine`]s in log order with
 //! a resumable position ([`crate::event::Key`]) and counts what it had to skip.
 //!
+//! - [`docker`] follows containers live through the Engine API.
 //! - [`files`] plans a replay: which files form a rotated set, in which order, in which format.
-//! - [`jsonfile`] reads Docker `json-file` logs and merges 16 KiB partial messages.
+//! - [`jsonfile`] reads Docker `json-file` logs; [`partial`] merges Docker's 16 KiB pieces.
 //! - [`text`] reads plain text logs (`docker logs` output, Python's rotating handler files).
 
+pub mod docker;
 pub mod files;
 pub mod jsonfile;
 pub mod lines;
+pub mod partial;
 pub mod text;
 
 use std::collections::BTreeMap;

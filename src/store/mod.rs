@@ -87,8 +87,8 @@ pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
 /// reused, on the thread that allocated them: freeing on the writer thread made both threads
 /// contend for the allocator (measured with bench/replay.sh).
 pub struct WriterHandle {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<Op>>>,
-    spent: std::sync::mpsc::Receiver<Vec<Op>>,
+    tx: Option<tokio::sync::mpsc::Sender<Vec<Op>>>,
+    spent: std::sync::Mutex<std::sync::mpsc::Receiver<Vec<Op>>>,
     join: Option<std::thread::JoinHandle<Result<WriteStats, StoreError>>>,
 }
 
@@ -100,13 +100,13 @@ impl WriterHandle {
     /// Starts the writer thread on `path`.
     pub fn spawn(path: PathBuf) -> Result<Self, StoreError> {
         let conn = open_rw(&path)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Op>>(IN_FLIGHT);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Op>>(IN_FLIGHT);
         let (spent_tx, spent) = std::sync::mpsc::sync_channel::<Vec<Op>>(IN_FLIGHT + 2);
         let join = std::thread::Builder::new()
             .name("trainwatch-writer".into())
             .spawn(move || {
                 let mut w = Writer::new(conn);
-                for mut batch in rx {
+                while let Some(mut batch) = rx.blocking_recv() {
                     w.write(&mut batch)?;
                     // The reader may have stopped collecting; then the batch is dropped here.
                     let _ = spent_tx.try_send(batch);
@@ -116,28 +116,36 @@ impl WriterHandle {
             .map_err(|_| StoreError::WriterGone)?;
         Ok(WriterHandle {
             tx: Some(tx),
-            spent,
+            spent: std::sync::Mutex::new(spent),
             join: Some(join),
         })
     }
 
-    /// Sends a batch, waiting while the writer is behind.
+    /// Sends a batch from synchronous code, waiting while the writer is behind. Must not be
+    /// called from an async task (use [`WriterHandle::sender`]).
     pub fn send(&self, batch: Vec<Op>) -> Result<(), StoreError> {
         match &self.tx {
-            Some(tx) => tx.send(batch).map_err(|_| StoreError::WriterGone),
+            Some(tx) => tx.blocking_send(batch).map_err(|_| StoreError::WriterGone),
             None => Err(StoreError::WriterGone),
         }
+    }
+
+    /// A sender for async tasks: `send(batch).await` waits while the writer is behind. The
+    /// writer finishes once every sender (and this handle) is dropped.
+    pub fn sender(&self) -> Option<tokio::sync::mpsc::Sender<Vec<Op>>> {
+        self.tx.clone()
     }
 
     /// An empty vector for the next batch: a written one (its rows dropped here) if the writer
     /// has returned one, else a new one.
     pub fn empty_batch(&self, capacity: usize) -> Vec<Op> {
-        match self.spent.try_recv() {
-            Ok(mut v) => {
+        let spent = self.spent.lock().ok().and_then(|rx| rx.try_recv().ok());
+        match spent {
+            Some(mut v) => {
                 v.clear();
                 v
             }
-            Err(_) => Vec::with_capacity(capacity),
+            None => Vec::with_capacity(capacity),
         }
     }
 

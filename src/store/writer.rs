@@ -131,7 +131,7 @@ impl Writer {
                             .execute(params![
                                 ts_buf,
                                 &*e.container,
-                                e.stream.as_str(),
+                                e.stream,
                                 e.key_ts,
                                 e.seq,
                                 e.level.as_str(),

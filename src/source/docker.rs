@@ -1,0 +1,794 @@
+//! Live follow of container logs through the Docker Engine API (bollard), feeding the same
+//! assemble -> parse -> derive stages as replay and the same store writer.
+//!
+//! - Discovery: `GET /containers/json?all=true` at start (containers that exited while
+//!   trainwatch was down are read too), then `GET /events` for `start`, `die`, `oom`,
+//!   `destroy`. `die` and `oom` become events (`container_died`, `container_oom_killed`,
+//!   `container_started`) with the container's role.
+//! - Exactly once: `GET /containers/{id}/logs?follow&timestamps&since=<cursor second>`. `since`
+//!   is inclusive and whole seconds in bollard, so lines at or before the stored cursor are
+//!   re-delivered and dropped by key. The cursor is committed with the rows it covers.
+//! - Framing: multiplexed stdout/stderr frames carry one Docker message each (a 16 KiB piece has
+//!   no `\n`); a TTY container's raw stream arrives split at `\n` and is all stdout.
+//! - A dying container is read to the end: its logs stream ends only after the last line.
+//! - The daemon down, restarting or dropping a stream: retry with exponential backoff from the
+//!   cursor, never exit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::assemble::{self, multiline::Grouper};
+use crate::derive::{ContainerState, CursorRow, EventRow, Op};
+use crate::event::{Key, Record, Stream};
+use crate::parse::{Level, Parser};
+use crate::pipeline::BATCH_OPS;
+use crate::source::partial::Merger;
+
+/// A container selector in the config: every given field must match.
+///
+/// ```toml
+/// [[docker.include]]
+/// name = "yolo-*"        # exact name, or a prefix ending in *
+/// role = "training"
+/// [[docker.include]]
+/// label = "trainwatch.role"   # a label key, or key=value
+/// [[docker.exclude]]
+/// image = "portainer/*"
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Role given to containers this selector includes (`training`, `queue`, ...).
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// The `[docker]` config section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Containers to follow; empty means all.
+    #[serde(default)]
+    pub include: Vec<Selector>,
+    #[serde(default)]
+    pub exclude: Vec<Selector>,
+    /// How long ops may wait before being committed (latency bound), in milliseconds.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+    /// Re-attach a running container's stream after this many seconds without data
+    /// (collectors silently stop here); 0 disables.
+    #[serde(default = "default_silence_secs")]
+    pub reattach_after_silence_secs: u64,
+    /// Report `docker_unreachable` when the daemon has been unreachable this long (seconds).
+    #[serde(default = "default_unreachable_secs")]
+    pub unreachable_after_secs: u64,
+}
+
+fn default_flush_ms() -> u64 {
+    100
+}
+fn default_silence_secs() -> u64 {
+    300
+}
+fn default_unreachable_secs() -> u64 {
+    30
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            flush_ms: default_flush_ms(),
+            reattach_after_silence_secs: default_silence_secs(),
+            unreachable_after_secs: default_unreachable_secs(),
+        }
+    }
+}
+
+/// What discovery knows about a container.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+}
+
+fn glob_match(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
+}
+
+impl Selector {
+    fn matches(&self, c: &ContainerInfo) -> bool {
+        let name = self.name.as_deref().is_none_or(|n| glob_match(n, &c.name));
+        let image = self
+            .image
+            .as_deref()
+            .is_none_or(|i| glob_match(i, &c.image));
+        let label = self
+            .label
+            .as_deref()
+            .is_none_or(|l| match l.split_once('=') {
+                Some((k, v)) => c.labels.get(k).is_some_and(|x| x == v),
+                None => c.labels.contains_key(l),
+            });
+        name && image && label
+    }
+}
+
+impl DockerConfig {
+    /// Whether to follow `c`, and its role: the `trainwatch.role` label, else the including
+    /// selector's role, else `other`. trainwatch's own container is never followed.
+    pub fn select(&self, c: &ContainerInfo) -> Option<String> {
+        if is_self(&c.id) || self.exclude.iter().any(|s| s.matches(c)) {
+            return None;
+        }
+        let rule = if self.include.is_empty() {
+            None
+        } else {
+            Some(self.include.iter().find(|s| s.matches(c))?)
+        };
+        Some(
+            c.labels
+                .get("trainwatch.role")
+                .cloned()
+                .or_else(|| rule.and_then(|r| r.role.clone()))
+                .unwrap_or_else(|| "other".into()),
+        )
+    }
+}
+
+/// Inside a container, `HOSTNAME` is the container's short id.
+fn is_self(id: &str) -> bool {
+    std::env::var("HOSTNAME").is_ok_and(|h| h.len() >= 12 && id.starts_with(&h))
+}
+
+/// Exponential backoff with a cap, reset on success.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Backoff {
+            next: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(200);
+    }
+    /// The delay to wait now; doubles the next one.
+    pub fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Tracks a daemon outage and reports it once as a `docker_unreachable` event when it lasts.
+#[derive(Debug, Default)]
+pub struct Outage {
+    since: Option<tokio::time::Instant>,
+    reported: bool,
+}
+
+impl Outage {
+    /// Records a failed attempt; sends the event once the outage is longer than the limit.
+    pub async fn failed(&mut self, error: &str, writer: &Sender<Vec<Op>>, limit: Duration) {
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        tracing::warn!(error, "Docker daemon unreachable; retrying.");
+        if !self.reported && since.elapsed() >= limit {
+            self.reported = true;
+            let op = daemon_event(
+                "docker",
+                crate::time::now_ns(),
+                "docker_unreachable",
+                Level::Error,
+                format!(
+                    "Docker daemon unreachable for {}s: {error}",
+                    since.elapsed().as_secs()
+                ),
+                serde_json::json!({ "error": error }),
+            );
+            let _ = writer.send(vec![op]).await;
+        }
+    }
+
+    pub fn ok(&mut self) {
+        if self.since.take().is_some() {
+            tracing::info!("Docker daemon reachable again.");
+        }
+        self.reported = false;
+    }
+}
+
+/// Connects to the daemon (`DOCKER_HOST` or the local socket), retrying with backoff until it
+/// answers a ping; `None` if shutdown comes first.
+pub async fn connect(
+    writer: &Sender<Vec<Op>>,
+    cfg: &DockerConfig,
+    shutdown: &CancellationToken,
+) -> Option<Docker> {
+    let mut backoff = Backoff::new();
+    let mut outage = Outage::default();
+    let limit = Duration::from_secs(cfg.unreachable_after_secs);
+    loop {
+        let attempt = match Docker::connect_with_local_defaults() {
+            Ok(d) => match d.ping().await {
+                Ok(_) => Ok(d),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match attempt {
+            Ok(d) => {
+                outage.ok();
+                return Some(d);
+            }
+            Err(e) => outage.failed(&e, writer, limit).await,
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff.step()) => {}
+        }
+    }
+}
+
+/// Splits a `timestamps=true` log message into its time and text.
+pub fn split_timestamp(msg: &[u8]) -> Option<(i64, String)> {
+    let sp = memchr::memchr(b' ', &msg[..msg.len().min(40)])?;
+    let ts = crate::time::parse_rfc3339(std::str::from_utf8(&msg[..sp]).ok()?)?;
+    Some((ts, String::from_utf8_lossy(&msg[sp + 1..]).into_owned()))
+}
+
+/// Everything a follower needs that is shared by all of them.
+#[derive(Clone)]
+pub struct Shared {
+    pub docker: Docker,
+    pub parser: Arc<Parser>,
+    pub writer: Sender<Vec<Op>>,
+    pub db: std::path::PathBuf,
+    pub cfg: Arc<DockerConfig>,
+    pub shutdown: CancellationToken,
+}
+
+fn daemon_event(
+    container: &str,
+    ts: i64,
+    kind: &'static str,
+    level: Level,
+    message: String,
+    context: serde_json::Value,
+) -> Op {
+    Op::Event(EventRow {
+        ts,
+        container: Arc::from(container),
+        stream: "docker",
+        seq: 0,
+        key_ts: ts,
+        level,
+        kind,
+        message,
+        context: context.to_string(),
+    })
+}
+
+/// Runs discovery and the followers until `shutdown` is cancelled. Never returns early on
+/// daemon errors: it retries.
+pub async fn run(shared: Shared) {
+    let tracker = TaskTracker::new();
+    let mut following: HashMap<String, CancellationToken> = HashMap::new();
+    let mut backoff = Backoff::new();
+    let mut outage = Outage::default();
+    let limit = Duration::from_secs(shared.cfg.unreachable_after_secs);
+    let started = crate::time::now_ns();
+    'outer: loop {
+        if shared.shutdown.is_cancelled() {
+            break;
+        }
+        // (Re)discover: everything that exists now, running or not.
+        let listed = shared
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default().all(true).build(),
+            ))
+            .await;
+        let list = match listed {
+            Ok(l) => l,
+            Err(e) => {
+                outage.failed(&e.to_string(), &shared.writer, limit).await;
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break 'outer,
+                    _ = tokio::time::sleep(backoff.step()) => continue 'outer,
+                }
+            }
+        };
+        outage.ok();
+        backoff.reset();
+        for c in list {
+            let Some(id) = c.id.clone() else { continue };
+            let info = ContainerInfo {
+                id: id.clone(),
+                name: c
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_else(|| id.chars().take(12).collect()),
+                image: c.image.clone().unwrap_or_default(),
+                labels: c.labels.clone().unwrap_or_default(),
+            };
+            ensure_follower(&shared, &tracker, &mut following, info);
+        }
+        // Then follow the events stream until it breaks.
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container"])]);
+        let since = (started / 1_000_000_000).to_string();
+        let mut events = shared.docker.events(Some(
+            EventsOptionsBuilder::default()
+                .since(&since)
+                .filters(&filters)
+                .build(),
+        ));
+        loop {
+            let next = tokio::select! {
+                _ = shared.shutdown.cancelled() => break 'outer,
+                n = events.next() => n,
+            };
+            match next {
+                Some(Ok(ev)) => handle_event(&shared, &tracker, &mut following, ev).await,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Docker events stream failed; reconnecting.");
+                    break;
+                }
+                None => {
+                    tracing::warn!("Docker events stream ended; reconnecting.");
+                    break;
+                }
+            }
+        }
+        following.retain(|_, t| !t.is_cancelled());
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break 'outer,
+            _ = tokio::time::sleep(backoff.step()) => {}
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+fn ensure_follower(
+    shared: &Shared,
+    tracker: &TaskTracker,
+    following: &mut HashMap<String, CancellationToken>,
+    info: ContainerInfo,
+) {
+    if following.get(&info.id).is_some_and(|t| !t.is_cancelled()) {
+        return;
+    }
+    let Some(role) = shared.cfg.select(&info) else {
+        return;
+    };
+    let done = shared.shutdown.child_token();
+    following.insert(info.id.clone(), done.clone());
+    let shared = shared.clone();
+    tracker.spawn(async move {
+        follow(&shared, &info, &role).await;
+        // Marks the follower finished so a later `start` attaches a new one.
+        done.cancel();
+    });
+}
+
+async fn handle_event(
+    shared: &Shared,
+    tracker: &TaskTracker,
+    following: &mut HashMap<String, CancellationToken>,
+    ev: bollard::models::EventMessage,
+) {
+    let action = ev.action.clone().unwrap_or_default();
+    let Some(actor) = ev.actor.clone() else {
+        return;
+    };
+    let Some(id) = actor.id.clone() else { return };
+    let attrs = actor.attributes.clone().unwrap_or_default();
+    let info = ContainerInfo {
+        id: id.clone(),
+        name: attrs
+            .get("name")
+            .cloned()
+            .unwrap_or_else(|| id.chars().take(12).collect()),
+        image: attrs.get("image").cloned().unwrap_or_default(),
+        labels: attrs.clone(),
+    };
+    let Some(role) = shared.cfg.select(&info) else {
+        return;
+    };
+    let ts = ev.time_nano.unwrap_or_else(crate::time::now_ns);
+    let ctx = |extra: serde_json::Value| {
+        let mut c = serde_json::json!({ "id": id, "image": info.image, "role": role });
+        if let (Some(m), serde_json::Value::Object(e)) = (c.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        c
+    };
+    let op = match action.as_str() {
+        "start" => {
+            ensure_follower(shared, tracker, following, info.clone());
+            Some(daemon_event(
+                &info.name,
+                ts,
+                "container_started",
+                Level::Info,
+                format!("Container {} started", info.name),
+                ctx(serde_json::json!({})),
+            ))
+        }
+        "die" => {
+            let code: Option<i64> = attrs.get("exitCode").and_then(|c| c.parse().ok());
+            let level = if code == Some(0) {
+                Level::Info
+            } else {
+                Level::Error
+            };
+            Some(daemon_event(
+                &info.name,
+                ts,
+                "container_died",
+                level,
+                format!(
+                    "Container {} exited with code {}",
+                    info.name,
+                    code.map(|c| c.to_string())
+                        .unwrap_or_else(|| "unknown".into())
+                ),
+                ctx(serde_json::json!({ "exit_code": code })),
+            ))
+        }
+        "oom" => Some(daemon_event(
+            &info.name,
+            ts,
+            "container_oom_killed",
+            Level::Critical,
+            format!(
+                "Container {} was killed by the kernel OOM killer",
+                info.name
+            ),
+            ctx(serde_json::json!({})),
+        )),
+        "destroy" => {
+            // The container is gone for good: its cursors are no longer needed.
+            let db = shared.db.clone();
+            let id2 = id.clone();
+            let _ = tokio::task::spawn_blocking(move || forget_cursors(&db, &id2)).await;
+            None
+        }
+        _ => None,
+    };
+    if let Some(op) = op {
+        let _ = shared.writer.send(vec![op]).await;
+    }
+}
+
+fn forget_cursors(db: &std::path::Path, id: &str) {
+    match crate::store::open_rw(db) {
+        Ok(conn) => {
+            if let Err(e) = conn.execute("DELETE FROM cursors WHERE origin = ?1", [id]) {
+                tracing::warn!(error = %e, "Could not forget the cursors of a destroyed container.");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "Could not open the database to forget cursors."),
+    }
+}
+
+/// State of one container's follower between reconnects.
+struct Follower {
+    container: Arc<str>,
+    origin: Arc<str>,
+    state: ContainerState,
+    /// The last key stored (or queued for storing) per stream: re-delivered lines at or
+    /// before it are dropped.
+    stored: [Option<Key>; 2],
+    ops: Vec<Op>,
+}
+
+fn si(s: Stream) -> usize {
+    match s {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
+}
+
+impl Follower {
+    fn process(&mut self, parser: &Parser, recs: &mut Vec<Record>) {
+        for rec in recs.drain(..) {
+            let p = parser.parse(&rec);
+            self.state.apply(&rec, p, &mut self.ops);
+            let i = si(rec.stream);
+            if self.stored[i].is_none_or(|k| rec.last_key > k) {
+                self.stored[i] = Some(rec.last_key);
+            }
+        }
+    }
+
+    async fn flush(&mut self, writer: &Sender<Vec<Op>>) -> bool {
+        self.state.flush_metrics(&mut self.ops);
+        if self.ops.is_empty() {
+            return true;
+        }
+        for (i, s) in Stream::ALL.iter().enumerate() {
+            if let Some(k) = self.stored[i] {
+                self.ops.push(Op::Cursor(CursorRow {
+                    container: self.container.clone(),
+                    stream: *s,
+                    origin: self.origin.clone(),
+                    key: k,
+                }));
+            }
+        }
+        let batch = std::mem::take(&mut self.ops);
+        writer.send(batch).await.is_ok()
+    }
+}
+
+/// Follows one container until it stops (read to the end) or trainwatch shuts down.
+async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
+    let container: Arc<str> = Arc::from(info.name.as_str());
+    let origin: Arc<str> = Arc::from(info.id.as_str());
+    let db = shared.db.clone();
+    let c2 = container.clone();
+    let id = info.id.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, crate::error::StoreError> {
+        let conn = crate::store::open_ro(&db)?;
+        let resume = crate::store::queries::resume_state(&conn, &c2)?;
+        let cursors = crate::store::queries::cursors(&conn, &c2)?;
+        Ok((
+            resume,
+            cursors.get(&(Stream::Stdout, id.clone())).copied(),
+            cursors.get(&(Stream::Stderr, id)).copied(),
+        ))
+    })
+    .await;
+    let (resume, out_cur, err_cur) = match loaded {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::error!(container = %container, error = %e, "Cannot load the container's stored state; not following it.");
+            return;
+        }
+        Err(_) => return,
+    };
+    tracing::info!(container = %container, role, "Following container logs.");
+    let mut f = Follower {
+        container: container.clone(),
+        origin,
+        state: ContainerState::new(container.clone(), resume),
+        stored: [out_cur, err_cur],
+        ops: Vec::with_capacity(256),
+    };
+    let mut backoff = Backoff::new();
+    let flush_every = Duration::from_millis(shared.cfg.flush_ms.max(1));
+    let silence = shared.cfg.reattach_after_silence_secs;
+    loop {
+        let since = f
+            .stored
+            .iter()
+            .flatten()
+            .map(|k| k.ts)
+            .min()
+            .map(|ts| (ts / 1_000_000_000) as i32)
+            .unwrap_or(0);
+        let opts = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since(since)
+            .build();
+        let mut stream = shared.docker.logs(&info.id, Some(opts));
+        // Fresh assembly per connection: pieces and groups not yet stored are re-delivered.
+        let mut merger = Merger::new();
+        let mut grouper = Grouper::new();
+        let mut recs = Vec::new();
+        let mut ticker = tokio::time::interval(flush_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_data = tokio::time::Instant::now();
+        let mut line_no = 0u64;
+        let ended: Result<(), String> = loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => {
+                    // Stop reading; what was emitted is flushed, open pieces and groups are
+                    // left to the next start (the cursor does not cover them).
+                    f.process(&shared.parser, &mut recs);
+                    f.flush(&shared.writer).await;
+                    return;
+                }
+                _ = ticker.tick() => {
+                    // Let a traceback at the quiet end of a stream out after a while.
+                    grouper.flush_older_than(crate::time::now_ns() - crate::assemble::multiline::MAX_HOLD_NS, &mut recs);
+                    f.process(&shared.parser, &mut recs);
+                    if !f.flush(&shared.writer).await {
+                        return;
+                    }
+                    if silence > 0 && last_data.elapsed() >= Duration::from_secs(silence) {
+                        break Err("stream silent".into());
+                    }
+                }
+                item = stream.next() => {
+                    match item {
+                        None => break Ok(()),
+                        Some(Err(e)) => break Err(e.to_string()),
+                        Some(Ok(out)) => {
+                            last_data = tokio::time::Instant::now();
+                            backoff.reset();
+                            let (stream_kind, msg) = match out {
+                                bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => (Stream::Stdout, message),
+                                bollard::container::LogOutput::StdErr { message } => (Stream::Stderr, message),
+                                bollard::container::LogOutput::StdIn { .. } => continue,
+                            };
+                            let Some((ts, text)) = split_timestamp(&msg) else { continue };
+                            line_no += 1;
+                            merger.push(stream_kind, ts, text, line_no);
+                            while let Some(raw) = merger.pop() {
+                                if f.stored[si(raw.stream)].is_some_and(|k| raw.key <= k) {
+                                    continue;
+                                }
+                                grouper.push(assemble::clean(raw), &mut recs);
+                            }
+                            f.process(&shared.parser, &mut recs);
+                            if f.ops.len() >= BATCH_OPS && !f.flush(&shared.writer).await {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        // The stream ended or failed: a stopped container has been read to the end.
+        let running = match shared
+            .docker
+            .inspect_container(&info.id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => false,
+            Err(_) => true,
+        };
+        if !running && ended.is_ok() {
+            merger.finish();
+            while let Some(raw) = merger.pop() {
+                if f.stored[si(raw.stream)].is_some_and(|k| raw.key <= k) {
+                    continue;
+                }
+                grouper.push(assemble::clean(raw), &mut recs);
+            }
+            grouper.finish(&mut recs);
+            f.process(&shared.parser, &mut recs);
+            f.flush(&shared.writer).await;
+            tracing::info!(container = %container, "Container stopped; its logs were read to the end.");
+            return;
+        }
+        grouper.flush_older_than(i64::MIN, &mut recs);
+        f.process(&shared.parser, &mut recs);
+        f.flush(&shared.writer).await;
+        if let Err(e) = &ended {
+            tracing::warn!(container = %container, error = %e, "Log stream interrupted; re-attaching from the cursor.");
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.step()) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, image: &str, labels: &[(&str, &str)]) -> ContainerInfo {
+        ContainerInfo {
+            id: "0123456789abcdef".into(),
+            name: name.into(),
+            image: image.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn selection_and_roles() {
+        let cfg = DockerConfig {
+            include: vec![
+                Selector {
+                    name: Some("yolo-*".into()),
+                    role: Some("training".into()),
+                    ..Default::default()
+                },
+                Selector {
+                    label: Some("app=annotations".into()),
+                    role: Some("queue".into()),
+                    ..Default::default()
+                },
+            ],
+            exclude: vec![Selector {
+                image: Some("portainer/*".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            cfg.select(&info("yolo-train", "ultra", &[])).as_deref(),
+            Some("training")
+        );
+        assert_eq!(
+            cfg.select(&info("consumer", "py", &[("app", "annotations")]))
+                .as_deref(),
+            Some("queue")
+        );
+        assert_eq!(cfg.select(&info("yolo-x", "portainer/agent", &[])), None);
+        assert_eq!(cfg.select(&info("other", "x", &[])), None);
+        assert_eq!(
+            cfg.select(&info("yolo-y", "x", &[("trainwatch.role", "queue")]))
+                .as_deref(),
+            Some("queue")
+        );
+        assert_eq!(
+            DockerConfig::default()
+                .select(&info("any", "x", &[]))
+                .as_deref(),
+            Some("other")
+        );
+    }
+
+    #[test]
+    fn timestamps_prefix() {
+        let (ts, text) = split_timestamp(b"2026-03-28T14:30:00.123456789Z hello\n").unwrap();
+        assert_eq!(
+            ts,
+            crate::time::parse_rfc3339("2026-03-28T14:30:00.123456789Z").unwrap()
+        );
+        assert_eq!(text, "hello\n");
+        assert!(split_timestamp(b"no timestamp here").is_none());
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        let mut b = Backoff::new();
+        let steps: Vec<u128> = (0..10).map(|_| b.step().as_millis()).collect();
+        assert_eq!(&steps[..4], &[200, 400, 800, 1600]);
+        assert_eq!(*steps.last().unwrap(), 30_000);
+        b.reset();
+        assert_eq!(b.step().as_millis(), 200);
+    }
+}

@@ -1,0 +1,405 @@
+//! `trainwatch watch` against the real Docker daemon on this machine. Containers run a static
+//! busybox in an image imported from a tar (`FROM scratch`: no registry is needed). Each test
+//! labels its containers and configures trainwatch to follow only those.
+//!
+//! Without a daemon these tests fail under CI (`CI=true`) and are skipped with a printed reason
+//! elsewhere.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::util::Db;
+
+const IMAGE: &str = "trainwatch-test-busybox:1";
+
+/// Whether the daemon is usable; builds the test image once.
+fn docker_ready() -> bool {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = READY.get_or_init(|| {
+        let info = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output();
+        match info {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Err(format!(
+                    "docker info failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+            Err(e) => return Err(format!("docker CLI not runnable: {e}")),
+        }
+        let have = Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !have {
+            let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .ok_or("busybox-static is not installed (apt-get install busybox-static)")?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            std::fs::copy(busybox, dir.path().join("busybox")).map_err(|e| e.to_string())?;
+            let tar = Command::new("tar")
+                .arg("-C")
+                .arg(dir.path())
+                .args(["-cf", "-", "busybox"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let mut import = Command::new("docker")
+                .args(["import", "-", IMAGE])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            std::io::Write::write_all(import.stdin.as_mut().unwrap(), &tar.stdout)
+                .map_err(|e| e.to_string())?;
+            drop(import.stdin.take());
+            if !import.wait().map_err(|e| e.to_string())?.success() {
+                return Err("docker import failed".into());
+            }
+        }
+        Ok(())
+    });
+    match r {
+        Ok(()) => true,
+        Err(reason) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("Docker is required in CI: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("skipping Docker test: {reason}");
+            false
+        }
+    }
+}
+
+/// A test's containers (removed on drop) and its trainwatch process.
+struct Lab {
+    label: String,
+    db: Db,
+    config: PathBuf,
+    containers: Vec<String>,
+    watch: Option<Child>,
+    log: PathBuf,
+}
+
+impl Lab {
+    fn new(name: &str, extra_config: &str) -> Lab {
+        let label = format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            trainwatch::time::now_ns()
+        );
+        let db = Db::new();
+        let config = db.dir.path().join("trainwatch.toml");
+        std::fs::write(&config, format!("[docker]\nflush_ms = 50\n{extra_config}\n[[docker.include]]\nlabel = \"tw.test={label}\"\n")).unwrap();
+        let log = db.dir.path().join("watch.log");
+        Lab {
+            label,
+            db,
+            config,
+            containers: Vec::new(),
+            watch: None,
+            log,
+        }
+    }
+
+    fn start_watch(&mut self, env: &[(&str, &str)]) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+            .arg("--db")
+            .arg(&self.db.path)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("watch")
+            .envs(env.iter().copied())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start trainwatch watch");
+        self.watch = Some(child);
+    }
+
+    /// SIGTERM and wait: a graceful stop must exit 0.
+    fn stop_watch(&mut self) {
+        if let Some(mut c) = self.watch.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "watch exited with {status}; log:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    fn kill9_watch(&mut self) {
+        if let Some(mut c) = self.watch.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Starts a container running `script` under busybox sh; returns its name.
+    fn run(&mut self, suffix: &str, tty: bool, script: &str) -> String {
+        let name = format!("tw-{}-{suffix}", self.label);
+        let mut args = vec!["run", "-d", "--name", &name, "--label"];
+        let label = format!("tw.test={}", self.label);
+        args.push(&label);
+        if tty {
+            args.push("-t");
+        }
+        args.extend([IMAGE, "/busybox", "sh", "-c", script]);
+        let o = Command::new("docker").args(&args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "docker run: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        self.containers.push(name.clone());
+        name
+    }
+
+    fn wait_exit(&self, name: &str) {
+        let o = Command::new("docker")
+            .args(["wait", name])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+
+    /// Polls `sql` until it returns `want` (or fails after 30 s).
+    fn wait_for(&self, sql: &str, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = if self.db.path.exists() {
+                trainwatch::store::open_ro(&self.db.path)
+                    .ok()
+                    .and_then(|c| c.query_row(sql, [], |r| r.get::<_, i64>(0)).ok())
+            } else {
+                None
+            };
+            if got == Some(want) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{sql}: got {got:?}, want {want}; watch log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.watch.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &self.containers {
+            let _ = Command::new("docker").args(["rm", "-f", n]).output();
+        }
+    }
+}
+
+#[test]
+fn containers_before_and_after_exit_codes_and_tracebacks() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("ba", "");
+    // Exits before trainwatch starts: still read (all=true).
+    let before = lab.run(
+        "before",
+        false,
+        "echo 'ERROR:q:before'; echo 'WARNING:q:to stderr' >&2",
+    );
+    lab.wait_exit(&before);
+    lab.start_watch(&[]);
+    let after = lab.run(
+        "after",
+        false,
+        "echo 'WARNING:q:after 1'; sleep 0.3; printf 'Traceback (most recent call last):\\n  File \"/app/x.py\", line 1, in <module>\\nKeyError: 1\\n' >&2; exit 3",
+    );
+    lab.wait_exit(&after);
+    lab.wait_for(
+        &format!(
+            "SELECT count(*) FROM events WHERE container = '{after}' AND kind = 'container_died'"
+        ),
+        1,
+    );
+    lab.wait_for(
+        &format!("SELECT count(*) FROM events WHERE container = '{after}' AND kind = 'error'"),
+        1,
+    );
+    lab.stop_watch();
+    let db = &lab.db;
+    assert_eq!(db.count(&format!("SELECT count(*) FROM events WHERE container = '{before}' AND kind IN ('error', 'warning')")), 2);
+    assert_eq!(
+        db.text(&format!(
+            "SELECT stream FROM events WHERE container = '{before}' AND kind = 'warning'"
+        ))
+        .as_deref(),
+        Some("stderr")
+    );
+    let tb = db
+        .text(&format!(
+            "SELECT message FROM events WHERE container = '{after}' AND kind = 'error'"
+        ))
+        .unwrap();
+    assert_eq!(
+        tb,
+        "Traceback (most recent call last):\n  File \"/app/x.py\", line 1, in <module>\nKeyError: 1"
+    );
+    assert_eq!(db.count(&format!("SELECT json_extract(context, '$.exit_code') FROM events WHERE container = '{after}' AND kind = 'container_died'")), 3);
+    assert_eq!(db.text(&format!("SELECT json_extract(context, '$.role') FROM events WHERE container = '{after}' AND kind = 'container_died'")).as_deref(), Some("other"));
+    // Its own logs are service-format JSON lines.
+    let first = lab.log_text().lines().next().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v["service"], "trainwatch");
+    assert!(
+        v["timestamp"].is_string()
+            && v["level"].is_string()
+            && v["message"].is_string()
+            && v["context"].is_object()
+    );
+}
+
+#[test]
+fn long_lines_tty_and_interleaved_streams() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("lt", "");
+    lab.start_watch(&[]);
+    // A 100 KiB line: Docker sends it in 16 KiB pieces, merged back into one record.
+    let long = lab.run("long", false, "printf 'WARNING:q:'; /busybox head -c 102400 /dev/zero | /busybox tr '\\0' '.'; echo; echo 'WARNING:q:next'");
+    // A TTY container: no stream framing, \r\n endings, everything on stdout.
+    let tty = lab.run(
+        "tty",
+        true,
+        "echo 'WARNING:q:tty one'; echo 'WARNING:q:tty two' >&2",
+    );
+    // Interleaved stdout and stderr.
+    let inter = lab.run("inter", false, "for i in 1 2 3 4 5 6 7 8 9 10; do echo \"WARNING:q:out $i\"; echo \"ERROR:q:err $i\" >&2; done");
+    for c in [&long, &tty, &inter] {
+        lab.wait_exit(c);
+        lab.wait_for(
+            &format!(
+                "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'container_died'"
+            ),
+            1,
+        );
+    }
+    lab.stop_watch();
+    let db = &lab.db;
+    let len = db.count(&format!("SELECT length(message) FROM events WHERE container = '{long}' AND kind = 'warning' AND message LIKE 'WARNING:q:..%'"));
+    assert_eq!(len, 10 + 102_400);
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM events WHERE container = '{long}' AND kind = 'warning'"
+        )),
+        2
+    );
+    let tty_msgs: Vec<(String, String)> = db.conn()
+        .prepare(&format!("SELECT stream, message FROM events WHERE container = '{tty}' AND kind = 'warning' ORDER BY ts"))
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        tty_msgs,
+        vec![
+            ("stdout".into(), "WARNING:q:tty one".into()),
+            ("stdout".into(), "WARNING:q:tty two".into())
+        ]
+    );
+    assert_eq!(db.count(&format!("SELECT count(*) FROM events WHERE container = '{inter}' AND stream = 'stdout' AND kind = 'warning'")), 10);
+    assert_eq!(db.count(&format!("SELECT count(*) FROM events WHERE container = '{inter}' AND stream = 'stderr' AND kind = 'error'")), 10);
+}
+
+#[test]
+fn kill_9_mid_stream_then_restart_stores_every_line_once() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("k9", "");
+    lab.start_watch(&[]);
+    let n = 600;
+    let c = lab.run("writer", false, &format!("i=1; while [ $i -le {n} ]; do echo \"WARNING:q:line $i\"; i=$((i+1)); /busybox usleep 5000; done"));
+    // Let some lines land, then kill -9 mid-stream.
+    lab.wait_for(
+        &format!("SELECT count(*) > 50 FROM events WHERE container = '{c}' AND kind = 'warning'"),
+        1,
+    );
+    lab.kill9_watch();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.start_watch(&[]);
+    lab.wait_exit(&c);
+    lab.wait_for(&format!("SELECT count(DISTINCT message) FROM events WHERE container = '{c}' AND kind = 'warning'"), n);
+    lab.stop_watch();
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'warning'"
+        )),
+        n,
+        "every line exactly once"
+    );
+    // And a third start reads nothing new.
+    lab.start_watch(&[]);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.stop_watch();
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'warning'"
+        )),
+        n
+    );
+}
+
+#[test]
+fn missing_daemon_socket_retries_and_reports() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("nosock", "unreachable_after_secs = 1");
+    lab.start_watch(&[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
+    lab.wait_for(
+        "SELECT count(*) FROM events WHERE kind = 'docker_unreachable'",
+        1,
+    );
+    // Still running (never exits on daemon errors), and stops cleanly.
+    assert!(
+        lab.watch.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "watch exited; log:\n{}",
+        lab.log_text()
+    );
+    lab.stop_watch();
+    assert!(
+        lab.log_text()
+            .contains("Docker daemon unreachable; retrying.")
+    );
+    assert!(
+        lab.log_text().contains("nonexistent/docker.sock")
+            || lab.log_text().contains("No such file"),
+        "{}",
+        lab.log_text()
+    );
+}
