@@ -403,3 +403,62 @@ fn missing_daemon_socket_retries_and_reports() {
         lab.log_text()
     );
 }
+
+#[test]
+fn nan_in_a_progress_bar_shows_up_before_its_newline() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("nan", "");
+    lab.start_watch(&[]);
+    // An Ultralytics-style bar redrawn with \r and never ended: Docker passes it on in 16 KiB
+    // pieces. The NaN frames come after the first piece; the container keeps running.
+    let frame = |loss: &str, pct: u32| {
+        format!(
+            "\\r        1/3         0G {loss:>10}      2.345      1.123         49         64: {pct}%% ━━━ 2/10 1.0it/s 0.2s"
+        )
+    };
+    let script = format!(
+        "i=0; while [ $i -lt 200 ]; do printf '{}'; i=$((i+1)); done; i=0; while [ $i -lt 200 ]; do printf '{}'; i=$((i+1)); done; sleep 60",
+        frame("1.234", 10),
+        frame("nan", 20)
+    );
+    let c = lab.run("bar", false, &script);
+    lab.wait_for(
+        &format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'loss_non_finite'"
+        ),
+        1,
+    );
+    let running = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Running}}", &c])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&running.stdout).trim(),
+        "true",
+        "reported while the bar is still running"
+    );
+    let msg = lab
+        .db
+        .text(&format!(
+            "SELECT message FROM events WHERE container = '{c}' AND kind = 'loss_non_finite'"
+        ))
+        .unwrap();
+    assert!(msg.trim_start().starts_with("1/3         0G        nan"), "{msg}");
+    // When the container is killed the unterminated line is stored; the NaN stays one event.
+    let _ = Command::new("docker").args(["kill", &c]).output();
+    lab.wait_exit(&c);
+    lab.wait_for(
+        &format!("SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'container_died'"),
+        1,
+    );
+    lab.stop_watch();
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'loss_non_finite'"
+        )),
+        1
+    );
+    assert_eq!(lab.db.count(&format!("SELECT json_extract(context, '$.exit_code') FROM events WHERE container = '{c}' AND kind = 'container_died'")), 137);
+}

@@ -14,16 +14,7 @@ pub fn final_frame(raw: &str) -> (String, Option<String>) {
     if !raw.contains('\r') {
         return (ansi::strip(raw).into_owned(), None);
     }
-    let nonfinite = if has_nonfinite_token(raw) {
-        raw.split('\r').find_map(|frame| {
-            let clean = ansi::strip(frame);
-            ultralytics::progress_row(&clean)
-                .filter(|p| p.losses.iter().any(|v| !v.is_finite()))
-                .map(|_| clean.trim_end().to_string())
-        })
-    } else {
-        None
-    };
+    let nonfinite = first_nonfinite(raw);
     let last = raw
         .rsplit('\r')
         .map(|f| ansi::strip(f))
@@ -31,6 +22,20 @@ pub fn final_frame(raw: &str) -> (String, Option<String>) {
         .map(|f| f.trim_end().to_string())
         .unwrap_or_default();
     (last, nonfinite)
+}
+
+/// The first `\r` frame of `raw` that is a progress row with a NaN or infinite loss, clean.
+/// Also used on the pieces of a bar that has not ended yet, so a NaN shows up live.
+pub fn first_nonfinite(raw: &str) -> Option<String> {
+    if !has_nonfinite_token(raw) {
+        return None;
+    }
+    raw.split('\r').find_map(|frame| {
+        let clean = ansi::strip(frame);
+        ultralytics::progress_row(&clean)
+            .filter(|p| p.losses.iter().any(|v| !v.is_finite()))
+            .map(|_| clean.trim_end().to_string())
+    })
 }
 
 /// Cheap pre-check before parsing every frame: `%11.4g` prints NaN as `nan` and infinity as

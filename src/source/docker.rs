@@ -539,6 +539,25 @@ impl Follower {
         }
     }
 
+    /// Reports a non-finite loss seen in an unfinished progress line. The event carries the
+    /// key the whole line will have, so when the line ends its own `loss_non_finite` is the
+    /// same row (stored once). The cursor does not move: the line itself is not stored yet.
+    fn live_nonfinite(&mut self, parser: &Parser, stream: Stream, key: Key, frame: String) {
+        let rec = Record {
+            key,
+            ts: key.ts,
+            stream,
+            text: frame.clone(),
+            nonfinite_frame: Some(frame),
+            terminated: false,
+            line_no: 0,
+            lines: 1,
+            last_key: key,
+        };
+        let p = parser.parse(&rec);
+        self.state.apply(&rec, p, &mut self.ops);
+    }
+
     async fn flush(&mut self, writer: &Sender<Vec<Op>>) -> bool {
         self.state.flush_metrics(&mut self.ops);
         if self.ops.is_empty() {
@@ -655,7 +674,13 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                             };
                             let Some((ts, text)) = split_timestamp(&msg) else { continue };
                             line_no += 1;
+                            // A bar that has not written its `\n` yet arrives in 16 KiB pieces:
+                            // a NaN in one of them is reported now, not when the epoch ends.
+                            let live_nan = if text.ends_with('\n') { None } else { crate::assemble::frames::first_nonfinite(&text) };
                             merger.push(stream_kind, ts, text, line_no);
+                            if let (Some(frame), Some(key)) = (live_nan, merger.pending_key(stream_kind)) {
+                                f.live_nonfinite(&shared.parser, stream_kind, key, frame);
+                            }
                             while let Some(raw) = merger.pop() {
                                 if f.stored[si(raw.stream)].is_some_and(|k| raw.key <= k) {
                                     continue;

@@ -143,10 +143,18 @@ impl Merger {
         self.ready.pop_front()
     }
 
-    /// The merged-so-far text of the stream's unfinished line (a progress bar that has not
-    /// written its `\n` yet), for live views; it is emitted as a line only when it ends.
-    pub fn pending_text(&self, stream: Stream) -> Option<&RawLine> {
-        self.pending[si(stream)].as_ref().map(|p| &p.line)
+    /// The key the stream's unfinished line will have when it is emitted.
+    pub fn pending_key(&self, stream: Stream) -> Option<Key> {
+        let p = self.pending[si(stream)].as_ref()?;
+        let last = self.last[si(stream)];
+        Some(Key {
+            ts: p.line.ts,
+            seq: if p.line.ts == last.ts {
+                last.seq + 1
+            } else {
+                0
+            },
+        })
     }
 
     /// End of input: unfinished lines are emitted as unterminated, oldest first.
