@@ -445,7 +445,10 @@ fn nan_in_a_progress_bar_shows_up_before_its_newline() {
             "SELECT message FROM events WHERE container = '{c}' AND kind = 'loss_non_finite'"
         ))
         .unwrap();
-    assert!(msg.trim_start().starts_with("1/3         0G        nan"), "{msg}");
+    assert!(
+        msg.trim_start().starts_with("1/3         0G        nan"),
+        "{msg}"
+    );
     // When the container is killed the unterminated line is stored; the NaN stays one event.
     let _ = Command::new("docker").args(["kill", &c]).output();
     lab.wait_exit(&c);
