@@ -615,6 +615,10 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     let mut backoff = Backoff::new();
     let flush_every = Duration::from_millis(shared.cfg.flush_ms.max(1));
     let silence = shared.cfg.reattach_after_silence_secs;
+    // Once the container has stopped, the rest is read without `follow`: dockerd (seen with
+    // 20.10) ends a follow stream when the container stops even if the reader is behind, so a
+    // fast, short-lived container would otherwise lose its last lines.
+    let mut draining = false;
     loop {
         let since = f
             .stored
@@ -625,7 +629,7 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
             .map(|ts| (ts / 1_000_000_000) as i32)
             .unwrap_or(0);
         let opts = LogsOptionsBuilder::default()
-            .follow(true)
+            .follow(!draining)
             .stdout(true)
             .stderr(true)
             .timestamps(true)
@@ -696,19 +700,8 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                 }
             }
         };
-        // The stream ended or failed: a stopped container has been read to the end.
-        let running = match shared
-            .docker
-            .inspect_container(&info.id, None::<InspectContainerOptions>)
-            .await
-        {
-            Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => false,
-            Err(_) => true,
-        };
-        if !running && ended.is_ok() {
+        if draining && ended.is_ok() {
+            // The non-follow read of a stopped container reached the end of its log.
             merger.finish();
             while let Some(raw) = merger.pop() {
                 if f.stored[si(raw.stream)].is_some_and(|k| raw.key <= k) {
@@ -722,9 +715,25 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
             tracing::info!(container = %container, "Container stopped; its logs were read to the end.");
             return;
         }
-        grouper.flush_older_than(i64::MIN, &mut recs);
         f.process(&shared.parser, &mut recs);
         f.flush(&shared.writer).await;
+        let running = match shared
+            .docker
+            .inspect_container(&info.id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => false,
+            Err(_) => true,
+        };
+        if !running && ended.is_ok() {
+            // Pieces and groups still open are re-delivered by the drain (the cursor does not
+            // cover them), which starts with a fresh merger and grouper.
+            draining = true;
+            continue;
+        }
         if let Err(e) = &ended {
             tracing::warn!(container = %container, error = %e, "Log stream interrupted; re-attaching from the cursor.");
         }
