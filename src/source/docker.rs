@@ -558,6 +558,52 @@ impl Follower {
         self.state.apply(&rec, p, &mut self.ops);
     }
 
+    /// Moves the merger's complete lines into the grouper, dropping those already stored.
+    fn take_lines(&mut self, merger: &mut Merger, grouper: &mut Grouper, recs: &mut Vec<Record>) {
+        while let Some(raw) = merger.pop() {
+            if self.stored[si(raw.stream)].is_some_and(|k| raw.key <= k) {
+                continue;
+            }
+            grouper.push(assemble::clean(raw), recs);
+        }
+    }
+
+    /// Takes one message of the logs stream (`timestamps=true`) into assembly.
+    fn ingest(
+        &mut self,
+        parser: &Parser,
+        out: bollard::container::LogOutput,
+        merger: &mut Merger,
+        grouper: &mut Grouper,
+        recs: &mut Vec<Record>,
+        line_no: &mut u64,
+    ) {
+        use bollard::container::LogOutput;
+        let (stream, msg) = match out {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                (Stream::Stdout, message)
+            }
+            LogOutput::StdErr { message } => (Stream::Stderr, message),
+            LogOutput::StdIn { .. } => return,
+        };
+        let Some((ts, text)) = split_timestamp(&msg) else {
+            return;
+        };
+        *line_no += 1;
+        // A bar that has not written its `\n` yet arrives in 16 KiB pieces: a NaN in one of
+        // them is reported now, not when the epoch ends.
+        let live_nan = if text.ends_with('\n') {
+            None
+        } else {
+            crate::assemble::frames::first_nonfinite(&text)
+        };
+        merger.push(stream, ts, text, *line_no);
+        if let (Some(frame), Some(key)) = (live_nan, merger.pending_key(stream)) {
+            self.live_nonfinite(parser, stream, key, frame);
+        }
+        self.take_lines(merger, grouper, recs);
+    }
+
     async fn flush(&mut self, writer: &Sender<Vec<Op>>) -> bool {
         self.state.flush_metrics(&mut self.ops);
         if self.ops.is_empty() {
@@ -671,26 +717,7 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                         Some(Ok(out)) => {
                             last_data = tokio::time::Instant::now();
                             backoff.reset();
-                            let (stream_kind, msg) = match out {
-                                bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => (Stream::Stdout, message),
-                                bollard::container::LogOutput::StdErr { message } => (Stream::Stderr, message),
-                                bollard::container::LogOutput::StdIn { .. } => continue,
-                            };
-                            let Some((ts, text)) = split_timestamp(&msg) else { continue };
-                            line_no += 1;
-                            // A bar that has not written its `\n` yet arrives in 16 KiB pieces:
-                            // a NaN in one of them is reported now, not when the epoch ends.
-                            let live_nan = if text.ends_with('\n') { None } else { crate::assemble::frames::first_nonfinite(&text) };
-                            merger.push(stream_kind, ts, text, line_no);
-                            if let (Some(frame), Some(key)) = (live_nan, merger.pending_key(stream_kind)) {
-                                f.live_nonfinite(&shared.parser, stream_kind, key, frame);
-                            }
-                            while let Some(raw) = merger.pop() {
-                                if f.stored[si(raw.stream)].is_some_and(|k| raw.key <= k) {
-                                    continue;
-                                }
-                                grouper.push(assemble::clean(raw), &mut recs);
-                            }
+                            f.ingest(&shared.parser, out, &mut merger, &mut grouper, &mut recs, &mut line_no);
                             f.process(&shared.parser, &mut recs);
                             if f.ops.len() >= BATCH_OPS && !f.flush(&shared.writer).await {
                                 return;
@@ -703,12 +730,7 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
         if draining && ended.is_ok() {
             // The non-follow read of a stopped container reached the end of its log.
             merger.finish();
-            while let Some(raw) = merger.pop() {
-                if f.stored[si(raw.stream)].is_some_and(|k| raw.key <= k) {
-                    continue;
-                }
-                grouper.push(assemble::clean(raw), &mut recs);
-            }
+            f.take_lines(&mut merger, &mut grouper, &mut recs);
             grouper.finish(&mut recs);
             f.process(&shared.parser, &mut recs);
             f.flush(&shared.writer).await;
