@@ -500,3 +500,39 @@ fn fast_short_lived_container_is_drained_after_its_follow_stream_ends() {
         n
     );
 }
+
+#[test]
+fn silent_running_container_is_reattached_without_duplicates() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("silent", "reattach_after_silence_secs = 1");
+    lab.start_watch(&[]);
+    let c = lab.run(
+        "quiet",
+        false,
+        "echo 'WARNING:q:first'; sleep 4; echo 'WARNING:q:second'; sleep 60",
+    );
+    lab.wait_for(
+        &format!("SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'warning'"),
+        1,
+    );
+    // Silent for longer than the limit while running: the stream is re-attached from the
+    // cursor, the first line is not stored again, the second still arrives.
+    lab.wait_for(
+        &format!("SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'warning'"),
+        2,
+    );
+    lab.stop_watch();
+    assert!(
+        lab.log_text().contains("re-attaching from the cursor"),
+        "{}",
+        lab.log_text()
+    );
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND message = 'WARNING:q:first'"
+        )),
+        1
+    );
+}
