@@ -39,12 +39,18 @@ pub fn parse(text: &str) -> Result<ServiceLine, JsonSkip> {
     let Value::Object(mut obj) = value else {
         return Err(JsonSkip::NotObject);
     };
-    let ts = match obj.remove("timestamp").or_else(|| obj.remove("time")) {
+    let ts = match ["timestamp", "time", "@timestamp", "ts", "asctime"]
+        .iter()
+        .find_map(|k| obj.remove(*k))
+    {
         Some(Value::String(s)) => crate::time::parse_loose(&s),
-        Some(Value::Number(n)) => n.as_f64().map(|s| (s * 1e9) as i64),
+        Some(Value::Number(n)) => n.as_f64().and_then(epoch_number_to_ns),
         _ => None,
     };
-    let level = match obj.remove("level").or_else(|| obj.remove("levelname")) {
+    let level = match ["level", "levelname", "severity", "lvl"]
+        .iter()
+        .find_map(|k| obj.remove(*k))
+    {
         Some(Value::String(s)) => Level::parse(&s),
         _ => None,
     };
@@ -52,7 +58,10 @@ pub fn parse(text: &str) -> Result<ServiceLine, JsonSkip> {
         Some(Value::String(s)) => Some(s),
         _ => None,
     };
-    let message = match obj.remove("message").or_else(|| obj.remove("msg")) {
+    let message = match ["message", "msg", "event"]
+        .iter()
+        .find_map(|k| obj.remove(*k))
+    {
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
         None => String::new(),
@@ -127,6 +136,24 @@ fn quote_non_finite(text: &str) -> Option<String> {
     Some(out)
 }
 
+/// An epoch timestamp given as a number, by magnitude: seconds (zap, Python `time.time()`),
+/// milliseconds (JavaScript, pino), microseconds or nanoseconds.
+fn epoch_number_to_ns(v: f64) -> Option<i64> {
+    if !v.is_finite() || v <= 0.0 {
+        return None;
+    }
+    let ns = if v < 1e11 {
+        v * 1e9
+    } else if v < 1e14 {
+        v * 1e6
+    } else if v < 1e17 {
+        v * 1e3
+    } else {
+        v
+    };
+    (ns < i64::MAX as f64).then_some(ns as i64)
+}
+
 /// A number from a context value: JSON numbers, and the strings `NaN`, `Infinity`,
 /// `-Infinity` (from [`quote_non_finite`]) or numeric strings.
 pub fn num(v: &Value) -> Option<f64> {
@@ -176,6 +203,20 @@ mod tests {
         assert!(num(&s.context["loss"]).unwrap().is_nan());
         assert_eq!(num(&s.context["x"]), Some(f64::NEG_INFINITY));
         assert_eq!(s.context["s"], "NaN in text");
+    }
+
+    #[test]
+    fn common_key_variants() {
+        // structlog's `event`, `severity`, epoch seconds in `ts`.
+        let s = parse(r#"{"event":"Checkpoint saved","severity":"warning","ts":1774708200.5}"#)
+            .unwrap();
+        assert_eq!(s.message, "Checkpoint saved");
+        assert_eq!(s.level, Some(Level::Warning));
+        assert_eq!(s.ts, Some(1_774_708_200_500_000_000));
+        let ms = parse(r#"{"msg":"m","time":1774708200500}"#).unwrap();
+        assert_eq!(ms.ts, Some(1_774_708_200_500_000_000));
+        let ns = parse(r#"{"msg":"m","time":1774708200500000000}"#).unwrap();
+        assert_eq!(ns.ts, Some(1_774_708_200_500_000_000));
     }
 
     #[test]

@@ -92,6 +92,45 @@ fn dashed(i: &str) -> R<'_, PyLog<'_>> {
     )))
 }
 
+/// Other common layouts after a leading time: `asctime [LEVEL] name: message`,
+/// `asctime LEVEL name: message`, loguru's `asctime | LEVEL    | module:func:12 - message`.
+/// The level is the first level word within the next 40 characters; the message is what
+/// follows it (the logger name is not separated out).
+fn leveled(i: &str) -> R<'_, PyLog<'_>> {
+    let (rest, ts) = asctime(i)?;
+    let window = &rest[..rest.len().min(40)];
+    let b = window.as_bytes();
+    for (at, _) in window.char_indices() {
+        if at > 0 && b[at - 1].is_ascii_alphanumeric() {
+            continue;
+        }
+        let level: R<'_, Level> = level_name(&rest[at..]);
+        if let Ok((after, level)) = level {
+            if after
+                .as_bytes()
+                .first()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            {
+                continue;
+            }
+            let message = after.trim_start_matches([']', '|', ':', ' ', '-']);
+            return Ok((
+                "",
+                PyLog {
+                    ts: crate::time::parse_loose(ts),
+                    logger: "",
+                    level,
+                    message,
+                },
+            ));
+        }
+    }
+    Err(nom::Err::Error(nom::error::Error::new(
+        i,
+        nom::error::ErrorKind::Tag,
+    )))
+}
+
 /// `LEVEL:name:message`
 fn basic(i: &str) -> R<'_, PyLog<'_>> {
     let (i, (level, _, logger, _, message)) = (
@@ -117,7 +156,7 @@ fn basic(i: &str) -> R<'_, PyLog<'_>> {
 pub fn parse(line: &str) -> Option<PyLog<'_>> {
     let first = line.as_bytes().first()?;
     let r = if first.is_ascii_digit() {
-        dashed(line)
+        dashed(line).or_else(|_| leveled(line))
     } else if first.is_ascii_uppercase() {
         basic(line)
     } else {
@@ -151,6 +190,29 @@ mod tests {
         assert_eq!(p.logger, "annotation_queue");
         assert_eq!(p.message, "Failed to process message offset=1234");
         assert!(parse("INFO:root:root info").is_some());
+    }
+
+    #[test]
+    fn other_layouts_after_a_time() {
+        let p =
+            parse("2026-03-28 14:30:00,123 [ERROR] consumer: Failed to process message offset=7")
+                .unwrap();
+        assert_eq!(
+            (p.level, p.message),
+            (Level::Error, "consumer: Failed to process message offset=7")
+        );
+        let p = parse("2026-03-28 14:30:00 WARNING consumer: slow").unwrap();
+        assert_eq!((p.level, p.message), (Level::Warning, "consumer: slow"));
+        let p =
+            parse("2026-03-28 14:30:00.123 | INFO     | app.queue:run:42 - Processed 3 messages")
+                .unwrap();
+        assert_eq!(
+            (p.level, p.message),
+            (Level::Info, "app.queue:run:42 - Processed 3 messages")
+        );
+        assert_eq!(p.ts, crate::time::parse_loose("2026-03-28 14:30:00.123"));
+        // A level word must stand alone.
+        assert!(parse("2026-03-28 14:30:00 INFORMATIONAL text").is_none());
     }
 
     #[test]

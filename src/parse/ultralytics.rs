@@ -224,9 +224,12 @@ pub fn starting_training(line: &str) -> Option<Option<u32>> {
 
 /// `Resuming training runs/detect/train/weights/last.pt from epoch 4 to 10 total epochs`
 /// -> (model, from_epoch, total).
+///
+/// 8.0.x: `Resuming training from runs/detect/train/weights/last.pt from epoch 4 to 10 total epochs`.
 pub fn resuming(line: &str) -> Option<(String, u32, u32)> {
     let rest = line.trim().strip_prefix("Resuming training ")?;
     let (model, rest) = rest.rsplit_once(" from epoch ")?;
+    let model = model.strip_prefix("from ").unwrap_or(model);
     let (from, rest) = rest.split_once(" to ")?;
     let total = rest.strip_suffix(" total epochs")?;
     Some((
@@ -251,9 +254,13 @@ pub fn epochs_completed(line: &str) -> Option<(u32, f64)> {
 
 /// `EarlyStopping: Training stopped early as no improvement observed in last 15 epochs. Best
 /// results observed at epoch 70, best model saved as best.pt.` -> (best epoch, patience)
+///
+/// 8.0.x printed it without the prefix: `Stopping training early as no improvement observed in
+/// last 100 epochs. Best results observed at epoch 945, best model saved as best.pt.`
 pub fn early_stopping(line: &str) -> Option<(u32, Option<u32>)> {
-    let rest = line.trim_start().strip_prefix("EarlyStopping: ")?;
-    if !rest.starts_with("Training stopped early") {
+    let t = line.trim_start();
+    let rest = t.strip_prefix("EarlyStopping: ").unwrap_or(t);
+    if !rest.starts_with("Training stopped early") && !rest.starts_with("Stopping training early") {
         return None;
     }
     let best = rest.split_once("observed at epoch ")?.1;
@@ -410,6 +417,18 @@ mod tests {
                 "EarlyStopping: Training stopped early as no improvement observed in last 15 epochs. Best results observed at epoch 70, best model saved as best.pt."
             ),
             Some((70, Some(15)))
+        );
+        assert_eq!(
+            early_stopping(
+                "Stopping training early as no improvement observed in last 100 epochs. Best results observed at epoch 945, best model saved as best.pt."
+            ),
+            Some((945, Some(100)))
+        );
+        assert_eq!(
+            resuming(
+                "Resuming training from runs/detect/train/weights/last.pt from epoch 4 to 10 total epochs"
+            ),
+            Some(("runs/detect/train/weights/last.pt".into(), 4, 10))
         );
         assert_eq!(
             banner(
