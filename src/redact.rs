@@ -113,6 +113,11 @@ fn redact_base64(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// Whether `s` certainly needs no redaction: no trigger word and no base64 payload.
+pub fn is_clean(s: &str) -> bool {
+    !TRIGGERS.is_match(s) && matches!(redact_base64(s), Cow::Borrowed(_))
+}
+
 /// Redacts secrets in free text.
 pub fn text(s: &str) -> Cow<'_, str> {
     let mut cur = redact_base64(s);

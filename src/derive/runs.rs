@@ -193,6 +193,28 @@ impl ContainerState {
         })
     }
 
+    /// An event whose context is JSON text that needs no redaction (see [`redact::is_clean`]).
+    fn event_raw(
+        &self,
+        rec: &Record,
+        level: Level,
+        kind: &'static str,
+        message: &str,
+        context: String,
+    ) -> Op {
+        Op::Event(EventRow {
+            ts: rec.ts,
+            container: self.container.clone(),
+            stream: rec.stream.as_str(),
+            seq: rec.key.seq,
+            key_ts: rec.key.ts,
+            level,
+            kind,
+            message: redact::text(message).into_owned(),
+            context,
+        })
+    }
+
     /// Records a sample. Training metrics (one per epoch) are emitted as they come; queue
     /// metrics, which can change with every message, are kept at one sample per second.
     fn metric(&mut self, ts: i64, name: &'static str, value: f64, out: &mut Vec<Op>) {
@@ -714,6 +736,25 @@ impl ContainerState {
         kind: &'static str,
         out: &mut Vec<Op>,
     ) {
+        if let Some((name, add)) = p.counter {
+            let v = self.counters.entry(name).or_insert(0.0);
+            *v += add;
+            let v = *v;
+            self.metric(rec.ts, name, v, out);
+        }
+        let run_scoped = matches!(
+            kind,
+            "loss_non_finite" | "gpu_oom" | "checkpoint_save_failed"
+        );
+        if let Some(raw) = p.raw_context.take() {
+            // A service line's context is stored as it came unless something is added to
+            // it or it may hold a secret.
+            if p.offset.is_none() && !(run_scoped && self.run.is_some()) && redact::is_clean(&raw) {
+                out.push(self.event_raw(rec, p.level, kind, &p.message, raw));
+                return;
+            }
+            p.context = crate::parse::json::context_map(&raw);
+        }
         let mut ctx = std::mem::take(&mut p.context);
         if let Detail::Traceback { exception } = &p.detail {
             ctx.insert("exception".into(), Value::String(exception.clone()));
@@ -722,18 +763,10 @@ impl ContainerState {
             ctx.insert("offset".into(), json!(off));
             self.metric(rec.ts, "queue_offset", off as f64, out);
         }
-        if let Some((name, add)) = p.counter {
-            let v = self.counters.entry(name).or_insert(0.0);
-            *v += add;
-            let v = *v;
-            self.metric(rec.ts, name, v, out);
-        }
         if p.skip.is_some() {
             ctx.insert("unparsed".into(), Value::String("invalid_json".into()));
         }
-        if (kind == "loss_non_finite" || kind == "gpu_oom" || kind == "checkpoint_save_failed")
-            && let Some(run) = self.run.as_ref()
-        {
+        if run_scoped && let Some(run) = self.run.as_ref() {
             ctx.insert("epoch".into(), json!(run.last_epoch));
         }
         out.push(self.event(rec, p.level, kind, &p.message, Value::Object(ctx)));

@@ -16,6 +16,9 @@ pub struct ServiceLine {
     pub service: Option<String>,
     pub message: String,
     pub context: Map<String, Value>,
+    /// The `context` object as raw JSON text, when the fast path read the line: `context`
+    /// is then empty and is only parsed by those who need its values.
+    pub raw_context: Option<String>,
 }
 
 /// Why a line that looked like JSON was not a service line.
@@ -27,8 +30,74 @@ pub enum JsonSkip {
     NotObject,
 }
 
+/// The shape of almost every service line: only known keys, string level and message. Read
+/// with borrowed strings and the context left as raw text; anything else (extra fields,
+/// duplicate keys, `NaN` literals, odd types) goes to the general path.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fast<'a> {
+    #[serde(
+        default,
+        borrow,
+        alias = "time",
+        alias = "@timestamp",
+        alias = "ts",
+        alias = "asctime"
+    )]
+    timestamp: Option<&'a serde_json::value::RawValue>,
+    #[serde(
+        default,
+        borrow,
+        alias = "levelname",
+        alias = "severity",
+        alias = "lvl"
+    )]
+    level: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    service: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow, alias = "msg", alias = "event")]
+    message: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    context: Option<&'a serde_json::value::RawValue>,
+}
+
+fn fast(text: &str) -> Option<ServiceLine> {
+    let f: Fast<'_> = serde_json::from_str(text).ok()?;
+    let raw_context = match f.context.map(|c| c.get()) {
+        Some(c) if c.starts_with('{') => Some(c.to_string()),
+        Some("null") | None => None,
+        Some(_) => return None,
+    };
+    let ts = match f.timestamp.map(|t| t.get()) {
+        Some(t) if t.starts_with('"') => serde_json::from_str::<std::borrow::Cow<'_, str>>(t)
+            .ok()
+            .and_then(|s| crate::time::parse_loose(&s)),
+        Some(t) => t.parse::<f64>().ok().and_then(epoch_number_to_ns),
+        None => None,
+    };
+    Some(ServiceLine {
+        ts,
+        level: f.level.as_deref().and_then(Level::parse),
+        service: f.service.map(|s| s.into_owned()),
+        message: f.message.map(|m| m.into_owned()).unwrap_or_default(),
+        context: Map::new(),
+        raw_context,
+    })
+}
+
+/// Parses a raw context object into a map (accepting Python's `NaN` literals).
+pub fn context_map(raw: &str) -> Map<String, Value> {
+    serde_json::from_str(raw)
+        .ok()
+        .or_else(|| serde_json::from_str(&quote_non_finite(raw)?).ok())
+        .unwrap_or_default()
+}
+
 /// Parses a service line. Any JSON object is accepted; `message` falls back to `msg`.
 pub fn parse(text: &str) -> Result<ServiceLine, JsonSkip> {
+    if let Some(line) = fast(text) {
+        return Ok(line);
+    }
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(_) => {
@@ -85,6 +154,7 @@ pub fn parse(text: &str) -> Result<ServiceLine, JsonSkip> {
         service,
         message,
         context,
+        raw_context: None,
     })
 }
 

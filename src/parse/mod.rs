@@ -108,6 +108,9 @@ pub struct Parsed {
     /// For JSON and logging records, the message field; otherwise the whole text.
     pub message: String,
     pub context: Map<String, Value>,
+    /// A service line's context object as raw JSON text (service merged in), when nobody
+    /// needed its values; `context` is then empty.
+    pub raw_context: Option<String>,
     pub detail: Detail,
     /// A time the line itself carries (asctime, JSON timestamp).
     pub line_ts: Option<i64>,
@@ -127,6 +130,7 @@ impl Parsed {
             kind: None,
             message,
             context: Map::new(),
+            raw_context: None,
             detail: Detail::None,
             line_ts: None,
             counter: None,
@@ -222,10 +226,24 @@ impl Parser {
         p.level = line.level.unwrap_or(Level::Info);
         p.line_ts = line.ts;
         p.context = line.context;
-        if let Some(s) = line.service {
+        let epoch = json::epoch_message(&p.message);
+        match line.raw_context {
+            // Epochs and offsets are read from the context; a context with its own `service`
+            // keeps it (as the map path does).
+            Some(raw)
+                if epoch.is_some() || raw.contains("\"offset\"") || raw.contains("\"service\"") =>
+            {
+                p.context = json::context_map(&raw);
+            }
+            Some(raw) => p.raw_context = Some(with_service(raw, line.service.as_deref())),
+            None => {}
+        }
+        if p.raw_context.is_none()
+            && let Some(s) = line.service
+        {
             p.context.entry("service").or_insert(Value::String(s));
         }
-        if let Some((epoch, epochs)) = json::epoch_message(&p.message) {
+        if let Some((epoch, epochs)) = epoch {
             p.detail = Detail::ServiceEpoch { epoch, epochs };
             return p;
         }
@@ -309,6 +327,18 @@ impl Parser {
         }
         self.classify(&mut p, text);
         p
+    }
+}
+
+/// `{"service":"<s>", ...raw}`: the service name put in front of a raw context object.
+fn with_service(raw: String, service: Option<&str>) -> String {
+    let Some(s) = service else { return raw };
+    let name = Value::String(s.to_string()).to_string();
+    let rest = raw[1..].trim_start();
+    if rest.starts_with('}') {
+        format!("{{\"service\":{name}}}")
+    } else {
+        format!("{{\"service\":{name},{rest}")
     }
 }
 
