@@ -942,7 +942,7 @@ mod tests {
         h.line("Processed 5 messages");
         h.line("WARNING:annotation_queue:Failed to process message offset=12");
         h.st.flush_metrics(&mut h.ops);
-        let metrics: Vec<(&str, f64)> = h
+        let mut metrics: Vec<(&str, f64)> = h
             .ops
             .iter()
             .filter_map(|o| {
@@ -954,12 +954,13 @@ mod tests {
             })
             .collect();
         // All three lines fall in one second: one sample per metric, the latest value.
+        metrics.sort_by(|a, b| a.0.cmp(b.0));
         assert_eq!(
             metrics,
             vec![
-                ("queue_offset", 12.0),
-                ("queue_messages_processed", 6.0),
                 ("queue_messages_failed", 1.0),
+                ("queue_messages_processed", 6.0),
+                ("queue_offset", 12.0),
             ]
         );
         assert_eq!(

@@ -260,7 +260,10 @@ mod tests {
         assert_eq!(s.level, Some(Level::Info));
         assert_eq!(s.service.as_deref(), Some("training"));
         assert_eq!(epoch_message(&s.message), Some((45, 120)));
-        assert_eq!(num(&s.context["loss"]), Some(0.0234));
+        // The fast path keeps the context as raw text; its values are read on demand.
+        assert!(s.context.is_empty());
+        let ctx = context_map(s.raw_context.as_deref().unwrap());
+        assert_eq!(num(&ctx["loss"]), Some(0.0234));
         assert_eq!(s.ts, crate::time::parse_rfc3339("2026-03-28T14:30:00Z"));
     }
 

@@ -401,7 +401,11 @@ mod tests {
             r#"{"level":"INFO","service":"annotation_queue","message":"Queue depth","context":{"depth":3}}"#,
         );
         assert_eq!(p.kind, Some("log"));
-        assert_eq!(p.context["service"], "annotation_queue");
+        let ctx: Value = serde_json::from_str(p.raw_context.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            ctx,
+            serde_json::json!({"service": "annotation_queue", "depth": 3})
+        );
         let p = parse("INFO:annotation_queue:Annotation saved: id=1 offset=42");
         assert_eq!((p.kind, p.offset), (Some("annotation_processed"), Some(42)));
         let p = parse("current offset: 99");
