@@ -828,6 +828,19 @@ mod tests {
             }
             last
         }
+        /// The metric samples emitted so far, as (name, value).
+        fn metrics(&self) -> Vec<(&'static str, f64)> {
+            self.ops
+                .iter()
+                .filter_map(|o| {
+                    if let Op::Metric(m) = o {
+                        Some((m.name, m.value))
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        }
         fn kinds(&self) -> Vec<&'static str> {
             self.ops
                 .iter()
@@ -942,17 +955,7 @@ mod tests {
         h.line("Processed 5 messages");
         h.line("WARNING:annotation_queue:Failed to process message offset=12");
         h.st.flush_metrics(&mut h.ops);
-        let mut metrics: Vec<(&str, f64)> = h
-            .ops
-            .iter()
-            .filter_map(|o| {
-                if let Op::Metric(m) = o {
-                    Some((m.name, m.value))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let mut metrics = h.metrics();
         // All three lines fall in one second: one sample per metric, the latest value.
         metrics.sort_by(|a, b| a.0.cmp(b.0));
         assert_eq!(
@@ -976,17 +979,7 @@ mod tests {
         h.n += 2_000_000_000;
         h.line("Processed 3 messages");
         h.st.flush_metrics(&mut h.ops);
-        let metrics: Vec<(&str, f64)> = h
-            .ops
-            .iter()
-            .filter_map(|o| {
-                if let Op::Metric(m) = o {
-                    Some((m.name, m.value))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let metrics = h.metrics();
         assert_eq!(metrics, vec![("queue_messages_processed", 9.0)]);
         assert_eq!(h.kinds(), vec!["annotation_processed"]);
     }
