@@ -20,8 +20,9 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     let parser = Arc::new(Parser::new(cfg.patterns()?));
     let writer = WriterHandle::spawn(db.to_path_buf())
         .with_context(|| format!("opening {}", db.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every follower: the work per line is small, and a task hopping between
+    // workers cost more in wake-ups than it gained (bench/watch.py); SQLite has its own thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
