@@ -145,3 +145,66 @@ fn nan_and_inf_in_service_json() {
         "2026-03-28T14:31:00.000000000Z"
     );
 }
+
+#[test]
+fn database_locked_by_another_writer_is_waited_for() {
+    // Another process holds the write lock for a while: replay waits (busy_timeout) instead of
+    // failing with "database is locked", and stores everything.
+    let db = Db::new();
+    let f = write_log(
+        &db,
+        "a-json.log",
+        entry("ERROR:q:first\n", "stderr", "2026-03-28T14:30:00Z").as_bytes(),
+    );
+    db.replay(&[f.clone()], None);
+    let holder = rusqlite::Connection::open(&db.path).unwrap();
+    holder
+        .execute_batch(
+            "BEGIN IMMEDIATE; INSERT INTO cursors VALUES ('x', 'stdout', 'o', 0, 0, 'now');",
+        )
+        .unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        holder.execute_batch("ROLLBACK").unwrap();
+    });
+    let g = write_log(
+        &db,
+        "b-json.log",
+        entry("ERROR:q:second\n", "stderr", "2026-03-28T14:31:00Z").as_bytes(),
+    );
+    let start = std::time::Instant::now();
+    let s = db.replay(&[g], None);
+    release.join().unwrap();
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(1000),
+        "replay waited for the lock"
+    );
+    assert_eq!(s.write.events_inserted, 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'error'"),
+        2
+    );
+}
+
+#[test]
+fn a_file_that_vanished_is_a_counted_skip() {
+    // The first file of a set disappears between listing and reading (rotation deleted it):
+    // counted and logged, the rest is read.
+    let db = Db::new();
+    let gone = db.dir.path().join("c-json.log.1");
+    let kept = write_log(
+        &db,
+        "c-json.log",
+        entry("WARNING:q:kept\n", "stderr", "2026-03-28T14:30:00Z").as_bytes(),
+    );
+    let mut skips = trainwatch::source::Skips::default();
+    let mut chain = trainwatch::source::FileChain::new(vec![gone, kept.into()], 1 << 20);
+    let mut buf = Vec::new();
+    let line = chain
+        .next_line(&mut buf, &mut skips)
+        .expect("the kept file's line");
+    assert!(line.ended);
+    assert!(String::from_utf8_lossy(&buf).contains("WARNING:q:kept"));
+    assert!(chain.next_line(&mut buf, &mut skips).is_none());
+    assert_eq!(skips.by_reason.get("file_unreadable"), Some(&1));
+}
