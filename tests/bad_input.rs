@@ -156,7 +156,7 @@ fn database_locked_by_another_writer_is_waited_for() {
         "a-json.log",
         entry("ERROR:q:first\n", "stderr", "2026-03-28T14:30:00Z").as_bytes(),
     );
-    db.replay(&[f.clone()], None);
+    db.replay(&[f], None);
     let holder = rusqlite::Connection::open(&db.path).unwrap();
     holder
         .execute_batch(
