@@ -180,20 +180,11 @@ impl ContainerState {
     ) -> Op {
         let mut context = context;
         redact::json(&mut context);
-        Op::Event(EventRow {
-            ts: rec.ts,
-            container: self.container.clone(),
-            stream: rec.stream.as_str(),
-            seq: rec.key.seq,
-            key_ts: rec.key.ts,
-            level,
-            kind,
-            message: redact::text(message).into_owned(),
-            context: context.to_string(),
-        })
+        self.event_raw(rec, level, kind, message, context.to_string())
     }
 
-    /// An event whose context is JSON text that needs no redaction (see [`redact::is_clean`]).
+    /// An event whose context is JSON text already redacted or needing none (see
+    /// [`redact::is_clean`]).
     fn event_raw(
         &self,
         rec: &Record,
