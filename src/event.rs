@@ -28,6 +28,14 @@ impl Stream {
     }
 
     pub const ALL: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
+
+    /// Position in per-stream arrays (`[stdout, stderr]`), in the order of [`Stream::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
 }
 
 impl fmt::Display for Stream {

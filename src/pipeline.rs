@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::assemble::{self, multiline::Grouper};
-use crate::derive::{ContainerState, CursorRow, Op};
+use crate::derive::{ContainerState, Op, Position};
 use crate::error::{SourceError, StoreError};
 use crate::event::{Key, Record, Stream};
 use crate::parse::Parser;
@@ -95,25 +95,27 @@ pub fn replay(
             }
         };
         let origin: Arc<str> = Arc::from(source.origin());
+        // What earlier runs stored: lines it covers are skipped. Compared with the position
+        // at the start, not the advancing one, so a line whose time went backwards within
+        // this run is still read.
+        let stored = Position::new(
+            origin.clone(),
+            cur.get(&(Stream::Stdout, origin.to_string())).copied(),
+            cur.get(&(Stream::Stderr, origin.to_string())).copied(),
+        );
         let mut ctx = SetRun {
             parser,
             state,
             ops: &mut ops,
             writer: &writer,
             summary: &mut summary,
-            origin: origin.clone(),
-            emitted: [None, None],
+            emitted: Position::new(origin.clone(), None, None),
         };
         let mut grouper = Grouper::new();
         let mut recs: Vec<Record> = Vec::new();
-        let stored_out = [
-            cur.get(&(Stream::Stdout, origin.to_string())).copied(),
-            cur.get(&(Stream::Stderr, origin.to_string())).copied(),
-        ];
         for raw in source.by_ref() {
             ctx.summary.lines += 1;
-            let si = if raw.stream == Stream::Stdout { 0 } else { 1 };
-            if stored_out[si].is_some_and(|k| raw.key <= k) {
+            if stored.covers(raw.stream, raw.key) {
                 ctx.summary.already_stored += 1;
                 continue;
             }
@@ -123,9 +125,9 @@ pub fn replay(
         grouper.finish(&mut recs);
         ctx.process(&mut recs)?;
         ctx.flush(true)?;
-        for (i, s) in Stream::ALL.iter().enumerate() {
-            if let Some(k) = ctx.emitted[i] {
-                cur.insert((*s, origin.to_string()), k);
+        for s in Stream::ALL {
+            if let Some(k) = ctx.emitted.key(s) {
+                cur.insert((s, origin.to_string()), k);
             }
         }
         summary.bytes += source.bytes_read();
@@ -142,9 +144,8 @@ struct SetRun<'a> {
     ops: &'a mut Vec<Op>,
     writer: &'a WriterHandle,
     summary: &'a mut Summary,
-    origin: Arc<str>,
-    /// The last key fully emitted per stream: the cursor candidate.
-    emitted: [Option<Key>; 2],
+    /// How far records have been handed to the store: the cursor committed with each batch.
+    emitted: Position,
 }
 
 impl SetRun<'_> {
@@ -166,10 +167,7 @@ impl SetRun<'_> {
                     *self.summary.by_kind.entry(e.kind).or_insert(0) += 1;
                 }
             }
-            let si = if rec.stream == Stream::Stdout { 0 } else { 1 };
-            if self.emitted[si].is_none_or(|k| rec.last_key > k) {
-                self.emitted[si] = Some(rec.last_key);
-            }
+            self.emitted.advance(&rec);
             if self.ops.len() >= BATCH_OPS {
                 self.flush(false)?;
             }
@@ -182,16 +180,7 @@ impl SetRun<'_> {
             return Ok(());
         }
         self.state.flush_metrics(self.ops);
-        for (i, s) in Stream::ALL.iter().enumerate() {
-            if let Some(k) = self.emitted[i] {
-                self.ops.push(Op::Cursor(CursorRow {
-                    container: self.state.container().clone(),
-                    stream: *s,
-                    origin: self.origin.clone(),
-                    key: k,
-                }));
-            }
-        }
+        self.emitted.cursor_ops(self.state.container(), self.ops);
         let batch = std::mem::replace(self.ops, self.writer.empty_batch(BATCH_OPS + 64));
         self.writer.send(batch)?;
         Ok(())

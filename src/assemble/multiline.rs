@@ -50,13 +50,6 @@ pub struct Grouper {
     open: [Option<Group>; 2],
 }
 
-fn idx(s: Stream) -> usize {
-    match s {
-        Stream::Stdout => 0,
-        Stream::Stderr => 1,
-    }
-}
-
 fn is_indented(t: &str) -> bool {
     t.starts_with(' ') || t.starts_with('\t')
 }
@@ -84,7 +77,7 @@ impl Grouper {
 
     /// Pushes one cleaned record; completed records are appended to `out` in completion order.
     pub fn push(&mut self, rec: Record, out: &mut Vec<Record>) {
-        let other = 1 - idx(rec.stream);
+        let other = 1 - rec.stream.index();
         if let Some(g) = &self.open[other]
             && rec.ts > g.rec.ts.saturating_add(MAX_HOLD_NS)
         {
@@ -94,7 +87,7 @@ impl Grouper {
     }
 
     fn feed(&mut self, rec: Record, out: &mut Vec<Record>) {
-        let i = idx(rec.stream);
+        let i = rec.stream.index();
         let Some(mut g) = self.open[i].take() else {
             self.start(rec, out);
             return;
@@ -184,7 +177,7 @@ impl Grouper {
             out.push(rec);
             return;
         };
-        let i = idx(rec.stream);
+        let i = rec.stream.index();
         self.open[i] = Some(Group {
             rec,
             state,
@@ -227,7 +220,7 @@ impl Grouper {
     /// The key of the oldest record still held in an open group, if any: a resumable cursor
     /// must not move past it.
     pub fn oldest_open(&self, stream: Stream) -> Option<crate::event::Key> {
-        self.open[idx(stream)].as_ref().map(|g| g.rec.key)
+        self.open[stream.index()].as_ref().map(|g| g.rec.key)
     }
 }
 

@@ -11,8 +11,75 @@ pub use runs::{ContainerState, Resume, RunKey, RunStatus};
 
 use std::sync::Arc;
 
-use crate::event::Stream;
+use serde_json::Value;
+
+use crate::event::{Key, Record, Stream};
 use crate::parse::Level;
+
+/// A JSON number, or the text `nan`/`inf`/`-inf` when not finite (SQLite and JSON would
+/// otherwise turn it into NULL and hide it).
+pub fn json_num(v: f64) -> Value {
+    match serde_json::Number::from_f64(v) {
+        Some(n) => Value::Number(n),
+        None if v.is_nan() => Value::String("nan".into()),
+        None if v > 0.0 => Value::String("inf".into()),
+        None => Value::String("-inf".into()),
+    }
+}
+
+/// How far one source (an origin: a container id, or a text file's fingerprint) has been
+/// handed to the store: the key of the last record per stream. Committed as cursor rows with
+/// each batch, it is what a restart resumes from.
+#[derive(Clone, Debug)]
+pub struct Position {
+    origin: Arc<str>,
+    keys: [Option<Key>; 2],
+}
+
+impl Position {
+    pub fn new(origin: Arc<str>, stdout: Option<Key>, stderr: Option<Key>) -> Self {
+        Position {
+            origin,
+            keys: [stdout, stderr],
+        }
+    }
+
+    pub fn key(&self, stream: Stream) -> Option<Key> {
+        self.keys[stream.index()]
+    }
+
+    /// Whether a line at `key` on `stream` is at or before this position (already stored).
+    pub fn covers(&self, stream: Stream, key: Key) -> bool {
+        self.keys[stream.index()].is_some_and(|k| key <= k)
+    }
+
+    /// Moves past `rec` (and every line grouped into it).
+    pub fn advance(&mut self, rec: &Record) {
+        let k = &mut self.keys[rec.stream.index()];
+        if k.is_none_or(|k| rec.last_key > k) {
+            *k = Some(rec.last_key);
+        }
+    }
+
+    /// The oldest log time among the streams, if any is positioned.
+    pub fn oldest_ts(&self) -> Option<i64> {
+        self.keys.iter().flatten().map(|k| k.ts).min()
+    }
+
+    /// Appends the cursor rows that commit this position with a batch.
+    pub fn cursor_ops(&self, container: &Arc<str>, out: &mut Vec<Op>) {
+        for s in Stream::ALL {
+            if let Some(key) = self.key(s) {
+                out.push(Op::Cursor(CursorRow {
+                    container: container.clone(),
+                    stream: s,
+                    origin: self.origin.clone(),
+                    key,
+                }));
+            }
+        }
+    }
+}
 
 /// One event row (view `events`).
 #[derive(Clone, Debug, PartialEq)]

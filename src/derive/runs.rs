@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::{EpochRow, EventRow, MetricRow, Op, RunRow};
+use super::{EpochRow, EventRow, MetricRow, Op, RunRow, json_num};
 use crate::event::{Record, Stream};
 use crate::parse::{Detail, Format, Level, Parsed};
 use crate::redact;
@@ -113,17 +113,6 @@ const DEFAULT_LOSS_NAMES: [&str; 3] = ["box_loss", "cls_loss", "dfl_loss"];
 
 fn truthy(v: &str) -> bool {
     !matches!(v.trim(), "" | "False" | "false" | "None" | "null" | "0")
-}
-
-/// A JSON number, or the text `nan`/`inf`/`-inf` when not finite (SQLite and JSON would
-/// otherwise turn it into NULL and hide it).
-fn json_num(v: f64) -> Value {
-    match serde_json::Number::from_f64(v) {
-        Some(n) => Value::Number(n),
-        None if v.is_nan() => Value::String("nan".into()),
-        None if v > 0.0 => Value::String("inf".into()),
-        None => Value::String("-inf".into()),
-    }
 }
 
 fn intern_counter(name: &str) -> &'static str {

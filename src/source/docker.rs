@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::assemble::{self, multiline::Grouper};
-use crate::derive::{ContainerState, CursorRow, EventRow, Op};
+use crate::derive::{ContainerState, EventRow, Op, Position};
 use crate::event::{Key, Record, Stream};
 use crate::parse::{Level, Parser};
 use crate::pipeline::BATCH_OPS;
@@ -511,20 +511,11 @@ fn forget_cursors(db: &std::path::Path, id: &str) {
 
 /// State of one container's follower between reconnects.
 struct Follower {
-    container: Arc<str>,
-    origin: Arc<str>,
     state: ContainerState,
-    /// The last key stored (or queued for storing) per stream: re-delivered lines at or
-    /// before it are dropped.
-    stored: [Option<Key>; 2],
+    /// How far lines have been stored (or queued for storing): re-delivered lines it covers
+    /// are dropped.
+    stored: Position,
     ops: Vec<Op>,
-}
-
-fn si(s: Stream) -> usize {
-    match s {
-        Stream::Stdout => 0,
-        Stream::Stderr => 1,
-    }
 }
 
 impl Follower {
@@ -532,10 +523,7 @@ impl Follower {
         for rec in recs.drain(..) {
             let p = parser.parse(&rec);
             self.state.apply(&rec, p, &mut self.ops);
-            let i = si(rec.stream);
-            if self.stored[i].is_none_or(|k| rec.last_key > k) {
-                self.stored[i] = Some(rec.last_key);
-            }
+            self.stored.advance(&rec);
         }
     }
 
@@ -561,7 +549,7 @@ impl Follower {
     /// Moves the merger's complete lines into the grouper, dropping those already stored.
     fn take_lines(&mut self, merger: &mut Merger, grouper: &mut Grouper, recs: &mut Vec<Record>) {
         while let Some(raw) = merger.pop() {
-            if self.stored[si(raw.stream)].is_some_and(|k| raw.key <= k) {
+            if self.stored.covers(raw.stream, raw.key) {
                 continue;
             }
             grouper.push(assemble::clean(raw), recs);
@@ -609,16 +597,8 @@ impl Follower {
         if self.ops.is_empty() {
             return true;
         }
-        for (i, s) in Stream::ALL.iter().enumerate() {
-            if let Some(k) = self.stored[i] {
-                self.ops.push(Op::Cursor(CursorRow {
-                    container: self.container.clone(),
-                    stream: *s,
-                    origin: self.origin.clone(),
-                    key: k,
-                }));
-            }
-        }
+        self.stored
+            .cursor_ops(self.state.container(), &mut self.ops);
         let batch = std::mem::take(&mut self.ops);
         writer.send(batch).await.is_ok()
     }
@@ -652,10 +632,8 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     };
     tracing::info!(container = %container, role, "Following container logs.");
     let mut f = Follower {
-        container: container.clone(),
-        origin,
         state: ContainerState::new(container.clone(), resume),
-        stored: [out_cur, err_cur],
+        stored: Position::new(origin, out_cur, err_cur),
         ops: Vec::with_capacity(256),
     };
     let mut backoff = Backoff::new();
@@ -668,10 +646,7 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     loop {
         let since = f
             .stored
-            .iter()
-            .flatten()
-            .map(|k| k.ts)
-            .min()
+            .oldest_ts()
             .map(|ts| (ts / 1_000_000_000) as i32)
             .unwrap_or(0);
         let opts = LogsOptionsBuilder::default()

@@ -45,13 +45,6 @@ pub struct Merger {
     ready: VecDeque<RawLine>,
 }
 
-fn si(s: Stream) -> usize {
-    match s {
-        Stream::Stdout => 0,
-        Stream::Stderr => 1,
-    }
-}
-
 impl Default for Merger {
     fn default() -> Self {
         Merger {
@@ -71,7 +64,7 @@ impl Merger {
     }
 
     fn keyed(&mut self, mut line: RawLine) -> RawLine {
-        let last = &mut self.last[si(line.stream)];
+        let last = &mut self.last[line.stream.index()];
         let seq = if line.ts == last.ts { last.seq + 1 } else { 0 };
         *last = Key { ts: line.ts, seq };
         line.key = Key { ts: line.ts, seq };
@@ -87,7 +80,7 @@ impl Merger {
 
     /// Adds one piece: `text` is the message with its trailing `\n` (if any) still on.
     pub fn push(&mut self, stream: Stream, ts: i64, mut text: String, line_no: u64) -> Note {
-        let i = si(stream);
+        let i = stream.index();
         let mut note = Note::None;
         if self.last[i].ts != i64::MIN && ts < self.last[i].ts {
             note = Note::ClockSkew;
@@ -145,8 +138,8 @@ impl Merger {
 
     /// The key the stream's unfinished line will have when it is emitted.
     pub fn pending_key(&self, stream: Stream) -> Option<Key> {
-        let p = self.pending[si(stream)].as_ref()?;
-        let last = self.last[si(stream)];
+        let p = self.pending[stream.index()].as_ref()?;
+        let last = self.last[stream.index()];
         Some(Key {
             ts: p.line.ts,
             seq: if p.line.ts == last.ts {

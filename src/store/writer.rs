@@ -80,24 +80,6 @@ const UPSERT_CURSOR: &str =
 
 const SELECT_RUN_ID: &str = "SELECT run_id FROM runs WHERE container = ?1 AND start_stream = ?2 AND start_key_ts = ?3 AND start_seq = ?4";
 
-/// A loss value as JSON: a number, or the text of a non-finite value so it stays visible.
-fn loss_json(v: f64) -> serde_json::Value {
-    serde_json::Number::from_f64(v)
-        .map(serde_json::Value::Number)
-        .unwrap_or_else(|| {
-            serde_json::Value::String(
-                if v.is_nan() {
-                    "nan"
-                } else if v > 0.0 {
-                    "inf"
-                } else {
-                    "-inf"
-                }
-                .into(),
-            )
-        })
-}
-
 impl Writer {
     pub fn new(conn: Connection) -> Self {
         Writer {
@@ -250,8 +232,10 @@ fn upsert_epoch(
     };
     let (losses_json, sum, non_finite) = match &e.losses {
         Some(l) => {
-            let obj: serde_json::Map<String, serde_json::Value> =
-                l.iter().map(|(k, v)| (k.clone(), loss_json(*v))).collect();
+            let obj: serde_json::Map<String, serde_json::Value> = l
+                .iter()
+                .map(|(k, v)| (k.clone(), crate::derive::json_num(*v)))
+                .collect();
             let sum: f64 = l.iter().map(|(_, v)| v).sum();
             let nf =
                 l.iter().any(|(_, v)| !v.is_finite()) || e.loss.is_some_and(|v| !v.is_finite());
