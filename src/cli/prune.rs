@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::Args;
 
@@ -49,7 +51,11 @@ pub fn run(args: PruneArgs, db: &Path, config: Option<&std::path::Path>) -> anyh
     } else {
         "deleted"
     };
-    println!(
+    // Results go to stdout; a closed pipe ends the command quietly (see main).
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    writeln!(
+        out,
         "{verb} {} events and {} metric samples older than {events_age} (before {cut}); {} runs and {} epochs ({})",
         rep.events,
         rep.metric_samples,
@@ -60,9 +66,9 @@ pub fn run(args: PruneArgs, db: &Path, config: Option<&std::path::Path>) -> anyh
         } else {
             "history kept".into()
         }
-    );
+    )?;
     if !args.dry_run {
-        println!("freed {} pages", rep.freed_pages);
+        writeln!(out, "freed {} pages", rep.freed_pages)?;
     }
     Ok(())
 }

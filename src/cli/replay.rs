@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::Args;
 
@@ -30,7 +32,11 @@ pub fn run(args: ReplayArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     )
     .with_context(|| format!("replaying into {}", db.display()))?;
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    // Results go to stdout; a closed pipe ends the command quietly (see main).
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    writeln!(
+        out,
         "replayed {} file(s), {:.1} MB in {:.2}s ({:.1} MB/s): {} lines ({} already stored), {} records",
         s.files,
         s.bytes as f64 / 1e6,
@@ -39,18 +45,19 @@ pub fn run(args: ReplayArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
         s.lines,
         s.already_stored,
         s.records
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "stored: {} events ({} duplicates ignored), {} epoch updates, {} run updates, {} metric samples",
         s.write.events_inserted,
         s.write.events_duplicate,
         s.write.epochs_written,
         s.write.runs_written,
         s.write.metrics_inserted
-    );
+    )?;
     if !s.by_kind.is_empty() {
         let kinds: Vec<String> = s.by_kind.iter().map(|(k, n)| format!("{k}={n}")).collect();
-        println!("events by kind: {}", kinds.join(" "));
+        writeln!(out, "events by kind: {}", kinds.join(" "))?;
     }
     if s.skips.total() > 0 {
         let r: Vec<String> = s
@@ -59,9 +66,9 @@ pub fn run(args: ReplayArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             .iter()
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
-        println!("skipped: {}", r.join(" "));
+        writeln!(out, "skipped: {}", r.join(" "))?;
     } else {
-        println!("skipped: none");
+        writeln!(out, "skipped: none")?;
     }
     Ok(())
 }
