@@ -37,6 +37,18 @@ pub struct Config {
     pub retention: Retention,
     #[serde(default)]
     pub docker: crate::source::docker::DockerConfig,
+    /// Alert rule thresholds and durations.
+    #[serde(default)]
+    pub alerts: crate::derive::alerts::Rules,
+    /// Where alerts are delivered.
+    #[serde(default)]
+    pub notify: crate::output::notify::NotifyConfig,
+    /// Host probes run by `watch`.
+    #[serde(default)]
+    pub probes: crate::source::probes::ProbesConfig,
+    /// The status file (and page) `watch` keeps up to date.
+    #[serde(default)]
+    pub status: crate::output::status::StatusConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -27,6 +27,7 @@ pub mod config;
 pub mod derive;
 pub mod error;
 pub mod event;
+pub mod output;
 pub mod parse;
 pub mod pipeline;
 pub mod redact;

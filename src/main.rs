@@ -33,7 +33,9 @@ enum Command {
     Replay(cli::replay::ReplayArgs),
     /// Show training runs, or the epochs of one run (`--run ID`).
     History(cli::history::HistoryArgs),
-    /// Run a read-only SQL query (views: training_runs, training_epochs, events, metric_samples).
+    /// List firing alerts (or all with `--all`).
+    Alerts(cli::alerts::AlertsArgs),
+    /// Run a read-only SQL query (views: training_runs, training_epochs, events, metric_samples, alerts).
     Sql(cli::sql::SqlArgs),
     /// Delete events and metric samples older than the retention age.
     Prune(cli::prune::PruneArgs),
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Watch(a) => cli::watch::run(a, &cli.db, cli.config.as_deref()),
         Command::Replay(a) => cli::replay::run(a, &cli.db, cli.config.as_deref()),
         Command::History(a) => cli::history::run(a, &cli.db),
+        Command::Alerts(a) => cli::alerts::run(a, &cli.db),
         Command::Sql(a) => cli::sql::run(a, &cli.db),
         Command::Prune(a) => cli::prune::run(a, &cli.db, cli.config.as_deref()),
     };

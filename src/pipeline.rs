@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::assemble::{self, multiline::Grouper};
+use crate::derive::alerts::{Engine, Rules};
 use crate::derive::{ContainerState, Op, Position};
 use crate::error::{SourceError, StoreError};
 use crate::event::{Key, Record, Stream};
@@ -22,7 +23,7 @@ use crate::source::files::{self, Format};
 use crate::source::jsonfile::JsonFileReader;
 use crate::source::text::{self, TextReader};
 use crate::source::{LineSource, Skips};
-use crate::store::{self, WriteStats, WriterHandle};
+use crate::store::{self, AlertSink, WriteStats, WriterHandle, WriterOptions};
 
 /// Ops per transaction.
 pub const BATCH_OPS: usize = 4_000;
@@ -52,17 +53,36 @@ pub struct Summary {
     pub by_kind: BTreeMap<&'static str, u64>,
 }
 
-/// Replays `inputs` into the database at `db`.
+/// Replays `inputs` into the database at `db`, evaluating the default alert rules.
 pub fn replay(
     inputs: &[String],
     container: Option<&str>,
     db: PathBuf,
     parser: &Parser,
 ) -> Result<Summary, ReplayError> {
+    replay_with(inputs, container, db, parser, &Rules::default())
+}
+
+/// Replays `inputs` into the database at `db`. Alerts are evaluated on the log's times and
+/// recorded (origin `replay`), never notified: archived logs do not page anyone.
+pub fn replay_with(
+    inputs: &[String],
+    container: Option<&str>,
+    db: PathBuf,
+    parser: &Parser,
+    rules: &Rules,
+) -> Result<Summary, ReplayError> {
     let sets = files::plan(inputs, container)?;
     // The writer creates and migrates the database; the state of containers already in it is
     // read on a separate read-only connection.
-    let writer = WriterHandle::spawn(db.clone())?;
+    let engine = Engine::new(rules.clone(), false, "");
+    let writer = WriterHandle::spawn_with(
+        db.clone(),
+        WriterOptions {
+            alerts: Some(AlertSink::new(engine, Vec::new(), None)),
+            retry: false,
+        },
+    )?;
     let conn = store::open_ro(&db)?;
     let mut summary = Summary::default();
     let mut states: HashMap<String, ContainerState> = HashMap::new();

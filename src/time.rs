@@ -183,6 +183,77 @@ pub fn parse_age(s: &str) -> Option<i64> {
     n.checked_mul(mult)?.checked_mul(NS)
 }
 
+/// A duration in the config file (`45s`, `5m`, `1h`, `30d`), held in nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Age(pub i64);
+
+impl Age {
+    pub const fn secs(s: i64) -> Age {
+        Age(s * NS)
+    }
+    pub fn as_duration(self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.0.max(0) as u64)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Age {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Age, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_age(&s).map(Age).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration: expected a number and a unit, e.g. 45s, 5m, 1h, 30d"
+            ))
+        })
+    }
+}
+
+/// A duration for people: `3h12m`, `5m`, `40s`.
+pub fn human_duration(ns: i64) -> String {
+    let s = ns.max(0) / NS;
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, m) => format!("{h}h{m:02}m"),
+        (d, h, _) => format!("{d}d{h}h"),
+    }
+}
+
+/// The wall clock as the async runtime sees it: the wall time at creation plus the runtime's
+/// monotonic time since, so tests with paused Tokio time drive it without sleeping.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    wall: i64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            wall: now_ns(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A clock reading `wall` now.
+    pub fn starting_at(wall: i64) -> Self {
+        Clock {
+            wall,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ns(&self) -> i64 {
+        self.wall + self.start.elapsed().as_nanos() as i64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, each a small clap struct that calls the library
 //! and renders. Errors get `anyhow` context here, at the edge.
 
+pub mod alerts;
 pub mod history;
 pub mod prune;
 pub mod render;

@@ -1,16 +1,24 @@
 //! `trainwatch watch`: follows the training server's containers live until SIGTERM/SIGINT,
 //! then stops gracefully: stop reading, flush, commit, checkpoint, exit 0.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::mpsc::Sender;
+use trainwatch::derive::Op;
+use trainwatch::derive::alerts::Engine;
+use trainwatch::output::notify::Notifier;
+use trainwatch::output::status::{self, StatusConfig};
 use trainwatch::parse::Parser;
 use trainwatch::source::docker::{self, Shared};
-use trainwatch::store::WriterHandle;
+use trainwatch::source::probes;
+use trainwatch::store::{AlertSink, WriterHandle, WriterOptions};
+use trainwatch::time::Clock;
 
 #[derive(Args, Debug)]
 pub struct WatchArgs {}
@@ -18,8 +26,26 @@ pub struct WatchArgs {}
 pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let cfg = super::load_config(config)?;
     let parser = Arc::new(Parser::new(cfg.patterns()?));
-    let writer = WriterHandle::spawn(db.to_path_buf())
-        .with_context(|| format!("opening {}", db.display()))?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let engine = Engine::new(
+        cfg.alerts.clone(),
+        true,
+        cfg.probes.data_root.display().to_string(),
+    );
+    let writer = WriterHandle::spawn_with(
+        db.to_path_buf(),
+        WriterOptions {
+            alerts: Some(AlertSink::new(
+                engine,
+                cfg.notify.receiver_names(),
+                Some(wake.clone()),
+            )),
+            retry: true,
+        },
+    )
+    .with_context(|| format!("opening {}", db.display()))?;
+    let notifier = Notifier::new(cfg.notify.clone(), db.to_path_buf())
+        .with_context(|| format!("opening {} for alert delivery", db.display()))?;
     // One thread runs every follower: the work per line is small, and a task hopping between
     // workers cost more in wake-ups than it gained (bench/watch.py); SQLite has its own thread.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -29,7 +55,11 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     let shutdown = CancellationToken::new();
     let sender = writer.sender().context("store writer")?;
     let dcfg = Arc::new(cfg.docker.clone());
-    tracing::info!(db = %db.display(), "Watching Docker containers.");
+    tracing::info!(
+        db = %db.display(),
+        receivers = cfg.notify.receivers.len(),
+        "Watching Docker containers."
+    );
     let dbp = db.to_path_buf();
     rt.block_on(async move {
         let stop = shutdown.clone();
@@ -38,28 +68,96 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             tracing::info!("Stopping: finishing reads and committing.");
             stop.cancel();
         });
+        let tasks = tokio_util::task::TaskTracker::new();
+        tasks.spawn(ticker(sender.clone(), shutdown.clone()));
+        tasks.spawn(probes::run(
+            cfg.probes.clone(),
+            sender.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(notifier.run(wake, shutdown.clone()));
+        if !cfg.status.file.as_os_str().is_empty() {
+            tasks.spawn(status_file(
+                dbp.clone(),
+                cfg.status.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tasks.close();
         // The daemon may be down at start: connect retries until it answers or we stop.
-        let Some(docker) = docker::connect(&sender, &dcfg, &shutdown).await else {
-            return;
-        };
-        let shared = Shared {
-            docker,
-            parser,
-            writer: sender,
-            db: dbp,
-            cfg: dcfg,
-            shutdown,
-        };
-        docker::run(shared).await;
+        if let Some(docker) = docker::connect(&sender, &dcfg, &shutdown).await {
+            let shared = Shared {
+                docker,
+                parser,
+                writer: sender,
+                db: dbp,
+                cfg: dcfg,
+                shutdown,
+            };
+            docker::run(shared).await;
+        } else {
+            drop(sender);
+        }
+        tasks.wait().await;
     });
     drop(rt);
     let stats = writer.finish().context("committing the last batches")?;
     tracing::info!(
         events = stats.events_inserted,
         batches = stats.batches,
+        alert_changes = stats.alerts_changed,
         "Stopped."
     );
     Ok(())
+}
+
+/// How often the clock reaches the alert rules (and the heartbeat the store).
+const TICK: Duration = Duration::from_secs(5);
+
+/// Sends the wall clock to the writer: time-based alert rules and the heartbeat.
+async fn ticker(writer: Sender<Vec<Op>>, shutdown: CancellationToken) {
+    let clock = Clock::new();
+    let mut every = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                if writer.send(vec![Op::Tick(clock.now_ns())]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Rewrites the status file on its interval.
+async fn status_file(db: PathBuf, cfg: StatusConfig, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(cfg.interval.as_duration().max(Duration::from_secs(1)));
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let (db, path) = (db.clone(), cfg.file.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            let conn = trainwatch::store::open_ro(&db).map_err(|e| e.to_string())?;
+            status::write_file(&conn, &path, trainwatch::time::now_ns())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match res {
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "Cannot write the status file; will retry.");
+                failing = true;
+            }
+            Ok(()) if failing => {
+                tracing::info!("Status file written again.");
+                failing = false;
+            }
+            _ => {}
+        }
+    }
 }
 
 async fn wait_for_signal() {

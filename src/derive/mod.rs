@@ -5,6 +5,7 @@
 //! `best.pt` is under way, and the queue counters. Fed by the parser, it feeds the store's
 //! writer. It is a plain state machine (no I/O, no clock), so replay and live follow share it.
 
+pub mod alerts;
 mod runs;
 
 pub use runs::{ContainerState, Resume, RunKey, RunStatus};
@@ -156,4 +157,8 @@ pub enum Op {
     Epoch(RunKey, EpochRow),
     Metric(MetricRow),
     Cursor(CursorRow),
+    /// The wall clock in `watch` (ns): time-based alert rules are evaluated. Stores nothing.
+    Tick(i64),
+    /// A fact for the alert rules that is not a row (ns, signal). Stores nothing.
+    Signal(i64, alerts::Signal),
 }

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::assemble::{self, multiline::Grouper};
+use crate::derive::alerts::Signal;
 use crate::derive::{ContainerState, EventRow, Op, Position};
 use crate::event::{Key, Record, Stream};
 use crate::parse::{Level, Parser};
@@ -76,6 +77,12 @@ pub struct DockerConfig {
     /// (collectors silently stop here); 0 disables.
     #[serde(default = "default_silence_secs")]
     pub reattach_after_silence_secs: u64,
+    /// Raise `LogStreamSilent` when a running container of one of `silent_alert_roles` has
+    /// printed nothing for this long (seconds); 0 disables.
+    #[serde(default = "default_silent_alert_secs")]
+    pub silent_alert_after_secs: u64,
+    #[serde(default = "default_silent_alert_roles")]
+    pub silent_alert_roles: Vec<String>,
     /// Report `docker_unreachable` when the daemon has been unreachable this long (seconds).
     #[serde(default = "default_unreachable_secs")]
     pub unreachable_after_secs: u64,
@@ -86,6 +93,12 @@ fn default_flush_ms() -> u64 {
 }
 fn default_silence_secs() -> u64 {
     300
+}
+fn default_silent_alert_secs() -> u64 {
+    900
+}
+fn default_silent_alert_roles() -> Vec<String> {
+    vec!["training".into()]
 }
 fn default_unreachable_secs() -> u64 {
     30
@@ -98,6 +111,8 @@ impl Default for DockerConfig {
             exclude: Vec::new(),
             flush_ms: default_flush_ms(),
             reattach_after_silence_secs: default_silence_secs(),
+            silent_alert_after_secs: default_silent_alert_secs(),
+            silent_alert_roles: default_silent_alert_roles(),
             unreachable_after_secs: default_unreachable_secs(),
         }
     }
@@ -224,11 +239,15 @@ impl Outage {
         }
     }
 
-    pub fn ok(&mut self) {
+    /// Records a success; tells the alert rules when a reported outage ended.
+    pub async fn ok(&mut self, writer: &Sender<Vec<Op>>) {
         if self.since.take().is_some() {
             tracing::info!("Docker daemon reachable again.");
         }
-        self.reported = false;
+        if std::mem::take(&mut self.reported) {
+            let op = Op::Signal(crate::time::now_ns(), Signal::DockerReachable);
+            let _ = writer.send(vec![op]).await;
+        }
     }
 }
 
@@ -252,7 +271,7 @@ pub async fn connect(
         };
         match attempt {
             Ok(d) => {
-                outage.ok();
+                outage.ok(writer).await;
                 return Some(d);
             }
             Err(e) => outage.failed(&e, writer, limit).await,
@@ -333,8 +352,10 @@ pub async fn run(shared: Shared) {
                 }
             }
         };
-        outage.ok();
+        outage.ok(&shared.writer).await;
         backoff.reset();
+        let mut states = Vec::new();
+        let now = crate::time::now_ns();
         for c in list {
             let Some(id) = c.id.clone() else { continue };
             let info = ContainerInfo {
@@ -348,7 +369,25 @@ pub async fn run(shared: Shared) {
                 image: c.image.clone().unwrap_or_default(),
                 labels: c.labels.clone().unwrap_or_default(),
             };
+            if let Some(role) = shared.cfg.select(&info) {
+                let running = c
+                    .state
+                    .as_ref()
+                    .is_some_and(|s| s.to_string().eq_ignore_ascii_case("running"));
+                states.push(Op::Signal(
+                    now,
+                    Signal::Container {
+                        name: Arc::from(info.name.as_str()),
+                        role,
+                        running,
+                    },
+                ));
+            }
             ensure_follower(&shared, &tracker, &mut following, info);
+        }
+        // What runs and what does not, for the rules on containers that are down.
+        if !states.is_empty() && shared.writer.send(states).await.is_err() {
+            break 'outer;
         }
         // Then follow the events stream until it breaks.
         let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container"])]);
@@ -643,6 +682,12 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     // 20.10) ends a follow stream when the container stops even if the reader is behind, so a
     // fast, short-lived container would otherwise lose its last lines.
     let mut draining = false;
+    // `LogStreamSilent`: a running container of a watched role (training prints all the
+    // time; an idle queue may not) silent across re-attaches for longer than the limit.
+    let alert_silence = shared.cfg.silent_alert_after_secs;
+    let watched_role = shared.cfg.silent_alert_roles.iter().any(|r| r == role);
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut silent = false;
     loop {
         let since = f
             .stored
@@ -681,6 +726,13 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                     if !f.flush(&shared.writer).await {
                         return;
                     }
+                    if alert_silence > 0 && !silent && watched_role
+                        && quiet_since.elapsed() >= Duration::from_secs(alert_silence)
+                    {
+                        silent = true;
+                        let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: true });
+                        let _ = shared.writer.send(vec![op]).await;
+                    }
                     if silence > 0 && last_data.elapsed() >= Duration::from_secs(silence) {
                         break Err("stream silent".into());
                     }
@@ -691,6 +743,11 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                         Some(Err(e)) => break Err(e.to_string()),
                         Some(Ok(out)) => {
                             last_data = tokio::time::Instant::now();
+                            quiet_since = last_data;
+                            if std::mem::take(&mut silent) {
+                                let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: false });
+                                let _ = shared.writer.send(vec![op]).await;
+                            }
                             backoff.reset();
                             f.ingest(&shared.parser, out, &mut merger, &mut grouper, &mut recs, &mut line_no);
                             f.process(&shared.parser, &mut recs);

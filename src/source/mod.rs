@@ -5,12 +5,14 @@
 //! - [`files`] plans a replay: which files form a rotated set, in which order, in which format.
 //! - [`jsonfile`] reads Docker `json-file` logs; [`partial`] merges Docker's 16 KiB pieces.
 //! - [`text`] reads plain text logs (`docker logs` output, Python's rotating handler files).
+//! - [`probes`] samples the host: GPUs (`nvidia-smi`), disk usage, the queue offset file.
 
 pub mod docker;
 pub mod files;
 pub mod jsonfile;
 pub mod lines;
 pub mod partial;
+pub mod probes;
 pub mod text;
 
 use std::collections::BTreeMap;

@@ -17,7 +17,7 @@ pub const MAX_LINE: usize = 4 * 1024 * 1024;
 const FINGERPRINT_BYTES: usize = 4096;
 
 /// FNV-1a, enough to tell log files apart (not a security boundary).
-fn fnv1a(data: &[u8]) -> u64 {
+pub(crate) fn fnv1a(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in data {
         h ^= b as u64;

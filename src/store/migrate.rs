@@ -9,7 +9,10 @@ use rusqlite::Connection;
 use crate::error::StoreError;
 
 /// Every migration, in order; index + 1 is the schema version it produces.
-pub const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_alerts.sql"),
+];
 
 /// Brings the schema up to the latest version.
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

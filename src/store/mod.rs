@@ -7,6 +7,7 @@
 //! instead of failing with "database is locked", `auto_vacuum=INCREMENTAL` set before the first
 //! table exists so retention can return space in small steps.
 
+pub mod alerts;
 pub mod migrate;
 pub mod queries;
 pub mod retention;
@@ -20,7 +21,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::derive::Op;
 use crate::error::StoreError;
 
-pub use writer::{WriteStats, Writer};
+pub use writer::{AlertSink, WriteStats, Writer};
 
 /// How long a connection waits on a lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,6 +93,46 @@ pub struct WriterHandle {
     join: Option<std::thread::JoinHandle<Result<WriteStats, StoreError>>>,
 }
 
+/// How the writer runs.
+#[derive(Default)]
+pub struct WriterOptions {
+    /// Alert rules evaluated on what is written.
+    pub alerts: Option<writer::AlertSink>,
+    /// Retry a batch that cannot be committed (full disk, database locked by another program)
+    /// until it commits, raising `StoreNotWritable` meanwhile (`watch`); otherwise the first
+    /// failure ends the writer with its error (`replay`).
+    pub retry: bool,
+}
+
+/// Commits `batch`, retrying with backoff for as long as it takes: the channel before the
+/// writer fills and the sources wait (nothing is dropped; a followed container's lines wait in
+/// Docker's log).
+fn write_until_done(w: &mut Writer, batch: &mut [Op]) {
+    let mut delay = Duration::from_millis(250);
+    let mut failing = false;
+    loop {
+        match w.write(batch) {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("The database can be written again.");
+                    w.store_health(None);
+                }
+                return;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if !failing {
+                    tracing::error!(error = %msg, "Cannot write the database; retrying.");
+                }
+                failing = true;
+                w.store_health(Some(&msg));
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 /// Batches in flight between the stages: bounds memory (each holds up to
 /// [`crate::pipeline::BATCH_OPS`] rows).
 const IN_FLIGHT: usize = 2;
@@ -99,15 +140,28 @@ const IN_FLIGHT: usize = 2;
 impl WriterHandle {
     /// Starts the writer thread on `path`.
     pub fn spawn(path: PathBuf) -> Result<Self, StoreError> {
+        Self::spawn_with(path, WriterOptions::default())
+    }
+
+    /// Starts the writer thread on `path` with alert rules and a failure policy.
+    pub fn spawn_with(path: PathBuf, opts: WriterOptions) -> Result<Self, StoreError> {
         let conn = open_rw(&path)?;
+        let mut w = Writer::new(conn);
+        if let Some(sink) = opts.alerts {
+            w = w.with_alerts(sink)?;
+        }
+        let retry = opts.retry;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Op>>(IN_FLIGHT);
         let (spent_tx, spent) = std::sync::mpsc::sync_channel::<Vec<Op>>(IN_FLIGHT + 2);
         let join = std::thread::Builder::new()
             .name("trainwatch-writer".into())
             .spawn(move || {
-                let mut w = Writer::new(conn);
                 while let Some(mut batch) = rx.blocking_recv() {
-                    w.write(&mut batch)?;
+                    if retry {
+                        write_until_done(&mut w, &mut batch);
+                    } else {
+                        w.write(&mut batch)?;
+                    }
                     // The reader may have stopped collecting; then the batch is dropped here.
                     let _ = spent_tx.try_send(batch);
                 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, params};
 
+use crate::derive::alerts::{Change, Engine};
 use crate::derive::{EpochRow, Op, RunKey, RunRow};
 use crate::error::StoreError;
 use crate::time::format_ns;
@@ -20,12 +21,43 @@ pub struct WriteStats {
     pub epochs_written: u64,
     pub runs_written: u64,
     pub metrics_inserted: u64,
+    pub alerts_changed: u64,
+    pub notifications_queued: u64,
+}
+
+/// The alert rules riding on the writer: they see every op it commits, and their changes
+/// (with the outbox rows that notify them) commit in the same transaction.
+pub struct AlertSink {
+    pub engine: Engine,
+    /// Receiver names: one outbox row per receiver and notification.
+    pub receivers: Vec<String>,
+    /// Woken after a commit that queued notifications.
+    pub wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Changes not yet committed (kept across a failed commit, applied again).
+    pending: Vec<Change>,
+}
+
+impl AlertSink {
+    pub fn new(
+        engine: Engine,
+        receivers: Vec<String>,
+        wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+    ) -> Self {
+        AlertSink {
+            engine,
+            receivers,
+            wake,
+            pending: Vec::new(),
+        }
+    }
 }
 
 pub struct Writer {
     conn: Connection,
     run_ids: HashMap<RunKey, i64>,
     stats: WriteStats,
+    alerts: Option<AlertSink>,
+    started_at: i64,
 }
 
 const INSERT_EVENT: &str =
@@ -78,6 +110,14 @@ const UPSERT_CURSOR: &str =
         key_ts = excluded.key_ts, seq = excluded.seq, updated_at = excluded.updated_at
      WHERE (excluded.key_ts, excluded.seq) > (cursors.key_ts, cursors.seq)";
 
+const UPSERT_GAUGE: &str = "INSERT INTO gauges (container, name, ts, value) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (container, name) DO UPDATE SET ts = excluded.ts, value = excluded.value
+     WHERE excluded.ts >= gauges.ts";
+
+const HEARTBEAT: &str = "INSERT INTO heartbeat (id, at, pid, started_at) VALUES (1, ?1, ?2, ?3)
+     ON CONFLICT (id) DO UPDATE SET at = excluded.at, pid = excluded.pid,
+        started_at = excluded.started_at";
+
 const SELECT_RUN_ID: &str = "SELECT run_id FROM runs WHERE container = ?1 AND start_stream = ?2 AND start_key_ts = ?3 AND start_seq = ?4";
 
 impl Writer {
@@ -86,6 +126,34 @@ impl Writer {
             conn,
             run_ids: HashMap::new(),
             stats: WriteStats::default(),
+            alerts: None,
+            started_at: crate::time::now_ns(),
+        }
+    }
+
+    /// Evaluates alert rules on everything written, continuing the alerts the store holds
+    /// as firing.
+    pub fn with_alerts(mut self, mut sink: AlertSink) -> Result<Self, StoreError> {
+        sink.engine
+            .restore(crate::store::alerts::load_firing(&self.conn)?);
+        if sink.engine.is_live() {
+            sink.engine
+                .observe(&Op::Tick(crate::time::now_ns()), &mut sink.pending);
+        }
+        self.alerts = Some(sink);
+        Ok(self)
+    }
+
+    /// The rule engine, if alerts are evaluated.
+    pub fn alerts(&mut self) -> Option<&mut AlertSink> {
+        self.alerts.as_mut()
+    }
+
+    /// Tells the rules whether the store can be written (`None`: it can again).
+    pub fn store_health(&mut self, error: Option<&str>) {
+        if let Some(a) = self.alerts.as_mut() {
+            a.engine
+                .store_health(crate::time::now_ns(), error, &mut a.pending);
         }
     }
 
@@ -105,6 +173,9 @@ impl Writer {
                 .map_err(StoreError::sql("prepare metric insert"))?;
             let mut ts_buf = String::with_capacity(32);
             for op in batch.iter() {
+                if let Some(a) = self.alerts.as_mut() {
+                    a.engine.observe(op, &mut a.pending);
+                }
                 match op {
                     Op::Event(e) => {
                         ts_buf.clear();
@@ -135,7 +206,24 @@ impl Writer {
                             .execute(params![&*m.container, m.name, ts_buf, m.value])
                             .map_err(StoreError::sql("insert metric sample"))?;
                         self.stats.metrics_inserted += n as u64;
+                        tx.prepare_cached(UPSERT_GAUGE)
+                            .and_then(|mut s| {
+                                s.execute(params![&*m.container, m.name, ts_buf, m.value])
+                            })
+                            .map_err(StoreError::sql("update gauge"))?;
                     }
+                    Op::Tick(now) => {
+                        tx.prepare_cached(HEARTBEAT)
+                            .and_then(|mut s| {
+                                s.execute(params![
+                                    format_ns(*now),
+                                    std::process::id(),
+                                    format_ns(self.started_at)
+                                ])
+                            })
+                            .map_err(StoreError::sql("write heartbeat"))?;
+                    }
+                    Op::Signal(..) => {}
                     Op::Run(r) => {
                         let id = upsert_run(&tx, r)?;
                         self.run_ids.insert(r.key.clone(), id);
@@ -181,8 +269,30 @@ impl Writer {
                 }
             }
         }
+        let mut queued = 0;
+        if let Some(a) = self.alerts.as_ref() {
+            let origin = if a.engine.is_live() {
+                "watch"
+            } else {
+                "replay"
+            };
+            let now = crate::time::now_ns();
+            for c in &a.pending {
+                queued += crate::store::alerts::apply(&tx, c, &a.receivers, origin, now)?;
+            }
+        }
         tx.commit().map_err(StoreError::sql("commit batch"))?;
         self.stats.batches += 1;
+        if let Some(a) = self.alerts.as_mut() {
+            self.stats.alerts_changed += a.pending.len() as u64;
+            a.pending.clear();
+            self.stats.notifications_queued += queued as u64;
+            if queued > 0
+                && let Some(w) = &a.wake
+            {
+                w.notify_one();
+            }
+        }
         Ok(())
     }
 

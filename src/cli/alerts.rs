@@ -1,0 +1,67 @@
+//! `trainwatch alerts`: the firing alerts (most severe first), or with `--all` every alert,
+//! newest first.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::render::{self, OutputFormat, Rows};
+
+#[derive(Args, Debug)]
+pub struct AlertsArgs {
+    /// Every alert (firing and resolved), newest first, instead of the firing ones.
+    #[arg(long)]
+    pub all: bool,
+    /// At most this many alerts.
+    #[arg(long, default_value_t = 200)]
+    pub limit: usize,
+    /// Output format (`csv` also works).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+const SEVERITY_ORDER: &str = "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1
+    WHEN 'medium' THEN 2 ELSE 3 END";
+
+pub fn run(args: AlertsArgs, db: &Path) -> anyhow::Result<()> {
+    let conn = super::open_ro(db)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.format == OutputFormat::Json {
+        let rows = trainwatch::store::alerts::list(&conn, args.all, args.limit)
+            .context("listing alerts")?;
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    // Labels other than alertname and severity, as `k=v` pairs.
+    let sql = format!(
+        "SELECT id, severity, alertname, status,
+            (SELECT group_concat(key || '=' || value, ' ') FROM json_each(labels)
+             WHERE key NOT IN ('alertname', 'severity')) AS labels,
+            started_at, resolved_at, last_notified_at, summary
+         FROM alerts {} LIMIT ?1",
+        if args.all {
+            "ORDER BY started_at DESC, id DESC".to_string()
+        } else {
+            format!("WHERE status = 'firing' ORDER BY {SEVERITY_ORDER}, started_at")
+        }
+    );
+    let rows = Rows::query(&conn, &sql, &[&(args.limit as i64)]).context("listing alerts")?;
+    if rows.rows.is_empty() && args.format == OutputFormat::Table {
+        writeln!(
+            out,
+            "{}",
+            if args.all {
+                "no alerts recorded"
+            } else {
+                "no alerts firing"
+            }
+        )?;
+        return Ok(());
+    }
+    render::write(&mut out, &rows, args.format)?;
+    Ok(())
+}

@@ -1,0 +1,876 @@
+//! Alert rules: the store's ops in commit order (and clock ticks) -> alert state changes.
+//!
+//! Like Prometheus, every alert is a set of labels (`alertname`, `severity`, `container`,
+//! `gpu`, `mount`) with a fingerprint computed from them, and goes pending (while its `for`
+//! duration runs) -> firing -> resolved. There is at most one active alert per fingerprint.
+//! The [`Engine`] is a plain state machine without I/O or clock of its own: the store's writer
+//! feeds it each op it commits and persists the [`Change`]s it returns in the same
+//! transaction, so alerts follow exactly the data that was stored, during `replay` (with the
+//! log's times) as during `watch` (where [`Op::Tick`] brings the wall clock).
+//!
+//! The rules and their defaults (all configurable in `[alerts]`):
+//!
+//! | alertname | severity | fires when | resolves when |
+//! |---|---|---|---|
+//! | `GpuTemperatureHigh` | critical | `gpu_temperature_c` > 90 | a sample ≤ 90 |
+//! | `QueueContainerDown` | critical | a `queue` container not running for 5 min | it runs again |
+//! | `DiskUsageCritical` | critical | `disk_usage_azaion_pct` > 95 | a sample ≤ 95 |
+//! | `DiskUsageHigh` | medium | `disk_usage_azaion_pct` > 80 | a sample ≤ 80 |
+//! | `TrainingLossNonFinite` | high | `loss_non_finite`, or an epoch with a NaN/inf loss; at once | a finite epoch, or the run ends |
+//! | `TrainingLossDiverging` | high | see [`Diverging`] | the test passes again, or the run ends |
+//! | `GpuOutOfMemory` | high | `gpu_oom` | a later training epoch, or 1 h without another |
+//! | `QueueOffsetStale` | medium | `queue_offset` unchanged for 1 h while the queue runs | the offset moves |
+//! | `CheckpointSaveFailed` | low | `checkpoint_save_failed` | `checkpoint_saved`, or 1 h |
+//! | `DockerUnreachable` | critical | `docker_unreachable` | the daemon answers again |
+//! | `LogStreamSilent` | medium | a running container's stream silent too long | data flows again |
+//! | `StoreNotWritable` | critical | a batch cannot be committed | a batch commits |
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{MetricRow, Op, RunKey, RunStatus};
+use crate::time::{Age, human_duration};
+
+/// How urgent an alert is; the `severity` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    High,
+    Medium,
+    Low,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::High => "high",
+            Severity::Medium => "medium",
+            Severity::Low => "low",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Severity> {
+        Some(match s {
+            "critical" => Severity::Critical,
+            "high" => Severity::High,
+            "medium" => Severity::Medium,
+            "low" => Severity::Low,
+            _ => return None,
+        })
+    }
+}
+
+/// The alert names: the `alertname` label, a public contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AlertName {
+    GpuTemperatureHigh,
+    QueueContainerDown,
+    DiskUsageCritical,
+    DiskUsageHigh,
+    TrainingLossNonFinite,
+    TrainingLossDiverging,
+    GpuOutOfMemory,
+    QueueOffsetStale,
+    CheckpointSaveFailed,
+    DockerUnreachable,
+    LogStreamSilent,
+    StoreNotWritable,
+}
+
+impl AlertName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertName::GpuTemperatureHigh => "GpuTemperatureHigh",
+            AlertName::QueueContainerDown => "QueueContainerDown",
+            AlertName::DiskUsageCritical => "DiskUsageCritical",
+            AlertName::DiskUsageHigh => "DiskUsageHigh",
+            AlertName::TrainingLossNonFinite => "TrainingLossNonFinite",
+            AlertName::TrainingLossDiverging => "TrainingLossDiverging",
+            AlertName::GpuOutOfMemory => "GpuOutOfMemory",
+            AlertName::QueueOffsetStale => "QueueOffsetStale",
+            AlertName::CheckpointSaveFailed => "CheckpointSaveFailed",
+            AlertName::DockerUnreachable => "DockerUnreachable",
+            AlertName::LogStreamSilent => "LogStreamSilent",
+            AlertName::StoreNotWritable => "StoreNotWritable",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        use AlertName::*;
+        match self {
+            GpuTemperatureHigh | QueueContainerDown | DiskUsageCritical | DockerUnreachable
+            | StoreNotWritable => Severity::Critical,
+            TrainingLossNonFinite | TrainingLossDiverging | GpuOutOfMemory => Severity::High,
+            DiskUsageHigh | QueueOffsetStale | LogStreamSilent => Severity::Medium,
+            CheckpointSaveFailed => Severity::Low,
+        }
+    }
+}
+
+/// "Diverging", checkable by a reader: after the warm-up epochs (Ultralytics' default
+/// `warmup_epochs=3`, whose rising learning rate raises the loss on its own), the epoch's
+/// training loss (the sum of its loss columns) is above `factor` x its running minimum since
+/// the warm-up for `above_for_epochs` consecutive epochs, or has risen `rising_epochs` epochs
+/// in a row.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Diverging {
+    pub warmup_epochs: u32,
+    pub factor: f64,
+    pub above_for_epochs: u32,
+    pub rising_epochs: u32,
+}
+
+impl Default for Diverging {
+    fn default() -> Self {
+        Diverging {
+            warmup_epochs: 3,
+            factor: 2.0,
+            above_for_epochs: 3,
+            rising_epochs: 5,
+        }
+    }
+}
+
+/// Thresholds and durations of the rules (`[alerts]` in the config).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rules {
+    pub gpu_temperature_c: f64,
+    pub gpu_temperature_for: Age,
+    pub disk_critical_pct: f64,
+    pub disk_high_pct: f64,
+    pub disk_for: Age,
+    pub queue_down_for: Age,
+    pub queue_offset_stale_after: Age,
+    /// `GpuOutOfMemory` and `CheckpointSaveFailed` resolve after this long without another.
+    pub event_resolve_after: Age,
+    /// A firing alert is notified again after this long.
+    pub repeat_interval: Age,
+    /// `watch` notifies only alerts that started at most this long ago: reading a
+    /// container's old logs for the first time must not page anyone for last week.
+    pub notify_backlog: Age,
+    pub diverging: Diverging,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            gpu_temperature_c: 90.0,
+            gpu_temperature_for: Age(0),
+            disk_critical_pct: 95.0,
+            disk_high_pct: 80.0,
+            disk_for: Age(0),
+            queue_down_for: Age::secs(300),
+            queue_offset_stale_after: Age::secs(3600),
+            event_resolve_after: Age::secs(3600),
+            repeat_interval: Age::secs(4 * 3600),
+            notify_backlog: Age::secs(3600),
+            diverging: Diverging::default(),
+        }
+    }
+}
+
+/// Labels of an alert, sorted by name.
+pub type Labels = BTreeMap<String, String>;
+
+/// The fingerprint of a label set: FNV-1a over the sorted `name\0value\0` pairs, in hex.
+pub fn fingerprint(labels: &Labels) -> String {
+    let mut bytes = Vec::with_capacity(128);
+    for (k, v) in labels {
+        bytes.extend_from_slice(k.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(v.as_bytes());
+        bytes.push(0);
+    }
+    format!("{:016x}", crate::source::text::fnv1a(&bytes))
+}
+
+/// An alert as stored and notified.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    pub fingerprint: String,
+    pub alertname: &'static str,
+    pub severity: Severity,
+    pub labels: Labels,
+    pub summary: String,
+    /// When the condition began (the start of the pending time), ns.
+    pub started_at: i64,
+    pub resolved_at: Option<i64>,
+}
+
+/// What the store must record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Became firing; `notify` when it is to be sent to the receivers.
+    Fired { alert: Alert, notify: bool },
+    /// A firing alert resolved at `alert.resolved_at`.
+    Resolved { alert: Alert, notify: bool },
+    /// Still firing after the repeat interval: notify again.
+    Repeat { alert: Alert },
+}
+
+/// Signals that are not rows: container states from discovery, the daemon and stream
+/// health, the store's own health.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    /// A followed container's state as discovery saw it.
+    Container {
+        name: Arc<str>,
+        role: String,
+        running: bool,
+    },
+    DockerReachable,
+    StreamSilent {
+        container: Arc<str>,
+        silent: bool,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    Pending { since: i64 },
+    Firing,
+}
+
+#[derive(Clone, Debug)]
+struct Active {
+    alert: Alert,
+    state: State,
+    /// When it was last notified (or, if never, when it fired).
+    last_notified: i64,
+    /// Whether notifications go out for it (live and recent).
+    notify: bool,
+    /// The run it is about (loss alerts), to resolve when that run ends.
+    run: Option<RunKey>,
+    /// Last time its event recurred (event alerts).
+    last_seen: i64,
+}
+
+#[derive(Clone, Debug)]
+struct ContainerFacts {
+    role: String,
+    running: bool,
+    since: i64,
+}
+
+#[derive(Debug, Default)]
+struct LossTrack {
+    run: Option<RunKey>,
+    /// (epoch, total training loss) in epoch order.
+    epochs: Vec<(u32, f64)>,
+}
+
+/// The rule engine. See the module documentation.
+pub struct Engine {
+    rules: Rules,
+    /// Whether changes are to be notified (`watch`), or only recorded (`replay`).
+    live: bool,
+    /// The data root the disk probe measures: the `mount` label.
+    mount: String,
+    clock: i64,
+    next_eval: i64,
+    active: HashMap<String, Active>,
+    containers: HashMap<Arc<str>, ContainerFacts>,
+    offsets: HashMap<Arc<str>, (f64, i64)>,
+    losses: HashMap<Arc<str>, LossTrack>,
+    /// When each container's latest run ended (absent while it runs).
+    run_ended: HashMap<Arc<str>, i64>,
+}
+
+/// A firing alert loaded from the store at start.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub alert: Alert,
+    pub last_notified: Option<i64>,
+    /// Whether it came from `watch` (and so is to be repeated and resolved with notices).
+    pub live: bool,
+}
+
+impl Engine {
+    pub fn new(rules: Rules, live: bool, mount: impl Into<String>) -> Self {
+        Engine {
+            rules,
+            live,
+            mount: mount.into(),
+            clock: i64::MIN,
+            next_eval: i64::MIN,
+            active: HashMap::new(),
+            containers: HashMap::new(),
+            offsets: HashMap::new(),
+            losses: HashMap::new(),
+            run_ended: HashMap::new(),
+        }
+    }
+
+    /// Restores the alerts that were firing when trainwatch stopped: a restart neither fires
+    /// them again nor forgets them.
+    pub fn restore(&mut self, loaded: Vec<Loaded>) {
+        for l in loaded {
+            let seen = l.last_notified.unwrap_or(l.alert.started_at);
+            self.active.insert(
+                l.alert.fingerprint.clone(),
+                Active {
+                    state: State::Firing,
+                    last_notified: seen,
+                    notify: self.live && l.live,
+                    run: None,
+                    last_seen: l.alert.started_at,
+                    alert: l.alert,
+                },
+            );
+        }
+    }
+
+    /// Whether this engine notifies (it runs in `watch`).
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// The firing alerts, most severe first.
+    pub fn firing(&self) -> Vec<Alert> {
+        let mut v: Vec<Alert> = self
+            .active
+            .values()
+            .filter(|a| matches!(a.state, State::Firing))
+            .map(|a| a.alert.clone())
+            .collect();
+        v.sort_by_key(|a| (a.severity, a.started_at));
+        v
+    }
+
+    /// Feeds one committed op. `out` receives the resulting changes.
+    pub fn observe(&mut self, op: &Op, out: &mut Vec<Change>) {
+        match op {
+            Op::Event(e) => {
+                self.advance(e.ts, out);
+                self.on_event(e, out);
+            }
+            Op::Metric(m) => {
+                self.advance(m.ts, out);
+                self.on_metric(m, out);
+            }
+            Op::Epoch(key, e) => {
+                self.advance(e.ended_at, out);
+                self.on_epoch(key, e, out);
+            }
+            Op::Run(r) => {
+                let ts = r.ended_at.unwrap_or(r.started_at);
+                self.advance(ts, out);
+                self.on_run(&r.key, r.status, ts, out);
+            }
+            Op::Cursor(_) => {}
+            Op::Tick(now) => {
+                self.clock = self.clock.max(*now);
+                self.evaluate(out);
+            }
+            Op::Signal(ts, s) => {
+                self.advance(*ts, out);
+                self.on_signal(*ts, s, out);
+            }
+        }
+    }
+
+    /// The store could not commit (`Err`) or committed again (`Ok`).
+    pub fn store_health(&mut self, now: i64, error: Option<&str>, out: &mut Vec<Change>) {
+        self.clock = self.clock.max(now);
+        let labels = labels(AlertName::StoreNotWritable, &[]);
+        match error {
+            Some(e) => self.fire_now(
+                AlertName::StoreNotWritable,
+                labels,
+                format!("The database cannot be written: {e}"),
+                now,
+                None,
+                out,
+            ),
+            None => self.resolve(&labels, now, out),
+        }
+    }
+
+    fn advance(&mut self, ts: i64, out: &mut Vec<Change>) {
+        if ts > self.clock {
+            self.clock = ts;
+        }
+        if self.clock >= self.next_eval {
+            self.evaluate(out);
+        }
+    }
+
+    /// Evaluates the time-based rules at the engine's clock.
+    fn evaluate(&mut self, out: &mut Vec<Change>) {
+        let now = self.clock;
+        self.next_eval = now.saturating_add(1_000_000_000);
+        // Queue containers that are down.
+        let down: Vec<(Arc<str>, bool, i64)> = self
+            .containers
+            .iter()
+            .filter(|(_, f)| f.role == "queue")
+            .map(|(n, f)| (n.clone(), !f.running, f.since))
+            .collect();
+        for (name, is_down, since) in down {
+            let l = labels(AlertName::QueueContainerDown, &[("container", &name)]);
+            if is_down {
+                let summary = format!(
+                    "Annotation queue container {name} is not running (since {})",
+                    crate::time::format_ns(since)
+                );
+                self.condition(
+                    AlertName::QueueContainerDown,
+                    l,
+                    summary,
+                    since,
+                    self.rules.queue_down_for.0,
+                    out,
+                );
+            } else {
+                self.resolve(&l, now, out);
+            }
+        }
+        // Offsets that stopped moving while the queue runs.
+        let stale_after = self.rules.queue_offset_stale_after.0;
+        let offsets: Vec<(Arc<str>, f64, i64)> = self
+            .offsets
+            .iter()
+            .map(|(c, (v, t))| (c.clone(), *v, *t))
+            .collect();
+        for (container, value, changed) in offsets {
+            let l = labels(AlertName::QueueOffsetStale, &[("container", &container)]);
+            if now - changed > stale_after && self.queue_running(&container) {
+                let summary = format!(
+                    "Queue offset of {container} stuck at {value} for {}",
+                    human_duration(now - changed)
+                );
+                self.condition(
+                    AlertName::QueueOffsetStale,
+                    l,
+                    summary,
+                    changed + stale_after,
+                    0,
+                    out,
+                );
+            } else {
+                self.resolve(&l, now, out);
+            }
+        }
+        // Event alerts that did not recur; repeats of firing alerts.
+        let ttl = self.rules.event_resolve_after.0;
+        let repeat = self.rules.repeat_interval.0;
+        let mut expired = Vec::new();
+        for a in self.active.values_mut() {
+            let event_alert =
+                matches!(a.alert.alertname, "GpuOutOfMemory" | "CheckpointSaveFailed");
+            if event_alert && now - a.last_seen > ttl {
+                expired.push(a.alert.labels.clone());
+                continue;
+            }
+            if matches!(a.state, State::Firing) && a.notify && now - a.last_notified >= repeat {
+                a.last_notified = now;
+                out.push(Change::Repeat {
+                    alert: a.alert.clone(),
+                });
+            }
+        }
+        for l in expired {
+            self.resolve(&l, now, out);
+        }
+    }
+
+    fn queue_running(&self, container: &str) -> bool {
+        if let Some(f) = self.containers.get(container) {
+            return f.running;
+        }
+        let queues: Vec<&ContainerFacts> = self
+            .containers
+            .values()
+            .filter(|f| f.role == "queue")
+            .collect();
+        // Without knowledge of the container (e.g. in replay), assume it runs.
+        queues.is_empty() || queues.iter().any(|f| f.running)
+    }
+
+    fn on_signal(&mut self, ts: i64, s: &Signal, out: &mut Vec<Change>) {
+        match s {
+            Signal::Container {
+                name,
+                role,
+                running,
+            } => self.container_state(name, role, *running, ts),
+            Signal::DockerReachable => {
+                self.resolve(&labels(AlertName::DockerUnreachable, &[]), ts, out);
+            }
+            Signal::StreamSilent { container, silent } => {
+                let l = labels(AlertName::LogStreamSilent, &[("container", container)]);
+                if *silent {
+                    self.fire_now(
+                        AlertName::LogStreamSilent,
+                        l,
+                        format!("The log stream of running container {container} went silent; re-attached"),
+                        ts,
+                        None,
+                        out,
+                    );
+                } else {
+                    self.resolve(&l, ts, out);
+                }
+            }
+        }
+        self.evaluate(out);
+    }
+
+    fn container_state(&mut self, name: &Arc<str>, role: &str, running: bool, ts: i64) {
+        let f = self
+            .containers
+            .entry(name.clone())
+            .or_insert_with(|| ContainerFacts {
+                role: role.to_string(),
+                running,
+                since: ts,
+            });
+        f.role = role.to_string();
+        if f.running != running {
+            f.running = running;
+            f.since = ts;
+        }
+    }
+
+    fn on_event(&mut self, e: &super::EventRow, out: &mut Vec<Change>) {
+        let c: &str = &e.container;
+        match e.kind {
+            // The message a run dies with (`NaN persisted`) once it has ended is no news.
+            "loss_non_finite" if self.run_ended.get(c).is_some_and(|t| e.ts <= *t) => {}
+            "loss_non_finite" => {
+                let ctx: Value = serde_json::from_str(&e.context).unwrap_or(Value::Null);
+                let epoch = ctx.get("epoch").and_then(Value::as_u64);
+                let summary = match epoch {
+                    Some(ep) => format!("Training loss is NaN/inf in {c} at epoch {ep}"),
+                    None => format!("Training loss is NaN/inf in {c}"),
+                };
+                let run = self.losses.get(c).and_then(|t| t.run.clone());
+                self.fire_now(
+                    AlertName::TrainingLossNonFinite,
+                    labels(AlertName::TrainingLossNonFinite, &[("container", c)]),
+                    summary,
+                    e.ts,
+                    run,
+                    out,
+                );
+            }
+            "gpu_oom" => self.fire_now(
+                AlertName::GpuOutOfMemory,
+                labels(AlertName::GpuOutOfMemory, &[("container", c)]),
+                format!("GPU out of memory in {c}: {}", first_line(&e.message)),
+                e.ts,
+                None,
+                out,
+            ),
+            "checkpoint_save_failed" => self.fire_now(
+                AlertName::CheckpointSaveFailed,
+                labels(AlertName::CheckpointSaveFailed, &[("container", c)]),
+                format!("Checkpoint save failed in {c}: {}", first_line(&e.message)),
+                e.ts,
+                None,
+                out,
+            ),
+            "checkpoint_saved" => {
+                let l = labels(AlertName::CheckpointSaveFailed, &[("container", c)]);
+                self.resolve(&l, e.ts, out);
+            }
+            "docker_unreachable" => self.fire_now(
+                AlertName::DockerUnreachable,
+                labels(AlertName::DockerUnreachable, &[]),
+                first_line(&e.message).to_string(),
+                e.ts,
+                None,
+                out,
+            ),
+            "container_started" | "container_died" | "container_oom_killed"
+                if e.stream == "docker" =>
+            {
+                self.resolve(&labels(AlertName::DockerUnreachable, &[]), e.ts, out);
+                let ctx: Value = serde_json::from_str(&e.context).unwrap_or(Value::Null);
+                let role = ctx
+                    .get("role")
+                    .and_then(Value::as_str)
+                    .unwrap_or("other")
+                    .to_string();
+                let running = e.kind == "container_started";
+                self.container_state(&e.container, &role, running, e.ts);
+                self.evaluate(out);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_metric(&mut self, m: &MetricRow, out: &mut Vec<Change>) {
+        match m.name {
+            "gpu_temperature_c" => {
+                let gpu = m.container.strip_prefix("gpu").unwrap_or(&m.container);
+                let l = labels(AlertName::GpuTemperatureHigh, &[("gpu", gpu)]);
+                if m.value > self.rules.gpu_temperature_c {
+                    let summary = format!(
+                        "GPU {gpu} at {} °C (limit {} °C)",
+                        m.value, self.rules.gpu_temperature_c
+                    );
+                    let f = self.rules.gpu_temperature_for.0;
+                    self.condition(AlertName::GpuTemperatureHigh, l, summary, m.ts, f, out);
+                } else {
+                    self.resolve(&l, m.ts, out);
+                }
+            }
+            "disk_usage_azaion_pct" => {
+                let mount = self.mount.clone();
+                for (name, limit) in [
+                    (AlertName::DiskUsageCritical, self.rules.disk_critical_pct),
+                    (AlertName::DiskUsageHigh, self.rules.disk_high_pct),
+                ] {
+                    let l = labels(name, &[("mount", &mount)]);
+                    if m.value > limit {
+                        let summary =
+                            format!("Disk {mount} is {:.1} % full (limit {limit} %)", m.value);
+                        let f = self.rules.disk_for.0;
+                        self.condition(name, l, summary, m.ts, f, out);
+                    } else {
+                        self.resolve(&l, m.ts, out);
+                    }
+                }
+            }
+            "queue_offset" => {
+                let e = self
+                    .offsets
+                    .entry(m.container.clone())
+                    .or_insert((m.value, m.ts));
+                if e.0 != m.value {
+                    *e = (m.value, m.ts);
+                    let l = labels(AlertName::QueueOffsetStale, &[("container", &m.container)]);
+                    self.resolve(&l, m.ts, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_epoch(&mut self, key: &RunKey, e: &super::EpochRow, out: &mut Vec<Change>) {
+        // Only the training row of an epoch carries losses; validation rows do not.
+        let total = match (&e.losses, e.loss) {
+            (Some(l), _) if !l.is_empty() => l.iter().map(|(_, v)| v).sum::<f64>(),
+            (_, Some(v)) => v,
+            _ => return,
+        };
+        let c = key.container.clone();
+        let cs: &str = &c;
+        // Any training epoch shows the GPU has memory again.
+        let oom = labels(AlertName::GpuOutOfMemory, &[("container", cs)]);
+        self.resolve(&oom, e.ended_at, out);
+        let nf = labels(AlertName::TrainingLossNonFinite, &[("container", cs)]);
+        if !total.is_finite() {
+            self.fire_now(
+                AlertName::TrainingLossNonFinite,
+                nf,
+                format!(
+                    "Training loss is NaN/inf in {cs} at epoch {} (loss {total})",
+                    e.epoch
+                ),
+                e.ended_at,
+                Some(key.clone()),
+                out,
+            );
+            return;
+        }
+        self.resolve(&nf, e.ended_at, out);
+        let d = self.rules.diverging.clone();
+        let track = self.losses.entry(c.clone()).or_default();
+        if track.run.as_ref() != Some(key) {
+            track.run = Some(key.clone());
+            track.epochs.clear();
+        }
+        // A re-run epoch (resume, NaN recovery) replaces what followed it.
+        track.epochs.retain(|(ep, _)| *ep < e.epoch);
+        track.epochs.push((e.epoch, total));
+        let after: Vec<f64> = track
+            .epochs
+            .iter()
+            .filter(|(ep, _)| *ep > d.warmup_epochs)
+            .map(|(_, v)| *v)
+            .collect();
+        let verdict = diverging(&after, &d);
+        let l = labels(AlertName::TrainingLossDiverging, &[("container", cs)]);
+        match verdict {
+            Some(why) => self.fire_now(
+                AlertName::TrainingLossDiverging,
+                l,
+                format!(
+                    "Training loss diverging in {cs} at epoch {}: {why}",
+                    e.epoch
+                ),
+                e.ended_at,
+                Some(key.clone()),
+                out,
+            ),
+            None => self.resolve(&l, e.ended_at, out),
+        }
+    }
+
+    fn on_run(&mut self, key: &RunKey, status: RunStatus, ts: i64, out: &mut Vec<Change>) {
+        let c: &str = &key.container;
+        if status == RunStatus::Running {
+            self.run_ended.remove(c);
+        } else {
+            self.run_ended.insert(key.container.clone(), ts);
+        }
+        for name in [
+            AlertName::TrainingLossNonFinite,
+            AlertName::TrainingLossDiverging,
+        ] {
+            let l = labels(name, &[("container", c)]);
+            let ended_here = status != RunStatus::Running;
+            let other_run = self
+                .active
+                .get(&fingerprint(&l))
+                .and_then(|a| a.run.as_ref())
+                .is_some_and(|r| r != key);
+            if ended_here || other_run {
+                self.resolve(&l, ts, out);
+            }
+        }
+        if let Some(t) = self.losses.get_mut(c)
+            && t.run.as_ref() != Some(key)
+        {
+            t.run = Some(key.clone());
+            t.epochs.clear();
+        }
+    }
+
+    /// A condition that holds at `since`: pending until `for_ns` has passed, then firing.
+    fn condition(
+        &mut self,
+        name: AlertName,
+        labels: Labels,
+        summary: String,
+        since: i64,
+        for_ns: i64,
+        out: &mut Vec<Change>,
+    ) {
+        let fp = fingerprint(&labels);
+        let now = self.clock;
+        let a = self.active.entry(fp.clone()).or_insert_with(|| Active {
+            alert: Alert {
+                fingerprint: fp,
+                alertname: name.as_str(),
+                severity: name.severity(),
+                labels,
+                summary: summary.clone(),
+                started_at: since,
+                resolved_at: None,
+            },
+            state: State::Pending { since },
+            last_notified: now,
+            notify: false,
+            run: None,
+            last_seen: now,
+        });
+        a.last_seen = now;
+        if let State::Pending { since } = a.state {
+            a.alert.summary = summary;
+            if now.max(since) - since >= for_ns {
+                a.state = State::Firing;
+                a.last_notified = now;
+                // In `watch` the clock is the wall clock (ticks), so an alert found in a
+                // container's old logs is recorded without paging anyone.
+                a.notify = self.live && now - since <= self.rules.notify_backlog.0 + for_ns;
+                out.push(Change::Fired {
+                    alert: a.alert.clone(),
+                    notify: a.notify,
+                });
+            }
+        }
+    }
+
+    /// An event-like condition that fires at once.
+    fn fire_now(
+        &mut self,
+        name: AlertName,
+        labels: Labels,
+        summary: String,
+        ts: i64,
+        run: Option<RunKey>,
+        out: &mut Vec<Change>,
+    ) {
+        let fp = fingerprint(&labels);
+        let recurring = self.active.contains_key(&fp);
+        self.condition(name, labels, summary, ts, 0, out);
+        if let Some(a) = self.active.get_mut(&fp) {
+            a.last_seen = a.last_seen.max(ts);
+            if run.is_some() && (!recurring || a.run.is_none()) {
+                a.run = run;
+            }
+        }
+    }
+
+    fn resolve(&mut self, labels: &Labels, at: i64, out: &mut Vec<Change>) {
+        let fp = fingerprint(labels);
+        let Some(a) = self.active.remove(&fp) else {
+            return;
+        };
+        if let State::Firing = a.state {
+            let mut alert = a.alert;
+            alert.resolved_at = Some(at.max(alert.started_at));
+            out.push(Change::Resolved {
+                alert,
+                notify: a.notify,
+            });
+        }
+    }
+}
+
+/// Why the losses after warm-up count as diverging, if they do.
+pub fn diverging(losses: &[f64], d: &Diverging) -> Option<String> {
+    let mut min = f64::INFINITY;
+    let mut above = 0u32;
+    let mut rising = 0u32;
+    let mut prev: Option<f64> = None;
+    let mut why = None;
+    for &v in losses {
+        min = min.min(v);
+        above = if v > d.factor * min { above + 1 } else { 0 };
+        rising = match prev {
+            Some(p) if v > p => rising + 1,
+            _ => 0,
+        };
+        prev = Some(v);
+        why = if d.above_for_epochs > 0 && above >= d.above_for_epochs {
+            Some(format!(
+                "loss {v:.4} above {}x its minimum {min:.4} for {above} epochs",
+                d.factor
+            ))
+        } else if d.rising_epochs > 0 && rising >= d.rising_epochs {
+            Some(format!("loss {v:.4} rose {rising} epochs in a row"))
+        } else {
+            None
+        };
+    }
+    why
+}
+
+fn labels(name: AlertName, extra: &[(&str, &str)]) -> Labels {
+    let mut l = Labels::new();
+    l.insert("alertname".into(), name.as_str().into());
+    l.insert("severity".into(), name.severity().as_str().into());
+    for (k, v) in extra {
+        l.insert((*k).into(), (*v).into());
+    }
+    l
+}
+
+fn first_line(s: &str) -> &str {
+    let l = s.lines().next().unwrap_or("");
+    match l.char_indices().nth(200) {
+        Some((i, _)) => &l[..i],
+        None => l,
+    }
+}

@@ -1,0 +1,414 @@
+//! Alert delivery: the outbox's notifications to webhooks and Alertmanager, in order per
+//! receiver, retried with backoff until the receiver takes them (a receiver that is down or
+//! answers 5xx loses nothing; a trainwatch restart sends what was still queued).
+//!
+//! Two receiver kinds:
+//! - `webhook`: a POST of one JSON object per notification (see [`webhook_body`]); its
+//!   `notification_id` lets a receiver drop the rare duplicate (a delivery whose success could
+//!   not be recorded before a crash is sent again).
+//! - `alertmanager`: Alertmanager's `POST /api/v2/alerts` with `labels`, `annotations`,
+//!   `startsAt`, `endsAt`. Like Prometheus, firing alerts are also re-sent every
+//!   `alertmanager_resend` with `endsAt` a few intervals ahead, so Alertmanager keeps them
+//!   active while trainwatch runs and resolves them if it stops telling.
+//!
+//! Receiver URLs and tokens never reach a log line: receivers are named by `name`, and HTTP
+//! errors are logged without their URL.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::alerts::{self as store_alerts, AlertRow, Pending};
+use crate::time::{Age, format_ns, now_ns};
+
+/// `[notify]` in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    pub receivers: Vec<ReceiverConfig>,
+    /// How often firing alerts are re-sent to Alertmanager receivers.
+    pub alertmanager_resend: Age,
+    /// The `instance` label sent to Alertmanager (default: this host's name).
+    pub instance: Option<String>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            receivers: Vec::new(),
+            alertmanager_resend: Age::secs(60),
+            instance: None,
+        }
+    }
+}
+
+impl NotifyConfig {
+    pub fn receiver_names(&self) -> Vec<String> {
+        self.receivers.iter().map(|r| r.name.clone()).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiverKind {
+    Webhook,
+    Alertmanager,
+}
+
+/// One `[[notify.receivers]]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// How logs and the outbox name this receiver.
+    pub name: String,
+    pub kind: ReceiverKind,
+    /// The webhook URL, or Alertmanager's base URL (`http://alertmanager:9093`).
+    pub url: String,
+    /// Sent as `Authorization: Bearer ...`; prefer `bearer_token_env`.
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    /// The name of an environment variable holding the bearer token.
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout: Age,
+}
+
+fn default_timeout() -> Age {
+    Age::secs(10)
+}
+
+// Never print the URL or the token.
+impl std::fmt::Debug for ReceiverConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiverConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceiverConfig {
+    fn endpoint(&self) -> String {
+        match self.kind {
+            ReceiverKind::Webhook => self.url.clone(),
+            ReceiverKind::Alertmanager => {
+                let base = self.url.trim_end_matches('/');
+                if base.ends_with("/api/v2/alerts") {
+                    base.to_string()
+                } else {
+                    format!("{base}/api/v2/alerts")
+                }
+            }
+        }
+    }
+
+    fn token(&self) -> Option<String> {
+        self.bearer_token.clone().or_else(|| {
+            self.bearer_token_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+        })
+    }
+}
+
+/// The host name, for the `instance` label.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The generic webhook body of one notification.
+pub fn webhook_body(p: &Pending, instance: &str) -> Value {
+    let status = if p.event == "resolved" {
+        "resolved"
+    } else {
+        "firing"
+    };
+    json!({
+        "version": "1",
+        "source": "trainwatch",
+        "instance": instance,
+        "notification_id": p.id,
+        "event": p.event,
+        "status": status,
+        "alert": {
+            "fingerprint": p.alert.fingerprint,
+            "alertname": p.alert.alertname,
+            "severity": p.alert.severity,
+            "labels": p.alert.labels,
+            "summary": p.alert.summary,
+            "started_at": p.alert.started_at,
+            "resolved_at": if status == "resolved" { json!(p.alert.resolved_at) } else { Value::Null },
+        }
+    })
+}
+
+/// One alert in Alertmanager's `postableAlert` form. A firing alert's `endsAt` is `ends_in`
+/// ahead (Alertmanager resolves it then unless told again); a resolved one's is its time.
+pub fn alertmanager_alert(a: &AlertRow, instance: &str, now: i64, ends_in: i64) -> Value {
+    let mut labels = serde_json::Map::new();
+    if let Value::Object(m) = &a.labels {
+        for (k, v) in m {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
+    labels.insert("instance".into(), json!(instance));
+    labels.insert("job".into(), json!("trainwatch"));
+    let ends = match (&a.status[..], &a.resolved_at) {
+        ("resolved", Some(r)) => r.clone(),
+        _ => format_ns(now + ends_in),
+    };
+    json!({
+        "labels": labels,
+        "annotations": { "summary": a.summary },
+        "startsAt": a.started_at,
+        "endsAt": ends,
+    })
+}
+
+/// Why a delivery failed, and whether trying again can help.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    permanent: bool,
+}
+
+/// Delay before attempt `attempts + 1`: 1 s doubling to 5 min.
+pub fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300))
+}
+
+/// The delivery task.
+pub struct Notifier {
+    cfg: NotifyConfig,
+    client: reqwest::Client,
+    conn: Arc<Mutex<Connection>>,
+    instance: String,
+}
+
+impl Notifier {
+    pub fn new(cfg: NotifyConfig, db: PathBuf) -> Result<Self, crate::error::StoreError> {
+        let conn = crate::store::open_rw(&db)?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("trainwatch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|_| crate::error::StoreError::WriterGone)?;
+        let instance = cfg.instance.clone().unwrap_or_else(hostname);
+        Ok(Notifier {
+            cfg,
+            client,
+            conn: Arc::new(Mutex::new(conn)),
+            instance,
+        })
+    }
+
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, crate::error::StoreError> + Send + 'static,
+    ) -> Result<T, crate::error::StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&c)
+        })
+        .await
+        .unwrap_or(Err(crate::error::StoreError::WriterGone))
+    }
+
+    async fn post(&self, r: &ReceiverConfig, body: &Value) -> Result<(), Failure> {
+        let mut req = self
+            .client
+            .post(r.endpoint())
+            .timeout(r.timeout.as_duration())
+            .json(body);
+        if let Some(t) = r.token() {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let s = resp.status();
+                if s.is_success() {
+                    Ok(())
+                } else {
+                    Err(Failure {
+                        message: format!("HTTP {}", s.as_u16()),
+                        // 4xx other than timeout/rate limit will not get better by retrying.
+                        permanent: s.is_client_error() && s.as_u16() != 408 && s.as_u16() != 429,
+                    })
+                }
+            }
+            Err(e) => Err(Failure {
+                message: e.without_url().to_string(),
+                permanent: false,
+            }),
+        }
+    }
+
+    async fn deliver(&self, p: &Pending) -> Result<(), Failure> {
+        let Some(r) = self.cfg.receivers.iter().find(|r| r.name == p.receiver) else {
+            return Err(Failure {
+                message: "receiver no longer configured".into(),
+                permanent: true,
+            });
+        };
+        let body = match r.kind {
+            ReceiverKind::Webhook => webhook_body(p, &self.instance),
+            ReceiverKind::Alertmanager => {
+                let ends_in = 4 * self.cfg.alertmanager_resend.0.max(1_000_000_000);
+                let mut a = p.alert.clone();
+                if p.event == "resolved" && a.resolved_at.is_none() {
+                    a.resolved_at = Some(format_ns(now_ns()));
+                    a.status = "resolved".into();
+                }
+                json!([alertmanager_alert(&a, &self.instance, now_ns(), ends_in)])
+            }
+        };
+        self.post(r, &body).await
+    }
+
+    /// Sends every due notification; returns when the next one is due (if any is waiting).
+    async fn drain(&self) -> Option<i64> {
+        let names = self.cfg.receiver_names();
+        loop {
+            let n2 = names.clone();
+            let heads = match self.db(move |c| store_alerts::outbox_heads(c, &n2)).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot read the notification outbox.");
+                    return Some(now_ns() + 5_000_000_000);
+                }
+            };
+            let now = now_ns();
+            let mut next_due: Option<i64> = None;
+            let mut progressed = false;
+            for p in heads {
+                if p.next_attempt_at > now {
+                    next_due =
+                        Some(next_due.map_or(p.next_attempt_at, |d| d.min(p.next_attempt_at)));
+                    continue;
+                }
+                progressed = true;
+                match self.deliver(&p).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            receiver = %p.receiver,
+                            alertname = %p.alert.alertname,
+                            event = %p.event,
+                            "Alert notification delivered."
+                        );
+                        let p2 = p.clone();
+                        if let Err(e) = self
+                            .db(move |c| store_alerts::mark_delivered(c, &p2, now_ns()))
+                            .await
+                        {
+                            tracing::warn!(error = %e, "Cannot record a delivered notification.");
+                        }
+                    }
+                    Err(f) => {
+                        let retry_at = now_ns() + backoff(p.attempts).as_nanos() as i64;
+                        tracing::warn!(
+                            receiver = %p.receiver,
+                            alertname = %p.alert.alertname,
+                            attempt = p.attempts + 1,
+                            error = %f.message,
+                            permanent = f.permanent,
+                            "Alert notification failed."
+                        );
+                        let p2 = p.clone();
+                        let msg = f.message.clone();
+                        let res = if f.permanent {
+                            self.db(move |c| store_alerts::mark_abandoned(c, &p2, &msg, now_ns()))
+                                .await
+                        } else {
+                            self.db(move |c| store_alerts::mark_failed(c, &p2, &msg, retry_at))
+                                .await
+                        };
+                        if let Err(e) = res {
+                            tracing::warn!(error = %e, "Cannot record a failed notification.");
+                        }
+                    }
+                }
+            }
+            if !progressed {
+                return next_due;
+            }
+        }
+    }
+
+    /// Re-sends the firing alerts to every Alertmanager receiver (best effort: the next
+    /// round repairs a failed one).
+    async fn refresh_alertmanagers(&self) {
+        let ams: Vec<&ReceiverConfig> = self
+            .cfg
+            .receivers
+            .iter()
+            .filter(|r| r.kind == ReceiverKind::Alertmanager)
+            .collect();
+        if ams.is_empty() {
+            return;
+        }
+        let firing = match self.db(store_alerts::firing).await {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        if firing.is_empty() {
+            return;
+        }
+        let now = now_ns();
+        let ends_in = 4 * self.cfg.alertmanager_resend.0.max(1_000_000_000);
+        let body: Vec<Value> = firing
+            .iter()
+            .map(|a| alertmanager_alert(a, &self.instance, now, ends_in))
+            .collect();
+        let body = Value::Array(body);
+        for r in ams {
+            if let Err(f) = self.post(r, &body).await {
+                tracing::warn!(receiver = %r.name, error = %f.message, "Alertmanager refresh failed.");
+            }
+        }
+    }
+
+    /// Runs until `shutdown`: delivers when woken by the writer, when a retry is due, and
+    /// refreshes Alertmanager receivers on their interval.
+    pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        if self.cfg.receivers.is_empty() {
+            return;
+        }
+        let resend = self
+            .cfg
+            .alertmanager_resend
+            .as_duration()
+            .max(Duration::from_secs(1));
+        let mut next_refresh = tokio::time::Instant::now() + resend;
+        loop {
+            let due = self.drain().await;
+            if tokio::time::Instant::now() >= next_refresh {
+                self.refresh_alertmanagers().await;
+                next_refresh = tokio::time::Instant::now() + resend;
+            }
+            let mut wait = next_refresh.saturating_duration_since(tokio::time::Instant::now());
+            if let Some(d) = due {
+                let d = Duration::from_nanos((d - now_ns()).max(0) as u64);
+                wait = wait.min(d);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Alerts in the store: recording the rule engine's changes (view `alerts`), the outbox of
+//! notifications written in the same transaction, and the queries the notifier and the CLI use.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+use crate::derive::alerts::{Alert, Change, Labels, Loaded, Severity};
+use crate::error::StoreError;
+use crate::time::{format_ns, parse_rfc3339};
+
+const INSERT_ALERT: &str =
+    "INSERT INTO alert_log (fingerprint, alertname, severity, status, labels,
+        summary, started_at, origin)
+     VALUES (?1, ?2, ?3, 'firing', ?4, ?5, ?6, ?7)
+     ON CONFLICT (fingerprint, started_at) DO NOTHING";
+
+const RESOLVE_ALERT: &str = "UPDATE alert_log SET status = 'resolved', resolved_at = ?3
+     WHERE fingerprint = ?1 AND started_at = ?2 AND status = 'firing'";
+
+const ALERT_ID: &str = "SELECT id FROM alert_log WHERE fingerprint = ?1 AND started_at = ?2";
+
+const INSERT_OUTBOX: &str =
+    "INSERT INTO outbox (receiver, alert_id, event, created_at, next_attempt_at)
+     VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT DO NOTHING";
+
+/// Records one change in `tx`, with an outbox row per receiver when it is to be notified.
+/// Returns how many notifications were queued. Applying the same change twice changes nothing.
+pub fn apply(
+    tx: &Transaction<'_>,
+    change: &Change,
+    receivers: &[String],
+    origin: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let (alert, event, notify) = match change {
+        Change::Fired { alert, notify } => (alert, "firing", *notify),
+        Change::Resolved { alert, notify } => (alert, "resolved", *notify),
+        Change::Repeat { alert } => (alert, "repeat", true),
+    };
+    let started = format_ns(alert.started_at);
+    match change {
+        Change::Fired { .. } => {
+            // A firing alert of the same fingerprint left by an earlier run that the engine
+            // did not know about (e.g. a replay after a watch) is closed first.
+            tx.prepare_cached(
+                "UPDATE alert_log SET status = 'resolved', resolved_at = ?2
+                 WHERE fingerprint = ?1 AND status = 'firing' AND started_at <> ?2",
+            )
+            .and_then(|mut s| s.execute(params![alert.fingerprint, started]))
+            .map_err(StoreError::sql("close an older firing alert"))?;
+            let labels = serde_json::to_string(&alert.labels).unwrap_or_default();
+            tx.prepare_cached(INSERT_ALERT)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        alert.fingerprint,
+                        alert.alertname,
+                        alert.severity.as_str(),
+                        labels,
+                        crate::redact::text(&alert.summary),
+                        started,
+                        origin
+                    ])
+                })
+                .map_err(StoreError::sql("record alert"))?;
+        }
+        Change::Resolved { alert, .. } => {
+            let at = format_ns(alert.resolved_at.unwrap_or(now));
+            let n = tx
+                .prepare_cached(RESOLVE_ALERT)
+                .and_then(|mut s| s.execute(params![alert.fingerprint, started, at]))
+                .map_err(StoreError::sql("resolve alert"))?;
+            if n == 0 {
+                // Already resolved (a replay of the same logs): nothing to tell.
+                return Ok(0);
+            }
+        }
+        Change::Repeat { .. } => {}
+    }
+    if !notify || receivers.is_empty() {
+        return Ok(0);
+    }
+    let id: i64 = tx
+        .prepare_cached(ALERT_ID)
+        .and_then(|mut s| s.query_row(params![alert.fingerprint, started], |r| r.get(0)))
+        .map_err(StoreError::sql("find alert"))?;
+    let created = format_ns(now);
+    let mut n = 0;
+    for r in receivers {
+        n += tx
+            .prepare_cached(INSERT_OUTBOX)
+            .and_then(|mut s| s.execute(params![r, id, event, created]))
+            .map_err(StoreError::sql("queue notification"))?;
+    }
+    Ok(n)
+}
+
+/// The firing alerts, for the engine to continue after a restart.
+pub fn load_firing(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT fingerprint, alertname, severity, labels, summary, started_at,
+                    last_notified_at, origin
+             FROM alert_log WHERE status = 'firing'",
+        )
+        .map_err(StoreError::sql("load firing alerts"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            let name: String = r.get(1)?;
+            let labels: String = r.get(3)?;
+            let started: String = r.get(5)?;
+            let notified: Option<String> = r.get(6)?;
+            let origin: String = r.get(7)?;
+            Ok((
+                name,
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(2)?,
+                labels,
+                r.get::<_, String>(4)?,
+                started,
+                notified,
+                origin,
+            ))
+        })
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(StoreError::sql("load firing alerts"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(
+            |(name, fp, sev, labels, summary, started, notified, origin)| {
+                Some(Loaded {
+                    alert: Alert {
+                        fingerprint: fp,
+                        alertname: static_name(&name)?,
+                        severity: Severity::parse(&sev)?,
+                        labels: serde_json::from_str::<Labels>(&labels).ok()?,
+                        summary,
+                        started_at: parse_rfc3339(&started)?,
+                        resolved_at: None,
+                    },
+                    last_notified: notified.as_deref().and_then(parse_rfc3339),
+                    live: origin == "watch",
+                })
+            },
+        )
+        .collect())
+}
+
+fn static_name(s: &str) -> Option<&'static str> {
+    const NAMES: [&str; 12] = [
+        "GpuTemperatureHigh",
+        "QueueContainerDown",
+        "DiskUsageCritical",
+        "DiskUsageHigh",
+        "TrainingLossNonFinite",
+        "TrainingLossDiverging",
+        "GpuOutOfMemory",
+        "QueueOffsetStale",
+        "CheckpointSaveFailed",
+        "DockerUnreachable",
+        "LogStreamSilent",
+        "StoreNotWritable",
+    ];
+    NAMES.into_iter().find(|n| *n == s)
+}
+
+/// One row of view `alerts`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertRow {
+    pub id: i64,
+    pub fingerprint: String,
+    pub alertname: String,
+    pub severity: String,
+    pub status: String,
+    pub labels: serde_json::Value,
+    pub summary: String,
+    pub started_at: String,
+    pub resolved_at: Option<String>,
+    pub last_notified_at: Option<String>,
+}
+
+const ALERT_COLUMNS: &str = "id, fingerprint, alertname, severity, status, labels, summary,
+    started_at, resolved_at, last_notified_at";
+
+fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
+    let labels: String = r.get(5)?;
+    Ok(AlertRow {
+        id: r.get(0)?,
+        fingerprint: r.get(1)?,
+        alertname: r.get(2)?,
+        severity: r.get(3)?,
+        status: r.get(4)?,
+        labels: serde_json::from_str(&labels).unwrap_or(serde_json::Value::Null),
+        summary: r.get(6)?,
+        started_at: r.get(7)?,
+        resolved_at: r.get(8)?,
+        last_notified_at: r.get(9)?,
+    })
+}
+
+const SEVERITY_ORDER: &str = "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1
+    WHEN 'medium' THEN 2 ELSE 3 END";
+
+/// Firing alerts (most severe first), or with `all` every alert, newest first, up to `limit`.
+pub fn list(conn: &Connection, all: bool, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
+    let sql = if all {
+        format!("SELECT {ALERT_COLUMNS} FROM alert_log ORDER BY started_at DESC, id DESC LIMIT ?1")
+    } else {
+        format!(
+            "SELECT {ALERT_COLUMNS} FROM alert_log WHERE status = 'firing'
+             ORDER BY {SEVERITY_ORDER}, started_at LIMIT ?1"
+        )
+    };
+    let mut stmt = conn.prepare(&sql).map_err(StoreError::sql("list alerts"))?;
+    stmt.query_map([limit as i64], alert_row)
+        .and_then(|it| it.collect())
+        .map_err(StoreError::sql("list alerts"))
+}
+
+/// The last `limit` resolved alerts, newest first.
+pub fn recently_resolved(conn: &Connection, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alert_log WHERE status = 'resolved'
+             ORDER BY resolved_at DESC LIMIT ?1"
+        ))
+        .map_err(StoreError::sql("list resolved alerts"))?;
+    stmt.query_map([limit as i64], alert_row)
+        .and_then(|it| it.collect())
+        .map_err(StoreError::sql("list resolved alerts"))
+}
+
+/// A notification waiting in the outbox, with the alert as it is now.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub id: i64,
+    pub receiver: String,
+    pub event: String,
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+    pub alert: AlertRow,
+}
+
+/// The oldest undelivered notification of each receiver in `receivers` (delivery is in order
+/// per receiver: a later one waits for an earlier one that fails).
+pub fn outbox_heads(conn: &Connection, receivers: &[String]) -> Result<Vec<Pending>, StoreError> {
+    let mut out = Vec::new();
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT o.id, o.event, o.attempts, o.next_attempt_at, {}
+             FROM outbox o JOIN alert_log a ON a.id = o.alert_id
+             WHERE o.receiver = ?1 AND o.delivered_at IS NULL AND o.abandoned_at IS NULL ORDER BY o.id LIMIT 1",
+            ALERT_COLUMNS
+                .split(',')
+                .map(|c| format!("a.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .map_err(StoreError::sql("read outbox"))?;
+    for r in receivers {
+        let row = stmt
+            .query_row([r], |row| {
+                let next: String = row.get(3)?;
+                let alert = AlertRow {
+                    id: row.get(4)?,
+                    fingerprint: row.get(5)?,
+                    alertname: row.get(6)?,
+                    severity: row.get(7)?,
+                    status: row.get(8)?,
+                    labels: serde_json::from_str(&row.get::<_, String>(9)?)
+                        .unwrap_or(serde_json::Value::Null),
+                    summary: row.get(10)?,
+                    started_at: row.get(11)?,
+                    resolved_at: row.get(12)?,
+                    last_notified_at: row.get(13)?,
+                };
+                Ok(Pending {
+                    id: row.get(0)?,
+                    receiver: r.clone(),
+                    event: row.get(1)?,
+                    attempts: row.get(2)?,
+                    next_attempt_at: parse_rfc3339(&next).unwrap_or(0),
+                    alert,
+                })
+            })
+            .optional()
+            .map_err(StoreError::sql("read outbox"))?;
+        out.extend(row);
+    }
+    Ok(out)
+}
+
+/// Marks a notification delivered and the alert notified.
+pub fn mark_delivered(conn: &Connection, p: &Pending, now: i64) -> Result<(), StoreError> {
+    let at = format_ns(now);
+    conn.execute(
+        "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+        params![p.id, at],
+    )
+    .map_err(StoreError::sql("mark notification delivered"))?;
+    conn.execute(
+        "UPDATE alert_log SET last_notified_at = ?2 WHERE id = ?1",
+        params![p.alert.id, at],
+    )
+    .map_err(StoreError::sql("mark alert notified"))?;
+    Ok(())
+}
+
+/// Records a failed attempt and when to try again.
+pub fn mark_failed(
+    conn: &Connection,
+    p: &Pending,
+    error: &str,
+    retry_at: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3 WHERE id = ?1",
+        params![p.id, error, format_ns(retry_at)],
+    )
+    .map_err(StoreError::sql("record failed delivery"))?;
+    Ok(())
+}
+
+/// Gives up on a notification the receiver refuses for good.
+pub fn mark_abandoned(
+    conn: &Connection,
+    p: &Pending,
+    error: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, abandoned_at = ?3 WHERE id = ?1",
+        params![p.id, error, format_ns(now)],
+    )
+    .map_err(StoreError::sql("record abandoned notification"))?;
+    Ok(())
+}
+
+/// Firing alerts for an Alertmanager refresh.
+pub fn firing(conn: &Connection) -> Result<Vec<AlertRow>, StoreError> {
+    list(conn, false, 10_000)
+}
