@@ -155,10 +155,17 @@ impl Lab {
 
     /// Starts a container running `script` under busybox sh; returns its name.
     fn run(&mut self, suffix: &str, tty: bool, script: &str) -> String {
+        self.run_labeled(suffix, tty, &[], script)
+    }
+
+    fn run_labeled(&mut self, suffix: &str, tty: bool, labels: &[&str], script: &str) -> String {
         let name = format!("tw-{}-{suffix}", self.label);
         let mut args = vec!["run", "-d", "--name", &name, "--label"];
         let label = format!("tw.test={}", self.label);
         args.push(&label);
+        for l in labels {
+            args.extend(["--label", l]);
+        }
         if tty {
             args.push("-t");
         }
@@ -389,6 +396,10 @@ fn missing_daemon_socket_retries_and_reports() {
         "SELECT count(*) FROM events WHERE kind = 'docker_unreachable'",
         1,
     );
+    lab.wait_for(
+        "SELECT count(*) FROM alerts WHERE alertname = 'DockerUnreachable' AND status = 'firing'",
+        1,
+    );
     // Still running (never exits on daemon errors), and stops cleanly.
     assert!(
         lab.watch.as_mut().unwrap().try_wait().unwrap().is_none(),
@@ -533,6 +544,59 @@ fn silent_running_container_is_reattached_without_duplicates() {
         lab.db.count(&format!(
             "SELECT count(*) FROM events WHERE container = '{c}' AND message = 'WARNING:q:first'"
         )),
+        1
+    );
+}
+
+#[test]
+fn crashed_queue_container_raises_queue_container_down_until_it_runs_again() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new(
+        "qdown",
+        "[alerts]\nqueue_down_for = \"1s\"\n[status]\ninterval = \"1s\"\n",
+    );
+    lab.start_watch(&[]);
+    // Crashes on its first start; stays up once restarted.
+    let q = lab.run_labeled(
+        "queue",
+        false,
+        &["trainwatch.role=queue"],
+        "if [ -e /again ]; then echo 'INFO:queue:consuming again'; sleep 600; else : > /again; echo 'ERROR:queue:lost connection' >&2; exit 1; fi",
+    );
+    lab.wait_exit(&q);
+    lab.wait_for(
+        &format!("SELECT count(*) FROM alerts WHERE alertname = 'QueueContainerDown' AND status = 'firing' AND json_extract(labels, '$.container') = '{q}'"),
+        1,
+    );
+    // The status file beside the database lists it.
+    let status_path = lab.db.path.with_file_name("trainwatch-status.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&status_path).unwrap_or_default();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && v["alerts_firing"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["alertname"] == "QueueContainerDown"))
+        {
+            assert_eq!(v["alerts_firing"][0]["severity"], "critical");
+            assert!(v["heartbeat_at"].is_string());
+            break;
+        }
+        assert!(Instant::now() < deadline, "status file: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = Command::new("docker").args(["start", &q]).output().unwrap();
+    assert!(o.status.success());
+    lab.wait_for(
+        "SELECT count(*) FROM alerts WHERE alertname = 'QueueContainerDown' AND status = 'resolved'",
+        1,
+    );
+    lab.stop_watch();
+    assert_eq!(
+        lab.db
+            .count("SELECT count(*) FROM alerts WHERE alertname = 'QueueContainerDown'"),
         1
     );
 }

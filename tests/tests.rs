@@ -1,4 +1,6 @@
 //! Integration tests, one binary. Modules:
+//! - `alerts`: rules under paused time, replayed real runs, delivery to a real HTTP receiver
+//!   and a real Alertmanager.
 //! - `replay`: real Ultralytics captures (fixtures/ultralytics) against their results.csv.
 //! - `dedup`: replaying twice, overlapping rotated sets, resuming after a partial replay.
 //! - `bad_input`: invalid UTF-8, truncated JSON, 1 MiB lines, NaN, control characters, clock
@@ -10,6 +12,7 @@
 
 mod util;
 
+mod alerts;
 mod bad_input;
 mod cli;
 mod dedup;

@@ -9,16 +9,14 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use tokio::sync::mpsc::Sender;
-use trainwatch::derive::Op;
 use trainwatch::derive::alerts::Engine;
 use trainwatch::output::notify::Notifier;
-use trainwatch::output::status::{self, StatusConfig};
+use trainwatch::output::status;
 use trainwatch::parse::Parser;
 use trainwatch::source::docker::{self, Shared};
 use trainwatch::source::probes;
 use trainwatch::store::{AlertSink, WriterHandle, WriterOptions};
-use trainwatch::time::Clock;
+use trainwatch::time::{Age, Clock};
 
 #[derive(Args, Debug)]
 pub struct WatchArgs {}
@@ -69,17 +67,23 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             stop.cancel();
         });
         let tasks = tokio_util::task::TaskTracker::new();
-        tasks.spawn(ticker(sender.clone(), shutdown.clone()));
+        tasks.spawn(probes::clock(
+            sender.clone(),
+            probes::TICK,
+            Clock::new(),
+            shutdown.clone(),
+        ));
         tasks.spawn(probes::run(
             cfg.probes.clone(),
             sender.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(notifier.run(wake, shutdown.clone()));
-        if !cfg.status.file.as_os_str().is_empty() {
+        if let Some(path) = cfg.status.path(&dbp) {
             tasks.spawn(status_file(
                 dbp.clone(),
-                cfg.status.clone(),
+                path,
+                cfg.status.interval,
                 shutdown.clone(),
             ));
         }
@@ -111,35 +115,16 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     Ok(())
 }
 
-/// How often the clock reaches the alert rules (and the heartbeat the store).
-const TICK: Duration = Duration::from_secs(5);
-
-/// Sends the wall clock to the writer: time-based alert rules and the heartbeat.
-async fn ticker(writer: Sender<Vec<Op>>, shutdown: CancellationToken) {
-    let clock = Clock::new();
-    let mut every = tokio::time::interval(TICK);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {
-                if writer.send(vec![Op::Tick(clock.now_ns())]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// Rewrites the status file on its interval.
-async fn status_file(db: PathBuf, cfg: StatusConfig, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(cfg.interval.as_duration().max(Duration::from_secs(1)));
+async fn status_file(db: PathBuf, file: PathBuf, interval: Age, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(interval.as_duration().max(Duration::from_secs(1)));
     let mut failing = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let (db, path) = (db.clone(), cfg.file.clone());
+        let (db, path) = (db.clone(), file.clone());
         let res = tokio::task::spawn_blocking(move || {
             let conn = trainwatch::store::open_ro(&db).map_err(|e| e.to_string())?;
             status::write_file(&conn, &path, trainwatch::time::now_ns())

@@ -17,8 +17,9 @@ use crate::time::{Age, format_ns};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatusConfig {
-    /// The status file `watch` rewrites; `""` turns it off.
-    pub file: PathBuf,
+    /// The status file `watch` rewrites (default: `trainwatch-status.json` beside the
+    /// database); `""` turns it off.
+    pub file: Option<PathBuf>,
     /// How often.
     pub interval: Age,
 }
@@ -26,8 +27,19 @@ pub struct StatusConfig {
 impl Default for StatusConfig {
     fn default() -> Self {
         StatusConfig {
-            file: PathBuf::from("trainwatch-status.json"),
+            file: None,
             interval: Age::secs(15),
+        }
+    }
+}
+
+impl StatusConfig {
+    /// The status file for the database at `db`, or `None` when turned off.
+    pub fn path(&self, db: &Path) -> Option<PathBuf> {
+        match &self.file {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(db.with_file_name("trainwatch-status.json")),
         }
     }
 }

@@ -148,6 +148,30 @@ pub fn disk_ops(u: &disk::Usage, ts: i64, out: &mut Vec<Op>) {
     );
 }
 
+/// How often `watch` sends the clock to the alert rules (and the heartbeat to the store).
+pub const TICK: Duration = Duration::from_secs(5);
+
+/// Sends [`Op::Tick`] with `clock`'s time every `every` until `shutdown`: time-based alert
+/// rules (`for` durations, staleness, repeats) are evaluated on it, and the heartbeat written.
+pub async fn clock(
+    writer: Sender<Vec<Op>>,
+    every: Duration,
+    clock: crate::time::Clock,
+    shutdown: CancellationToken,
+) {
+    let mut t = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = t.tick() => {
+                if writer.send(vec![Op::Tick(clock.now_ns())]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Runs the probes until `shutdown`.
 pub async fn run(cfg: ProbesConfig, writer: Sender<Vec<Op>>, shutdown: CancellationToken) {
     let mut gpu_health = Health::default();

@@ -1,0 +1,467 @@
+//! Alerts end to end: rules on the live writer under paused Tokio time, replays of real
+//! captured runs, delivery to a real HTTP receiver on 127.0.0.1 (outage, recovery, restart),
+//! and to a real Alertmanager.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use trainwatch::derive::alerts::{Engine, Rules, Signal};
+use trainwatch::derive::{MetricRow, Op};
+use trainwatch::output::notify::{Notifier, NotifyConfig, ReceiverConfig, ReceiverKind};
+use trainwatch::source::probes;
+use trainwatch::store::{AlertSink, WriterHandle, WriterOptions};
+use trainwatch::time::{Age, Clock};
+
+use crate::util::{Db, fixture_str};
+
+fn live_writer(
+    db: &Db,
+    receivers: &[&str],
+    wake: Option<Arc<tokio::sync::Notify>>,
+) -> WriterHandle {
+    let engine = Engine::new(Rules::default(), true, "/azaion");
+    WriterHandle::spawn_with(
+        db.path.clone(),
+        WriterOptions {
+            alerts: Some(AlertSink::new(
+                engine,
+                receivers.iter().map(|s| s.to_string()).collect(),
+                wake,
+            )),
+            retry: false,
+        },
+    )
+    .expect("writer")
+}
+
+/// `QueueContainerDown` waits its 5 minutes: driven by the clock task under paused time.
+#[test]
+fn queue_container_down_waits_five_minutes_of_clock_ticks() {
+    for (wait_secs, firing) in [(290u64, 0i64), (310, 1)] {
+        let db = Db::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let writer = live_writer(&db, &[], None);
+        rt.block_on(async {
+            let tx = writer.sender().unwrap();
+            let clock = Clock::new();
+            let down = Signal::Container {
+                name: Arc::from("annotation-queue"),
+                role: "queue".into(),
+                running: false,
+            };
+            tx.send(vec![Op::Signal(clock.now_ns(), down)])
+                .await
+                .unwrap();
+            let stop = CancellationToken::new();
+            let ticks = tokio::spawn(probes::clock(tx.clone(), probes::TICK, clock, stop.clone()));
+            tokio::time::sleep(Duration::from_secs(wait_secs)).await;
+            stop.cancel();
+            ticks.await.unwrap();
+            // The clock as it stands now, whatever ticks the channel let through.
+            tx.send(vec![Op::Tick(clock.now_ns())]).await.unwrap();
+        });
+        writer.finish().unwrap();
+        assert_eq!(
+            db.count("SELECT count(*) FROM alerts WHERE alertname = 'QueueContainerDown' AND status = 'firing'"),
+            firing,
+            "after {wait_secs}s"
+        );
+        // The heartbeat followed the clock.
+        assert_eq!(db.count("SELECT count(*) FROM heartbeat"), 1);
+    }
+}
+
+#[test]
+fn replay_of_the_nan_run_fires_at_epoch_2_and_normal_runs_fire_nothing() {
+    let db = Db::new();
+    for name in ["normal", "earlystop", "interrupted", "crash", "longline"] {
+        db.replay(
+            &[fixture_str(&format!("ultralytics/{name}-json.log"))],
+            Some(name),
+        );
+    }
+    assert_eq!(db.count("SELECT count(*) FROM alerts"), 0);
+    db.replay(&[fixture_str("ultralytics/nan-json.log")], Some("nan"));
+    assert_eq!(db.count("SELECT count(*) FROM alerts"), 1);
+    let first_nan = db
+        .text(
+            "SELECT min(ts) FROM events WHERE container = 'nan' AND kind = 'loss_non_finite'
+             AND json_extract(context, '$.epoch') = 2",
+        )
+        .unwrap();
+    assert_eq!(
+        db.text("SELECT started_at FROM alerts WHERE alertname = 'TrainingLossNonFinite'"),
+        Some(first_nan)
+    );
+    assert_eq!(
+        db.text("SELECT summary FROM alerts").as_deref(),
+        Some("Training loss is NaN/inf in nan at epoch 2")
+    );
+    assert_eq!(
+        db.text("SELECT json_extract(labels, '$.severity') FROM alerts")
+            .as_deref(),
+        Some("high")
+    );
+    // The run failed: nothing burns GPU any more, the alert is resolved with the run's end.
+    assert_eq!(
+        db.text("SELECT resolved_at FROM alerts"),
+        db.text("SELECT ended_at FROM training_runs WHERE container = 'nan'")
+    );
+    // Replay never pages: no notification was queued. A second replay adds nothing.
+    assert_eq!(db.count("SELECT count(*) FROM outbox"), 0);
+    db.replay(&[fixture_str("ultralytics/nan-json.log")], Some("nan"));
+    assert_eq!(db.count("SELECT count(*) FROM alerts"), 1);
+}
+
+/// A webhook receiver on 127.0.0.1 that answers 503 to its first `fail_first` requests.
+struct Receiver {
+    url: String,
+    ok: Arc<Mutex<Vec<Value>>>,
+    failed: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start(port: u16, fail_first: usize) -> Receiver {
+        let server = tiny_http::Server::http(("127.0.0.1", port)).expect("bind receiver");
+        let port = server.server_addr().to_ip().unwrap().port();
+        let ok = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok2, failed2, stop2) = (ok.clone(), failed.clone(), stop.clone());
+        let join = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let mut body = String::new();
+                let _ = req.as_reader().read_to_string(&mut body);
+                if failed2.load(Ordering::SeqCst) < fail_first {
+                    failed2.fetch_add(1, Ordering::SeqCst);
+                    let _ = req.respond(tiny_http::Response::empty(503));
+                    continue;
+                }
+                let auth = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Authorization"))
+                    .map(|h| h.value.to_string());
+                let mut v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                if let (Some(a), Value::Object(m)) = (auth, &mut v) {
+                    m.insert("_auth".into(), Value::String(a));
+                }
+                ok2.lock().unwrap().push(v);
+                let _ = req.respond(tiny_http::Response::empty(200));
+            }
+        });
+        Receiver {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            ok,
+            failed,
+            stop,
+            join: Some(join),
+        }
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.ok.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+fn notify_cfg(kind: ReceiverKind, url: &str) -> NotifyConfig {
+    NotifyConfig {
+        receivers: vec![ReceiverConfig {
+            name: "oncall".into(),
+            kind,
+            url: url.into(),
+            bearer_token: Some("s3cret-token".into()),
+            bearer_token_env: None,
+            timeout: Age::secs(5),
+        }],
+        alertmanager_resend: Age::secs(60),
+        instance: Some("gpu-server-1".into()),
+    }
+}
+
+fn gpu_temp(value: f64, ts: i64) -> Op {
+    Op::Metric(MetricRow {
+        ts,
+        container: Arc::from("gpu0"),
+        name: "gpu_temperature_c",
+        value,
+    })
+}
+
+/// Feeds a fire and a resolve of `GpuTemperatureHigh` through a live writer.
+fn fire_and_resolve(db: &Db) {
+    let writer = live_writer(db, &["oncall"], None);
+    let now = trainwatch::time::now_ns();
+    writer.send(vec![gpu_temp(95.0, now)]).unwrap();
+    writer
+        .send(vec![gpu_temp(60.0, now + 1_000_000_000)])
+        .unwrap();
+    writer.finish().unwrap();
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_outage_then_recovery_loses_nothing_and_doubles_nothing() {
+    let db = Db::new();
+    let rx = Receiver::start(0, 2);
+    tokio::task::block_in_place(|| fire_and_resolve(&db));
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox WHERE delivered_at IS NULL"),
+        2
+    );
+    let stop = CancellationToken::new();
+    let notifier =
+        Notifier::new(notify_cfg(ReceiverKind::Webhook, &rx.url), db.path.clone()).unwrap();
+    let task = tokio::spawn(notifier.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
+    wait_for("two deliveries", 30, || rx.received().len() >= 2).await;
+    // Give a duplicate the chance to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    task.await.unwrap();
+    let got = rx.received();
+    assert_eq!(rx.failed.load(Ordering::SeqCst), 2, "two 503s");
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(got[0]["status"], "firing");
+    assert_eq!(got[1]["status"], "resolved");
+    assert_ne!(got[0]["notification_id"], got[1]["notification_id"]);
+    assert_eq!(got[0]["alert"]["alertname"], "GpuTemperatureHigh");
+    assert_eq!(got[0]["alert"]["labels"]["gpu"], "0");
+    assert_eq!(got[0]["alert"]["severity"], "critical");
+    assert_eq!(got[0]["instance"], "gpu-server-1");
+    assert_eq!(got[0]["_auth"], "Bearer s3cret-token");
+    assert!(got[1]["alert"]["resolved_at"].is_string());
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox WHERE delivered_at IS NULL"),
+        0
+    );
+    // The first one took three attempts (503, 503, 200), in order before the second.
+    assert_eq!(db.count("SELECT max(attempts) FROM outbox"), 3);
+    assert_eq!(
+        db.count("SELECT count(*) FROM alerts WHERE last_notified_at IS NOT NULL"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_notifications_survive_a_restart_of_the_notifier() {
+    let db = Db::new();
+    // A port with nobody listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    tokio::task::block_in_place(|| fire_and_resolve(&db));
+    let stop = CancellationToken::new();
+    let n1 = Notifier::new(notify_cfg(ReceiverKind::Webhook, &url), db.path.clone()).unwrap();
+    let task = tokio::spawn(n1.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
+    wait_for("a failed attempt", 20, || {
+        db.count("SELECT count(*) FROM outbox WHERE attempts > 0") > 0
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert!(
+        db.text("SELECT last_error FROM outbox WHERE attempts > 0 LIMIT 1")
+            .is_some_and(|e| !e.contains("127.0.0.1")),
+        "errors are logged and stored without the URL"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox WHERE delivered_at IS NULL"),
+        2
+    );
+    // trainwatch starts again; the receiver is back.
+    let rx = Receiver::start(port, 0);
+    let stop = CancellationToken::new();
+    let n2 = Notifier::new(notify_cfg(ReceiverKind::Webhook, &url), db.path.clone()).unwrap();
+    let task = tokio::spawn(n2.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
+    wait_for("both deliveries", 30, || rx.received().len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    task.await.unwrap();
+    let got = rx.received();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(got[0]["status"], "firing");
+    assert_eq!(got[1]["status"], "resolved");
+}
+
+/// Starts Debian's `prometheus-alertmanager` on a loopback port (installed by `.ci/run`).
+struct Alertmanager {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_alertmanager() -> Option<Alertmanager> {
+    let bin = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(bin) = bin else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("prometheus-alertmanager is not installed (.ci/run installs it)");
+        }
+        eprintln!("skipping: prometheus-alertmanager is not installed");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &cfg,
+        "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(bin)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start alertmanager");
+    let am = Alertmanager {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let ready = format!("{}/-/ready", am.url);
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Some(am);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("alertmanager did not become ready");
+}
+
+async fn am_alerts(url: &str) -> Vec<Value> {
+    reqwest::get(format!("{url}/api/v2/alerts"))
+        .await
+        .unwrap()
+        .json::<Vec<Value>>()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alertmanager_receives_the_alert_and_its_resolution() {
+    let Some(am) = start_alertmanager().await else {
+        return;
+    };
+    let db = Db::new();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let writer = live_writer(&db, &["oncall"], Some(wake.clone()));
+    let stop = CancellationToken::new();
+    let notifier = Notifier::new(
+        notify_cfg(ReceiverKind::Alertmanager, &am.url),
+        db.path.clone(),
+    )
+    .unwrap();
+    let task = tokio::spawn(notifier.run(wake, stop.clone()));
+    let tx = writer.sender().unwrap();
+    tx.send(vec![gpu_temp(97.0, trainwatch::time::now_ns())])
+        .await
+        .unwrap();
+    let mut found = Value::Null;
+    for _ in 0..200 {
+        let alerts = am_alerts(&am.url).await;
+        if let Some(a) = alerts
+            .into_iter()
+            .find(|a| a["labels"]["alertname"] == "GpuTemperatureHigh")
+        {
+            found = a;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found["labels"]["gpu"], "0", "{found:#}");
+    assert_eq!(found["labels"]["severity"], "critical");
+    assert_eq!(found["labels"]["instance"], "gpu-server-1");
+    assert_eq!(found["status"]["state"], "active");
+    assert!(
+        found["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("97")
+    );
+    // Resolve: Alertmanager drops it from its active alerts.
+    tx.send(vec![gpu_temp(50.0, trainwatch::time::now_ns())])
+        .await
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..200 {
+        let alerts = am_alerts(&am.url).await;
+        if !alerts
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "GpuTemperatureHigh")
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the alert was not resolved in Alertmanager");
+    stop.cancel();
+    task.await.unwrap();
+    drop(tx);
+    tokio::task::spawn_blocking(move || writer.finish().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox WHERE delivered_at IS NOT NULL"),
+        2
+    );
+}
