@@ -126,4 +126,31 @@ mod tests {
         assert!(Config::parse("[retention]\nevents = 'soon'\n", Path::new("t.toml")).is_err());
         assert!(Config::parse("unknown = 1\n", Path::new("t.toml")).is_err());
     }
+
+    /// Every TOML example in README.md is a valid config.
+    #[test]
+    fn readme_examples_parse() {
+        let readme = include_str!("../README.md");
+        let mut n = 0;
+        for block in readme.split("```toml\n").skip(1) {
+            let text = block.split("```").next().unwrap();
+            let c = Config::parse(text, Path::new("README.md"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            n += 1;
+            if text.contains("[[notify.receivers]]") {
+                assert_eq!(c.notify.receivers[0].name, "oncall");
+                assert_eq!(c.alerts.queue_down_for, crate::time::Age::secs(300));
+                assert_eq!(c.alerts.diverging.rising_epochs, 5);
+            }
+        }
+        assert!(n >= 2);
+    }
+
+    #[test]
+    fn bad_durations_are_named() {
+        let e = Config::parse("[alerts]\nqueue_down_for = 'soon'\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("soon") && e.contains("duration"), "{e}");
+    }
 }

@@ -12,11 +12,14 @@
 //! `replay` feeds archived files through this pipeline; every stage after the source is shared.
 //!
 //! # Layout
-//! - [`source`]: live Docker follow, files, json-file reader with partial merge, plain text.
+//! - [`source`]: live Docker follow, files, json-file reader with partial merge, plain text,
+//!   host probes.
 //! - [`assemble`]: `\r` frames, ANSI stripping, multi-line grouping.
 //! - [`parse`]: line parsers (nom for text, serde_json for JSON) and message patterns.
 //! - [`derive`]: the per-container run/epoch state machine and metrics.
-//! - [`store`]: SQLite schema, writer, queries, retention.
+//! - [`derive::alerts`](crate::derive::alerts): the alert rule engine, run by the store's writer on committed rows.
+//! - [`store`]: SQLite schema, writer, queries, alerts and their outbox, retention.
+//! - [`output`]: alert delivery (webhooks, Alertmanager) and the status file.
 //! - [`pipeline`]: the replay driver wiring the stages together.
 //! - [`redact`]: secret and payload redaction before anything is stored or logged.
 //! - [`telemetry`]: trainwatch's own logs in the service JSON format.

@@ -81,6 +81,7 @@ pub fn replay_with(
         WriterOptions {
             alerts: Some(AlertSink::new(engine, Vec::new(), None)),
             retry: false,
+            health: None,
         },
     )?;
     let conn = store::open_ro(&db)?;

@@ -32,6 +32,7 @@ fn live_writer(
                 wake,
             )),
             retry: false,
+            health: None,
         },
     )
     .expect("writer")
@@ -241,8 +242,12 @@ async fn webhook_outage_then_recovery_loses_nothing_and_doubles_nothing() {
         2
     );
     let stop = CancellationToken::new();
-    let notifier =
-        Notifier::new(notify_cfg(ReceiverKind::Webhook, &rx.url), db.path.clone()).unwrap();
+    let notifier = Notifier::new(
+        notify_cfg(ReceiverKind::Webhook, &rx.url),
+        db.path.clone(),
+        Default::default(),
+    )
+    .unwrap();
     let task = tokio::spawn(notifier.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
     wait_for("two deliveries", 30, || rx.received().len() >= 2).await;
     // Give a duplicate the chance to show up.
@@ -285,7 +290,12 @@ async fn queued_notifications_survive_a_restart_of_the_notifier() {
     let url = format!("http://127.0.0.1:{port}/hook");
     tokio::task::block_in_place(|| fire_and_resolve(&db));
     let stop = CancellationToken::new();
-    let n1 = Notifier::new(notify_cfg(ReceiverKind::Webhook, &url), db.path.clone()).unwrap();
+    let n1 = Notifier::new(
+        notify_cfg(ReceiverKind::Webhook, &url),
+        db.path.clone(),
+        Default::default(),
+    )
+    .unwrap();
     let task = tokio::spawn(n1.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
     wait_for("a failed attempt", 20, || {
         db.count("SELECT count(*) FROM outbox WHERE attempts > 0") > 0
@@ -305,7 +315,12 @@ async fn queued_notifications_survive_a_restart_of_the_notifier() {
     // trainwatch starts again; the receiver is back.
     let rx = Receiver::start(port, 0);
     let stop = CancellationToken::new();
-    let n2 = Notifier::new(notify_cfg(ReceiverKind::Webhook, &url), db.path.clone()).unwrap();
+    let n2 = Notifier::new(
+        notify_cfg(ReceiverKind::Webhook, &url),
+        db.path.clone(),
+        Default::default(),
+    )
+    .unwrap();
     let task = tokio::spawn(n2.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
     wait_for("both deliveries", 30, || rx.received().len() >= 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -408,6 +423,7 @@ async fn a_real_alertmanager_receives_the_alert_and_its_resolution() {
     let notifier = Notifier::new(
         notify_cfg(ReceiverKind::Alertmanager, &am.url),
         db.path.clone(),
+        Default::default(),
     )
     .unwrap();
     let task = tokio::spawn(notifier.run(wake, stop.clone()));
@@ -463,5 +479,84 @@ async fn a_real_alertmanager_receives_the_alert_and_its_resolution() {
     assert_eq!(
         db.count("SELECT count(*) FROM outbox WHERE delivered_at IS NOT NULL"),
         2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_is_reported_out_of_band_then_resolved_through_the_outbox() {
+    let db = Db::new();
+    let rx = Receiver::start(0, 0);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let health = trainwatch::store::StoreHealth::default();
+    let engine = Engine::new(Rules::default(), true, "/azaion");
+    let writer = WriterHandle::spawn_with(
+        db.path.clone(),
+        WriterOptions {
+            alerts: Some(AlertSink::new(
+                engine,
+                vec!["oncall".into()],
+                Some(wake.clone()),
+            )),
+            retry: true,
+            health: Some(health.clone()),
+        },
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let notifier = Notifier::new(
+        notify_cfg(ReceiverKind::Webhook, &rx.url),
+        db.path.clone(),
+        health.clone(),
+    )
+    .unwrap();
+    let task = tokio::spawn(notifier.run(wake, stop.clone()));
+    // Another program holds the write lock.
+    let locker = rusqlite::Connection::open(&db.path).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let tx = writer.sender().unwrap();
+    tx.send(vec![Op::Tick(trainwatch::time::now_ns())])
+        .await
+        .unwrap();
+    wait_for("the out-of-band StoreNotWritable", 40, || {
+        rx.received()
+            .iter()
+            .any(|v| v["alert"]["alertname"] == "StoreNotWritable")
+    })
+    .await;
+    assert!(
+        health
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .error
+            .contains("locked")
+    );
+    locker.execute_batch("ROLLBACK").unwrap();
+    wait_for("the store to recover", 40, || {
+        health.lock().unwrap().is_none()
+    })
+    .await;
+    tx.send(vec![Op::Tick(trainwatch::time::now_ns())])
+        .await
+        .unwrap();
+    wait_for("the resolution", 40, || rx.received().len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    task.await.unwrap();
+    drop(tx);
+    tokio::task::spawn_blocking(move || writer.finish().unwrap())
+        .await
+        .unwrap();
+    let got = rx.received();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(got[0]["status"], "firing");
+    assert_eq!(got[0]["notification_id"], 0);
+    assert_eq!(got[1]["status"], "resolved");
+    assert_eq!(got[1]["alert"]["alertname"], "StoreNotWritable");
+    // History keeps it once the store is back.
+    assert_eq!(
+        db.count("SELECT count(*) FROM alerts WHERE alertname = 'StoreNotWritable' AND status = 'resolved'"),
+        1
     );
 }

@@ -103,3 +103,63 @@ fn errors_name_the_problem() {
         );
     }
 }
+
+#[test]
+fn alerts_command_lists_firing_and_all() {
+    let db = Db::new();
+    let o = bin(
+        &[
+            "replay",
+            "--container",
+            "nan",
+            &fixture_str("ultralytics/nan-json.log"),
+        ],
+        &db.path,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The NaN run's alert is resolved (the run failed): nothing firing.
+    let o = bin(&["alerts"], &db.path);
+    assert!(o.status.success());
+    assert_eq!(out(&o).trim(), "no alerts firing");
+    let o = bin(&["alerts", "--format", "json"], &db.path);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let o = bin(&["alerts", "--all", "--format", "json"], &db.path);
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    assert_eq!(all[0]["alertname"], "TrainingLossNonFinite");
+    assert_eq!(all[0]["severity"], "high");
+    assert_eq!(all[0]["status"], "resolved");
+    assert_eq!(all[0]["labels"]["container"], "nan");
+    let o = bin(&["alerts", "--all"], &db.path);
+    let table = out(&o);
+    let header = table.lines().next().unwrap();
+    for col in [
+        "severity",
+        "alertname",
+        "status",
+        "labels",
+        "started_at",
+        "resolved_at",
+        "summary",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(table.contains("container=nan"), "{table}");
+    // The view is plain SQL.
+    let o = bin(
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT alertname, status FROM alerts",
+        ],
+        &db.path,
+    );
+    assert_eq!(
+        out(&o),
+        "alertname,status\nTrainingLossNonFinite,resolved\n"
+    );
+}

@@ -56,9 +56,11 @@ pub fn run(args: PruneArgs, db: &Path, config: Option<&std::path::Path>) -> anyh
     let mut out = stdout.lock();
     writeln!(
         out,
-        "{verb} {} events and {} metric samples older than {events_age} (before {cut}); {} runs and {} epochs ({})",
+        "{verb} {} events, {} metric samples, {} resolved alerts and {} sent notifications older than {events_age} (before {cut}); {} runs and {} epochs ({})",
         rep.events,
         rep.metric_samples,
+        rep.alerts,
+        rep.notifications,
         rep.runs,
         rep.epochs,
         if hist.is_some() {

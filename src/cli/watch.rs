@@ -15,7 +15,7 @@ use trainwatch::output::status;
 use trainwatch::parse::Parser;
 use trainwatch::source::docker::{self, Shared};
 use trainwatch::source::probes;
-use trainwatch::store::{AlertSink, WriterHandle, WriterOptions};
+use trainwatch::store::{AlertSink, StoreHealth, WriterHandle, WriterOptions};
 use trainwatch::time::{Age, Clock};
 
 #[derive(Args, Debug)]
@@ -25,6 +25,7 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     let cfg = super::load_config(config)?;
     let parser = Arc::new(Parser::new(cfg.patterns()?));
     let wake = Arc::new(tokio::sync::Notify::new());
+    let store_health = StoreHealth::default();
     let engine = Engine::new(
         cfg.alerts.clone(),
         true,
@@ -39,10 +40,11 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
                 Some(wake.clone()),
             )),
             retry: true,
+            health: Some(store_health.clone()),
         },
     )
     .with_context(|| format!("opening {}", db.display()))?;
-    let notifier = Notifier::new(cfg.notify.clone(), db.to_path_buf())
+    let notifier = Notifier::new(cfg.notify.clone(), db.to_path_buf(), store_health.clone())
         .with_context(|| format!("opening {} for alert delivery", db.display()))?;
     // One thread runs every follower: the work per line is small, and a task hopping between
     // workers cost more in wake-ups than it gained (bench/watch.py); SQLite has its own thread.
@@ -83,6 +85,7 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             tasks.spawn(status_file(
                 dbp.clone(),
                 path,
+                store_health,
                 cfg.status.interval,
                 shutdown.clone(),
             ));
@@ -116,7 +119,13 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
 }
 
 /// Rewrites the status file on its interval.
-async fn status_file(db: PathBuf, file: PathBuf, interval: Age, shutdown: CancellationToken) {
+async fn status_file(
+    db: PathBuf,
+    file: PathBuf,
+    health: StoreHealth,
+    interval: Age,
+    shutdown: CancellationToken,
+) {
     let mut every = tokio::time::interval(interval.as_duration().max(Duration::from_secs(1)));
     let mut failing = false;
     loop {
@@ -125,9 +134,11 @@ async fn status_file(db: PathBuf, file: PathBuf, interval: Age, shutdown: Cancel
             _ = every.tick() => {}
         }
         let (db, path) = (db.clone(), file.clone());
+        let outage = health.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let res = tokio::task::spawn_blocking(move || {
             let conn = trainwatch::store::open_ro(&db).map_err(|e| e.to_string())?;
-            status::write_file(&conn, &path, trainwatch::time::now_ns())
+            let extra: Vec<_> = outage.iter().map(trainwatch::store::outage_alert).collect();
+            status::write_file(&conn, &path, trainwatch::time::now_ns(), extra)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));

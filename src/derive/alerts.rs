@@ -381,14 +381,24 @@ impl Engine {
         self.clock = self.clock.max(now);
         let labels = labels(AlertName::StoreNotWritable, &[]);
         match error {
-            Some(e) => self.fire_now(
-                AlertName::StoreNotWritable,
-                labels,
-                format!("The database cannot be written: {e}"),
-                now,
-                None,
-                out,
-            ),
+            Some(e) => {
+                let from = out.len();
+                self.fire_now(
+                    AlertName::StoreNotWritable,
+                    labels,
+                    format!("The database cannot be written: {e}"),
+                    now,
+                    None,
+                    out,
+                );
+                // The notifier sends the firing itself (the outbox cannot be written now);
+                // the resolution goes through the outbox once the store is back.
+                for c in &mut out[from..] {
+                    if let Change::Fired { notify, .. } = c {
+                        *notify = false;
+                    }
+                }
+            }
             None => self.resolve(&labels, now, out),
         }
     }

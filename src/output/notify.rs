@@ -193,13 +193,18 @@ pub fn backoff(attempts: u32) -> Duration {
 /// The delivery task.
 pub struct Notifier {
     cfg: NotifyConfig,
+    health: crate::store::StoreHealth,
     client: reqwest::Client,
     conn: Arc<Mutex<Connection>>,
     instance: String,
 }
 
 impl Notifier {
-    pub fn new(cfg: NotifyConfig, db: PathBuf) -> Result<Self, crate::error::StoreError> {
+    pub fn new(
+        cfg: NotifyConfig,
+        db: PathBuf,
+        health: crate::store::StoreHealth,
+    ) -> Result<Self, crate::error::StoreError> {
         let conn = crate::store::open_rw(&db)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -209,6 +214,7 @@ impl Notifier {
         let instance = cfg.instance.clone().unwrap_or_else(hostname);
         Ok(Notifier {
             cfg,
+            health,
             client,
             conn: Arc::new(Mutex::new(conn)),
             instance,
@@ -381,6 +387,45 @@ impl Notifier {
         }
     }
 
+    /// Sends `StoreNotWritable` straight to every receiver (the outbox is in the store that
+    /// cannot be written). Returns whether all of them took it.
+    async fn send_outage(&self, o: &crate::store::StoreOutage) -> bool {
+        let alert = crate::store::outage_alert(o);
+        let mut all = true;
+        for r in &self.cfg.receivers {
+            let body = match r.kind {
+                ReceiverKind::Webhook => webhook_body(
+                    &Pending {
+                        id: 0,
+                        receiver: r.name.clone(),
+                        event: "firing".into(),
+                        attempts: 0,
+                        next_attempt_at: 0,
+                        alert: alert.clone(),
+                    },
+                    &self.instance,
+                ),
+                ReceiverKind::Alertmanager => {
+                    let ends_in = 4 * self.cfg.alertmanager_resend.0.max(1_000_000_000);
+                    json!([alertmanager_alert(
+                        &alert,
+                        &self.instance,
+                        now_ns(),
+                        ends_in
+                    )])
+                }
+            };
+            if let Err(f) = self.post(r, &body).await {
+                tracing::warn!(receiver = %r.name, error = %f.message, "Cannot deliver StoreNotWritable.");
+                all = false;
+            }
+        }
+        if all {
+            tracing::info!("StoreNotWritable delivered to every receiver.");
+        }
+        all
+    }
+
     /// Runs until `shutdown`: delivers when woken by the writer, when a retry is due, and
     /// refreshes Alertmanager receivers on their interval.
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
@@ -393,13 +438,42 @@ impl Notifier {
             .as_duration()
             .max(Duration::from_secs(1));
         let mut next_refresh = tokio::time::Instant::now() + resend;
+        // The outage (its start) whose firing has been delivered.
+        let mut outage_sent: Option<i64> = None;
         loop {
-            let due = self.drain().await;
+            let outage = self
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let outage_pending = match &outage {
+                Some(o) if outage_sent != Some(o.since) => {
+                    if self.send_outage(o).await {
+                        outage_sent = Some(o.since);
+                        false
+                    } else {
+                        true
+                    }
+                }
+                Some(_) => false,
+                None => {
+                    outage_sent = None;
+                    false
+                }
+            };
+            let due = if outage.is_some() {
+                None
+            } else {
+                self.drain().await
+            };
             if tokio::time::Instant::now() >= next_refresh {
                 self.refresh_alertmanagers().await;
                 next_refresh = tokio::time::Instant::now() + resend;
             }
             let mut wait = next_refresh.saturating_duration_since(tokio::time::Instant::now());
+            if outage_pending {
+                wait = wait.min(Duration::from_secs(5));
+            }
             if let Some(d) = due {
                 let d = Duration::from_nanos((d - now_ns()).max(0) as u64);
                 wait = wait.min(d);

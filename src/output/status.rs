@@ -117,9 +117,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Collects the status and writes it to `path`.
-pub fn write_file(conn: &Connection, path: &Path, now: i64) -> Result<(), String> {
-    let status = collect(conn, now).map_err(|e| e.to_string())?;
+/// Collects the status and writes it to `path`, with `extra` alerts the store cannot hold
+/// (`StoreNotWritable`) first.
+pub fn write_file(
+    conn: &Connection,
+    path: &Path,
+    now: i64,
+    extra: Vec<AlertRow>,
+) -> Result<(), String> {
+    let mut status = collect(conn, now).map_err(|e| e.to_string())?;
+    if !extra.is_empty() {
+        status.alerts_firing.splice(0..0, extra);
+    }
     let mut text = serde_json::to_vec_pretty(&status).map_err(|e| e.to_string())?;
     text.push(b'\n');
     write_atomic(path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))

@@ -93,6 +93,36 @@ pub struct WriterHandle {
     join: Option<std::thread::JoinHandle<Result<WriteStats, StoreError>>>,
 }
 
+/// A store that cannot be written, as the writer last saw it: shared with the notifier and
+/// the status file, which cannot learn it from the store itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreOutage {
+    pub since: i64,
+    pub error: String,
+}
+
+/// `Some` while the writer cannot commit.
+pub type StoreHealth = std::sync::Arc<std::sync::Mutex<Option<StoreOutage>>>;
+
+/// The `StoreNotWritable` alert of an outage, as the status file and receivers see it.
+pub fn outage_alert(o: &StoreOutage) -> alerts::AlertRow {
+    let mut labels = crate::derive::alerts::Labels::new();
+    labels.insert("alertname".into(), "StoreNotWritable".into());
+    labels.insert("severity".into(), "critical".into());
+    alerts::AlertRow {
+        id: 0,
+        fingerprint: crate::derive::alerts::fingerprint(&labels),
+        alertname: "StoreNotWritable".into(),
+        severity: "critical".into(),
+        status: "firing".into(),
+        labels: serde_json::to_value(&labels).unwrap_or_default(),
+        summary: format!("The database cannot be written: {}", o.error),
+        started_at: crate::time::format_ns(o.since),
+        resolved_at: None,
+        last_notified_at: None,
+    }
+}
+
 /// How the writer runs.
 #[derive(Default)]
 pub struct WriterOptions {
@@ -102,12 +132,14 @@ pub struct WriterOptions {
     /// until it commits, raising `StoreNotWritable` meanwhile (`watch`); otherwise the first
     /// failure ends the writer with its error (`replay`).
     pub retry: bool,
+    /// Set while the writer cannot commit (with `retry`).
+    pub health: Option<StoreHealth>,
 }
 
 /// Commits `batch`, retrying with backoff for as long as it takes: the channel before the
 /// writer fills and the sources wait (nothing is dropped; a followed container's lines wait in
 /// Docker's log).
-fn write_until_done(w: &mut Writer, batch: &mut [Op]) {
+fn write_until_done(w: &mut Writer, batch: &mut [Op], health: Option<&StoreHealth>) {
     let mut delay = Duration::from_millis(250);
     let mut failing = false;
     loop {
@@ -116,6 +148,9 @@ fn write_until_done(w: &mut Writer, batch: &mut [Op]) {
                 if failing {
                     tracing::info!("The database can be written again.");
                     w.store_health(None);
+                    if let Some(h) = health {
+                        *h.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
                 }
                 return;
             }
@@ -126,6 +161,11 @@ fn write_until_done(w: &mut Writer, batch: &mut [Op]) {
                 }
                 failing = true;
                 w.store_health(Some(&msg));
+                if let Some(h) = health {
+                    let mut g = h.lock().unwrap_or_else(|e| e.into_inner());
+                    let since = g.as_ref().map_or_else(crate::time::now_ns, |o| o.since);
+                    *g = Some(StoreOutage { since, error: msg });
+                }
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
@@ -151,6 +191,7 @@ impl WriterHandle {
             w = w.with_alerts(sink)?;
         }
         let retry = opts.retry;
+        let health = opts.health;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Op>>(IN_FLIGHT);
         let (spent_tx, spent) = std::sync::mpsc::sync_channel::<Vec<Op>>(IN_FLIGHT + 2);
         let join = std::thread::Builder::new()
@@ -158,7 +199,7 @@ impl WriterHandle {
             .spawn(move || {
                 while let Some(mut batch) = rx.blocking_recv() {
                     if retry {
-                        write_until_done(&mut w, &mut batch);
+                        write_until_done(&mut w, &mut batch, health.as_ref());
                     } else {
                         w.write(&mut batch)?;
                     }

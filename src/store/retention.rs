@@ -16,6 +16,10 @@ pub struct PruneReport {
     pub metric_samples: u64,
     pub runs: u64,
     pub epochs: u64,
+    /// Resolved alerts (with their notifications).
+    pub alerts: u64,
+    /// Delivered or abandoned notifications of alerts that are kept.
+    pub notifications: u64,
     pub freed_pages: u64,
 }
 
@@ -36,6 +40,14 @@ pub fn prune(
     if dry_run {
         rep.events = count("SELECT count(*) FROM event_log WHERE ts < ?1", cutoff)?;
         rep.metric_samples = count("SELECT count(*) FROM metric_log WHERE ts < ?1", cutoff)?;
+        rep.alerts = count(
+            "SELECT count(*) FROM alert_log WHERE status = 'resolved' AND resolved_at < ?1",
+            cutoff,
+        )?;
+        rep.notifications = count(
+            "SELECT count(*) FROM outbox WHERE COALESCE(delivered_at, abandoned_at) < ?1",
+            cutoff,
+        )?;
         if let Some(h) = history_cutoff {
             rep.runs = count(
                 "SELECT count(*) FROM runs WHERE status <> 'running' AND COALESCE(ended_at, started_at) < ?1",
@@ -73,6 +85,18 @@ pub fn prune(
             break;
         }
     }
+    rep.notifications = conn
+        .execute(
+            "DELETE FROM outbox WHERE COALESCE(delivered_at, abandoned_at) < ?1",
+            [cutoff],
+        )
+        .map_err(StoreError::sql("prune notifications"))? as u64;
+    rep.alerts = conn
+        .execute(
+            "DELETE FROM alert_log WHERE status = 'resolved' AND resolved_at < ?1",
+            [cutoff],
+        )
+        .map_err(StoreError::sql("prune alerts"))? as u64;
     if let Some(h) = history_cutoff {
         rep.epochs = conn
             .execute("DELETE FROM epochs WHERE run_id IN (SELECT run_id FROM runs WHERE status <> 'running' AND COALESCE(ended_at, started_at) < ?1)", [h])

@@ -154,6 +154,12 @@ impl Writer {
         if let Some(a) = self.alerts.as_mut() {
             a.engine
                 .store_health(crate::time::now_ns(), error, &mut a.pending);
+            // The notifier delivers the outage itself: the outbox cannot be written.
+            if error.is_some()
+                && let Some(w) = &a.wake
+            {
+                w.notify_one();
+            }
         }
     }
 
