@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::util::Db;
+use crate::util::{Db, fixture};
 
 const IMAGE: &str = "trainwatch-test-busybox:1";
 
@@ -597,6 +597,80 @@ fn crashed_queue_container_raises_queue_container_down_until_it_runs_again() {
     assert_eq!(
         lab.db
             .count("SELECT count(*) FROM alerts WHERE alertname = 'QueueContainerDown'"),
+        1
+    );
+}
+
+#[test]
+fn probes_feed_gauges_and_alert_rules() {
+    if !docker_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("azaion");
+    std::fs::create_dir_all(root.join("datasets/train")).unwrap();
+    std::fs::create_dir_all(root.join("models")).unwrap();
+    std::fs::write(root.join("datasets/train/img.bin"), vec![7u8; 3_000_000]).unwrap();
+    let offset = root.join("offset.yaml");
+    std::fs::write(&offset, "stream: annotations\noffset: 4242\n").unwrap();
+    // No GPU here: a stand-in prints the assembled nvidia-smi rows (GPU 1 at 93 °C).
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        format!(
+            "#!/bin/sh\ncat '{}'\n",
+            fixture("nvidia-smi/query-gpu.csv").display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod").arg("755").arg(&smi).status().unwrap();
+    let mut lab = Lab::new(
+        "probes",
+        &format!(
+            "[probes]\ninterval = \"1s\"\ndir_sizes_interval = \"10s\"\nnvidia_smi = '{}'\ndata_root = '{}'\noffset_file = '{}'\noffset_container = \"queue-x\"\n",
+            smi.display(),
+            root.display(),
+            offset.display()
+        ),
+    );
+    lab.start_watch(&[]);
+    lab.wait_for(
+        "SELECT count(*) FROM alerts WHERE alertname = 'GpuTemperatureHigh' AND json_extract(labels, '$.gpu') = '1' AND status = 'firing'",
+        1,
+    );
+    lab.wait_for(
+        "SELECT CAST(value AS INTEGER) FROM gauges WHERE container = 'queue-x' AND name = 'queue_offset'",
+        4242,
+    );
+    lab.wait_for(
+        "SELECT count(*) FROM gauges WHERE container = 'host' AND name IN ('disk_usage_azaion_pct', 'disk_usage_azaion_gb', 'disk_usage_datasets_gb', 'disk_usage_models_gb')",
+        4,
+    );
+    lab.stop_watch();
+    let db = &lab.db;
+    assert_eq!(
+        db.count("SELECT CAST(value AS INTEGER) FROM gauges WHERE container = 'gpu0' AND name = 'gpu_memory_used_mb'"),
+        22000
+    );
+    // [N/A] fields are left out, not stored as 0.
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM gauges WHERE container = 'gpu2' AND name = 'gpu_memory_used_mb'"
+        ),
+        0
+    );
+    let datasets_gb: f64 = db
+        .conn()
+        .query_row(
+            "SELECT value FROM gauges WHERE name = 'disk_usage_datasets_gb'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!((0.003..0.01).contains(&datasets_gb), "{datasets_gb}");
+    // One GPU too hot, one alert; the others are fine. (Disk alerts depend on this machine.)
+    assert_eq!(
+        db.count("SELECT count(*) FROM alerts WHERE alertname LIKE 'Gpu%'"),
         1
     );
 }
