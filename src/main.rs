@@ -33,6 +33,10 @@ enum Command {
     Replay(cli::replay::ReplayArgs),
     /// Show training runs, or the epochs of one run (`--run ID`).
     History(cli::history::HistoryArgs),
+    /// One line and an exit code for cron: 0 ok, 1 warning, 2 critical.
+    Health(cli::health::HealthArgs),
+    /// A one-screen summary of training, GPUs, disk, queue and alerts (or `--html FILE`).
+    Status(cli::status::StatusArgs),
     /// List firing alerts (or all with `--all`).
     Alerts(cli::alerts::AlertsArgs),
     /// Run a read-only SQL query (views: training_runs, training_epochs, events, metric_samples, alerts).
@@ -66,6 +70,15 @@ fn main() -> ExitCode {
         Command::Replay(a) => cli::replay::run(a, &cli.db, cli.config.as_deref()),
         Command::History(a) => cli::history::run(a, &cli.db),
         Command::Alerts(a) => cli::alerts::run(a, &cli.db),
+        Command::Status(a) => cli::status::run(a, &cli.db),
+        Command::Health(a) => match cli::health::run(a, &cli.db) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                // Cannot tell: critical for cron.
+                return ExitCode::from(2);
+            }
+        },
         Command::Sql(a) => cli::sql::run(a, &cli.db),
         Command::Prune(a) => cli::prune::run(a, &cli.db, cli.config.as_deref()),
     };

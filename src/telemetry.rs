@@ -87,3 +87,44 @@ where
         writeln!(writer, "{line}")
     }
 }
+
+/// trainwatch's own counters, exposed on `/metrics` by `watch --listen`. Process-wide, like a
+/// Prometheus client's default registry.
+pub struct Counters {
+    pub lines_read: std::sync::atomic::AtomicU64,
+    pub events_stored: std::sync::atomic::AtomicU64,
+    pub batches_committed: std::sync::atomic::AtomicU64,
+    pub notifications_delivered: std::sync::atomic::AtomicU64,
+    pub notifications_failed: std::sync::atomic::AtomicU64,
+    skips: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+pub static COUNTERS: Counters = Counters {
+    lines_read: std::sync::atomic::AtomicU64::new(0),
+    events_stored: std::sync::atomic::AtomicU64::new(0),
+    batches_committed: std::sync::atomic::AtomicU64::new(0),
+    notifications_delivered: std::sync::atomic::AtomicU64::new(0),
+    notifications_failed: std::sync::atomic::AtomicU64::new(0),
+    skips: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+};
+
+impl Counters {
+    pub fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn skip(&self, reason: &'static str) {
+        let mut m = self.skips.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(reason).or_insert(0) += 1;
+    }
+
+    /// Skips so far by reason.
+    pub fn skips(&self) -> Vec<(&'static str, u64)> {
+        let m = self.skips.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}

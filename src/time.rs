@@ -209,6 +209,9 @@ impl<'de> serde::Deserialize<'de> for Age {
 
 /// A duration for people: `3h12m`, `5m`, `40s`.
 pub fn human_duration(ns: i64) -> String {
+    if ns > 0 && ns < 10 * NS {
+        return format!("{:.1}s", ns as f64 / NS as f64);
+    }
     let s = ns.max(0) / NS;
     let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
     match (d, h, m) {

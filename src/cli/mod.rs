@@ -2,11 +2,13 @@
 //! and renders. Errors get `anyhow` context here, at the edge.
 
 pub mod alerts;
+pub mod health;
 pub mod history;
 pub mod prune;
 pub mod render;
 pub mod replay;
 pub mod sql;
+pub mod status;
 pub mod watch;
 
 use std::path::Path;

@@ -11,17 +11,23 @@ use tokio_util::sync::CancellationToken;
 
 use trainwatch::derive::alerts::Engine;
 use trainwatch::output::notify::Notifier;
-use trainwatch::output::status;
+use trainwatch::output::status::{self, StatusConfig};
+use trainwatch::output::{page, serve};
 use trainwatch::parse::Parser;
 use trainwatch::source::docker::{self, Shared};
 use trainwatch::source::probes;
 use trainwatch::store::{AlertSink, StoreHealth, WriterHandle, WriterOptions};
-use trainwatch::time::{Age, Clock};
+use trainwatch::time::Clock;
 
 #[derive(Args, Debug)]
-pub struct WatchArgs {}
+pub struct WatchArgs {
+    /// Serve the status page, /status.json, /healthz and /metrics on this address
+    /// (e.g. 127.0.0.1:9750). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+}
 
-pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let cfg = super::load_config(config)?;
     let parser = Arc::new(Parser::new(cfg.patterns()?));
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -81,14 +87,33 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             shutdown.clone(),
         ));
         tasks.spawn(notifier.run(wake, shutdown.clone()));
-        if let Some(path) = cfg.status.path(&dbp) {
-            tasks.spawn(status_file(
+        let files = StatusFiles {
+            json: cfg.status.path(&dbp),
+            html: cfg.status.html_path(&dbp),
+        };
+        if files.json.is_some() || files.html.is_some() {
+            tasks.spawn(status_files(
                 dbp.clone(),
-                path,
-                store_health,
-                cfg.status.interval,
+                files,
+                store_health.clone(),
+                cfg.status.clone(),
                 shutdown.clone(),
             ));
+        }
+        if let Some(addr) = args.listen {
+            let router = serve::router(
+                dbp.clone(),
+                cfg.status.max_age.0,
+                store_health,
+                cfg.status.interval.as_duration().as_secs().max(5),
+            );
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = serve::serve(addr, router, stop.clone()).await {
+                    tracing::error!(addr = %addr, error = %e, "Cannot serve the status page; stopping.");
+                    stop.cancel();
+                }
+            });
         }
         tasks.close();
         // The daemon may be down at start: connect retries until it answers or we stop.
@@ -118,37 +143,57 @@ pub fn run(_args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     Ok(())
 }
 
-/// Rewrites the status file on its interval.
-async fn status_file(
+struct StatusFiles {
+    json: Option<PathBuf>,
+    html: Option<PathBuf>,
+}
+
+/// Rewrites the status file and page on their interval.
+async fn status_files(
     db: PathBuf,
-    file: PathBuf,
+    files: StatusFiles,
     health: StoreHealth,
-    interval: Age,
+    cfg: StatusConfig,
     shutdown: CancellationToken,
 ) {
-    let mut every = tokio::time::interval(interval.as_duration().max(Duration::from_secs(1)));
+    let files = Arc::new(files);
+    let mut every = tokio::time::interval(cfg.interval.as_duration().max(Duration::from_secs(1)));
+    let refresh = cfg.interval.as_duration().as_secs().max(5);
+    let max_age = cfg.max_age.0;
     let mut failing = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let (db, path) = (db.clone(), file.clone());
+        let (db, files) = (db.clone(), files.clone());
         let outage = health.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let res = tokio::task::spawn_blocking(move || {
+        let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let conn = trainwatch::store::open_ro(&db).map_err(|e| e.to_string())?;
+            let now = trainwatch::time::now_ns();
+            let mut s = status::collect(&conn, now, max_age).map_err(|e| e.to_string())?;
             let extra: Vec<_> = outage.iter().map(trainwatch::store::outage_alert).collect();
-            status::write_file(&conn, &path, trainwatch::time::now_ns(), extra)
+            status::add_volatile(&mut s, extra, max_age, now);
+            if let Some(p) = &files.json {
+                status::write_atomic(p, &status::to_json(&s))
+                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            }
+            if let Some(p) = &files.html {
+                let html = page::build(&conn, &s, now, Some(refresh)).map_err(|e| e.to_string())?;
+                status::write_atomic(p, html.as_bytes())
+                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            }
+            Ok(())
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         match res {
             Err(e) if !failing => {
-                tracing::warn!(error = %e, "Cannot write the status file; will retry.");
+                tracing::warn!(error = %e, "Cannot write the status file or page; will retry.");
                 failing = true;
             }
             Ok(()) if failing => {
-                tracing::info!("Status file written again.");
+                tracing::info!("Status file and page written again.");
                 failing = false;
             }
             _ => {}

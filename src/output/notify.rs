@@ -309,6 +309,10 @@ impl Notifier {
                 progressed = true;
                 match self.deliver(&p).await {
                     Ok(()) => {
+                        crate::telemetry::Counters::add(
+                            &crate::telemetry::COUNTERS.notifications_delivered,
+                            1,
+                        );
                         tracing::info!(
                             receiver = %p.receiver,
                             alertname = %p.alert.alertname,
@@ -324,6 +328,10 @@ impl Notifier {
                         }
                     }
                     Err(f) => {
+                        crate::telemetry::Counters::add(
+                            &crate::telemetry::COUNTERS.notifications_failed,
+                            1,
+                        );
                         let retry_at = now_ns() + backoff(p.attempts).as_nanos() as i64;
                         tracing::warn!(
                             receiver = %p.receiver,

@@ -1,17 +1,18 @@
-//! The status file: the firing alerts and the latest gauges as one JSON document, rewritten
-//! atomically (write to a temporary file beside it, fsync, rename) so a cron job or another
-//! tool reading it never sees half a file. Built from the store, so `trainwatch health
-//! --format json` prints the same document.
+//! The status document: what the person on call wants to know at a glance, read from the
+//! store with indexed queries only. `watch` rewrites it atomically as the status file (write
+//! to a temporary file beside it, fsync, rename) so a cron job never sees half a file;
+//! `trainwatch health --format json` prints the same document; `trainwatch status` and the
+//! HTML page render it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::store::alerts::{self as store_alerts, AlertRow};
-use crate::time::{Age, format_ns};
+use crate::time::{Age, format_ns, parse_rfc3339};
 
 /// `[status]` in the config.
 #[derive(Clone, Debug, Deserialize)]
@@ -20,27 +21,43 @@ pub struct StatusConfig {
     /// The status file `watch` rewrites (default: `trainwatch-status.json` beside the
     /// database); `""` turns it off.
     pub file: Option<PathBuf>,
-    /// How often.
+    /// The HTML status page `watch` rewrites (default: `trainwatch-status.html` beside the
+    /// database); `""` turns it off.
+    pub html: Option<PathBuf>,
+    /// How often both are rewritten.
     pub interval: Age,
+    /// Data older than this makes `health` critical: the ingestor is not running.
+    pub max_age: Age,
 }
 
 impl Default for StatusConfig {
     fn default() -> Self {
         StatusConfig {
             file: None,
+            html: None,
             interval: Age::secs(15),
+            max_age: Age::secs(600),
         }
+    }
+}
+
+fn beside(configured: &Option<PathBuf>, db: &Path, name: &str) -> Option<PathBuf> {
+    match configured {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p.clone()),
+        None => Some(db.with_file_name(name)),
     }
 }
 
 impl StatusConfig {
     /// The status file for the database at `db`, or `None` when turned off.
     pub fn path(&self, db: &Path) -> Option<PathBuf> {
-        match &self.file {
-            Some(p) if p.as_os_str().is_empty() => None,
-            Some(p) => Some(p.clone()),
-            None => Some(db.with_file_name("trainwatch-status.json")),
-        }
+        beside(&self.file, db, "trainwatch-status.json")
+    }
+
+    /// The HTML page for the database at `db`, or `None` when turned off.
+    pub fn html_path(&self, db: &Path) -> Option<PathBuf> {
+        beside(&self.html, db, "trainwatch-status.html")
     }
 }
 
@@ -53,21 +70,440 @@ pub struct Gauge {
     pub ts: String,
 }
 
+/// The current (latest) training run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Training {
+    pub run_id: i64,
+    pub container: String,
+    pub status: String,
+    pub epoch: i64,
+    pub epochs_total: Option<i64>,
+    pub started_at: String,
+    pub last_epoch_at: Option<String>,
+    /// Median duration of the last (up to 5) epochs.
+    pub epoch_seconds: Option<f64>,
+    /// Time left for the whole run at that pace (while it runs).
+    pub eta_seconds: Option<f64>,
+    /// Loss columns of the last epoch by name (`"nan"` when not finite).
+    pub losses: serde_json::Value,
+    pub loss: Option<f64>,
+    pub map50: Option<f64>,
+    pub map50_95: Option<f64>,
+    pub best_epoch: Option<i64>,
+    pub best_map50_95: Option<f64>,
+    pub save_dir: Option<String>,
+}
+
+/// One annotation queue's counters.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Queue {
+    pub container: String,
+    pub processed: Option<f64>,
+    pub failed: Option<f64>,
+    pub offset: Option<f64>,
+    /// When the offset last changed (the first sample with its current value).
+    pub offset_changed_at: Option<String>,
+    pub offset_age_seconds: Option<f64>,
+}
+
+/// One GPU.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Gpu {
+    pub gpu: String,
+    pub temperature_c: Option<f64>,
+    pub utilization_pct: Option<f64>,
+    pub memory_used_mb: Option<f64>,
+    pub memory_total_mb: Option<f64>,
+}
+
+/// The data root's disk.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Disk {
+    pub used_pct: Option<f64>,
+    pub used_gb: Option<f64>,
+    pub total_gb: Option<f64>,
+    pub datasets_gb: Option<f64>,
+    pub models_gb: Option<f64>,
+}
+
+/// The last checkpoint event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Checkpoint {
+    pub ts: String,
+    pub container: String,
+    pub kind: String,
+    pub message: String,
+}
+
+/// The verdict for cron: 0 ok, 1 warning, 2 critical.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Health {
+    pub code: u8,
+    pub level: &'static str,
+    /// The one line a person reads.
+    pub line: String,
+    /// Now minus the newest of the heartbeat and the newest stored record's log time.
+    pub data_age_seconds: Option<f64>,
+}
+
 /// The status document.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub generated_at: String,
+    pub health: Health,
     /// The running ingestor's last heartbeat.
     pub heartbeat_at: Option<String>,
     /// The log time of the newest stored event.
     pub newest_record_at: Option<String>,
+    pub training: Option<Training>,
+    pub queues: Vec<Queue>,
+    pub gpus: Vec<Gpu>,
+    pub disk: Option<Disk>,
+    pub last_checkpoint: Option<Checkpoint>,
     pub alerts_firing: Vec<AlertRow>,
+    pub alerts_resolved_recently: Vec<AlertRow>,
     pub gauges: Vec<Gauge>,
 }
 
-/// Reads the status from the store.
-pub fn collect(conn: &Connection, now: i64) -> Result<Status, StoreError> {
-    let q = StoreError::sql("read status");
+fn gauges(conn: &Connection) -> Result<Vec<Gauge>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT container, name, value, ts FROM gauges ORDER BY name, container")
+        .map_err(StoreError::sql("read gauges"))?;
+    stmt.query_map([], |r| {
+        Ok(Gauge {
+            container: r.get(0)?,
+            name: r.get(1)?,
+            value: r.get(2)?,
+            ts: r.get(3)?,
+        })
+    })
+    .and_then(|it| it.collect())
+    .map_err(StoreError::sql("read gauges"))
+}
+
+fn gauge(all: &[Gauge], container: &str, name: &str) -> Option<f64> {
+    all.iter()
+        .find(|g| g.container == container && g.name == name)
+        .map(|g| g.value)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// The latest run (by start), or the one with `run_id`.
+pub fn training(
+    conn: &Connection,
+    run_id: Option<i64>,
+    now: i64,
+) -> Result<Option<Training>, StoreError> {
+    let q = StoreError::sql("read the current run");
+    let row = conn
+        .query_row(
+            "SELECT run_id, container, status, epochs_done, epochs_total, started_at, best_epoch,
+                    best_map50_95, save_dir
+             FROM training_runs WHERE run_id = COALESCE(?1,
+                (SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1))",
+            [run_id],
+            |r| {
+                Ok(Training {
+                    run_id: r.get(0)?,
+                    container: r.get(1)?,
+                    status: r.get(2)?,
+                    epoch: r.get(3)?,
+                    epochs_total: r.get(4)?,
+                    started_at: r.get(5)?,
+                    best_epoch: r.get(6)?,
+                    best_map50_95: r.get(7)?,
+                    save_dir: r.get(8)?,
+                    last_epoch_at: None,
+                    epoch_seconds: None,
+                    eta_seconds: None,
+                    losses: serde_json::Value::Null,
+                    loss: None,
+                    map50: None,
+                    map50_95: None,
+                })
+            },
+        )
+        .optional()
+        .map_err(q)?;
+    let Some(mut t) = row else { return Ok(None) };
+    // The last six epochs: the last one's values, and five durations.
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT epoch, ended_at, losses, loss, map50, map50_95 FROM epochs
+             WHERE run_id = ?1 ORDER BY epoch DESC LIMIT 6",
+        )
+        .map_err(StoreError::sql("read the last epochs"))?;
+    type Row = (
+        i64,
+        String,
+        Option<String>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+    );
+    let last: Vec<Row> = stmt
+        .query_map([t.run_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .and_then(|it| it.collect())
+        .map_err(StoreError::sql("read the last epochs"))?;
+    if let Some((_, ended, losses, loss, m50, m5095)) = last.first() {
+        t.last_epoch_at = Some(ended.clone());
+        t.losses = losses
+            .as_deref()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or(serde_json::Value::Null);
+        t.loss = *loss;
+        t.map50 = *m50;
+        t.map50_95 = *m5095;
+    }
+    let mut times: Vec<i64> = last
+        .iter()
+        .filter_map(|(_, e, ..)| parse_rfc3339(e))
+        .collect();
+    if times.len() == 1
+        && let Some(s) = parse_rfc3339(&t.started_at)
+    {
+        times.push(s);
+    }
+    let durations: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[0] - w[1]) as f64 / 1e9)
+        .filter(|d| *d > 0.0)
+        .collect();
+    t.epoch_seconds = median(durations);
+    if t.status == "running"
+        && let (Some(total), Some(per)) = (t.epochs_total, t.epoch_seconds)
+    {
+        let left = (total - t.epoch).max(0) as f64 * per;
+        // Time already spent in the epoch under way counts against it.
+        let since_last = t
+            .last_epoch_at
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .map(|l| (now - l) as f64 / 1e9)
+            .unwrap_or(0.0);
+        t.eta_seconds = Some((left - since_last.min(per)).max(0.0));
+    }
+    Ok(Some(t))
+}
+
+fn queues(conn: &Connection, all: &[Gauge], now: i64) -> Result<Vec<Queue>, StoreError> {
+    let mut names: Vec<&str> = all
+        .iter()
+        .filter(|g| g.name.starts_with("queue_"))
+        .map(|g| g.container.as_str())
+        .collect();
+    names.dedup();
+    let mut out = Vec::new();
+    for c in names {
+        let offset = gauge(all, c, "queue_offset");
+        let mut changed = None;
+        if let Some(v) = offset {
+            // The newest sample with another value; the first one after it is the change.
+            let before: Option<String> = conn
+                .query_row(
+                    "SELECT ts FROM metric_log WHERE container = ?1 AND name = 'queue_offset'
+                     AND value <> ?2 ORDER BY ts DESC LIMIT 1",
+                    params![c, v],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(StoreError::sql("read offset history"))?;
+            changed = conn
+                .query_row(
+                    "SELECT ts FROM metric_log WHERE container = ?1 AND name = 'queue_offset'
+                     AND ts > COALESCE(?2, '') ORDER BY ts LIMIT 1",
+                    params![c, before],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(StoreError::sql("read offset history"))?;
+        }
+        out.push(Queue {
+            container: c.to_string(),
+            processed: gauge(all, c, "queue_messages_processed"),
+            failed: gauge(all, c, "queue_messages_failed"),
+            offset,
+            offset_age_seconds: changed
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .map(|t| (now - t).max(0) as f64 / 1e9),
+            offset_changed_at: changed,
+        });
+    }
+    Ok(out)
+}
+
+fn gpus(all: &[Gauge]) -> Vec<Gpu> {
+    let mut ids: Vec<&str> = all
+        .iter()
+        .filter(|g| g.name.starts_with("gpu_"))
+        .map(|g| g.container.as_str())
+        .collect();
+    ids.sort_by_key(|c| (c.len(), *c));
+    ids.dedup();
+    ids.into_iter()
+        .map(|c| Gpu {
+            gpu: c.strip_prefix("gpu").unwrap_or(c).to_string(),
+            temperature_c: gauge(all, c, "gpu_temperature_c"),
+            utilization_pct: gauge(all, c, "gpu_utilization_pct"),
+            memory_used_mb: gauge(all, c, "gpu_memory_used_mb"),
+            memory_total_mb: gauge(all, c, "gpu_memory_total_mb"),
+        })
+        .collect()
+}
+
+fn disk(all: &[Gauge]) -> Option<Disk> {
+    let d = Disk {
+        used_pct: gauge(all, "host", "disk_usage_azaion_pct"),
+        used_gb: gauge(all, "host", "disk_usage_azaion_gb"),
+        total_gb: gauge(all, "host", "disk_total_azaion_gb"),
+        datasets_gb: gauge(all, "host", "disk_usage_datasets_gb"),
+        models_gb: gauge(all, "host", "disk_usage_models_gb"),
+    };
+    (d.used_pct.is_some() || d.datasets_gb.is_some()).then_some(d)
+}
+
+fn last_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, StoreError> {
+    conn.query_row(
+        "SELECT ts, container, kind, message FROM (
+            SELECT ts, container, kind, message FROM event_log WHERE kind = 'checkpoint_saved'
+            ORDER BY ts DESC LIMIT 1)
+         UNION ALL SELECT * FROM (
+            SELECT ts, container, kind, message FROM event_log WHERE kind = 'checkpoint_save_failed'
+            ORDER BY ts DESC LIMIT 1)
+         ORDER BY ts DESC LIMIT 1",
+        [],
+        |r| {
+            Ok(Checkpoint {
+                ts: r.get(0)?,
+                container: r.get(1)?,
+                kind: r.get(2)?,
+                message: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(StoreError::sql("read the last checkpoint"))
+}
+
+/// `3h12m`-style durations.
+pub use crate::time::human_duration;
+
+fn fmt_count(v: f64) -> String {
+    // 1 204 with a thin space between thousands, as people write them.
+    let n = v.round() as i64;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(ch);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// The verdict and its line.
+pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
+    let newest = [s.heartbeat_at.as_deref(), s.newest_record_at.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(parse_rfc3339)
+        .max();
+    let age = newest.map(|t| (now - t).max(0));
+    let crit = s
+        .alerts_firing
+        .iter()
+        .filter(|a| a.severity == "critical" || a.severity == "high")
+        .count();
+    let warn = s.alerts_firing.len() - crit;
+    let stale = age.is_none_or(|a| a > max_age_ns);
+    let mut parts = Vec::new();
+    match &s.training {
+        Some(t) => {
+            let of = t.epochs_total.map(|n| format!("/{n}")).unwrap_or_default();
+            let mut p = if t.status == "running" {
+                format!("training run {} epoch {}{of}", t.run_id, t.epoch)
+            } else {
+                format!(
+                    "training run {} {} at epoch {}{of}",
+                    t.run_id, t.status, t.epoch
+                )
+            };
+            if let Some(eta) = t.eta_seconds {
+                p.push_str(&format!(", ETA {}", human_duration((eta * 1e9) as i64)));
+            }
+            parts.push(p);
+        }
+        None => parts.push("no training run".into()),
+    }
+    for q in &s.queues {
+        parts.push(format!(
+            "queue processed {} ({} failed)",
+            fmt_count(q.processed.unwrap_or(0.0)),
+            fmt_count(q.failed.unwrap_or(0.0))
+        ));
+    }
+    if let Some(p) = s.disk.as_ref().and_then(|d| d.used_pct) {
+        parts.push(format!("disk {:.0} %", p));
+    }
+    if let Some(t) = s
+        .gpus
+        .iter()
+        .filter_map(|g| g.temperature_c)
+        .reduce(f64::max)
+    {
+        parts.push(format!("GPU {t:.0} °C"));
+    }
+    let names: Vec<&str> = s
+        .alerts_firing
+        .iter()
+        .map(|a| a.alertname.as_str())
+        .collect();
+    parts.push(if names.is_empty() {
+        "0 alerts firing".into()
+    } else {
+        format!("{} alerts firing: {}", names.len(), names.join(", "))
+    });
+    if stale {
+        parts.push(match age {
+            Some(a) => format!("no data for {} (ingestor not running?)", human_duration(a)),
+            None => "no data yet (ingestor not running?)".into(),
+        });
+    }
+    let (code, level) = if crit > 0 || stale {
+        (2, "CRITICAL")
+    } else if warn > 0 {
+        (1, "WARNING")
+    } else {
+        (0, "OK")
+    };
+    Health {
+        code,
+        level,
+        line: format!("{level}: {}", parts.join("; ")),
+        data_age_seconds: age.map(|a| a as f64 / 1e9),
+    }
+}
+
+/// Reads the status from the store; `max_age_ns` decides staleness.
+pub fn collect(conn: &Connection, now: i64, max_age_ns: i64) -> Result<Status, StoreError> {
     let heartbeat_at: Option<String> = conn
         .query_row("SELECT at FROM heartbeat WHERE id = 1", [], |r| r.get(0))
         .optional()
@@ -75,27 +511,28 @@ pub fn collect(conn: &Connection, now: i64) -> Result<Status, StoreError> {
     let newest_record_at: Option<String> = conn
         .query_row("SELECT max(ts) FROM event_log", [], |r| r.get(0))
         .map_err(StoreError::sql("read newest record"))?;
-    let mut stmt = conn
-        .prepare_cached("SELECT container, name, value, ts FROM gauges ORDER BY name, container")
-        .map_err(StoreError::sql("read gauges"))?;
-    let gauges = stmt
-        .query_map([], |r| {
-            Ok(Gauge {
-                container: r.get(0)?,
-                name: r.get(1)?,
-                value: r.get(2)?,
-                ts: r.get(3)?,
-            })
-        })
-        .and_then(|it| it.collect())
-        .map_err(q)?;
-    Ok(Status {
+    let all = gauges(conn)?;
+    let mut s = Status {
         generated_at: format_ns(now),
+        health: Health {
+            code: 0,
+            level: "OK",
+            line: String::new(),
+            data_age_seconds: None,
+        },
         heartbeat_at,
         newest_record_at,
+        training: training(conn, None, now)?,
+        queues: queues(conn, &all, now)?,
+        gpus: gpus(&all),
+        disk: disk(&all),
+        last_checkpoint: last_checkpoint(conn)?,
         alerts_firing: store_alerts::list(conn, false, 1000)?,
-        gauges,
-    })
+        alerts_resolved_recently: store_alerts::recently_resolved(conn, 10)?,
+        gauges: all,
+    };
+    s.health = health(&s, max_age_ns, now);
+    Ok(s)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
@@ -109,6 +546,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .prefix(".trainwatch-status")
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
+    // Readable by the cron jobs and web servers that read it (a temporary file is 0600).
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     if let Ok(d) = std::fs::File::open(dir) {
@@ -117,19 +557,149 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Collects the status and writes it to `path`, with `extra` alerts the store cannot hold
-/// (`StoreNotWritable`) first.
-pub fn write_file(
-    conn: &Connection,
-    path: &Path,
-    now: i64,
-    extra: Vec<AlertRow>,
-) -> Result<(), String> {
-    let mut status = collect(conn, now).map_err(|e| e.to_string())?;
+/// Adds alerts the store cannot hold (`StoreNotWritable`) in front, and judges again.
+pub fn add_volatile(s: &mut Status, extra: Vec<AlertRow>, max_age_ns: i64, now: i64) {
     if !extra.is_empty() {
-        status.alerts_firing.splice(0..0, extra);
+        s.alerts_firing.splice(0..0, extra);
+        s.health = health(s, max_age_ns, now);
     }
-    let mut text = serde_json::to_vec_pretty(&status).map_err(|e| e.to_string())?;
+}
+
+/// The status document as pretty JSON with a final newline.
+pub fn to_json(s: &Status) -> Vec<u8> {
+    let mut text = serde_json::to_vec_pretty(s).unwrap_or_default();
     text.push(b'\n');
-    write_atomic(path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+    const NOW: i64 = 1_774_708_200 * S;
+
+    fn alert(severity: &str, name: &str) -> AlertRow {
+        AlertRow {
+            id: 1,
+            fingerprint: "f".into(),
+            alertname: name.into(),
+            severity: severity.into(),
+            status: "firing".into(),
+            labels: serde_json::json!({}),
+            summary: "s".into(),
+            started_at: format_ns(NOW - 60 * S),
+            resolved_at: None,
+            last_notified_at: None,
+        }
+    }
+
+    fn status() -> Status {
+        Status {
+            generated_at: format_ns(NOW),
+            health: health_placeholder(),
+            heartbeat_at: Some(format_ns(NOW - 5 * S)),
+            newest_record_at: Some(format_ns(NOW - 3600 * S)),
+            training: Some(Training {
+                run_id: 7,
+                container: "yolo".into(),
+                status: "running".into(),
+                epoch: 45,
+                epochs_total: Some(120),
+                started_at: format_ns(NOW - 10 * 3600 * S),
+                last_epoch_at: Some(format_ns(NOW)),
+                epoch_seconds: Some(150.0),
+                eta_seconds: Some(75.0 * 150.0),
+                losses: serde_json::Value::Null,
+                loss: None,
+                map50: None,
+                map50_95: None,
+                best_epoch: None,
+                best_map50_95: None,
+                save_dir: None,
+            }),
+            queues: vec![Queue {
+                container: "annotation-queue".into(),
+                processed: Some(1204.0),
+                failed: Some(3.0),
+                offset: Some(10.0),
+                offset_changed_at: None,
+                offset_age_seconds: None,
+            }],
+            gpus: vec![],
+            disk: Some(Disk {
+                used_pct: Some(71.2),
+                used_gb: None,
+                total_gb: None,
+                datasets_gb: None,
+                models_gb: None,
+            }),
+            last_checkpoint: None,
+            alerts_firing: vec![],
+            alerts_resolved_recently: vec![],
+            gauges: vec![],
+        }
+    }
+
+    fn health_placeholder() -> Health {
+        Health {
+            code: 0,
+            level: "OK",
+            line: String::new(),
+            data_age_seconds: None,
+        }
+    }
+
+    #[test]
+    fn health_line_and_codes() {
+        let mut s = status();
+        let h = health(&s, 600 * S, NOW);
+        assert_eq!(h.code, 0);
+        assert_eq!(
+            h.line,
+            "OK: training run 7 epoch 45/120, ETA 3h07m; queue processed 1 204 (3 failed); disk 71 %; 0 alerts firing"
+        );
+        assert_eq!(h.data_age_seconds, Some(5.0));
+        s.alerts_firing.push(alert("medium", "DiskUsageHigh"));
+        let h = health(&s, 600 * S, NOW);
+        assert_eq!((h.code, h.level), (1, "WARNING"));
+        assert!(
+            h.line.ends_with("1 alerts firing: DiskUsageHigh"),
+            "{}",
+            h.line
+        );
+        s.alerts_firing.push(alert("high", "GpuOutOfMemory"));
+        assert_eq!(health(&s, 600 * S, NOW).code, 2);
+        // No alerts, but the ingestor is gone: critical.
+        s.alerts_firing.clear();
+        s.heartbeat_at = None;
+        let h = health(&s, 600 * S, NOW);
+        assert_eq!(h.code, 2);
+        assert!(h.line.contains("no data for 1h00m"), "{}", h.line);
+        s.newest_record_at = None;
+        assert!(health(&s, 600 * S, NOW).line.contains("no data yet"));
+    }
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(fmt_count(1204.0), "1 204");
+        assert_eq!(fmt_count(12.0), "12");
+        assert_eq!(fmt_count(1_234_567.0), "1 234 567");
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("status.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
 }

@@ -617,6 +617,7 @@ impl Follower {
             return;
         };
         *line_no += 1;
+        crate::telemetry::Counters::add(&crate::telemetry::COUNTERS.lines_read, 1);
         // A bar that has not written its `\n` yet arrives in 16 KiB pieces: a NaN in one of
         // them is reported now, not when the epoch ends.
         let live_nan = if text.ends_with('\n') {

@@ -30,6 +30,7 @@ const LOG_FIRST: u64 = 5;
 impl Skips {
     /// Counts a skip and logs the first few of each reason with file and line.
     pub fn record(&mut self, reason: &'static str, path: &Path, line: u64, detail: &str) {
+        crate::telemetry::COUNTERS.skip(reason);
         let n = self.by_reason.entry(reason).or_insert(0);
         *n += 1;
         if *n <= LOG_FIRST {

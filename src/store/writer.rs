@@ -166,6 +166,7 @@ impl Writer {
     /// Applies one batch in one transaction. The batch is left as it was (the caller frees or
     /// reuses it).
     pub fn write(&mut self, batch: &mut [Op]) -> Result<(), StoreError> {
+        let events_before = self.stats.events_inserted;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -289,6 +290,14 @@ impl Writer {
         }
         tx.commit().map_err(StoreError::sql("commit batch"))?;
         self.stats.batches += 1;
+        {
+            use crate::telemetry::{COUNTERS, Counters};
+            Counters::add(&COUNTERS.batches_committed, 1);
+            Counters::add(
+                &COUNTERS.events_stored,
+                self.stats.events_inserted - events_before,
+            );
+        }
         if let Some(a) = self.alerts.as_mut() {
             self.stats.alerts_changed += a.pending.len() as u64;
             a.pending.clear();

@@ -1,0 +1,168 @@
+//! `trainwatch status`: a one-screen summary of the current run, GPUs, disk, queue and alerts;
+//! `--html FILE` writes the self-contained status page instead.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+use trainwatch::output::{page, status};
+use trainwatch::time::human_duration;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Write the HTML status page to FILE (atomically) instead of printing.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Data older than this counts as stale.
+    #[arg(long, default_value = "10m", value_parser = super::health::parse_age)]
+    pub max_age: i64,
+}
+
+fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
+    v.map(|v| format!("{v:.digits$}{unit}"))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn dur(v: Option<f64>) -> String {
+    v.map(|s| human_duration((s * 1e9) as i64))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// A progress bar of `width` cells.
+pub fn bar(done: i64, total: i64, width: usize) -> String {
+    let frac = if total > 0 {
+        (done as f64 / total as f64).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let full = (frac * width as f64).round() as usize;
+    format!(
+        "[{}{}] {:>3.0}%",
+        "█".repeat(full),
+        "░".repeat(width - full),
+        frac * 100.0
+    )
+}
+
+pub fn run(args: StatusArgs, db: &Path) -> anyhow::Result<()> {
+    let conn = super::open_ro(db)?;
+    let now = trainwatch::time::now_ns();
+    let s = status::collect(&conn, now, args.max_age).context("reading the status")?;
+    if let Some(path) = args.html {
+        let html = page::build(&conn, &s, now, None).context("building the status page")?;
+        status::write_atomic(&path, html.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(());
+    }
+    let stdout = std::io::stdout();
+    let mut o = stdout.lock();
+    writeln!(o, "{}", s.health.line)?;
+    writeln!(
+        o,
+        "updated {}; heartbeat {}; newest record {}",
+        s.generated_at,
+        s.heartbeat_at.as_deref().unwrap_or("never"),
+        s.newest_record_at.as_deref().unwrap_or("none")
+    )?;
+    writeln!(o)?;
+    match &s.training {
+        None => writeln!(o, "Training   no run recorded")?,
+        Some(t) => {
+            let total = t.epochs_total.unwrap_or(0);
+            writeln!(
+                o,
+                "Training   run {} ({}) {}  epoch {}/{}  {}",
+                t.run_id,
+                t.container,
+                t.status,
+                t.epoch,
+                t.epochs_total
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                bar(t.epoch, total, 24)
+            )?;
+            let losses = match &t.losses {
+                serde_json::Value::Object(m) => m
+                    .iter()
+                    .map(|(k, v)| format!("{} {}", k.trim_end_matches("_loss"), v))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+                _ => opt(t.loss, 4, ""),
+            };
+            writeln!(o, "           last losses  {losses}")?;
+            writeln!(
+                o,
+                "           mAP50 {}  mAP50-95 {}  best mAP50-95 {}{}",
+                opt(t.map50, 3, ""),
+                opt(t.map50_95, 3, ""),
+                opt(t.best_map50_95, 3, ""),
+                t.best_epoch
+                    .map(|e| format!(" (epoch {e})"))
+                    .unwrap_or_default()
+            )?;
+            writeln!(
+                o,
+                "           epoch time {}  ETA {}",
+                dur(t.epoch_seconds),
+                dur(t.eta_seconds)
+            )?;
+        }
+    }
+    match &s.last_checkpoint {
+        Some(c) => writeln!(o, "Checkpoint {} {} ({})", c.kind, c.ts, c.container)?,
+        None => writeln!(o, "Checkpoint none recorded")?,
+    }
+    if s.gpus.is_empty() {
+        writeln!(o, "GPU        no samples")?;
+    }
+    for g in &s.gpus {
+        writeln!(
+            o,
+            "GPU {:<6} {}  util {}  memory {} / {}",
+            g.gpu,
+            opt(g.temperature_c, 0, " °C"),
+            opt(g.utilization_pct, 0, " %"),
+            opt(g.memory_used_mb, 0, ""),
+            opt(g.memory_total_mb, 0, " MiB")
+        )?;
+    }
+    match &s.disk {
+        Some(d) => writeln!(
+            o,
+            "Disk       {} used ({} of {})  datasets {}  models {}",
+            opt(d.used_pct, 1, " %"),
+            opt(d.used_gb, 1, " GB"),
+            opt(d.total_gb, 1, " GB"),
+            opt(d.datasets_gb, 1, " GB"),
+            opt(d.models_gb, 1, " GB")
+        )?,
+        None => writeln!(o, "Disk       no samples")?,
+    }
+    if s.queues.is_empty() {
+        writeln!(o, "Queue      no counters")?;
+    }
+    for q in &s.queues {
+        writeln!(
+            o,
+            "Queue      {}: processed {}  failed {}  offset {} (unchanged for {})",
+            q.container,
+            opt(q.processed, 0, ""),
+            opt(q.failed, 0, ""),
+            opt(q.offset, 0, ""),
+            dur(q.offset_age_seconds)
+        )?;
+    }
+    if s.alerts_firing.is_empty() {
+        writeln!(o, "Alerts     none firing")?;
+    }
+    for a in &s.alerts_firing {
+        writeln!(
+            o,
+            "Alert      {:<8} {} since {}: {}",
+            a.severity, a.alertname, a.started_at, a.summary
+        )?;
+    }
+    Ok(())
+}
