@@ -9,6 +9,8 @@
 //! - `cli`: the binary's commands and their output formats.
 //! - `docker`: `watch` against the real Docker daemon (busybox containers from a scratch image).
 //! - `props`: property tests: the parsers never panic.
+//! - `status`: `health` exit codes, `status`, the page in headless Chromium, `/metrics` checked
+//!   by promtool and scraped by a real Prometheus.
 
 mod util;
 
@@ -20,3 +22,4 @@ mod docker;
 mod props;
 mod queue;
 mod replay;
+mod status;

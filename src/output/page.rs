@@ -337,6 +337,7 @@ const SCRIPT: &str = "
     el.textContent=s<120?s+' s ago':Math.round(s/60)+' min ago';}
   tick();setInterval(tick,5000);
   document.body.setAttribute('data-charts',String(document.querySelectorAll('svg.chart').length));
+  document.body.setAttribute('data-overflow',String(document.documentElement.scrollWidth>window.innerWidth+1));
   document.body.setAttribute('data-ready','1');
 })();
 ";
@@ -431,11 +432,15 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                         div.card { (chart("GPU utilisation %, last 6 h", "hours", &c.gpu_util, &[])) }
                         div.card { (chart("Disk used %, last 6 h", "hours", &c.disk, &[(80.0, "#ca8a04"), (95.0, "#b91c1c")])) }
                     }
-                    table {
-                        tr { th { "GPU" } th { "temp" } th { "util" } th { "memory" } }
-                        @for g in &s.gpus {
-                            tr { td { (g.gpu) } td { (opt(g.temperature_c, " °C")) } td { (opt(g.utilization_pct, " %")) }
-                                 td { (opt(g.memory_used_mb, "")) " / " (opt(g.memory_total_mb, " MiB")) } }
+                    @if s.gpus.is_empty() {
+                        p.muted { "No GPU samples (nvidia-smi not found or not run yet)." }
+                    } @else {
+                        table {
+                            tr { th { "GPU" } th { "temp" } th { "util" } th { "memory" } }
+                            @for g in &s.gpus {
+                                tr { td { (g.gpu) } td { (opt(g.temperature_c, " °C")) } td { (opt(g.utilization_pct, " %")) }
+                                     td { (opt(g.memory_used_mb, "")) " / " (opt(g.memory_total_mb, " MiB")) } }
+                            }
                         }
                     }
                     @if let Some(d) = &s.disk {
@@ -453,7 +458,9 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                         p { strong { (q.container) } ": processed " (opt(q.processed, "")) ", failed " (opt(q.failed, ""))
                             ", offset " (opt(q.offset, "")) " (unchanged for " (hours(q.offset_age_seconds)) ")" }
                     }
-                    div.card { (chart("Queue counters, last 24 h", "hours", &c.queue, &[])) }
+                    div.grid {
+                        div.card { (chart("Queue counters, last 24 h", "hours", &c.queue, &[])) }
+                    }
                 }
                 script { (PreEscaped(SCRIPT)) }
             }

@@ -1,24 +1,22 @@
 //! `watch --listen ADDR` (off by default): the status page at `/`, the status document at
 //! `/status.json`, `/healthz` (200 when ok or warning, 503 when critical, with the health line)
-//! and `/metrics` in the Prometheus/OpenMetrics text format, so a fleet of GPU servers is
+//! and `/metrics` in the Prometheus text format, so a fleet of GPU servers is
 //! scraped by an existing Prometheus and routed by an existing Alertmanager.
 //!
 //! Every request reads the store on a blocking thread through its own read-only connection.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus::{
+    CounterVec, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{page, status};
@@ -33,9 +31,6 @@ struct AppState {
     refresh_secs: u64,
 }
 
-type Labels = Vec<(String, String)>;
-type FloatGauge = Gauge<f64, AtomicU64>;
-
 /// Help text of the service's metric names.
 fn help(name: &str) -> &'static str {
     match name {
@@ -43,135 +38,183 @@ fn help(name: &str) -> &'static str {
         "training_loss" => "Training loss of the last epoch (sum of the loss columns)",
         "training_mAP50" => "Validation mAP50 of the last epoch",
         "training_mAP50_95" => "Validation mAP50-95 of the last epoch",
-        "queue_messages_processed" => "Annotation queue messages processed (running total)",
-        "queue_messages_failed" => "Annotation queue messages failed (running total)",
+        "queue_messages_processed" => "Annotation queue messages processed",
+        "queue_messages_failed" => "Annotation queue messages that failed",
         "queue_offset" => "Annotation queue stream offset",
         "gpu_temperature_c" => "GPU temperature in degrees Celsius",
         "gpu_utilization_pct" => "GPU utilisation in percent",
-        "gpu_memory_used_mb" => "GPU memory used in MiB",
-        "gpu_memory_total_mb" => "GPU memory in MiB",
-        "disk_usage_azaion_gb" => "Disk space used on the data root in GB",
+        "gpu_memory_used_mb" => "GPU memory used in bytes",
+        "gpu_memory_total_mb" => "GPU memory in bytes",
+        "disk_usage_azaion_gb" => "Disk space used on the data root in bytes",
         "disk_usage_azaion_pct" => "Disk space used on the data root in percent",
-        "disk_total_azaion_gb" => "Size of the data root's file system in GB",
-        "disk_usage_datasets_gb" => "Size of datasets/ under the data root in GB",
-        "disk_usage_models_gb" => "Size of models/ under the data root in GB",
-        _ => "Latest value from trainwatch",
+        "disk_total_azaion_gb" => "Size of the data root's file system in bytes",
+        "disk_usage_datasets_gb" => "Size of datasets/ under the data root in bytes",
+        "disk_usage_models_gb" => "Size of models/ under the data root in bytes",
+        _ => "Latest value recorded by trainwatch",
     }
 }
 
-/// Valid Prometheus metric name characters only.
-fn metric_name(name: &str) -> Option<&str> {
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .enumerate()
-            .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit()));
-    ok.then_some(name)
+/// The exposition name of a stored metric: the service's name where it already follows
+/// Prometheus' conventions, else the conventional form (snake_case, base units, `_total` for
+/// counters), so `promtool check metrics` accepts the exposition. Returns the name, a scale
+/// factor to base units, and whether it is a counter.
+pub fn exposition_name(name: &str) -> Option<(String, f64, bool)> {
+    const MIB: f64 = 1024.0 * 1024.0;
+    Some(match name {
+        "training_mAP50" => ("training_map50".into(), 1.0, false),
+        "training_mAP50_95" => ("training_map50_95".into(), 1.0, false),
+        "queue_messages_processed" => ("queue_messages_processed_total".into(), 1.0, true),
+        "queue_messages_failed" => ("queue_messages_failed_total".into(), 1.0, true),
+        "gpu_memory_used_mb" => ("gpu_memory_used_bytes".into(), MIB, false),
+        "gpu_memory_total_mb" => ("gpu_memory_total_bytes".into(), MIB, false),
+        n if n.ends_with("_gb") => (format!("{}_bytes", &n[..n.len() - 3]), 1e9, false),
+        n => {
+            let ok = !n.is_empty()
+                && n.chars().enumerate().all(|(i, c)| {
+                    c.is_ascii_lowercase() || c == '_' || (i > 0 && c.is_ascii_digit())
+                });
+            if !ok {
+                return None;
+            }
+            (n.to_string(), 1.0, false)
+        }
+    })
 }
 
-/// The exposition: the latest value of every stored metric (the service's names, labelled
-/// with `container`, and `gpu` for GPU metrics), firing alerts by severity, the data's age,
-/// and trainwatch's own counters.
+fn register<T: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: &T) {
+    // Names are unique by construction; a clash would only drop that family.
+    let _ = reg.register(Box::new(c.clone()));
+}
+
+/// The exposition (Prometheus text format): the latest value of every stored metric, labelled
+/// with `container` (and `gpu` for GPU metrics), firing alerts by severity, the health verdict,
+/// the data's age, and trainwatch's own counters.
 pub fn metrics_text(s: &status::Status) -> String {
-    let mut reg = Registry::default();
-    let mut families: Vec<(String, Family<Labels, FloatGauge>)> = Vec::new();
+    let reg = Registry::new();
+    let mut gauges: Vec<(String, GaugeVec)> = Vec::new();
+    let mut counters: Vec<(String, CounterVec)> = Vec::new();
     for g in &s.gauges {
-        let Some(name) = metric_name(&g.name) else {
+        let Some((name, scale, counter)) = exposition_name(&g.name) else {
             continue;
         };
-        let fam = match families.iter().find(|(n, _)| n == name) {
-            Some((_, f)) => f.clone(),
-            None => {
-                let f = Family::<Labels, FloatGauge>::default();
-                reg.register(name, help(name), f.clone());
-                families.push((name.to_string(), f.clone()));
-                f
-            }
+        let gpu = g.name.starts_with("gpu_");
+        let labels: &[&str] = if gpu {
+            &["container", "gpu"]
+        } else {
+            &["container"]
         };
-        let mut labels = vec![("container".to_string(), g.container.clone())];
-        if let Some(gpu) = g
-            .container
-            .strip_prefix("gpu")
-            .filter(|_| name.starts_with("gpu_"))
-        {
-            labels.push(("gpu".into(), gpu.to_string()));
+        let gpu_id = g.container.strip_prefix("gpu").unwrap_or(&g.container);
+        let values: &[&str] = if gpu {
+            &[&g.container, gpu_id]
+        } else {
+            &[&g.container]
+        };
+        let v = g.value * scale;
+        if counter {
+            let fam = match counters.iter().find(|(n, _)| *n == name) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let Ok(f) = CounterVec::new(Opts::new(&name, help(&g.name)), labels) else {
+                        continue;
+                    };
+                    register(&reg, &f);
+                    counters.push((name.clone(), f.clone()));
+                    f
+                }
+            };
+            if let Ok(c) = fam.get_metric_with_label_values(values) {
+                c.inc_by(v.max(0.0));
+            }
+        } else {
+            let fam = match gauges.iter().find(|(n, _)| *n == name) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let Ok(f) = GaugeVec::new(Opts::new(&name, help(&g.name)), labels) else {
+                        continue;
+                    };
+                    register(&reg, &f);
+                    gauges.push((name.clone(), f.clone()));
+                    f
+                }
+            };
+            if let Ok(m) = fam.get_metric_with_label_values(values) {
+                m.set(v);
+            }
         }
-        fam.get_or_create(&labels).set(g.value);
     }
-    let firing = Family::<Labels, Gauge>::default();
-    reg.register(
-        "trainwatch_alerts_firing",
-        "Alerts firing, by severity",
-        firing.clone(),
-    );
-    for sev in ["critical", "high", "medium", "low"] {
-        let n = s.alerts_firing.iter().filter(|a| a.severity == sev).count();
-        firing
-            .get_or_create(&vec![("severity".into(), sev.into())])
-            .set(n as i64);
+    if let Ok(firing) = IntGaugeVec::new(
+        Opts::new("trainwatch_alerts_firing", "Alerts firing, by severity"),
+        &["severity"],
+    ) {
+        register(&reg, &firing);
+        for sev in ["critical", "high", "medium", "low"] {
+            let n = s.alerts_firing.iter().filter(|a| a.severity == sev).count();
+            firing.with_label_values(&[sev]).set(n as i64);
+        }
     }
-    let health = Gauge::<i64>::default();
-    health.set(s.health.code as i64);
-    reg.register(
+    if let Ok(h) = IntGauge::new(
         "trainwatch_health_status",
         "Health verdict: 0 ok, 1 warning, 2 critical",
-        health,
-    );
-    if let Some(age) = s.health.data_age_seconds {
-        let g = FloatGauge::default();
-        g.set(age);
-        reg.register(
+    ) {
+        h.set(s.health.code as i64);
+        register(&reg, &h);
+    }
+    if let Some(age) = s.health.data_age_seconds
+        && let Ok(g) = Gauge::new(
             "trainwatch_data_age_seconds",
             "Seconds since the newest heartbeat or stored record",
-            g,
-        );
+        )
+    {
+        g.set(age);
+        register(&reg, &g);
     }
     for (name, help, v) in [
         (
-            "trainwatch_lines_read",
+            "trainwatch_lines_read_total",
             "Log lines read from followed containers",
             &COUNTERS.lines_read,
         ),
         (
-            "trainwatch_events_stored",
+            "trainwatch_events_stored_total",
             "Events stored by this process",
             &COUNTERS.events_stored,
         ),
         (
-            "trainwatch_batches_committed",
+            "trainwatch_batches_committed_total",
             "Store transactions committed by this process",
             &COUNTERS.batches_committed,
         ),
         (
-            "trainwatch_notifications_delivered",
+            "trainwatch_notifications_delivered_total",
             "Alert notifications delivered",
             &COUNTERS.notifications_delivered,
         ),
         (
-            "trainwatch_notifications_failed",
+            "trainwatch_notifications_failed_total",
             "Alert notification attempts that failed (retried)",
             &COUNTERS.notifications_failed,
         ),
     ] {
-        let c = Counter::<u64>::default();
-        c.inc_by(Counters::get(v));
-        reg.register(name, help, c);
+        if let Ok(c) = IntCounter::new(name, help) {
+            c.inc_by(Counters::get(v));
+            register(&reg, &c);
+        }
     }
-    let skips = Family::<Labels, Counter>::default();
-    reg.register(
-        "trainwatch_parse_skips",
-        "Log input skipped, by reason",
-        skips.clone(),
-    );
-    for (reason, n) in COUNTERS.skips() {
-        skips
-            .get_or_create(&vec![("reason".into(), reason.into())])
-            .inc_by(n);
+    if let Ok(skips) = IntCounterVec::new(
+        Opts::new(
+            "trainwatch_parse_skips_total",
+            "Log input skipped, by reason",
+        ),
+        &["reason"],
+    ) {
+        for (reason, n) in COUNTERS.skips() {
+            skips.with_label_values(&[reason]).inc_by(n);
+        }
+        register(&reg, &skips);
     }
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = encode(&mut out, &reg);
-    out
+    TextEncoder::new()
+        .encode_to_string(&reg.gather())
+        .unwrap_or_default()
 }
 
 async fn read<T: Send + 'static>(
@@ -235,14 +278,7 @@ async fn healthz(State(st): State<AppState>) -> Response {
 
 async fn metrics(State(st): State<AppState>) -> Response {
     match read(&st, |_, s, _| Ok(metrics_text(&s))).await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
         Err(r) => r,
     }
 }

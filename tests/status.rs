@@ -1,0 +1,468 @@
+//! Health, status and the page for people: `health` exit codes, the page in a real headless
+//! Chromium, and `watch --listen` serving /metrics that promtool and a real Prometheus accept.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use trainwatch::derive::alerts::{Engine, Rules};
+use trainwatch::derive::{EventRow, MetricRow, Op};
+use trainwatch::parse::Level;
+use trainwatch::store::{AlertSink, WriterHandle, WriterOptions};
+
+use crate::util::{Db, bin, fixture_str};
+
+const S: i64 = 1_000_000_000;
+
+/// Commits `ops` through a live writer (alert rules on, as in `watch`).
+fn write_live(db: &Db, ops: Vec<Op>) {
+    let engine = Engine::new(Rules::default(), true, "/azaion");
+    let w = WriterHandle::spawn_with(
+        db.path.clone(),
+        WriterOptions {
+            alerts: Some(AlertSink::new(engine, Vec::new(), None)),
+            retry: false,
+            health: None,
+        },
+    )
+    .unwrap();
+    w.send(ops).unwrap();
+    w.finish().unwrap();
+}
+
+fn metric(container: &str, name: &'static str, ts: i64, value: f64) -> Op {
+    Op::Metric(MetricRow {
+        ts,
+        container: Arc::from(container),
+        name,
+        value,
+    })
+}
+
+fn health(db: &Db, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["health"];
+    args.extend_from_slice(extra);
+    let o = bin(&args, &db.path);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+    )
+}
+
+#[test]
+fn health_exit_codes_follow_alerts_and_the_age_of_the_data() {
+    let db = Db::new();
+    let (code, line) = health(&db, &[]);
+    assert_eq!(code, 2);
+    assert!(line.starts_with("CRITICAL: no database"), "{line}");
+    db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("yolo"));
+    // The log is hours old and no ingestor ever ran.
+    let (code, line) = health(&db, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains("no data for") && line.contains("ingestor not running"),
+        "{line}"
+    );
+    // The ingestor's heartbeat.
+    let now = trainwatch::time::now_ns();
+    write_live(&db, vec![Op::Tick(now)]);
+    let (code, line) = health(&db, &[]);
+    assert_eq!(code, 0, "{line}");
+    assert_eq!(
+        line,
+        "OK: training run 1 completed at epoch 10/10; 0 alerts firing"
+    );
+    write_live(
+        &db,
+        vec![
+            metric("host", "disk_usage_azaion_pct", now, 85.0),
+            Op::Tick(now),
+        ],
+    );
+    let (code, line) = health(&db, &[]);
+    assert_eq!(code, 1, "{line}");
+    assert_eq!(
+        line,
+        "WARNING: training run 1 completed at epoch 10/10; disk 85 %; 1 alerts firing: DiskUsageHigh"
+    );
+    write_live(
+        &db,
+        vec![metric("gpu0", "gpu_temperature_c", now + S, 95.0)],
+    );
+    let (code, line) = health(&db, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("CRITICAL: ") && line.contains("GpuTemperatureHigh"),
+        "{line}"
+    );
+    // --max-age: a heartbeat older than it is stale.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, line) = health(&db, &["--max-age", "1s"]);
+    assert_eq!(code, 2);
+    assert!(line.contains("ingestor not running"), "{line}");
+    // --format json: the status file's document.
+    let o = bin(&["health", "--format", "json"], &db.path);
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["health"]["code"], 2);
+    assert_eq!(v["training"]["run_id"], 1);
+    assert_eq!(v["training"]["epoch"], 10);
+    assert_eq!(v["disk"]["used_pct"], 85.0);
+    assert_eq!(v["gpus"][0]["temperature_c"], 95.0);
+    let names: Vec<&str> = v["alerts_firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alertname"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["GpuTemperatureHigh", "DiskUsageHigh"]);
+}
+
+#[test]
+fn status_prints_one_screen() {
+    let db = Db::new();
+    db.replay(
+        &[fixture_str("ultralytics/earlystop-json.log")],
+        Some("yolo"),
+    );
+    db.replay(
+        &[
+            fixture_str("queue/queue.log.2026-03-27"),
+            fixture_str("queue/queue.log"),
+        ],
+        Some("annotation-queue"),
+    );
+    let o = bin(&["status"], &db.path);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(
+            "Training   run 1 (yolo) early_stopped  epoch 19/40  [███████████░░░░░░░░░░░░░]  48%"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("best mAP50-95 0.077 (epoch 16)"), "{text}");
+    assert!(
+        text.contains("last losses  box 3.009  cls 1.662  dfl 1.493"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Queue      annotation-queue: processed 67  failed 3  offset 4150"),
+        "{text}"
+    );
+    assert!(text.contains("Checkpoint checkpoint_saved"), "{text}");
+    assert!(text.lines().count() <= 24, "one screen:\n{text}");
+}
+
+fn chromium() -> Option<&'static str> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("chromium is not installed (.ci/run installs it)");
+        }
+        eprintln!("skipping: chromium is not installed");
+    }
+    found
+}
+
+fn run_chromium(bin: &str, args: &[&str], url: &str) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    let mut c = Command::new(bin);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(args)
+    .arg(url)
+    .stdin(Stdio::null());
+    let out = c.output().expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn png_size(path: &std::path::Path) -> (u32, u32) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
+    let w = u32::from_be_bytes(b[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(b[20..24].try_into().unwrap());
+    (w, h)
+}
+
+#[test]
+fn status_page_renders_in_a_real_browser_with_charts_and_escaped_log_text() {
+    let Some(chrome) = chromium() else { return };
+    let db = Db::new();
+    db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("yolo"));
+    db.replay(
+        &[fixture_str("ultralytics/earlystop-json.log")],
+        Some("yolo"),
+    );
+    let now = trainwatch::time::now_ns();
+    let mut ops = vec![Op::Tick(now)];
+    for i in 0..36 {
+        let ts = now - (36 - i) * 300 * S;
+        ops.push(metric("gpu0", "gpu_temperature_c", ts, 60.0 + i as f64));
+        ops.push(metric("gpu0", "gpu_utilization_pct", ts, 90.0));
+        ops.push(metric(
+            "host",
+            "disk_usage_azaion_pct",
+            ts,
+            70.0 + i as f64 / 10.0,
+        ));
+        ops.push(metric(
+            "annotation-queue",
+            "queue_messages_processed",
+            ts,
+            10.0 * i as f64,
+        ));
+        ops.push(metric(
+            "annotation-queue",
+            "queue_offset",
+            ts,
+            100.0 + i as f64,
+        ));
+    }
+    // A log line that tries to run script: it becomes an alert summary on the page.
+    ops.push(Op::Event(EventRow {
+        ts: now,
+        container: Arc::from("yolo"),
+        stream: "stderr",
+        seq: 0,
+        key_ts: now,
+        level: Level::Error,
+        kind: "gpu_oom",
+        message: "CUDA out of memory <script>document.body.setAttribute('data-pwned','1')</script><img src=x onerror=\"document.body.setAttribute('data-pwned','2')\">".into(),
+        context: "{}".into(),
+    }));
+    write_live(&db, ops);
+    let page = db.dir.path().join("status.html");
+    let o = bin(&["status", "--html", page.to_str().unwrap()], &db.path);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let url = format!("file://{}", page.display());
+    for (width, name) in [(1280, "laptop"), (390, "phone")] {
+        let dom = run_chromium(
+            chrome,
+            &[&format!("--window-size={width},2400"), "--dump-dom"],
+            &url,
+        );
+        let dom = String::from_utf8_lossy(&dom.stdout);
+        let body = dom
+            .split("<body")
+            .nth(1)
+            .unwrap()
+            .split('>')
+            .next()
+            .unwrap();
+        assert!(
+            body.contains(r#"data-ready="1""#),
+            "{name}: script did not run: {body}"
+        );
+        assert!(body.contains(r#"data-charts="6""#), "{name}: {body}");
+        assert!(
+            !body.contains("data-errors"),
+            "{name}: script errors: {body}"
+        );
+        assert!(
+            !body.contains("data-pwned"),
+            "{name}: log text ran as script"
+        );
+        assert!(
+            body.contains(r#"data-overflow="false""#),
+            "{name}: wider than the screen: {body}"
+        );
+        assert!(dom.contains("GpuOutOfMemory"));
+        assert!(
+            dom.contains("&lt;script&gt;document.body"),
+            "escaped text shown"
+        );
+        assert!(dom.matches("<polyline").count() >= 8, "{name}: chart lines");
+        let png = db.dir.path().join(format!("{name}.png"));
+        run_chromium(
+            chrome,
+            &[
+                &format!("--window-size={width},2400"),
+                &format!("--screenshot={}", png.display()),
+            ],
+            &url,
+        );
+        assert_eq!(png_size(&png), (width, 2400));
+        assert!(
+            std::fs::metadata(&png).unwrap().len() > 20_000,
+            "{name}: a blank page?"
+        );
+    }
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.text().await.ok()?))
+}
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_listen_serves_metrics_that_promtool_and_a_real_prometheus_accept() {
+    let tools = ["/usr/bin/promtool", "/usr/bin/prometheus"];
+    if tools.iter().any(|t| !std::path::Path::new(t).exists()) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("prometheus/promtool are not installed (.ci/run installs them)");
+        }
+        eprintln!("skipping: prometheus is not installed");
+        return;
+    }
+    let db = Db::new();
+    let now = trainwatch::time::now_ns();
+    tokio::task::block_in_place(|| {
+        db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("yolo"));
+        db.replay(&[fixture_str("queue/queue.log")], Some("annotation-queue"));
+        write_live(
+            &db,
+            vec![
+                metric("gpu0", "gpu_temperature_c", now, 71.0),
+                metric("gpu0", "gpu_memory_used_mb", now, 2048.0),
+                metric("host", "disk_usage_azaion_gb", now, 412.5),
+            ],
+        )
+    });
+    let port = free_port();
+    let config = db.dir.path().join("tw.toml");
+    std::fs::write(&config, "[probes]\nnvidia_smi = \"\"\ndata_root = \"\"\n").unwrap();
+    let log = std::fs::File::create(db.dir.path().join("watch.log")).unwrap();
+    let _watch = Kill(
+        Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+            .arg("--db")
+            .arg(&db.path)
+            .arg("--config")
+            .arg(&config)
+            .args(["watch", "--listen", &format!("127.0.0.1:{port}")])
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (code, health) = loop {
+        if let Some(r) = get(&format!("{base}/healthz")).await {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "watch --listen did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(code == 200 || code == 503, "{code}");
+    assert!(
+        health.contains("training run 1 completed at epoch 10/10"),
+        "{health}"
+    );
+    let (code, metrics) = get(&format!("{base}/metrics")).await.unwrap();
+    assert_eq!(code, 200);
+    for want in [
+        "training_epoch{container=\"yolo\"} 10",
+        "training_map50_95{container=\"yolo\"}",
+        "queue_messages_processed_total{container=\"annotation-queue\"}",
+        "queue_offset{container=\"annotation-queue\"}",
+        "gpu_temperature_c{container=\"gpu0\",gpu=\"0\"} 71",
+        "gpu_memory_used_bytes{container=\"gpu0\",gpu=\"0\"} 2147483648",
+        "disk_usage_azaion_bytes{container=\"host\"} 412500000000",
+        "trainwatch_alerts_firing{severity=\"critical\"}",
+        "trainwatch_health_status",
+        "trainwatch_lines_read_total",
+        "trainwatch_events_stored_total",
+        "trainwatch_notifications_failed_total",
+        "# TYPE queue_messages_processed_total counter",
+    ] {
+        assert!(metrics.contains(want), "missing {want}:\n{metrics}");
+    }
+    let mut promtool = Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), metrics.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, html) = get(&format!("{base}/")).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(html.contains("<svg") && html.contains("http-equiv=\"refresh\""));
+    let (_, json) = get(&format!("{base}/status.json")).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["training"]["epoch"], 10);
+
+    // A real Prometheus scrapes it.
+    let pdir = tempfile::tempdir().unwrap();
+    let pcfg = pdir.path().join("prometheus.yml");
+    std::fs::write(
+        &pcfg,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: trainwatch\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"),
+    )
+    .unwrap();
+    let pport = free_port();
+    let _prom = Kill(
+        Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", pcfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                pdir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let q = format!("http://127.0.0.1:{pport}/api/v1/query?query=training_epoch");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((200, body)) = get(&q).await {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if let Some(r) = v["data"]["result"].as_array().and_then(|a| a.first()) {
+                assert_eq!(r["metric"]["container"], "yolo");
+                assert_eq!(r["metric"]["job"], "trainwatch");
+                assert_eq!(r["value"][1], "10");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped training_epoch"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let up = get(&format!("http://127.0.0.1:{pport}/api/v1/query?query=up"))
+        .await
+        .unwrap()
+        .1;
+    assert!(up.contains("\"1\""), "{up}");
+}
