@@ -582,7 +582,14 @@ fn crashed_queue_container_raises_queue_container_down_until_it_runs_again() {
         {
             assert_eq!(v["alerts_firing"][0]["severity"], "critical");
             assert!(v["heartbeat_at"].is_string());
-            break;
+            // And the status page beside it.
+            let html =
+                std::fs::read_to_string(status_path.with_file_name("trainwatch-status.html"))
+                    .unwrap_or_default();
+            if html.contains("QueueContainerDown") {
+                assert!(html.contains("sev-critical"));
+                break;
+            }
         }
         assert!(Instant::now() < deadline, "status file: {text}");
         std::thread::sleep(Duration::from_millis(200));

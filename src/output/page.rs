@@ -233,8 +233,8 @@ fn fmt_num(v: f64) -> String {
 
 /// A line chart as inline SVG. `hlines` are dashed threshold lines.
 fn chart(title: &str, x_label: &str, series: &[Series], hlines: &[(f64, &'static str)]) -> Markup {
-    let (w, h) = (640.0, 220.0);
-    let (l, r, t, b) = (48.0, 12.0, 12.0, 28.0);
+    let (w, h) = (480.0, 200.0);
+    let (l, r, t, b) = (44.0, 10.0, 10.0, 26.0);
     let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
@@ -269,11 +269,11 @@ fn chart(title: &str, x_label: &str, series: &[Series], hlines: &[(f64, &'static
             svg.chart viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(title) preserveAspectRatio="xMidYMid meet" {
                 @for y in &ticks {
                     line x1=(l) x2=(w - r) y1=(sy(*y)) y2=(sy(*y)) stroke="#e5e7eb" {}
-                    text x=(l - 4.0) y=(sy(*y) + 4.0) text-anchor="end" font-size="10" fill="#6b7280" { (fmt_num(*y)) }
+                    text x=(l - 4.0) y=(sy(*y) + 4.0) text-anchor="end" font-size="12" fill="#6b7280" { (fmt_num(*y)) }
                 }
-                text x=(l) y=(h - 8.0) font-size="10" fill="#6b7280" { (fmt_num(x0)) }
-                text x=(w - r) y=(h - 8.0) font-size="10" fill="#6b7280" text-anchor="end" { (fmt_num(x1)) }
-                text x=((l + w - r) / 2.0) y=(h - 8.0) font-size="10" fill="#6b7280" text-anchor="middle" { (x_label) }
+                text x=(l) y=(h - 8.0) font-size="12" fill="#6b7280" { (fmt_num(x0)) }
+                text x=(w - r) y=(h - 8.0) font-size="12" fill="#6b7280" text-anchor="end" { (fmt_num(x1)) }
+                text x=((l + w - r) / 2.0) y=(h - 8.0) font-size="12" fill="#6b7280" text-anchor="middle" { (x_label) }
                 @for (y, color) in hlines {
                     line x1=(l) x2=(w - r) y1=(sy(*y)) y2=(sy(*y)) stroke=(color) stroke-dasharray="4 3" {}
                 }
@@ -310,6 +310,7 @@ const CSS: &str = "
 body{margin:0 auto;max-width:1100px;padding:12px}
 h1{font-size:1.3rem;margin:.2rem 0}h2{font-size:1.05rem;margin:1rem 0 .4rem}
 .muted{color:#6b7280;font-size:.85rem}
+p,.alert{overflow-wrap:anywhere}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:12px}
 .card{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:10px 12px}
 .alert{border-left:6px solid;padding:6px 10px;margin:4px 0;background:#fff;border-radius:4px}
@@ -537,7 +538,7 @@ mod tests {
         }];
         let svg = chart("Losses", "epoch", &s, &[(2.5, "#b91c1c")]).into_string();
         assert!(
-            svg.contains(r#"<polyline class="series" points="48.0,12.0 338.0,"#),
+            svg.contains(r#"<polyline class="series" points="44.0,10.0 257.0,"#),
             "{svg}"
         );
         assert!(svg.contains("stroke-dasharray=\"4 3\""));
