@@ -25,6 +25,11 @@ fn replay_history_sql_prune() {
     let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(runs[0]["status"], "completed");
     assert_eq!(runs[0]["epochs_done"], 10);
+    // Runs compare side by side: duration and the last epoch's metrics.
+    assert!(runs[0]["duration_s"].as_i64().unwrap() >= 5, "{}", runs[0]);
+    let final_loss = runs[0]["final_loss"].as_f64().unwrap();
+    assert!((final_loss - 10.514).abs() < 0.01, "{final_loss}");
+    assert!(runs[0]["final_map50_95"].is_number());
 
     // One run as results.csv: the same columns Ultralytics writes, values that match it.
     let o = bin(&["history", "--run", "1", "--format", "csv"], &db.path);

@@ -22,9 +22,19 @@ pub struct HistoryArgs {
     pub format: OutputFormat,
 }
 
-const RUNS: &str = "SELECT run_id, container, status, epochs_done, epochs_total, best_epoch,
-        round(best_map50_95, 5) AS best_map50_95, started_at, ended_at, save_dir
-    FROM training_runs WHERE (?1 IS NULL OR container = ?1) ORDER BY started_at, run_id";
+// One row per run, comparable side by side: progress, best epoch, how long it took, and the
+// last epoch's metrics. Every subquery is a primary-key lookup on `epochs`.
+const RUNS: &str = "SELECT r.run_id, r.container, r.status, r.epochs_done, r.epochs_total,
+        r.best_epoch, round(r.best_map50_95, 5) AS best_map50_95,
+        CAST(round((julianday(COALESCE(r.ended_at, l.ended_at, r.started_at))
+                    - julianday(r.started_at)) * 86400) AS INTEGER) AS duration_s,
+        round(l.loss, 5) AS final_loss, round(l.map50, 5) AS final_map50,
+        round(l.map50_95, 5) AS final_map50_95,
+        r.started_at, r.ended_at, r.save_dir
+    FROM training_runs r
+    LEFT JOIN epochs l ON l.run_id = r.run_id
+        AND l.epoch = (SELECT max(epoch) FROM epochs WHERE run_id = r.run_id)
+    WHERE (?1 IS NULL OR r.container = ?1) ORDER BY r.started_at, r.run_id";
 
 const EPOCHS: &str =
     "SELECT epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss, loss, losses,
