@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use trainwatch::derive::Op;
 use trainwatch::derive::alerts::{Engine, Rules, Signal};
-use trainwatch::derive::{MetricRow, Op};
 use trainwatch::output::notify::{Notifier, NotifyConfig, ReceiverConfig, ReceiverKind};
 use trainwatch::source::probes;
 use trainwatch::store::{AlertSink, WriterHandle, WriterOptions};
@@ -202,12 +202,26 @@ fn notify_cfg(kind: ReceiverKind, url: &str) -> NotifyConfig {
 }
 
 fn gpu_temp(value: f64, ts: i64) -> Op {
-    Op::Metric(MetricRow {
-        ts,
-        container: Arc::from("gpu0"),
-        name: "gpu_temperature_c",
-        value,
-    })
+    Op::metric(ts, "gpu0", "gpu_temperature_c", value)
+}
+
+/// Runs a notifier until `done` holds, half a second more (for a duplicate to show up), then
+/// stops it as a shutdown would.
+async fn notify_until(
+    db: &Db,
+    kind: ReceiverKind,
+    url: &str,
+    health: trainwatch::store::StoreHealth,
+    what: &str,
+    done: impl FnMut() -> bool,
+) {
+    let stop = CancellationToken::new();
+    let notifier = Notifier::new(notify_cfg(kind, url), db.path.clone(), health).unwrap();
+    let task = tokio::spawn(notifier.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
+    wait_for(what, 40, done).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    task.await.unwrap();
 }
 
 /// Feeds a fire and a resolve of `GpuTemperatureHigh` through a live writer.
@@ -241,19 +255,15 @@ async fn webhook_outage_then_recovery_loses_nothing_and_doubles_nothing() {
         db.count("SELECT count(*) FROM outbox WHERE delivered_at IS NULL"),
         2
     );
-    let stop = CancellationToken::new();
-    let notifier = Notifier::new(
-        notify_cfg(ReceiverKind::Webhook, &rx.url),
-        db.path.clone(),
+    notify_until(
+        &db,
+        ReceiverKind::Webhook,
+        &rx.url,
         Default::default(),
+        "two deliveries",
+        || rx.received().len() >= 2,
     )
-    .unwrap();
-    let task = tokio::spawn(notifier.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
-    wait_for("two deliveries", 30, || rx.received().len() >= 2).await;
-    // Give a duplicate the chance to show up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    task.await.unwrap();
+    .await;
     let got = rx.received();
     assert_eq!(rx.failed.load(Ordering::SeqCst), 2, "two 503s");
     assert_eq!(got.len(), 2, "{got:#?}");
@@ -289,20 +299,15 @@ async fn queued_notifications_survive_a_restart_of_the_notifier() {
         .port();
     let url = format!("http://127.0.0.1:{port}/hook");
     tokio::task::block_in_place(|| fire_and_resolve(&db));
-    let stop = CancellationToken::new();
-    let n1 = Notifier::new(
-        notify_cfg(ReceiverKind::Webhook, &url),
-        db.path.clone(),
+    notify_until(
+        &db,
+        ReceiverKind::Webhook,
+        &url,
         Default::default(),
+        "a failed attempt",
+        || db.count("SELECT count(*) FROM outbox WHERE attempts > 0") > 0,
     )
-    .unwrap();
-    let task = tokio::spawn(n1.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
-    wait_for("a failed attempt", 20, || {
-        db.count("SELECT count(*) FROM outbox WHERE attempts > 0") > 0
-    })
     .await;
-    stop.cancel();
-    task.await.unwrap();
     assert!(
         db.text("SELECT last_error FROM outbox WHERE attempts > 0 LIMIT 1")
             .is_some_and(|e| !e.contains("127.0.0.1")),
@@ -314,18 +319,15 @@ async fn queued_notifications_survive_a_restart_of_the_notifier() {
     );
     // trainwatch starts again; the receiver is back.
     let rx = Receiver::start(port, 0);
-    let stop = CancellationToken::new();
-    let n2 = Notifier::new(
-        notify_cfg(ReceiverKind::Webhook, &url),
-        db.path.clone(),
+    notify_until(
+        &db,
+        ReceiverKind::Webhook,
+        &url,
         Default::default(),
+        "both deliveries",
+        || rx.received().len() >= 2,
     )
-    .unwrap();
-    let task = tokio::spawn(n2.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
-    wait_for("both deliveries", 30, || rx.received().len() >= 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    task.await.unwrap();
+    .await;
     let got = rx.received();
     assert_eq!(got.len(), 2, "{got:#?}");
     assert_eq!(got[0]["status"], "firing");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trainwatch::derive::alerts::{Engine, Rules};
-use trainwatch::derive::{EventRow, MetricRow, Op};
+use trainwatch::derive::{EventRow, Op};
 use trainwatch::parse::Level;
 use trainwatch::store::{AlertSink, WriterHandle, WriterOptions};
 
@@ -31,12 +31,7 @@ fn write_live(db: &Db, ops: Vec<Op>) {
 }
 
 fn metric(container: &str, name: &'static str, ts: i64, value: f64) -> Op {
-    Op::Metric(MetricRow {
-        ts,
-        container: Arc::from(container),
-        name,
-        value,
-    })
+    Op::metric(ts, container, name, value)
 }
 
 fn health(db: &Db, extra: &[&str]) -> (i32, String) {

@@ -895,12 +895,7 @@ mod tests {
     const T0: i64 = 1_774_708_200 * S;
 
     fn metric(container: &str, name: &'static str, ts: i64, value: f64) -> Op {
-        Op::Metric(MetricRow {
-            ts,
-            container: Arc::from(container),
-            name,
-            value,
-        })
+        Op::metric(ts, container, name, value)
     }
 
     fn event(container: &str, kind: &'static str, ts: i64, context: &str) -> Op {

@@ -149,6 +149,18 @@ pub struct CursorRow {
     pub key: crate::event::Key,
 }
 
+impl Op {
+    /// A metric sample.
+    pub fn metric(ts: i64, container: &str, name: &'static str, value: f64) -> Op {
+        Op::Metric(MetricRow {
+            ts,
+            container: Arc::from(container),
+            name,
+            value,
+        })
+    }
+}
+
 /// What derivation asks the store to write. A batch of ops is committed in one transaction.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
