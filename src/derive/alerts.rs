@@ -675,13 +675,11 @@ impl Engine {
         let c = key.container.clone();
         let cs: &str = &c;
         // Any training epoch shows the GPU has memory again.
-        let oom = labels(AlertName::GpuOutOfMemory, &[("container", cs)]);
-        self.resolve(&oom, e.ended_at, out);
-        let nf = labels(AlertName::TrainingLossNonFinite, &[("container", cs)]);
+        self.resolve_named(AlertName::GpuOutOfMemory, cs, e.ended_at, out);
         if !total.is_finite() {
             self.fire_now(
                 AlertName::TrainingLossNonFinite,
-                nf,
+                labels(AlertName::TrainingLossNonFinite, &[("container", cs)]),
                 format!(
                     "Training loss is NaN/inf in {cs} at epoch {} (loss {total})",
                     e.epoch
@@ -692,7 +690,7 @@ impl Engine {
             );
             return;
         }
-        self.resolve(&nf, e.ended_at, out);
+        self.resolve_named(AlertName::TrainingLossNonFinite, cs, e.ended_at, out);
         let d = self.rules.diverging.clone();
         let track = self.losses.entry(c.clone()).or_default();
         if track.run.as_ref() != Some(key) {
@@ -709,11 +707,10 @@ impl Engine {
             .map(|(_, v)| *v)
             .collect();
         let verdict = diverging(&after, &d);
-        let l = labels(AlertName::TrainingLossDiverging, &[("container", cs)]);
         match verdict {
             Some(why) => self.fire_now(
                 AlertName::TrainingLossDiverging,
-                l,
+                labels(AlertName::TrainingLossDiverging, &[("container", cs)]),
                 format!(
                     "Training loss diverging in {cs} at epoch {}: {why}",
                     e.epoch
@@ -722,7 +719,7 @@ impl Engine {
                 Some(key.clone()),
                 out,
             ),
-            None => self.resolve(&l, e.ended_at, out),
+            None => self.resolve_named(AlertName::TrainingLossDiverging, cs, e.ended_at, out),
         }
     }
 
@@ -737,6 +734,9 @@ impl Engine {
             AlertName::TrainingLossNonFinite,
             AlertName::TrainingLossDiverging,
         ] {
+            if !self.any_active(name) {
+                continue;
+            }
             let l = labels(name, &[("container", c)]);
             let ended_here = status != RunStatus::Running;
             let other_run = self
@@ -818,6 +818,20 @@ impl Engine {
             if run.is_some() && (!recurring || a.run.is_none()) {
                 a.run = run;
             }
+        }
+    }
+
+    /// Whether an alert of `name` is pending or firing (a cheap test before building labels).
+    fn any_active(&self, name: AlertName) -> bool {
+        self.active
+            .values()
+            .any(|a| a.alert.alertname == name.as_str())
+    }
+
+    /// Resolves `name` for `container`, if active.
+    fn resolve_named(&mut self, name: AlertName, container: &str, at: i64, out: &mut Vec<Change>) {
+        if self.any_active(name) {
+            self.resolve(&labels(name, &[("container", container)]), at, out);
         }
     }
 

@@ -179,6 +179,8 @@ impl Writer {
                 .prepare_cached(INSERT_METRIC)
                 .map_err(StoreError::sql("prepare metric insert"))?;
             let mut ts_buf = String::with_capacity(32);
+            // Newest sample per metric in this batch: (container, name, ts, value).
+            let mut latest: Vec<(std::sync::Arc<str>, &'static str, i64, f64)> = Vec::new();
             for op in batch.iter() {
                 if let Some(a) = self.alerts.as_mut() {
                     a.engine.observe(op, &mut a.pending);
@@ -213,11 +215,15 @@ impl Writer {
                             .execute(params![&*m.container, m.name, ts_buf, m.value])
                             .map_err(StoreError::sql("insert metric sample"))?;
                         self.stats.metrics_inserted += n as u64;
-                        tx.prepare_cached(UPSERT_GAUGE)
-                            .and_then(|mut s| {
-                                s.execute(params![&*m.container, m.name, ts_buf, m.value])
-                            })
-                            .map_err(StoreError::sql("update gauge"))?;
+                        // The gauge is written once per batch, with the newest sample.
+                        match latest
+                            .iter_mut()
+                            .find(|(c, n, _, _)| *n == m.name && **c == *m.container)
+                        {
+                            Some(g) if g.2 <= m.ts => (g.2, g.3) = (m.ts, m.value),
+                            Some(_) => {}
+                            None => latest.push((m.container.clone(), m.name, m.ts, m.value)),
+                        }
                     }
                     Op::Tick(now) => {
                         tx.prepare_cached(HEARTBEAT)
@@ -274,6 +280,11 @@ impl Writer {
                             .map_err(StoreError::sql("update cursor"))?;
                     }
                 }
+            }
+            for (container, name, ts, value) in latest {
+                tx.prepare_cached(UPSERT_GAUGE)
+                    .and_then(|mut s| s.execute(params![&*container, name, format_ns(ts), value]))
+                    .map_err(StoreError::sql("update gauge"))?;
             }
         }
         let mut queued = 0;
