@@ -283,6 +283,26 @@ pub struct Engine {
     run_ended: HashMap<Arc<str>, i64>,
 }
 
+/// When a condition holds: since when, how long it must hold before firing, and the time of
+/// its newest evidence (what decides whether `watch` pages for it).
+#[derive(Clone, Copy, Debug)]
+struct When {
+    since: i64,
+    for_ns: i64,
+    evidence: i64,
+}
+
+impl When {
+    /// A condition seen in a sample or event at `ts`.
+    fn sample(ts: i64, for_ns: i64) -> When {
+        When {
+            since: ts,
+            for_ns,
+            evidence: ts,
+        }
+    }
+}
+
 /// A firing alert loaded from the store at start.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -434,8 +454,11 @@ impl Engine {
                     AlertName::QueueContainerDown,
                     l,
                     summary,
-                    since,
-                    self.rules.queue_down_for.0,
+                    When {
+                        since,
+                        for_ns: self.rules.queue_down_for.0,
+                        evidence: now,
+                    },
                     out,
                 );
             } else {
@@ -460,8 +483,11 @@ impl Engine {
                     AlertName::QueueOffsetStale,
                     l,
                     summary,
-                    changed + stale_after,
-                    0,
+                    When {
+                        since: changed + stale_after,
+                        for_ns: 0,
+                        evidence: now,
+                    },
                     out,
                 );
             } else {
@@ -628,7 +654,8 @@ impl Engine {
                         m.value, self.rules.gpu_temperature_c
                     );
                     let f = self.rules.gpu_temperature_for.0;
-                    self.condition(AlertName::GpuTemperatureHigh, l, summary, m.ts, f, out);
+                    let when = When::sample(m.ts, f);
+                    self.condition(AlertName::GpuTemperatureHigh, l, summary, when, out);
                 } else {
                     self.resolve(&l, m.ts, out);
                 }
@@ -644,7 +671,7 @@ impl Engine {
                         let summary =
                             format!("Disk {mount} is {:.1} % full (limit {limit} %)", m.value);
                         let f = self.rules.disk_for.0;
-                        self.condition(name, l, summary, m.ts, f, out);
+                        self.condition(name, l, summary, When::sample(m.ts, f), out);
                     } else {
                         self.resolve(&l, m.ts, out);
                     }
@@ -762,10 +789,14 @@ impl Engine {
         name: AlertName,
         labels: Labels,
         summary: String,
-        since: i64,
-        for_ns: i64,
+        when: When,
         out: &mut Vec<Change>,
     ) {
+        let When {
+            since,
+            for_ns,
+            evidence,
+        } = when;
         let fp = fingerprint(&labels);
         let now = self.clock;
         let a = self.active.entry(fp.clone()).or_insert_with(|| Active {
@@ -789,9 +820,10 @@ impl Engine {
             if now.max(since) - since >= for_ns {
                 a.state = State::Firing;
                 a.last_notified = now;
-                // In `watch` the clock is the wall clock (ticks), so an alert found in a
-                // container's old logs is recorded without paging anyone.
-                a.notify = self.live && now - since <= self.rules.notify_backlog.0 + for_ns;
+                // In `watch` the clock is the wall clock (ticks): an alert whose newest
+                // evidence is old (found in a container's old logs) is recorded without
+                // paging anyone; a state that holds now (a queue down for hours) pages.
+                a.notify = self.live && now - evidence <= self.rules.notify_backlog.0;
                 out.push(Change::Fired {
                     alert: a.alert.clone(),
                     notify: a.notify,
@@ -812,7 +844,7 @@ impl Engine {
     ) {
         let fp = fingerprint(&labels);
         let recurring = self.active.contains_key(&fp);
-        self.condition(name, labels, summary, ts, 0, out);
+        self.condition(name, labels, summary, When::sample(ts, 0), out);
         if let Some(a) = self.active.get_mut(&fp) {
             a.last_seen = a.last_seen.max(ts);
             if run.is_some() && (!recurring || a.run.is_none()) {
@@ -1105,6 +1137,18 @@ mod tests {
         d.container = Arc::from("yolo");
         d.context = r#"{"role":"training"}"#.into();
         assert!(feed(&mut e, &[Op::Event(d), Op::Tick(T0 + 2000 * S)]).is_empty());
+    }
+
+    #[test]
+    fn a_queue_found_down_for_hours_at_start_pages_at_once() {
+        let mut e = Engine::new(Rules::default(), true, "/azaion");
+        feed(&mut e, &[Op::Tick(T0 + 3 * 3600 * S)]);
+        // Discovery: stopped since T0 (its FinishedAt).
+        let c = feed(&mut e, &[queue(false, T0)]);
+        assert!(
+            matches!(&c[..], [Change::Fired { alert, notify: true }] if alert.started_at == T0),
+            "{c:?}"
+        );
     }
 
     #[test]

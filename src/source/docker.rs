@@ -374,8 +374,24 @@ pub async fn run(shared: Shared) {
                     .state
                     .as_ref()
                     .is_some_and(|s| s.to_string().eq_ignore_ascii_case("running"));
+                // A stopped container has been down since it finished, not since now.
+                let mut since = now;
+                if !running
+                    && role == "queue"
+                    && let Ok(i) = shared
+                        .docker
+                        .inspect_container(&id, None::<InspectContainerOptions>)
+                        .await
+                    && let Some(t) = i
+                        .state
+                        .and_then(|s| s.finished_at)
+                        .and_then(|f| crate::time::parse_rfc3339(&f))
+                        .filter(|t| *t > 0 && *t <= now)
+                {
+                    since = t;
+                }
                 states.push(Op::Signal(
-                    now,
+                    since,
                     Signal::Container {
                         name: Arc::from(info.name.as_str()),
                         role,
