@@ -152,7 +152,7 @@ pub struct Rules {
     pub event_resolve_after: Age,
     /// A firing alert is notified again after this long.
     pub repeat_interval: Age,
-    /// `watch` notifies only alerts that started at most this long ago: reading a
+    /// `watch` notifies only alerts whose newest evidence is at most this old: reading a
     /// container's old logs for the first time must not page anyone for last week.
     pub notify_backlog: Age,
     pub diverging: Diverging,
