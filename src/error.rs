@@ -73,3 +73,13 @@ impl StoreError {
         move |source| StoreError::Sql { what, source }
     }
 }
+
+/// Setting up an output (alert delivery, the status page server).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutputError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(String),
+}

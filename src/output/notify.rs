@@ -204,13 +204,13 @@ impl Notifier {
         cfg: NotifyConfig,
         db: PathBuf,
         health: crate::store::StoreHealth,
-    ) -> Result<Self, crate::error::StoreError> {
+    ) -> Result<Self, crate::error::OutputError> {
         let conn = crate::store::open_rw(&db)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("trainwatch/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|_| crate::error::StoreError::WriterGone)?;
+            .map_err(|e| crate::error::OutputError::Http(e.to_string()))?;
         let instance = cfg.instance.clone().unwrap_or_else(hostname);
         Ok(Notifier {
             cfg,
