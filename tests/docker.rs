@@ -681,3 +681,41 @@ fn probes_feed_gauges_and_alert_rules() {
         1
     );
 }
+
+#[test]
+fn a_removed_container_is_let_go() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("removed", "");
+    lab.start_watch(&[]);
+    let c = lab.run("gone", false, "echo 'INFO:app:up'; sleep 600");
+    lab.wait_for(
+        &format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'container_started'"
+        ),
+        1,
+    );
+    let o = Command::new("docker")
+        .args(["rm", "-f", &c])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lab
+        .log_text()
+        .contains("Container removed; no longer following it.")
+    {
+        assert!(Instant::now() < deadline, "{}", lab.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // No retry loop against a container that no longer exists.
+    std::thread::sleep(Duration::from_secs(2));
+    let retries = lab
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(&c) && l.contains("re-attaching"))
+        .count();
+    assert!(retries <= 1, "{}", lab.log_text());
+    lab.stop_watch();
+}

@@ -67,6 +67,14 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         "Watching Docker containers."
     );
     let dbp = db.to_path_buf();
+    // Bound before anything starts, so a taken port is an error at start, not a log line.
+    let listener = match args.listen {
+        Some(addr) => Some(
+            rt.block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("--listen {addr}"))?,
+        ),
+        None => None,
+    };
     rt.block_on(async move {
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -100,7 +108,7 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
                 shutdown.clone(),
             ));
         }
-        if let Some(addr) = args.listen {
+        if let Some(listener) = listener {
             let router = serve::router(
                 dbp.clone(),
                 cfg.status.max_age.0,
@@ -109,8 +117,8 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
             );
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                if let Err(e) = serve::serve(addr, router, stop.clone()).await {
-                    tracing::error!(addr = %addr, error = %e, "Cannot serve the status page; stopping.");
+                if let Err(e) = serve::serve(listener, router, stop.clone()).await {
+                    tracing::error!(error = %e, "The status page server failed; stopping.");
                     stop.cancel();
                 }
             });

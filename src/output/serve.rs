@@ -5,7 +5,6 @@
 //!
 //! Every request reads the store on a blocking thread through its own read-only connection.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::Router;
@@ -298,13 +297,12 @@ pub fn router(db: PathBuf, max_age_ns: i64, health: StoreHealth, refresh_secs: u
         })
 }
 
-/// Binds `addr` and serves until `shutdown`.
+/// Serves on `listener` until `shutdown`.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "Serving the status page, /healthz and /metrics.");
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -796,7 +796,11 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
             Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => false,
+            }) => {
+                // Removed: its log went with it; there is nothing left to read.
+                tracing::info!(container = %container, "Container removed; no longer following it.");
+                return;
+            }
             Err(_) => true,
         };
         if !running && ended.is_ok() {
