@@ -168,3 +168,17 @@ fn alerts_command_lists_firing_and_all() {
         "alertname,status\nTrainingLossNonFinite,resolved\n"
     );
 }
+
+#[test]
+fn watch_listen_on_a_taken_port_fails_at_start() {
+    let db = Db::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = bin(&["watch", "--listen", &addr], &db.path);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("--listen {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+}
