@@ -84,6 +84,8 @@ struct Lab {
     containers: Vec<String>,
     watch: Option<Child>,
     log: PathBuf,
+    /// `DOCKER_HOST` of a daemon of the test's own, else the machine's.
+    host: Option<String>,
 }
 
 impl Lab {
@@ -104,6 +106,7 @@ impl Lab {
             containers: Vec::new(),
             watch: None,
             log,
+            host: None,
         }
     }
 
@@ -113,7 +116,11 @@ impl Lab {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainwatch"));
+        if let Some(h) = &self.host {
+            cmd.env("DOCKER_HOST", h);
+        }
+        let child = cmd
             .arg("--db")
             .arg(&self.db.path)
             .arg("--config")
@@ -170,7 +177,7 @@ impl Lab {
             args.push("-t");
         }
         args.extend([IMAGE, "/busybox", "sh", "-c", script]);
-        let o = Command::new("docker").args(&args).output().unwrap();
+        let o = self.docker().args(&args).output().unwrap();
         assert!(
             o.status.success(),
             "docker run: {}",
@@ -180,11 +187,17 @@ impl Lab {
         name
     }
 
+    /// The docker CLI, talking to this lab's daemon.
+    fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        if let Some(h) = &self.host {
+            c.env("DOCKER_HOST", h);
+        }
+        c
+    }
+
     fn wait_exit(&self, name: &str) {
-        let o = Command::new("docker")
-            .args(["wait", name])
-            .output()
-            .unwrap();
+        let o = self.docker().args(["wait", name]).output().unwrap();
         assert!(o.status.success());
     }
 
@@ -220,7 +233,7 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         for n in &self.containers {
-            let _ = Command::new("docker").args(["rm", "-f", n]).output();
+            let _ = self.docker().args(["rm", "-f", n]).output();
         }
     }
 }
@@ -718,4 +731,168 @@ fn a_removed_container_is_let_go() {
         .count();
     assert!(retries <= 1, "{}", lab.log_text());
     lab.stop_watch();
+}
+
+/// A Docker daemon of the test's own (its own data root, socket and containerd, no network,
+/// `--live-restore` so its containers outlive it), which the test may stop and start again.
+struct OwnDaemon {
+    dir: tempfile::TempDir,
+    host: String,
+    child: Option<Child>,
+}
+
+impl OwnDaemon {
+    fn start() -> Option<OwnDaemon> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
+        let host = format!("unix://{}", dir.path().join("docker.sock").display());
+        let mut d = OwnDaemon {
+            dir,
+            host,
+            child: None,
+        };
+        if !d.spawn() {
+            return None;
+        }
+        // The busybox image, as for the machine's daemon.
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let img = d.dir.path().join("img");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::copy(busybox, img.join("busybox")).unwrap();
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(&img)
+            .args(["-cf", "-", "busybox"])
+            .output()
+            .unwrap();
+        let mut import = Command::new("docker")
+            .env("DOCKER_HOST", &d.host)
+            .args(["import", "-", IMAGE])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(import.stdin.as_mut().unwrap(), &tar.stdout).unwrap();
+        drop(import.stdin.take());
+        assert!(import.wait().unwrap().success());
+        Some(d)
+    }
+
+    /// Starts dockerd and waits until it answers.
+    fn spawn(&mut self) -> bool {
+        let p = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p.join("dockerd.log"))
+            .unwrap();
+        let child = Command::new("dockerd")
+            .arg(format!("--config-file={}", p.join("daemon.json").display()))
+            .arg(format!("--data-root={}", p.join("data").display()))
+            .arg(format!("--exec-root={}", p.join("exec").display()))
+            .arg(format!("--pidfile={}", p.join("docker.pid").display()))
+            .arg(format!("--host={}", self.host))
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--live-restore",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn();
+        let Ok(child) = child else { return false };
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ok = Command::new("docker")
+                .env("DOCKER_HOST", &self.host)
+                .args(["info", "--format", "{{.ServerVersion}}"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    /// SIGTERM, as `systemctl restart docker` does, and wait for it to exit.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn daemon_restart_mid_stream_loses_and_doubles_nothing() {
+    if !docker_ready() {
+        return;
+    }
+    let Some(mut daemon) = OwnDaemon::start() else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("cannot start a second dockerd for the daemon-restart test");
+        }
+        eprintln!("skipping: cannot start a second dockerd here");
+        return;
+    };
+    let mut lab = Lab::new("restart", "unreachable_after_secs = 1");
+    lab.host = Some(daemon.host.clone());
+    lab.start_watch(&[]);
+    let n = 400;
+    let c = lab.run(
+        "writer",
+        false,
+        &format!("i=1; while [ $i -le {n} ]; do echo \"WARNING:q:line $i\"; i=$((i+1)); /busybox usleep 20000; done"),
+    );
+    lab.wait_for(
+        &format!("SELECT count(*) > 50 FROM events WHERE container = '{c}' AND kind = 'warning'"),
+        1,
+    );
+    // The daemon goes away for a while; the container keeps running (live-restore).
+    daemon.stop();
+    lab.wait_for(
+        "SELECT count(*) FROM events WHERE kind = 'docker_unreachable'",
+        1,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        daemon.spawn(),
+        "dockerd did not come back: {}",
+        daemon.log()
+    );
+    lab.wait_exit(&c);
+    lab.wait_for(
+        &format!("SELECT count(DISTINCT message) FROM events WHERE container = '{c}' AND kind = 'warning'"),
+        n,
+    );
+    lab.wait_for(
+        "SELECT count(*) FROM alerts WHERE alertname = 'DockerUnreachable' AND status = 'resolved'",
+        1,
+    );
+    lab.stop_watch();
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'warning'"
+        )),
+        n,
+        "every line exactly once across the daemon restart"
+    );
 }
