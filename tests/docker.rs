@@ -733,11 +733,14 @@ fn a_removed_container_is_let_go() {
     lab.stop_watch();
 }
 
-/// A Docker daemon of the test's own (its own data root, socket and containerd, no network,
-/// `--live-restore` so its containers outlive it), which the test may stop and start again.
+/// A Docker daemon of the test's own (its own data root, socket and containerd, `--live-restore`
+/// so its containers outlive it), which the test may stop and start again. It runs in a network
+/// namespace of its own: a second dockerd in the machine's namespace reconfigures bridges there
+/// (seen here: it deleted the machine daemon's `docker0`).
 struct OwnDaemon {
     dir: tempfile::TempDir,
     host: String,
+    netns: String,
     child: Option<Child>,
 }
 
@@ -746,9 +749,23 @@ impl OwnDaemon {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
         let host = format!("unix://{}", dir.path().join("docker.sock").display());
+        let netns = format!("tw{}", std::process::id());
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !(ip(&["netns", "add", &netns])
+            && ip(&["netns", "exec", &netns, "ip", "link", "set", "lo", "up"]))
+        {
+            let _ = ip(&["netns", "del", &netns]);
+            return None;
+        }
         let mut d = OwnDaemon {
             dir,
             host,
+            netns,
             child: None,
         };
         if !d.spawn() {
@@ -788,18 +805,15 @@ impl OwnDaemon {
             .append(true)
             .open(p.join("dockerd.log"))
             .unwrap();
-        let child = Command::new("dockerd")
+        // `ip netns exec` execs dockerd: the child is the daemon itself.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "dockerd"])
             .arg(format!("--config-file={}", p.join("daemon.json").display()))
             .arg(format!("--data-root={}", p.join("data").display()))
             .arg(format!("--exec-root={}", p.join("exec").display()))
             .arg(format!("--pidfile={}", p.join("docker.pid").display()))
             .arg(format!("--host={}", self.host))
-            .args([
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--live-restore",
-            ])
+            .args(["--iptables=false", "--ip6tables=false", "--live-restore"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn();
@@ -838,6 +852,9 @@ impl OwnDaemon {
 impl Drop for OwnDaemon {
     fn drop(&mut self) {
         self.stop();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
     }
 }
 
@@ -846,6 +863,13 @@ fn daemon_restart_mid_stream_loses_and_doubles_nothing() {
     if !docker_ready() {
         return;
     }
+    let docker0 = || {
+        Command::new("ip")
+            .args(["link", "show", "docker0"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let had_docker0 = docker0();
     let Some(mut daemon) = OwnDaemon::start() else {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("cannot start a second dockerd for the daemon-restart test");
@@ -895,4 +919,8 @@ fn daemon_restart_mid_stream_loses_and_doubles_nothing() {
         n,
         "every line exactly once across the daemon restart"
     );
+    drop(lab);
+    drop(daemon);
+    // The machine's own daemon keeps its bridge.
+    assert_eq!(docker0(), had_docker0);
 }
