@@ -133,6 +133,7 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
                 db: dbp,
                 cfg: dcfg,
                 shutdown,
+                reconnected: Arc::new(tokio::sync::Notify::new()),
             };
             docker::run(shared).await;
         } else {

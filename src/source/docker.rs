@@ -188,9 +188,13 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new() -> Self {
+        Self::with_max(Duration::from_secs(30))
+    }
+
+    pub fn with_max(max: Duration) -> Self {
         Backoff {
             next: Duration::from_millis(200),
-            max: Duration::from_secs(30),
+            max,
         }
     }
     pub fn reset(&mut self) {
@@ -240,14 +244,18 @@ impl Outage {
     }
 
     /// Records a success; tells the alert rules when a reported outage ended.
-    pub async fn ok(&mut self, writer: &Sender<Vec<Op>>) {
-        if self.since.take().is_some() {
+    /// Records a success; tells the alert rules when a reported outage ended. Returns
+    /// whether an outage ended.
+    pub async fn ok(&mut self, writer: &Sender<Vec<Op>>) -> bool {
+        let ended = self.since.take().is_some();
+        if ended {
             tracing::info!("Docker daemon reachable again.");
         }
         if std::mem::take(&mut self.reported) {
             let op = Op::Signal(crate::time::now_ns(), Signal::DockerReachable);
             let _ = writer.send(vec![op]).await;
         }
+        ended
     }
 }
 
@@ -299,6 +307,9 @@ pub struct Shared {
     pub db: std::path::PathBuf,
     pub cfg: Arc<DockerConfig>,
     pub shutdown: CancellationToken,
+    /// Woken when the daemon answers again after an outage: followers waiting out a long
+    /// backoff re-attach at once.
+    pub reconnected: Arc<tokio::sync::Notify>,
 }
 
 fn daemon_event(
@@ -327,7 +338,8 @@ fn daemon_event(
 pub async fn run(shared: Shared) {
     let tracker = TaskTracker::new();
     let mut following: HashMap<String, CancellationToken> = HashMap::new();
-    let mut backoff = Backoff::new();
+    // Discovery notices the daemon's return for everyone: it probes at least every 5 s.
+    let mut backoff = Backoff::with_max(Duration::from_secs(5));
     let mut outage = Outage::default();
     let limit = Duration::from_secs(shared.cfg.unreachable_after_secs);
     let started = crate::time::now_ns();
@@ -352,7 +364,9 @@ pub async fn run(shared: Shared) {
                 }
             }
         };
-        outage.ok(&shared.writer).await;
+        if outage.ok(&shared.writer).await {
+            shared.reconnected.notify_waiters();
+        }
         backoff.reset();
         let mut states = Vec::new();
         let now = crate::time::now_ns();
@@ -815,6 +829,7 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff.step()) => {}
+            _ = shared.reconnected.notified() => backoff.reset(),
         }
     }
 }
