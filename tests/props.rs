@@ -51,3 +51,109 @@ proptest! {
         prop_assert_eq!(out.iter().map(|r| r.lines).sum::<u32>(), n);
     }
 }
+
+fn arb_smi_value() -> impl Strategy<Value = Option<u32>> {
+    prop_oneof![3 => (0u32..100_000).prop_map(Some), 1 => Just(None)]
+}
+
+fn smi_field(v: Option<u32>, placeholder: usize) -> String {
+    match v {
+        Some(n) => n.to_string(),
+        None => ["[N/A]", "[Not Supported]", "[Insufficient Permissions]"][placeholder % 3].into(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// nvidia-smi rows: names with commas, placeholders anywhere; garbage never panics.
+    #[test]
+    fn nvidia_smi_rows_round_trip(
+        index in 0u32..16,
+        name in "[A-Za-z0-9 ]{1,12}(, [A-Za-z0-9 ]{1,8}){0,2}",
+        values in proptest::collection::vec(arb_smi_value(), 4),
+        ph in 0usize..3,
+        junk in any::<String>(),
+    ) {
+        let name = name.trim().to_string();
+        prop_assume!(!name.is_empty() && !name.contains(",  ") && !name.ends_with(','));
+        let row = format!(
+            "{index}, GPU-0000, {name}, {}, {}, {}, {}\n{junk}",
+            smi_field(values[0], ph), smi_field(values[1], ph), smi_field(values[2], ph), smi_field(values[3], ph)
+        );
+        let (gpus, _) = trainwatch::source::probes::gpu::parse(&row);
+        let g = &gpus[0];
+        prop_assert_eq!(g.index, index);
+        prop_assert_eq!(&g.name, &name.split(',').map(str::trim).collect::<Vec<_>>().join(", "));
+        prop_assert_eq!(g.temperature_c, values[0].map(f64::from));
+        prop_assert_eq!(g.utilization_pct, values[1].map(f64::from));
+        prop_assert_eq!(g.memory_used_mb, values[2].map(f64::from));
+        prop_assert_eq!(g.memory_total_mb, values[3].map(f64::from));
+    }
+
+    #[test]
+    fn offset_file_parser_never_panics(text in any::<String>(), n in any::<i64>()) {
+        let _ = trainwatch::source::probes::offset::parse(&text);
+        prop_assert_eq!(trainwatch::source::probes::offset::parse(&format!("offset: {n}\n")), Some(n));
+    }
+
+    /// Whatever the ops, the rules never panic, keep one firing alert per fingerprint, and
+    /// resolve only what fired.
+    #[test]
+    fn alert_rules_keep_their_invariants(
+        steps in proptest::collection::vec((0u8..8, 0u8..3, 0i64..7200, 0u32..120), 1..120)
+    ) {
+        use std::collections::HashSet;
+        use trainwatch::derive::alerts::{Change, Engine, Rules, Signal};
+        use trainwatch::derive::{EpochRow, EventRow, Op, RunKey};
+        const S: i64 = 1_000_000_000;
+        let t0 = 1_774_708_200 * S;
+        let mut e = Engine::new(Rules::default(), true, "/azaion");
+        let mut firing: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        let mut t = t0;
+        for (what, who, dt, v) in steps {
+            t += dt * S;
+            let c = ["yolo", "annotation-queue", "gpu0"][who as usize];
+            let op = match what {
+                0 => Op::metric(t, "gpu0", "gpu_temperature_c", 60.0 + v as f64 / 2.0),
+                1 => Op::metric(t, "host", "disk_usage_azaion_pct", v as f64),
+                2 => Op::metric(t, c, "queue_offset", (v % 3) as f64),
+                3 => Op::Tick(t),
+                4 => Op::Signal(t, Signal::Container { name: c.into(), role: "queue".into(), running: v % 2 == 0 }),
+                5 => Op::Event(EventRow {
+                    ts: t, container: c.into(), stream: "stdout", seq: 0, key_ts: t,
+                    level: trainwatch::parse::Level::Error,
+                    kind: ["loss_non_finite", "gpu_oom", "checkpoint_save_failed", "checkpoint_saved"][v as usize % 4],
+                    message: "m".into(), context: "{}".into(),
+                }),
+                _ => Op::Epoch(
+                    RunKey { container: c.into(), stream: trainwatch::event::Stream::Stdout, ts: t0 + (v / 40) as i64, seq: 0 },
+                    EpochRow {
+                        epoch: v % 40,
+                        ended_at: t,
+                        losses: Some(vec![("box_loss".into(), if v % 17 == 0 { f64::NAN } else { v as f64 / 10.0 })]),
+                        ..Default::default()
+                    },
+                ),
+            };
+            e.observe(&op, &mut out);
+            for ch in out.drain(..) {
+                match ch {
+                    Change::Fired { alert, .. } => {
+                        prop_assert!(firing.insert(alert.fingerprint.clone()), "fired twice: {:?}", alert);
+                    }
+                    Change::Resolved { alert, .. } => {
+                        prop_assert!(firing.remove(&alert.fingerprint), "resolved without firing: {:?}", alert);
+                        prop_assert!(alert.resolved_at.unwrap() >= alert.started_at);
+                    }
+                    Change::Repeat { alert } => {
+                        prop_assert!(firing.contains(&alert.fingerprint));
+                    }
+                }
+            }
+        }
+        let now: HashSet<String> = e.firing().into_iter().map(|a| a.fingerprint).collect();
+        prop_assert_eq!(now, firing);
+    }
+}
