@@ -12,6 +12,7 @@
 //! [retention]
 //! events = "30d"      # events and metric samples
 //! history = "keep"    # training runs and epochs: "keep" or an age such as "365d"
+//! every = "24h"       # how often `watch` prunes
 //!
 //! [docker]            # which containers `watch` follows (default: all)
 //! [[docker.include]]
@@ -58,6 +59,13 @@ pub struct Retention {
     pub events: String,
     #[serde(default = "default_history")]
     pub history: String,
+    /// How often `watch` prunes (the first time a minute after it starts).
+    #[serde(default = "default_every")]
+    pub every: crate::time::Age,
+}
+
+fn default_every() -> crate::time::Age {
+    crate::time::Age::secs(86_400)
 }
 
 fn default_events_age() -> String {
@@ -73,6 +81,7 @@ impl Default for Retention {
         Retention {
             events: default_events_age(),
             history: default_history(),
+            every: default_every(),
         }
     }
 }
@@ -108,6 +117,19 @@ impl Config {
     }
 
     /// Compiles the pattern rules.
+    /// The retention cutoffs as of `now`: events and samples, and training history unless
+    /// kept.
+    pub fn retention_cutoffs(&self, now: i64) -> (String, Option<String>) {
+        let at = |age: &str| crate::time::parse_age(age).map(|ns| crate::time::format_ns(now - ns));
+        let events = at(&self.retention.events).unwrap_or_else(|| crate::time::format_ns(0));
+        let history = if self.retention.history == "keep" {
+            None
+        } else {
+            at(&self.retention.history)
+        };
+        (events, history)
+    }
+
     pub fn patterns(&self) -> Result<Patterns, ConfigError> {
         Patterns::new(&self.patterns, self.replace_default_patterns)
     }

@@ -182,3 +182,42 @@ fn watch_listen_on_a_taken_port_fails_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn watch_prunes_on_its_retention_schedule() {
+    let db = Db::new();
+    db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("yolo"));
+    let before = db.count("SELECT count(*) FROM events WHERE container = 'yolo'");
+    assert!(before > 10);
+    let config = db.dir.path().join("tw.toml");
+    std::fs::write(
+        &config,
+        "[retention]\nevents = \"1s\"\nevery = \"1s\"\n[probes]\nnvidia_smi = \"\"\ndata_root = \"\"\n",
+    )
+    .unwrap();
+    let watch = std::process::Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+        .arg("--db")
+        .arg(&db.path)
+        .arg("--config")
+        .arg(&config)
+        .arg("watch")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while db.count("SELECT count(*) FROM events WHERE container = 'yolo'") > 0 {
+        assert!(std::time::Instant::now() < deadline, "not pruned");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &watch.id().to_string()])
+        .status();
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("Retention pruned old rows."), "{log}");
+    // Training history is kept by default.
+    assert_eq!(db.count("SELECT count(*) FROM training_epochs"), 10);
+}

@@ -95,6 +95,7 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
             shutdown.clone(),
         ));
         tasks.spawn(notifier.run(wake, shutdown.clone()));
+        tasks.spawn(retention(dbp.clone(), cfg.clone(), shutdown.clone()));
         let files = StatusFiles {
             json: cfg.status.path(&dbp),
             html: cfg.status.html_path(&dbp),
@@ -150,6 +151,45 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         "Stopped."
     );
     Ok(())
+}
+
+/// Prunes old events, samples, resolved alerts and sent notifications (and training history
+/// when so configured): a minute after start, then every `retention.every`.
+async fn retention(db: PathBuf, cfg: trainwatch::config::Config, shutdown: CancellationToken) {
+    let every = cfg
+        .retention
+        .every
+        .as_duration()
+        .max(Duration::from_secs(1));
+    let mut next = tokio::time::Instant::now() + every.min(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next = tokio::time::Instant::now() + every;
+        let (db, cfg) = (db.clone(), cfg.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            let conn = trainwatch::store::open_rw(&db).map_err(|e| e.to_string())?;
+            let (events, history) = cfg.retention_cutoffs(trainwatch::time::now_ns());
+            trainwatch::store::retention::prune(&conn, &events, history.as_deref(), false)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match res {
+            Ok(r) => tracing::info!(
+                events = r.events,
+                metric_samples = r.metric_samples,
+                alerts = r.alerts,
+                notifications = r.notifications,
+                runs = r.runs,
+                freed_pages = r.freed_pages,
+                "Retention pruned old rows."
+            ),
+            Err(e) => tracing::warn!(error = %e, "Retention failed; will try again next time."),
+        }
+    }
 }
 
 struct StatusFiles {
