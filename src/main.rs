@@ -18,7 +18,7 @@ struct Cli {
     /// SQLite database file.
     #[arg(long, global = true, env = "TRAINWATCH_DB", default_value = trainwatch::store::DEFAULT_DB)]
     db: PathBuf,
-    /// TOML config file (patterns, retention).
+    /// TOML config file (patterns, retention, docker, alerts, notify, probes, status).
     #[arg(long, global = true, env = "TRAINWATCH_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -41,7 +41,7 @@ enum Command {
     Alerts(cli::alerts::AlertsArgs),
     /// Run a read-only SQL query (views: training_runs, training_epochs, events, metric_samples, alerts).
     Sql(cli::sql::SqlArgs),
-    /// Delete events and metric samples older than the retention age.
+    /// Delete events, metric samples and resolved alerts older than the retention age.
     Prune(cli::prune::PruneArgs),
 }
 
