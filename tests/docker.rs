@@ -914,3 +914,32 @@ fn daemon_restart_mid_stream_loses_and_doubles_nothing() {
     // The machine's own daemon keeps its bridge.
     assert_eq!(docker0(), had_docker0);
 }
+
+#[test]
+fn a_silent_training_container_raises_log_stream_silent_until_it_prints() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("quiet", "silent_alert_after_secs = 2");
+    lab.start_watch(&[]);
+    let c = lab.run_labeled(
+        "train",
+        false,
+        &["trainwatch.role=training"],
+        "echo 'WARNING:train:starting'; sleep 5; echo 'WARNING:train:back'; sleep 600",
+    );
+    lab.wait_for(
+        &format!("SELECT count(*) FROM alerts WHERE alertname = 'LogStreamSilent' AND status = 'firing' AND json_extract(labels, '$.container') = '{c}'"),
+        1,
+    );
+    lab.wait_for(
+        "SELECT count(*) FROM alerts WHERE alertname = 'LogStreamSilent' AND status = 'resolved'",
+        1,
+    );
+    // Both lines stored (the last one once the grouper lets it go).
+    lab.wait_for(
+        &format!("SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'warning'"),
+        2,
+    );
+    lab.stop_watch();
+}
