@@ -26,7 +26,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "trainwatch")
+BIN = os.environ.get("TRAINWATCH_BIN") or os.path.join(ROOT, "target", "release", "trainwatch")
 IMAGE = "trainwatch-test-busybox:1"
 
 
