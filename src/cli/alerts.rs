@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::render::{self, OutputFormat, Rows};
+use trainwatch::store::alerts::SEVERITY_ORDER;
 
 #[derive(Args, Debug)]
 pub struct AlertsArgs {
@@ -21,9 +22,6 @@ pub struct AlertsArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
 }
-
-const SEVERITY_ORDER: &str = "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1
-    WHEN 'medium' THEN 2 ELSE 3 END";
 
 pub fn run(args: AlertsArgs, db: &Path) -> anyhow::Result<()> {
     let conn = super::open_ro(db)?;

@@ -216,13 +216,12 @@ async fn status_files(
             _ = every.tick() => {}
         }
         let (db, files) = (db.clone(), files.clone());
-        let outage = health.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let health = health.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let conn = trainwatch::store::open_ro(&db).map_err(|e| e.to_string())?;
             let now = trainwatch::time::now_ns();
-            let mut s = status::collect(&conn, now, max_age).map_err(|e| e.to_string())?;
-            let extra: Vec<_> = outage.iter().map(trainwatch::store::outage_alert).collect();
-            status::add_volatile(&mut s, extra, max_age, now);
+            let s =
+                status::collect_live(&conn, now, max_age, &health).map_err(|e| e.to_string())?;
             if let Some(p) = &files.json {
                 status::write_atomic(p, &status::to_json(&s))
                     .map_err(|e| format!("cannot write {}: {e}", p.display()))?;

@@ -83,6 +83,26 @@ pub enum AlertName {
 }
 
 impl AlertName {
+    pub const ALL: [AlertName; 12] = [
+        AlertName::GpuTemperatureHigh,
+        AlertName::QueueContainerDown,
+        AlertName::DiskUsageCritical,
+        AlertName::DiskUsageHigh,
+        AlertName::TrainingLossNonFinite,
+        AlertName::TrainingLossDiverging,
+        AlertName::GpuOutOfMemory,
+        AlertName::QueueOffsetStale,
+        AlertName::CheckpointSaveFailed,
+        AlertName::DockerUnreachable,
+        AlertName::LogStreamSilent,
+        AlertName::StoreNotWritable,
+    ];
+
+    /// The name with this `alertname` label.
+    pub fn parse(s: &str) -> Option<AlertName> {
+        Self::ALL.into_iter().find(|n| n.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertName::GpuTemperatureHigh => "GpuTemperatureHigh",
@@ -912,7 +932,8 @@ pub fn diverging(losses: &[f64], d: &Diverging) -> Option<String> {
     why
 }
 
-fn labels(name: AlertName, extra: &[(&str, &str)]) -> Labels {
+/// The labels of an alert: `alertname`, `severity`, and `extra`.
+pub fn labels(name: AlertName, extra: &[(&str, &str)]) -> Labels {
     let mut l = Labels::new();
     l.insert("alertname".into(), name.as_str().into());
     l.insert("severity".into(), name.severity().as_str().into());

@@ -221,6 +221,12 @@ impl Notifier {
         })
     }
 
+    /// How far ahead a firing alert's `endsAt` is set: four resend intervals, as Prometheus
+    /// does, so a missed refresh or two does not resolve it.
+    fn alertmanager_ends_in(&self) -> i64 {
+        4 * self.cfg.alertmanager_resend.0.max(1_000_000_000)
+    }
+
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, crate::error::StoreError> + Send + 'static,
@@ -273,7 +279,7 @@ impl Notifier {
         let body = match r.kind {
             ReceiverKind::Webhook => webhook_body(p, &self.instance),
             ReceiverKind::Alertmanager => {
-                let ends_in = 4 * self.cfg.alertmanager_resend.0.max(1_000_000_000);
+                let ends_in = self.alertmanager_ends_in();
                 let mut a = p.alert.clone();
                 if p.event == "resolved" && a.resolved_at.is_none() {
                     a.resolved_at = Some(format_ns(now_ns()));
@@ -382,7 +388,7 @@ impl Notifier {
             return;
         }
         let now = now_ns();
-        let ends_in = 4 * self.cfg.alertmanager_resend.0.max(1_000_000_000);
+        let ends_in = self.alertmanager_ends_in();
         let body: Vec<Value> = firing
             .iter()
             .map(|a| alertmanager_alert(a, &self.instance, now, ends_in))
@@ -414,7 +420,7 @@ impl Notifier {
                     &self.instance,
                 ),
                 ReceiverKind::Alertmanager => {
-                    let ends_in = 4 * self.cfg.alertmanager_resend.0.max(1_000_000_000);
+                    let ends_in = self.alertmanager_ends_in();
                     json!([alertmanager_alert(
                         &alert,
                         &self.instance,

@@ -9,9 +9,9 @@
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use rusqlite::{Connection, params};
 
-use super::status::{Status, human_duration};
+use super::status::Status;
 use crate::error::StoreError;
-use crate::time::{format_ns, parse_rfc3339};
+use crate::time::{format_ns, human_duration, parse_rfc3339};
 
 /// One line of a chart.
 #[derive(Clone, Debug)]

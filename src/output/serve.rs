@@ -224,10 +224,7 @@ async fn read<T: Send + 'static>(
     tokio::task::spawn_blocking(move || {
         let conn = crate::store::open_ro(&db).map_err(|e| e.to_string())?;
         let now = crate::time::now_ns();
-        let mut s = status::collect(&conn, now, max_age).map_err(|e| e.to_string())?;
-        let outage = health.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let extra: Vec<_> = outage.iter().map(crate::store::outage_alert).collect();
-        status::add_volatile(&mut s, extra, max_age, now);
+        let s = status::collect_live(&conn, now, max_age, &health).map_err(|e| e.to_string())?;
         f(&conn, s, now)
     })
     .await

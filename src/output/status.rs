@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::store::alerts::{self as store_alerts, AlertRow};
-use crate::time::{Age, format_ns, parse_rfc3339};
+use crate::time::{Age, format_ns, human_duration, parse_rfc3339};
 
 /// `[status]` in the config.
 #[derive(Clone, Debug, Deserialize)]
@@ -402,9 +402,6 @@ fn last_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, StoreError> 
     .map_err(StoreError::sql("read the last checkpoint"))
 }
 
-/// `3h12m`-style durations.
-pub use crate::time::human_duration;
-
 fn fmt_count(v: f64) -> String {
     // 1 204 with a thin space between thousands, as people write them.
     let n = v.round() as i64;
@@ -557,12 +554,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Adds alerts the store cannot hold (`StoreNotWritable`) in front, and judges again.
-pub fn add_volatile(s: &mut Status, extra: Vec<AlertRow>, max_age_ns: i64, now: i64) {
-    if !extra.is_empty() {
-        s.alerts_firing.splice(0..0, extra);
-        s.health = health(s, max_age_ns, now);
+/// The status as `watch` shows it: the store's, with in front the `StoreNotWritable` of an
+/// outage the store itself cannot record.
+pub fn collect_live(
+    conn: &Connection,
+    now: i64,
+    max_age_ns: i64,
+    store: &crate::store::StoreHealth,
+) -> Result<Status, StoreError> {
+    let mut s = collect(conn, now, max_age_ns)?;
+    let outage = store.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(o) = outage {
+        s.alerts_firing.insert(0, crate::store::outage_alert(&o));
+        s.health = health(&s, max_age_ns, now);
     }
+    Ok(s)
 }
 
 /// The status document as pretty JSON with a final newline.

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
-use crate::derive::alerts::{Alert, Change, Labels, Loaded, Severity};
+use crate::derive::alerts::{Alert, AlertName, Change, Labels, Loaded, Severity};
 use crate::error::StoreError;
 use crate::time::{format_ns, parse_rfc3339};
 
@@ -130,7 +130,7 @@ pub fn load_firing(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
                 Some(Loaded {
                     alert: Alert {
                         fingerprint: fp,
-                        alertname: static_name(&name)?,
+                        alertname: AlertName::parse(&name)?.as_str(),
                         severity: Severity::parse(&sev)?,
                         labels: serde_json::from_str::<Labels>(&labels).ok()?,
                         summary,
@@ -143,24 +143,6 @@ pub fn load_firing(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
             },
         )
         .collect())
-}
-
-fn static_name(s: &str) -> Option<&'static str> {
-    const NAMES: [&str; 12] = [
-        "GpuTemperatureHigh",
-        "QueueContainerDown",
-        "DiskUsageCritical",
-        "DiskUsageHigh",
-        "TrainingLossNonFinite",
-        "TrainingLossDiverging",
-        "GpuOutOfMemory",
-        "QueueOffsetStale",
-        "CheckpointSaveFailed",
-        "DockerUnreachable",
-        "LogStreamSilent",
-        "StoreNotWritable",
-    ];
-    NAMES.into_iter().find(|n| *n == s)
 }
 
 /// One row of view `alerts`.
@@ -197,7 +179,8 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
     })
 }
 
-const SEVERITY_ORDER: &str = "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1
+/// SQL ordering alerts most severe first.
+pub const SEVERITY_ORDER: &str = "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1
     WHEN 'medium' THEN 2 ELSE 3 END";
 
 /// Firing alerts (most severe first), or with `all` every alert, newest first, up to `limit`.

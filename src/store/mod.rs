@@ -106,14 +106,14 @@ pub type StoreHealth = std::sync::Arc<std::sync::Mutex<Option<StoreOutage>>>;
 
 /// The `StoreNotWritable` alert of an outage, as the status file and receivers see it.
 pub fn outage_alert(o: &StoreOutage) -> alerts::AlertRow {
-    let mut labels = crate::derive::alerts::Labels::new();
-    labels.insert("alertname".into(), "StoreNotWritable".into());
-    labels.insert("severity".into(), "critical".into());
+    use crate::derive::alerts::{AlertName, fingerprint, labels};
+    let name = AlertName::StoreNotWritable;
+    let labels = labels(name, &[]);
     alerts::AlertRow {
         id: 0,
-        fingerprint: crate::derive::alerts::fingerprint(&labels),
-        alertname: "StoreNotWritable".into(),
-        severity: "critical".into(),
+        fingerprint: fingerprint(&labels),
+        alertname: name.as_str().into(),
+        severity: name.severity().as_str().into(),
         status: "firing".into(),
         labels: serde_json::to_value(&labels).unwrap_or_default(),
         summary: format!("The database cannot be written: {}", o.error),
