@@ -49,26 +49,31 @@ static TRIGGERS: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
         .expect("trigger words")
 });
 
+/// Words that make a JSON key name a secret, matched anywhere in the key, in any case.
+static SECRET_KEYS: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build([
+            "password",
+            "passwd",
+            "secret",
+            "token",
+            "apikey",
+            "api_key",
+            "api-key",
+            "authorization",
+            "credential",
+            "private_key",
+            "encryption_key",
+            "access_key",
+            "pwd",
+        ])
+        .expect("secret key words")
+});
+
 /// Whether a JSON key names a secret.
 pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "apikey",
-        "api_key",
-        "api-key",
-        "authorization",
-        "credential",
-        "private_key",
-        "encryption_key",
-        "access_key",
-        "pwd",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
+    SECRET_KEYS.is_match(key)
 }
 
 /// The base64 alphabets (standard and URL-safe); `=` only as trailing padding.

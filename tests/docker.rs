@@ -201,9 +201,11 @@ impl Lab {
         assert!(o.status.success());
     }
 
-    /// Polls `sql` until it returns `want` (or fails after 30 s).
+    /// Polls `sql` until it returns `want`; fails once the answer has not changed for 30 s
+    /// (a large backlog on a loaded machine takes longer, but keeps moving).
     fn wait_for(&self, sql: &str, want: i64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = None;
         loop {
             let got = if self.db.path.exists() {
                 trainwatch::store::open_ro(&self.db.path)
@@ -214,6 +216,10 @@ impl Lab {
             };
             if got == Some(want) {
                 return;
+            }
+            if got != last {
+                last = got;
+                deadline = Instant::now() + Duration::from_secs(30);
             }
             if Instant::now() > deadline {
                 panic!(

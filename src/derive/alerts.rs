@@ -456,62 +456,73 @@ impl Engine {
     fn evaluate(&mut self, out: &mut Vec<Change>) {
         let now = self.clock;
         self.next_eval = now.saturating_add(1_000_000_000);
-        // Queue containers that are down.
-        let down: Vec<(Arc<str>, bool, i64)> = self
-            .containers
-            .iter()
-            .filter(|(_, f)| f.role == "queue")
-            .map(|(n, f)| (n.clone(), !f.running, f.since))
-            .collect();
-        for (name, is_down, since) in down {
-            let l = labels(AlertName::QueueContainerDown, &[("container", &name)]);
-            if is_down {
-                let summary = format!(
-                    "Annotation queue container {name} is not running (since {})",
-                    crate::time::format_ns(since)
-                );
-                self.condition(
-                    AlertName::QueueContainerDown,
-                    l,
-                    summary,
-                    When {
-                        since,
-                        for_ns: self.rules.queue_down_for.0,
-                        evidence: now,
-                    },
-                    out,
-                );
-            } else {
-                self.resolve(&l, now, out);
+        // Queue containers that are down. Evaluated once per second of log time, so nothing is
+        // allocated unless something is down, stale, or active.
+        if self.containers.values().any(|f| f.role == "queue") {
+            let queues: Vec<(Arc<str>, bool, i64)> = self
+                .containers
+                .iter()
+                .filter(|(_, f)| f.role == "queue")
+                .map(|(n, f)| (n.clone(), !f.running, f.since))
+                .collect();
+            for (name, is_down, since) in queues {
+                if is_down {
+                    let l = labels(AlertName::QueueContainerDown, &[("container", &name)]);
+                    let summary = format!(
+                        "Annotation queue container {name} is not running (since {})",
+                        crate::time::format_ns(since)
+                    );
+                    self.condition(
+                        AlertName::QueueContainerDown,
+                        l,
+                        summary,
+                        When {
+                            since,
+                            for_ns: self.rules.queue_down_for.0,
+                            evidence: now,
+                        },
+                        out,
+                    );
+                } else {
+                    self.resolve_named(AlertName::QueueContainerDown, &name, now, out);
+                }
             }
         }
         // Offsets that stopped moving while the queue runs.
         let stale_after = self.rules.queue_offset_stale_after.0;
-        let offsets: Vec<(Arc<str>, f64, i64)> = self
+        let stale: Vec<(Arc<str>, f64, i64)> = self
             .offsets
             .iter()
+            .filter(|(c, (_, t))| now - t > stale_after && self.queue_running(c))
             .map(|(c, (v, t))| (c.clone(), *v, *t))
             .collect();
-        for (container, value, changed) in offsets {
+        for (container, value, changed) in stale {
             let l = labels(AlertName::QueueOffsetStale, &[("container", &container)]);
-            if now - changed > stale_after && self.queue_running(&container) {
-                let summary = format!(
-                    "Queue offset of {container} stuck at {value} for {}",
-                    human_duration(now - changed)
-                );
-                self.condition(
-                    AlertName::QueueOffsetStale,
-                    l,
-                    summary,
-                    When {
-                        since: changed + stale_after,
-                        for_ns: 0,
-                        evidence: now,
-                    },
-                    out,
-                );
-            } else {
-                self.resolve(&l, now, out);
+            let summary = format!(
+                "Queue offset of {container} stuck at {value} for {}",
+                human_duration(now - changed)
+            );
+            self.condition(
+                AlertName::QueueOffsetStale,
+                l,
+                summary,
+                When {
+                    since: changed + stale_after,
+                    for_ns: 0,
+                    evidence: now,
+                },
+                out,
+            );
+        }
+        if self.any_active(AlertName::QueueOffsetStale) {
+            let moving: Vec<Arc<str>> = self
+                .offsets
+                .iter()
+                .filter(|(c, (_, t))| !(now - t > stale_after && self.queue_running(c)))
+                .map(|(c, _)| c.clone())
+                .collect();
+            for c in moving {
+                self.resolve_named(AlertName::QueueOffsetStale, &c, now, out);
             }
         }
         // Event alerts that did not recur; repeats of firing alerts.
@@ -541,13 +552,13 @@ impl Engine {
         if let Some(f) = self.containers.get(container) {
             return f.running;
         }
-        let queues: Vec<&ContainerFacts> = self
-            .containers
-            .values()
-            .filter(|f| f.role == "queue")
-            .collect();
         // Without knowledge of the container (e.g. in replay), assume it runs.
-        queues.is_empty() || queues.iter().any(|f| f.running)
+        let mut queues = self.containers.values().filter(|f| f.role == "queue");
+        let mut any = false;
+        queues.any(|f| {
+            any = true;
+            f.running
+        }) || !any
     }
 
     fn on_signal(&mut self, ts: i64, s: &Signal, out: &mut Vec<Change>) {
@@ -704,8 +715,7 @@ impl Engine {
                     .or_insert((m.value, m.ts));
                 if e.0 != m.value {
                     *e = (m.value, m.ts);
-                    let l = labels(AlertName::QueueOffsetStale, &[("container", &m.container)]);
-                    self.resolve(&l, m.ts, out);
+                    self.resolve_named(AlertName::QueueOffsetStale, &m.container, m.ts, out);
                 }
             }
             _ => {}

@@ -48,17 +48,38 @@ impl JsonFileReader {
 
     fn entry(&mut self, path: &std::path::Path) {
         let line_no = self.chain.line_no();
-        let parsed: Result<Entry<'_>, _> = serde_json::from_slice(&self.buf);
-        let (log, stream, time) = match parsed {
-            Ok(e) => (
+        // The line is taken out of `self` while its fields are borrowed from it.
+        let buf = std::mem::take(&mut self.buf);
+        let mut log = Vec::with_capacity(buf.len());
+        match decode_fast(&buf, &mut log) {
+            Some((stream, time)) => match String::from_utf8(log) {
+                Ok(log) => self.accept(
+                    path,
+                    line_no,
+                    Some(log),
+                    std::str::from_utf8(stream).ok(),
+                    std::str::from_utf8(time).ok(),
+                ),
+                Err(_) => self.entry_slow(path, line_no, &buf),
+            },
+            None => self.entry_slow(path, line_no, &buf),
+        }
+        self.buf = buf;
+    }
+
+    /// Any entry [`decode_fast`] declined: serde_json, then a lossy retry for raw invalid
+    /// UTF-8 (dockerd itself writes \ufffd, but files get damaged).
+    fn entry_slow(&mut self, path: &std::path::Path, line_no: u64, buf: &[u8]) {
+        match serde_json::from_slice::<Entry<'_>>(buf) {
+            Ok(e) => self.accept(
+                path,
+                line_no,
                 e.log.map(Cow::into_owned),
-                e.stream.map(Cow::into_owned),
-                e.time.map(Cow::into_owned),
+                e.stream.as_deref(),
+                e.time.as_deref(),
             ),
             Err(_) => {
-                // Raw invalid UTF-8 (dockerd itself writes \ufffd, but files get damaged):
-                // retry lossily before calling the line broken.
-                let lossy = String::from_utf8_lossy(&self.buf);
+                let lossy = String::from_utf8_lossy(buf);
                 if matches!(lossy, Cow::Owned(_)) {
                     match serde_json::from_str::<Entry<'_>>(&lossy) {
                         Ok(e) => {
@@ -68,43 +89,49 @@ impl JsonFileReader {
                                 line_no,
                                 "invalid UTF-8 replaced with U+FFFD",
                             );
-                            (
+                            self.accept(
+                                path,
+                                line_no,
                                 e.log.map(Cow::into_owned),
-                                e.stream.map(Cow::into_owned),
-                                e.time.map(Cow::into_owned),
-                            )
+                                e.stream.as_deref(),
+                                e.time.as_deref(),
+                            );
                         }
                         Err(err) => {
                             self.skips
                                 .record("invalid_json", path, line_no, &err.to_string());
-                            return;
                         }
                     }
                 } else {
-                    let err = serde_json::from_slice::<serde_json::Value>(&self.buf).err();
+                    let err = serde_json::from_slice::<serde_json::Value>(buf).err();
                     let detail = err
                         .map(|e| e.to_string())
                         .unwrap_or_else(|| "not a json-file entry".into());
                     self.skips.record("invalid_json", path, line_no, &detail);
-                    return;
                 }
             }
-        };
-        let Some(ts) = time.as_deref().and_then(crate::time::parse_rfc3339) else {
-            self.skips.record(
-                "bad_time",
-                path,
-                line_no,
-                time.as_deref().unwrap_or("missing time"),
-            );
+        }
+    }
+
+    fn accept(
+        &mut self,
+        path: &std::path::Path,
+        line_no: u64,
+        log: Option<String>,
+        stream: Option<&str>,
+        time: Option<&str>,
+    ) {
+        let Some(ts) = time.and_then(crate::time::parse_rfc3339) else {
+            self.skips
+                .record("bad_time", path, line_no, time.unwrap_or("missing time"));
             return;
         };
-        let stream = match stream.as_deref().map(Stream::parse) {
+        let stream = match stream.map(Stream::parse) {
             Some(Some(s)) => s,
             None => Stream::Stdout,
             Some(None) => {
                 self.skips
-                    .record("bad_stream", path, line_no, stream.as_deref().unwrap_or(""));
+                    .record("bad_stream", path, line_no, stream.unwrap_or(""));
                 return;
             }
         };
@@ -125,6 +152,81 @@ impl JsonFileReader {
             Note::None => {}
         }
     }
+}
+
+/// Decodes an entry in the exact shape dockerd's encoder writes (`{"log":"...","stream":"...",
+/// "time":"..."}`, no whitespace, no `attrs`) in one pass, appending the unescaped `log` to
+/// `out` (empty on entry). Returns `(stream, time)`, or `None` for anything else, which then
+/// goes through serde_json: this is only the common case made cheap, not a second JSON parser
+/// to trust. Nearly all of a replay's bytes are inside `log`, most of them progress frames.
+fn decode_fast<'a>(line: &'a [u8], out: &mut Vec<u8>) -> Option<(&'a [u8], &'a [u8])> {
+    let mut rest = line.strip_prefix(b"{\"log\":\"")?;
+    loop {
+        let i = memchr::memchr2(b'"', b'\\', rest)?;
+        out.extend_from_slice(&rest[..i]);
+        if rest[i] == b'"' {
+            rest = &rest[i + 1..];
+            break;
+        }
+        let (&esc, after) = rest[i + 1..].split_first()?;
+        rest = after;
+        let byte = match esc {
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'u' => {
+                let (c, after) = unicode_escape(rest)?;
+                rest = after;
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                continue;
+            }
+            _ => return None,
+        };
+        out.push(byte);
+    }
+    let rest = rest.strip_prefix(b",\"stream\":\"")?;
+    let i = memchr::memchr2(b'"', b'\\', rest)?;
+    let (stream, rest) = (&rest[..i], &rest[i..]);
+    let rest = rest.strip_prefix(b"\",\"time\":\"")?;
+    let i = memchr::memchr2(b'"', b'\\', rest)?;
+    let (time, rest) = (&rest[..i], &rest[i..]);
+    if rest
+        .strip_prefix(b"\"}")?
+        .iter()
+        .all(u8::is_ascii_whitespace)
+    {
+        Some((stream, time))
+    } else {
+        None
+    }
+}
+
+/// The character of a `\uXXXX` escape (the `\u` already consumed), joining a surrogate pair.
+fn unicode_escape(s: &[u8]) -> Option<(char, &[u8])> {
+    let hex = |s: &[u8]| -> Option<u32> {
+        let h = std::str::from_utf8(s.get(..4)?).ok()?;
+        if !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(h, 16).ok()
+    };
+    let hi = hex(s)?;
+    if (0xD800..0xDC00).contains(&hi) {
+        let s = s[4..].strip_prefix(b"\\u")?;
+        let lo = hex(s)?;
+        if !(0xDC00..0xE000).contains(&lo) {
+            return None;
+        }
+        let c = char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?;
+        return Some((c, &s[4..]));
+    }
+    Some((char::from_u32(hi)?, &s[4..]))
 }
 
 impl Iterator for JsonFileReader {
@@ -262,6 +364,104 @@ mod tests {
         assert_eq!(lines[0].stream, Stream::Stderr);
         assert_eq!(lines[1].text, "bad \u{fffd}");
         assert_eq!(r.skips.by_reason.get("invalid_utf8_replaced"), Some(&1));
+    }
+
+    /// dockerd's escaping (moby's jsonlog): `"` `\\` `\n` `\r` `\t`, other controls and
+    /// `<>&` as `\u00XX`, U+2028/9 escaped, the rest raw.
+    fn moby_escape(s: &str) -> String {
+        let mut o = String::new();
+        for c in s.chars() {
+            match c {
+                '"' => o.push_str("\\\""),
+                '\\' => o.push_str("\\\\"),
+                '\n' => o.push_str("\\n"),
+                '\r' => o.push_str("\\r"),
+                '\t' => o.push_str("\\t"),
+                '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                    o.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+                c => o.push(c),
+            }
+        }
+        o
+    }
+
+    fn serde_entry(line: &[u8]) -> Option<(String, String, String)> {
+        let e: Entry<'_> = serde_json::from_slice(line).ok()?;
+        Some((
+            e.log?.into_owned(),
+            e.stream?.into_owned(),
+            e.time?.into_owned(),
+        ))
+    }
+
+    fn fast_entry(line: &[u8]) -> Option<(String, String, String)> {
+        let mut out = Vec::new();
+        let (s, t) = decode_fast(line, &mut out)?;
+        Some((
+            String::from_utf8(out).ok()?,
+            String::from_utf8(s.to_vec()).ok()?,
+            String::from_utf8(t.to_vec()).ok()?,
+        ))
+    }
+
+    #[test]
+    fn fast_path_declines_what_it_does_not_know() {
+        let t = "2026-03-28T14:30:00.5Z";
+        let attrs = format!(
+            "{{\"log\":\"a\\n\",\"stream\":\"stdout\",\"attrs\":{{\"k\":\"v\"}},\"time\":\"{t}\"}}"
+        );
+        assert_eq!(fast_entry(attrs.as_bytes()), None);
+        assert!(serde_entry(attrs.as_bytes()).is_some());
+        let spaced = format!("{{ \"log\":\"a\\n\",\"stream\":\"stdout\",\"time\":\"{t}\"}}");
+        assert_eq!(fast_entry(spaced.as_bytes()), None);
+        for bad in [
+            "{\"log\":\"a\\x\",\"stream\":\"stdout\",\"time\":\"t\"}",
+            "{\"log\":\"\\ud800\",\"stream\":\"stdout\",\"time\":\"t\"}",
+            "{\"log\":\"cut",
+            "{\"log\":\"a\",\"stream\":\"stdout\",\"time\":\"t\"}x",
+        ] {
+            assert_eq!(fast_entry(bad.as_bytes()), None, "{bad}");
+        }
+        let pair = "{\"log\":\"\\ud83d\\ude80 \\u003c\\u001b[K\\r\",\"stream\":\"stderr\",\"time\":\"t\"}\n";
+        assert_eq!(
+            fast_entry(pair.as_bytes()),
+            Some(("🚀 <\u{1b}[K\r".into(), "stderr".into(), "t".into()))
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever dockerd writes, the fast path decodes exactly as serde_json does.
+        #[test]
+        fn fast_path_agrees_with_serde(log in "\\PC*|[\\x00-\\x7f]*|.*", err in proptest::bool::ANY, nano in 0u32..1_000_000_000) {
+            let stream = if err { "stderr" } else { "stdout" };
+            let line = format!(
+                "{{\"log\":\"{}\",\"stream\":\"{stream}\",\"time\":\"2026-03-28T14:30:00.{nano:09}Z\"}}",
+                moby_escape(&log)
+            );
+            let fast = fast_entry(line.as_bytes());
+            proptest::prop_assert!(fast.is_some());
+            proptest::prop_assert_eq!(fast, serde_entry(line.as_bytes()));
+            // serde_json's own escaping too.
+            let line = format!(
+                "{{\"log\":{},\"stream\":\"{stream}\",\"time\":\"t\"}}",
+                serde_json::to_string(&log).unwrap()
+            );
+            proptest::prop_assert_eq!(fast_entry(line.as_bytes()), serde_entry(line.as_bytes()));
+        }
+
+        /// On arbitrary bytes the fast path either declines or agrees with serde_json.
+        #[test]
+        fn fast_path_never_disagrees(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80), tail in "[a-z\\\\\"u0-9]{0,12}") {
+            let mut line = b"{\"log\":\"".to_vec();
+            line.extend_from_slice(&bytes);
+            line.extend_from_slice(tail.as_bytes());
+            line.extend_from_slice(b"\",\"stream\":\"stdout\",\"time\":\"t\"}");
+            if let (Some(f), Some(s)) = (fast_entry(&line), serde_entry(&line)) {
+                proptest::prop_assert_eq!(f, s);
+            }
+        }
     }
 
     #[test]
