@@ -60,9 +60,34 @@ pub struct Writer {
     started_at: i64,
 }
 
-const INSERT_EVENT: &str =
-    "INSERT INTO event_log (ts, container, stream, key_ts, seq, level, kind, message, context)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING";
+/// Rows per multi-row INSERT: one statement execution opens the table's and indexes' cursors
+/// once for all of them, instead of once per row.
+const CHUNK: usize = 16;
+
+/// `INSERT INTO <head> VALUES (<row>), ... (n rows) <tail>`.
+fn multi_row(head: &str, row: &str, n: usize, tail: &str) -> String {
+    let mut sql = format!("INSERT INTO {head} VALUES ");
+    for i in 0..n {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(row);
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    sql
+}
+
+const EVENT_HEAD: &str =
+    "event_log (ts, container, stream, key_ts, seq, level, kind, message, context)";
+const EVENT_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const EVENT_TAIL: &str = "ON CONFLICT DO NOTHING";
+
+// Two samples of one metric at the same instant (lines without their own time share the last
+// one seen): the later line's value is the current one, e.g. a counter's running total.
+const METRIC_HEAD: &str = "metric_log (container, name, ts, value)";
+const METRIC_ROW: &str = "(?, ?, ?, ?)";
+const METRIC_TAIL: &str = "ON CONFLICT (container, name, ts) DO UPDATE SET value = excluded.value";
 
 const UPSERT_RUN: &str =
     "INSERT INTO runs (container, start_stream, start_key_ts, start_seq, started_at, ended_at,
@@ -96,12 +121,6 @@ const UPSERT_EPOCH: &str =
         map50 = COALESCE(excluded.map50, map50),
         map50_95 = COALESCE(excluded.map50_95, map50_95),
         gpu_mem_gb = COALESCE(excluded.gpu_mem_gb, gpu_mem_gb)";
-
-// Two samples of one metric at the same instant (lines without their own time share the last
-// one seen): the later line's value is the current one, e.g. a counter's running total.
-const INSERT_METRIC: &str =
-    "INSERT INTO metric_log (container, name, ts, value) VALUES (?1, ?2, ?3, ?4)
-     ON CONFLICT (container, name, ts) DO UPDATE SET value = excluded.value";
 
 const UPSERT_CURSOR: &str =
     "INSERT INTO cursors (container, stream, origin, key_ts, seq, updated_at)
@@ -172,13 +191,8 @@ impl Writer {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(StoreError::sql("begin transaction"))?;
         {
-            let mut ev = tx
-                .prepare_cached(INSERT_EVENT)
-                .map_err(StoreError::sql("prepare event insert"))?;
-            let mut me = tx
-                .prepare_cached(INSERT_METRIC)
-                .map_err(StoreError::sql("prepare metric insert"))?;
-            let mut ts_buf = String::with_capacity(32);
+            let mut events: Vec<&crate::derive::EventRow> = Vec::new();
+            let mut metrics: Vec<&crate::derive::MetricRow> = Vec::new();
             // Newest sample per metric in this batch: (container, name, ts, value).
             let mut latest: Vec<(std::sync::Arc<str>, &'static str, i64, f64)> = Vec::new();
             for op in batch.iter() {
@@ -186,35 +200,11 @@ impl Writer {
                     a.engine.observe(op, &mut a.pending);
                 }
                 match op {
-                    Op::Event(e) => {
-                        ts_buf.clear();
-                        crate::time::write_ns(&mut ts_buf, e.ts);
-                        let n = ev
-                            .execute(params![
-                                ts_buf,
-                                &*e.container,
-                                e.stream,
-                                e.key_ts,
-                                e.seq,
-                                e.level.as_str(),
-                                e.kind,
-                                &e.message,
-                                &e.context
-                            ])
-                            .map_err(StoreError::sql("insert event"))?;
-                        if n == 1 {
-                            self.stats.events_inserted += 1;
-                        } else {
-                            self.stats.events_duplicate += 1;
-                        }
-                    }
+                    // Rows of the two logs reference nothing else in the batch: they are
+                    // inserted after the loop, in order, many per statement.
+                    Op::Event(e) => events.push(e),
                     Op::Metric(m) => {
-                        ts_buf.clear();
-                        crate::time::write_ns(&mut ts_buf, m.ts);
-                        let n = me
-                            .execute(params![&*m.container, m.name, ts_buf, m.value])
-                            .map_err(StoreError::sql("insert metric sample"))?;
-                        self.stats.metrics_inserted += n as u64;
+                        metrics.push(m);
                         // The gauge is written once per batch, with the newest sample.
                         match latest
                             .iter_mut()
@@ -281,6 +271,10 @@ impl Writer {
                     }
                 }
             }
+            let inserted = insert_events(&tx, &events)?;
+            self.stats.events_inserted += inserted;
+            self.stats.events_duplicate += events.len() as u64 - inserted;
+            self.stats.metrics_inserted += insert_metrics(&tx, &metrics)?;
             for (container, name, ts, value) in latest {
                 tx.prepare_cached(UPSERT_GAUGE)
                     .and_then(|mut s| s.execute(params![&*container, name, format_ns(ts), value]))
@@ -329,6 +323,84 @@ impl Writer {
             .map_err(StoreError::sql("checkpoint WAL"))?;
         Ok(self.stats)
     }
+}
+
+/// Inserts event rows in order, [`CHUNK`] per statement; returns how many were new.
+fn insert_events(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[&crate::derive::EventRow],
+) -> Result<u64, StoreError> {
+    let mut ts = String::new();
+    let mut inserted = 0;
+    // Whole chunks share one statement; the rest goes one row at a time, so only two
+    // statements are ever prepared.
+    let whole = rows.len() / CHUNK * CHUNK;
+    for chunk in rows[..whole].chunks(CHUNK).chain(rows[whole..].chunks(1)) {
+        let sql = multi_row(EVENT_HEAD, EVENT_ROW, chunk.len(), EVENT_TAIL);
+        let mut st = tx
+            .prepare_cached(&sql)
+            .map_err(StoreError::sql("prepare event insert"))?;
+        ts.clear();
+        for e in chunk {
+            crate::time::write_ns(&mut ts, e.ts);
+        }
+        let width = ts.len() / chunk.len();
+        for (i, e) in chunk.iter().enumerate() {
+            let p = i * 9;
+            bind(&mut st, p + 1, &ts[i * width..(i + 1) * width])?;
+            bind(&mut st, p + 2, &*e.container)?;
+            bind(&mut st, p + 3, e.stream)?;
+            bind(&mut st, p + 4, e.key_ts)?;
+            bind(&mut st, p + 5, e.seq)?;
+            bind(&mut st, p + 6, e.level.as_str())?;
+            bind(&mut st, p + 7, e.kind)?;
+            bind(&mut st, p + 8, e.message.as_str())?;
+            bind(&mut st, p + 9, e.context.as_str())?;
+        }
+        inserted += st.raw_execute().map_err(StoreError::sql("insert events"))? as u64;
+    }
+    Ok(inserted)
+}
+
+/// Inserts (or, for the same instant, updates) metric samples, [`CHUNK`] per statement.
+fn insert_metrics(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[&crate::derive::MetricRow],
+) -> Result<u64, StoreError> {
+    let mut ts = String::new();
+    let mut written = 0;
+    let whole = rows.len() / CHUNK * CHUNK;
+    for chunk in rows[..whole].chunks(CHUNK).chain(rows[whole..].chunks(1)) {
+        let sql = multi_row(METRIC_HEAD, METRIC_ROW, chunk.len(), METRIC_TAIL);
+        let mut st = tx
+            .prepare_cached(&sql)
+            .map_err(StoreError::sql("prepare metric insert"))?;
+        ts.clear();
+        for m in chunk {
+            crate::time::write_ns(&mut ts, m.ts);
+        }
+        let width = ts.len() / chunk.len();
+        for (i, m) in chunk.iter().enumerate() {
+            let p = i * 4;
+            bind(&mut st, p + 1, &*m.container)?;
+            bind(&mut st, p + 2, m.name)?;
+            bind(&mut st, p + 3, &ts[i * width..(i + 1) * width])?;
+            bind(&mut st, p + 4, m.value)?;
+        }
+        written += st
+            .raw_execute()
+            .map_err(StoreError::sql("insert metric samples"))? as u64;
+    }
+    Ok(written)
+}
+
+fn bind<T: rusqlite::ToSql>(
+    st: &mut rusqlite::CachedStatement<'_>,
+    i: usize,
+    v: T,
+) -> Result<(), StoreError> {
+    st.raw_bind_parameter(i, v)
+        .map_err(StoreError::sql("bind parameter"))
 }
 
 fn upsert_run(tx: &rusqlite::Transaction<'_>, r: &RunRow) -> Result<i64, StoreError> {
@@ -406,4 +478,77 @@ fn upsert_epoch(
         })
         .map_err(StoreError::sql("upsert epoch"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::derive::{EventRow, MetricRow};
+    use crate::parse::Level;
+    use std::sync::Arc;
+
+    fn event(seq: u32, message: &str) -> Op {
+        Op::Event(EventRow {
+            ts: 1_774_708_200_000_000_000 + i64::from(seq / 3),
+            container: Arc::from("c"),
+            stream: "stdout",
+            seq,
+            key_ts: 1_774_708_200_000_000_000,
+            level: Level::Info,
+            kind: "log",
+            message: message.into(),
+            context: "{}".into(),
+        })
+    }
+
+    fn sample(ts: i64, value: f64) -> Op {
+        Op::Metric(MetricRow {
+            ts,
+            container: Arc::from("c"),
+            name: "queue_offset",
+            value,
+        })
+    }
+
+    #[test]
+    fn many_rows_per_statement_keep_order_counts_and_dedup() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_rw(&dir.path().join("t.db")).unwrap();
+        let mut w = Writer::new(conn);
+        // 2 whole chunks and a rest; seq 5 twice within the batch.
+        let n = 2 * CHUNK as u32 + 5;
+        let mut batch: Vec<Op> = (0..n).map(|i| event(i, &format!("line {i}"))).collect();
+        batch.insert(10, event(5, "again"));
+        // Two samples at one instant: the later value wins.
+        batch.extend((0..CHUNK as i64 + 3).map(|i| sample(i, i as f64)));
+        batch.push(sample(0, 99.0));
+        w.write(&mut batch).unwrap();
+        assert_eq!(w.stats.events_inserted, u64::from(n));
+        assert_eq!(w.stats.events_duplicate, 1);
+        // The same batch again adds nothing.
+        w.write(&mut batch).unwrap();
+        assert_eq!(w.stats.events_inserted, u64::from(n));
+        assert_eq!(w.stats.events_duplicate, u64::from(n) + 2);
+        let rows: Vec<(u32, String, String)> = w
+            .conn
+            .prepare("SELECT seq, message, ts FROM event_log ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), n as usize);
+        assert!(rows.iter().enumerate().all(|(i, r)| r.0 == i as u32));
+        assert_eq!(rows[5].1, "line 5");
+        assert_eq!(rows[n as usize - 1].2, "2026-03-28T14:30:00.000000012Z");
+        let (count, first): (i64, f64) = w
+            .conn
+            .query_row(
+                "SELECT count(*), (SELECT value FROM metric_log WHERE ts = ?1) FROM metric_log",
+                [crate::time::format_ns(0)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((count, first), (CHUNK as i64 + 3, 99.0));
+    }
 }
