@@ -184,7 +184,7 @@ impl Parser {
         if let Some(log) = pylog::parse(text) {
             let mut p = Parsed::new(Format::PyLog, text.to_string());
             p.level = log.level;
-            p.line_ts = log.ts;
+            p.line_ts = log.ts();
             p.context
                 .insert("logger".into(), Value::String(log.logger.to_string()));
             // A record with a traceback is classified by its whole text (the exception is at

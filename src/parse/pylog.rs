@@ -16,7 +16,9 @@ use super::Level;
 /// One logging record's first line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PyLog<'a> {
-    pub ts: Option<i64>,
+    /// The `asctime` text, read into a time by [`PyLog::ts`] only when wanted (grouping
+    /// looks at every line and needs none).
+    pub time: Option<&'a str>,
     pub logger: &'a str,
     pub level: Level,
     pub message: &'a str,
@@ -77,7 +79,7 @@ fn dashed(i: &str) -> R<'_, PyLog<'_>> {
             return Ok((
                 "",
                 PyLog {
-                    ts: crate::time::parse_loose(ts),
+                    time: Some(ts),
                     logger,
                     level,
                     message,
@@ -117,7 +119,7 @@ fn leveled(i: &str) -> R<'_, PyLog<'_>> {
             return Ok((
                 "",
                 PyLog {
-                    ts: crate::time::parse_loose(ts),
+                    time: Some(ts),
                     logger: "",
                     level,
                     message,
@@ -144,12 +146,19 @@ fn basic(i: &str) -> R<'_, PyLog<'_>> {
     Ok((
         i,
         PyLog {
-            ts: None,
+            time: None,
             logger,
             level,
             message,
         },
     ))
+}
+
+impl PyLog<'_> {
+    /// The record's time (ns since the epoch), from its `asctime`.
+    pub fn ts(&self) -> Option<i64> {
+        self.time.and_then(crate::time::parse_loose)
+    }
 }
 
 /// Parses a logging record's first line, or `None` when the line is not one.
@@ -175,7 +184,7 @@ mod tests {
         assert_eq!(p.logger, "consumer");
         assert_eq!(p.level, Level::Info);
         assert_eq!(p.message, "Processed 10 messages");
-        assert_eq!(p.ts, crate::time::parse_loose("2026-11-29T05:00:48.263Z"));
+        assert_eq!(p.ts(), crate::time::parse_loose("2026-11-29T05:00:48.263Z"));
         let p = parse("2026-04-22 15:39:47 - exp01_detection_baseline - INFO - ").unwrap();
         assert_eq!(p.message, "");
         let p = parse("2026-04-22 15:39:47 - a - b - ERROR - x - y").unwrap();
@@ -210,7 +219,7 @@ mod tests {
             (p.level, p.message),
             (Level::Info, "app.queue:run:42 - Processed 3 messages")
         );
-        assert_eq!(p.ts, crate::time::parse_loose("2026-03-28 14:30:00.123"));
+        assert_eq!(p.ts(), crate::time::parse_loose("2026-03-28 14:30:00.123"));
         // A level word must stand alone.
         assert!(parse("2026-03-28 14:30:00 INFORMATIONAL text").is_none());
     }

@@ -62,6 +62,10 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
         .map_err(StoreError::sql("set WAL"))?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(StoreError::sql("set synchronous"))?;
+    // A multi-row insert keeps a statement journal (the pages it changed, to undo it alone);
+    // on disk that is a write per page per statement.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(StoreError::sql("set temp_store"))?;
     migrate::migrate(&mut conn, path)?;
     Ok(conn)
 }
