@@ -1,7 +1,8 @@
-//! Times the reading thread's stages on one json-file log without the store:
-//! `cargo run --release --example stage_timing -- FILE`. Used to see which side of the
-//! writer channel bounds replay throughput, then the writer's share alone on the same ops
-//! (bench/replay.sh measures the whole).
+//! Times the reading thread's stages on one json-file log, then the writer alone on the same
+//! ops: `cargo run --release --example stage_timing -- FILE`. Used to see which side of the
+//! writer channel bounds replay throughput (bench/replay.sh measures the whole). `TW_SQL` is
+//! run on the writer's fresh store first, e.g. `TW_SQL='DROP INDEX metric_log_for_retention'`
+//! to price an index.
 
 use std::time::Instant;
 
