@@ -32,44 +32,45 @@ static URL_CREDS: LazyLock<Regex> = LazyLock::new(|| {
 /// Words at least one of which every secret pattern above contains: text without any of them is
 /// left alone without running the regexes (most log lines).
 static TRIGGERS: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
-    aho_corasick::AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build([
-            "pass",
-            "pwd",
-            "secret",
-            "token",
-            "key",
-            "credential",
-            "auth",
-            "bearer",
-            "basic",
-            "://",
-        ])
-        .expect("trigger words")
+    any_case(&[
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "credential",
+        "auth",
+        "bearer",
+        "basic",
+        "://",
+    ])
 });
 
 /// Words that make a JSON key name a secret, matched anywhere in the key, in any case.
 static SECRET_KEYS: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
+    any_case(&[
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "apikey",
+        "api_key",
+        "api-key",
+        "authorization",
+        "credential",
+        "private_key",
+        "encryption_key",
+        "access_key",
+        "pwd",
+    ])
+});
+
+fn any_case(words: &[&str]) -> aho_corasick::AhoCorasick {
     aho_corasick::AhoCorasick::builder()
         .ascii_case_insensitive(true)
-        .build([
-            "password",
-            "passwd",
-            "secret",
-            "token",
-            "apikey",
-            "api_key",
-            "api-key",
-            "authorization",
-            "credential",
-            "private_key",
-            "encryption_key",
-            "access_key",
-            "pwd",
-        ])
-        .expect("secret key words")
-});
+        .build(words)
+        .expect("fixed word list")
+}
 
 /// Whether a JSON key names a secret.
 pub fn is_secret_key(key: &str) -> bool {

@@ -1,6 +1,6 @@
 //! The single writer: applies batches of [`Op`]s, each batch in one transaction, with cached
 //! prepared statements. Every insert is keyed by its natural key, so offering the same rows
-//! twice changes nothing (`ON CONFLICT DO NOTHING` for events and samples, merging upserts for
+//! twice changes nothing (`OR IGNORE` for events, upserts for samples, merging upserts for
 //! runs and epochs). Cursors are written in the same transaction as the rows they cover.
 
 use std::collections::HashMap;
@@ -64,9 +64,9 @@ pub struct Writer {
 /// once for all of them, instead of once per row.
 const CHUNK: usize = 16;
 
-/// `INSERT INTO <head> VALUES (<row>), ... (n rows) <tail>`.
+/// `INSERT <head> VALUES (<row>), ... (n rows) <tail>`.
 fn multi_row(head: &str, row: &str, n: usize, tail: &str) -> String {
-    let mut sql = format!("INSERT INTO {head} VALUES ");
+    let mut sql = format!("INSERT {head} VALUES ");
     for i in 0..n {
         if i > 0 {
             sql.push(',');
@@ -78,14 +78,17 @@ fn multi_row(head: &str, row: &str, n: usize, tail: &str) -> String {
     sql
 }
 
+// `OR IGNORE` rather than `ON CONFLICT DO NOTHING`: the same for these rows (the natural key
+// is the only constraint an event row can break; no value is ever NULL), and a statement that
+// cannot abort needs no statement journal (12 % of the writer's instructions, callgrind).
 const EVENT_HEAD: &str =
-    "event_log (ts, container, stream, key_ts, seq, level, kind, message, context)";
+    "OR IGNORE INTO event_log (ts, container, stream, key_ts, seq, level, kind, message, context)";
 const EVENT_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
-const EVENT_TAIL: &str = "ON CONFLICT DO NOTHING";
+const EVENT_TAIL: &str = "";
 
 // Two samples of one metric at the same instant (lines without their own time share the last
 // one seen): the later line's value is the current one, e.g. a counter's running total.
-const METRIC_HEAD: &str = "metric_log (container, name, ts, value)";
+const METRIC_HEAD: &str = "INTO metric_log (container, name, ts, value)";
 const METRIC_ROW: &str = "(?, ?, ?, ?)";
 const METRIC_TAIL: &str = "ON CONFLICT (container, name, ts) DO UPDATE SET value = excluded.value";
 
@@ -271,10 +274,10 @@ impl Writer {
                     }
                 }
             }
-            let inserted = insert_events(&tx, &events)?;
+            let inserted = insert_rows(&tx, &events)?;
             self.stats.events_inserted += inserted;
             self.stats.events_duplicate += events.len() as u64 - inserted;
-            self.stats.metrics_inserted += insert_metrics(&tx, &metrics)?;
+            self.stats.metrics_inserted += insert_rows(&tx, &metrics)?;
             for (container, name, ts, value) in latest {
                 tx.prepare_cached(UPSERT_GAUGE)
                     .and_then(|mut s| s.execute(params![&*container, name, format_ns(ts), value]))
@@ -325,73 +328,96 @@ impl Writer {
     }
 }
 
-/// Inserts event rows in order, [`CHUNK`] per statement; returns how many were new.
-fn insert_events(
-    tx: &rusqlite::Transaction<'_>,
-    rows: &[&crate::derive::EventRow],
-) -> Result<u64, StoreError> {
-    let mut ts = String::new();
-    let mut inserted = 0;
-    // Whole chunks share one statement; the rest goes one row at a time, so only two
-    // statements are ever prepared.
-    let whole = rows.len() / CHUNK * CHUNK;
-    for chunk in rows[..whole].chunks(CHUNK).chain(rows[whole..].chunks(1)) {
-        let sql = multi_row(EVENT_HEAD, EVENT_ROW, chunk.len(), EVENT_TAIL);
-        let mut st = tx
-            .prepare_cached(&sql)
-            .map_err(StoreError::sql("prepare event insert"))?;
-        ts.clear();
-        for e in chunk {
-            crate::time::write_ns(&mut ts, e.ts);
-        }
-        let width = ts.len() / chunk.len();
-        for (i, e) in chunk.iter().enumerate() {
-            let p = i * 9;
-            bind(&mut st, p + 1, &ts[i * width..(i + 1) * width])?;
-            bind(&mut st, p + 2, &*e.container)?;
-            bind(&mut st, p + 3, e.stream)?;
-            bind(&mut st, p + 4, e.key_ts)?;
-            bind(&mut st, p + 5, e.seq)?;
-            bind(&mut st, p + 6, e.level.as_str())?;
-            bind(&mut st, p + 7, e.kind)?;
-            bind(&mut st, p + 8, e.message.as_str())?;
-            bind(&mut st, p + 9, e.context.as_str())?;
-        }
-        inserted += st.raw_execute().map_err(StoreError::sql("insert events"))? as u64;
-    }
-    Ok(inserted)
+/// A row of one of the two logs, inserted [`CHUNK`] per statement.
+trait LogRow {
+    /// `table (columns)`, one row's placeholders, and the conflict clause.
+    const SQL: (&'static str, &'static str, &'static str);
+    const PARAMS: usize;
+    /// What an error says was being done.
+    const WHAT: &'static str;
+    fn ts(&self) -> i64;
+    /// Binds this row's values from parameter `first` on; `ts` is its time, formatted.
+    fn bind(
+        &self,
+        st: &mut rusqlite::CachedStatement<'_>,
+        first: usize,
+        ts: &str,
+    ) -> Result<(), StoreError>;
 }
 
-/// Inserts (or, for the same instant, updates) metric samples, [`CHUNK`] per statement.
-fn insert_metrics(
-    tx: &rusqlite::Transaction<'_>,
-    rows: &[&crate::derive::MetricRow],
-) -> Result<u64, StoreError> {
-    let mut ts = String::new();
-    let mut written = 0;
-    let whole = rows.len() / CHUNK * CHUNK;
-    for chunk in rows[..whole].chunks(CHUNK).chain(rows[whole..].chunks(1)) {
-        let sql = multi_row(METRIC_HEAD, METRIC_ROW, chunk.len(), METRIC_TAIL);
-        let mut st = tx
-            .prepare_cached(&sql)
-            .map_err(StoreError::sql("prepare metric insert"))?;
-        ts.clear();
-        for m in chunk {
-            crate::time::write_ns(&mut ts, m.ts);
-        }
-        let width = ts.len() / chunk.len();
-        for (i, m) in chunk.iter().enumerate() {
-            let p = i * 4;
-            bind(&mut st, p + 1, &*m.container)?;
-            bind(&mut st, p + 2, m.name)?;
-            bind(&mut st, p + 3, &ts[i * width..(i + 1) * width])?;
-            bind(&mut st, p + 4, m.value)?;
-        }
-        written += st
-            .raw_execute()
-            .map_err(StoreError::sql("insert metric samples"))? as u64;
+impl LogRow for crate::derive::EventRow {
+    const SQL: (&'static str, &'static str, &'static str) = (EVENT_HEAD, EVENT_ROW, EVENT_TAIL);
+    const PARAMS: usize = 9;
+    const WHAT: &'static str = "insert events";
+    fn ts(&self) -> i64 {
+        self.ts
     }
-    Ok(written)
+    fn bind(
+        &self,
+        st: &mut rusqlite::CachedStatement<'_>,
+        p: usize,
+        ts: &str,
+    ) -> Result<(), StoreError> {
+        bind(st, p, ts)?;
+        bind(st, p + 1, &*self.container)?;
+        bind(st, p + 2, self.stream)?;
+        bind(st, p + 3, self.key_ts)?;
+        bind(st, p + 4, self.seq)?;
+        bind(st, p + 5, self.level.as_str())?;
+        bind(st, p + 6, self.kind)?;
+        bind(st, p + 7, self.message.as_str())?;
+        bind(st, p + 8, self.context.as_str())
+    }
+}
+
+impl LogRow for crate::derive::MetricRow {
+    const SQL: (&'static str, &'static str, &'static str) = (METRIC_HEAD, METRIC_ROW, METRIC_TAIL);
+    const PARAMS: usize = 4;
+    const WHAT: &'static str = "insert metric samples";
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+    fn bind(
+        &self,
+        st: &mut rusqlite::CachedStatement<'_>,
+        p: usize,
+        ts: &str,
+    ) -> Result<(), StoreError> {
+        bind(st, p, &*self.container)?;
+        bind(st, p + 1, self.name)?;
+        bind(st, p + 2, ts)?;
+        bind(st, p + 3, self.value)
+    }
+}
+
+/// Inserts rows in order, [`CHUNK`] per statement; returns the rows changed (for events, the
+/// new ones; for samples, new or updated).
+fn insert_rows<R: LogRow>(tx: &rusqlite::Transaction<'_>, rows: &[&R]) -> Result<u64, StoreError> {
+    let mut ts = String::new();
+    let mut changed = 0;
+    // Whole chunks share one statement; the rest goes one row at a time, so only two
+    // statements per table are ever prepared.
+    let whole = rows.len() / CHUNK * CHUNK;
+    let (head, row, tail) = R::SQL;
+    let sql = [
+        multi_row(head, row, 1, tail),
+        multi_row(head, row, CHUNK, tail),
+    ];
+    for chunk in rows[..whole].chunks(CHUNK).chain(rows[whole..].chunks(1)) {
+        let sql = &sql[usize::from(chunk.len() == CHUNK && CHUNK > 1)];
+        let mut st = tx.prepare_cached(sql).map_err(StoreError::sql(R::WHAT))?;
+        ts.clear();
+        for r in chunk {
+            crate::time::write_ns(&mut ts, r.ts());
+        }
+        // Every formatted time has the same width.
+        let width = ts.len() / chunk.len();
+        for (i, r) in chunk.iter().enumerate() {
+            r.bind(&mut st, i * R::PARAMS + 1, &ts[i * width..(i + 1) * width])?;
+        }
+        changed += st.raw_execute().map_err(StoreError::sql(R::WHAT))? as u64;
+    }
+    Ok(changed)
 }
 
 fn bind<T: rusqlite::ToSql>(
