@@ -493,7 +493,7 @@ impl Engine {
         let stale: Vec<(Arc<str>, f64, i64)> = self
             .offsets
             .iter()
-            .filter(|(c, (_, t))| now - t > stale_after && self.queue_running(c))
+            .filter(|(c, (_, t))| self.offset_stale(c, *t, now))
             .map(|(c, (v, t))| (c.clone(), *v, *t))
             .collect();
         for (container, value, changed) in stale {
@@ -518,7 +518,7 @@ impl Engine {
             let moving: Vec<Arc<str>> = self
                 .offsets
                 .iter()
-                .filter(|(c, (_, t))| !(now - t > stale_after && self.queue_running(c)))
+                .filter(|(c, (_, t))| !self.offset_stale(c, *t, now))
                 .map(|(c, _)| c.clone())
                 .collect();
             for c in moving {
@@ -553,12 +553,17 @@ impl Engine {
             return f.running;
         }
         // Without knowledge of the container (e.g. in replay), assume it runs.
-        let mut queues = self.containers.values().filter(|f| f.role == "queue");
-        let mut any = false;
-        queues.any(|f| {
-            any = true;
-            f.running
-        }) || !any
+        let mut queues = self
+            .containers
+            .values()
+            .filter(|f| f.role == "queue")
+            .peekable();
+        queues.peek().is_none() || queues.any(|f| f.running)
+    }
+
+    /// Whether `container`'s offset, unchanged since `changed`, counts as stale at `now`.
+    fn offset_stale(&self, container: &str, changed: i64, now: i64) -> bool {
+        now - changed > self.rules.queue_offset_stale_after.0 && self.queue_running(container)
     }
 
     fn on_signal(&mut self, ts: i64, s: &Signal, out: &mut Vec<Change>) {
