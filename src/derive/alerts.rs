@@ -456,36 +456,42 @@ impl Engine {
     fn evaluate(&mut self, out: &mut Vec<Change>) {
         let now = self.clock;
         self.next_eval = now.saturating_add(1_000_000_000);
-        // Queue containers that are down. Evaluated once per second of log time, so nothing is
-        // allocated unless something is down, stale, or active.
-        if self.containers.values().any(|f| f.role == "queue") {
-            let queues: Vec<(Arc<str>, bool, i64)> = self
+        // Evaluated once per second of log time: the lists below stay empty (and allocate
+        // nothing) unless something is down, stale, or active.
+        // Queue containers that are down.
+        let down: Vec<(Arc<str>, i64)> = self
+            .containers
+            .iter()
+            .filter(|(_, f)| f.role == "queue" && !f.running)
+            .map(|(n, f)| (n.clone(), f.since))
+            .collect();
+        for (name, since) in down {
+            let l = labels(AlertName::QueueContainerDown, &[("container", &name)]);
+            let summary = format!(
+                "Annotation queue container {name} is not running (since {})",
+                crate::time::format_ns(since)
+            );
+            self.condition(
+                AlertName::QueueContainerDown,
+                l,
+                summary,
+                When {
+                    since,
+                    for_ns: self.rules.queue_down_for.0,
+                    evidence: now,
+                },
+                out,
+            );
+        }
+        if self.any_active(AlertName::QueueContainerDown) {
+            let running: Vec<Arc<str>> = self
                 .containers
                 .iter()
-                .filter(|(_, f)| f.role == "queue")
-                .map(|(n, f)| (n.clone(), !f.running, f.since))
+                .filter(|(_, f)| f.role == "queue" && f.running)
+                .map(|(n, _)| n.clone())
                 .collect();
-            for (name, is_down, since) in queues {
-                if is_down {
-                    let l = labels(AlertName::QueueContainerDown, &[("container", &name)]);
-                    let summary = format!(
-                        "Annotation queue container {name} is not running (since {})",
-                        crate::time::format_ns(since)
-                    );
-                    self.condition(
-                        AlertName::QueueContainerDown,
-                        l,
-                        summary,
-                        When {
-                            since,
-                            for_ns: self.rules.queue_down_for.0,
-                            evidence: now,
-                        },
-                        out,
-                    );
-                } else {
-                    self.resolve_named(AlertName::QueueContainerDown, &name, now, out);
-                }
+            for name in running {
+                self.resolve_named(AlertName::QueueContainerDown, &name, now, out);
             }
         }
         // Offsets that stopped moving while the queue runs.

@@ -399,12 +399,12 @@ fn insert_rows<R: LogRow>(tx: &rusqlite::Transaction<'_>, rows: &[&R]) -> Result
     // statements per table are ever prepared.
     let whole = rows.len() / CHUNK * CHUNK;
     let (head, row, tail) = R::SQL;
-    let sql = [
+    let (one, many) = (
         multi_row(head, row, 1, tail),
         multi_row(head, row, CHUNK, tail),
-    ];
+    );
     for chunk in rows[..whole].chunks(CHUNK).chain(rows[whole..].chunks(1)) {
-        let sql = &sql[usize::from(chunk.len() == CHUNK && CHUNK > 1)];
+        let sql = if chunk.len() == 1 { &one } else { &many };
         let mut st = tx.prepare_cached(sql).map_err(StoreError::sql(R::WHAT))?;
         ts.clear();
         for r in chunk {
