@@ -5,9 +5,10 @@
 //!   trainwatch was down are read too), then `GET /events` for `start`, `die`, `oom`,
 //!   `destroy`. `die` and `oom` become events (`container_died`, `container_oom_killed`,
 //!   `container_started`) with the container's role.
-//! - Exactly once: `GET /containers/{id}/logs?follow&timestamps&since=<cursor second>`. `since`
-//!   is inclusive and whole seconds in bollard, so lines at or before the stored cursor are
-//!   re-delivered and dropped by key. The cursor is committed with the rows it covers.
+//! - Exactly once: `GET /containers/{id}/logs?follow&timestamps&since=<cursor time>`. `since`
+//!   is inclusive and given to the nanosecond (bollard's is whole seconds; the request is
+//!   amended), so the lines at the cursor's instant are re-delivered and dropped by key. The
+//!   cursor is committed with the rows it covers.
 //! - Framing: multiplexed stdout/stderr frames carry one Docker message each (a 16 KiB piece has
 //!   no `\n`); a TTY container's raw stream arrives split at `\n` and is all stdout.
 //! - A dying container is read to the end: its logs stream ends only after the last line.
@@ -22,7 +23,7 @@ use bollard::Docker;
 use bollard::query_parameters::{
     EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
@@ -675,6 +676,38 @@ impl Follower {
 }
 
 /// Follows one container until it stops (read to the end) or trainwatch shuts down.
+/// A client whose requests carry `since` to the nanosecond. bollard's `since` is whole
+/// seconds, while dockerd takes `seconds.nanoseconds`: without this, every re-attach re-reads
+/// up to a second of lines (at a busy container's rate, a hundred thousand) only to drop them.
+fn precise_since(docker: &Docker, since_ns: i64) -> Docker {
+    if since_ns % 1_000_000_000 == 0 {
+        return docker.clone();
+    }
+    docker.clone().with_request_modifier(move |mut req| {
+        let uri = req.uri().to_string();
+        if let Some(Ok(precise)) = with_since_ns(&uri, since_ns).map(|u| u.parse()) {
+            *req.uri_mut() = precise;
+        }
+        req
+    })
+}
+
+/// `uri` with its `since=<seconds>` query parameter given to the nanosecond.
+fn with_since_ns(uri: &str, since_ns: i64) -> Option<String> {
+    let secs = since_ns.div_euclid(1_000_000_000);
+    let nanos = since_ns.rem_euclid(1_000_000_000);
+    let whole = format!("since={secs}");
+    let at = uri.match_indices(&whole).map(|(i, _)| i).find(|&i| {
+        matches!(uri.as_bytes().get(i.wrapping_sub(1)), Some(b'?' | b'&'))
+            && matches!(uri.as_bytes().get(i + whole.len()), None | Some(b'&'))
+    })?;
+    let end = at + whole.len();
+    Some(format!("{}.{nanos:09}{}", &uri[..end], &uri[end..]))
+}
+
+/// At most this many log messages are taken from a stream per wakeup.
+const READY_CHUNK: usize = 1024;
+
 async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     let container: Arc<str> = Arc::from(info.name.as_str());
     let origin: Arc<str> = Arc::from(info.id.as_str());
@@ -720,19 +753,15 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     let mut quiet_since = tokio::time::Instant::now();
     let mut silent = false;
     loop {
-        let since = f
-            .stored
-            .oldest_ts()
-            .map(|ts| (ts / 1_000_000_000) as i32)
-            .unwrap_or(0);
+        let since_ns = f.stored.oldest_ts().unwrap_or(0).max(0);
         let opts = LogsOptionsBuilder::default()
             .follow(!draining)
             .stdout(true)
             .stderr(true)
             .timestamps(true)
-            .since(since)
+            .since((since_ns / 1_000_000_000) as i32)
             .build();
-        let mut stream = shared.docker.logs(&info.id, Some(opts));
+        let mut stream = precise_since(&shared.docker, since_ns).logs(&info.id, Some(opts));
         // Fresh assembly per connection: pieces and groups not yet stored are re-delivered.
         let mut merger = Merger::new();
         let mut grouper = Grouper::new();
@@ -768,24 +797,54 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                         break Err("stream silent".into());
                     }
                 }
-                item = stream.next() => {
-                    match item {
-                        None => break Ok(()),
-                        Some(Err(e)) => break Err(e.to_string()),
-                        Some(Ok(out)) => {
-                            last_data = tokio::time::Instant::now();
-                            quiet_since = last_data;
-                            if std::mem::take(&mut silent) {
-                                let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: false });
-                                let _ = shared.writer.send(vec![op]).await;
-                            }
-                            backoff.reset();
-                            f.ingest(&shared.parser, out, &mut merger, &mut grouper, &mut recs, &mut line_no);
-                            f.process(&shared.parser, &mut recs);
-                            if f.ops.len() >= BATCH_OPS && !f.flush(&shared.writer).await {
-                                return;
+                first = stream.next() => {
+                    // Every message that is ready is taken now: one wakeup for many lines.
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    let mut yielded = false;
+                    let stop: Option<Result<(), String>> = loop {
+                        let item = match next.take() {
+                            Some(item) => item,
+                            None => match stream.next().now_or_never() {
+                                Some(item) => item,
+                                None if !yielded => {
+                                    // hyper hands the body over one chunk at a time: let its
+                                    // connection task decode what it has already read.
+                                    yielded = true;
+                                    tokio::task::yield_now().await;
+                                    continue;
+                                }
+                                None => break None,
+                            },
+                        };
+                        yielded = false;
+                        match item {
+                            None => break Some(Ok(())),
+                            Some(Err(e)) => break Some(Err(e.to_string())),
+                            Some(Ok(out)) => {
+                                f.ingest(&shared.parser, out, &mut merger, &mut grouper, &mut recs, &mut line_no);
+                                taken += 1;
                             }
                         }
+                        if taken == READY_CHUNK {
+                            break None;
+                        }
+                    };
+                    if taken > 0 {
+                        last_data = tokio::time::Instant::now();
+                        quiet_since = last_data;
+                        if std::mem::take(&mut silent) {
+                            let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: false });
+                            let _ = shared.writer.send(vec![op]).await;
+                        }
+                        backoff.reset();
+                        f.process(&shared.parser, &mut recs);
+                        if f.ops.len() >= BATCH_OPS && !f.flush(&shared.writer).await {
+                            return;
+                        }
+                    }
+                    if let Some(end) = stop {
+                        break end;
                     }
                 }
             }
@@ -904,6 +963,31 @@ mod tests {
         );
         assert_eq!(text, "hello\n");
         assert!(split_timestamp(b"no timestamp here").is_none());
+    }
+
+    #[test]
+    fn since_to_the_nanosecond() {
+        let uri = "http://localhost/v1.41/containers/abc/logs?follow=true&since=1774708200&until=0";
+        assert_eq!(
+            with_since_ns(uri, 1_774_708_200_000_000_042).as_deref(),
+            Some(
+                "http://localhost/v1.41/containers/abc/logs?follow=true&since=1774708200.000000042&until=0"
+            )
+        );
+        let last = "http://localhost/logs?stdout=true&since=1774708200";
+        assert_eq!(
+            with_since_ns(last, 1_774_708_200_500_000_000).as_deref(),
+            Some("http://localhost/logs?stdout=true&since=1774708200.500000000")
+        );
+        // Only the parameter itself, whole: not a longer number, not another name.
+        assert_eq!(
+            with_since_ns("http://h/logs?since=17747082001", 1_774_708_200_000_000_001),
+            None
+        );
+        assert_eq!(
+            with_since_ns("http://h/logs?xsince=1774708200", 1_774_708_200_000_000_001),
+            None
+        );
     }
 
     #[test]
