@@ -13,7 +13,7 @@ lag are reported (the polling adds up to 10 ms).
 
 Peak RSS of trainwatch (VmHWM) is read from /proc at the end of each run.
 
-Usage: bench/watch.py [--lines 200000] [--rate 10000] [--seconds 10]
+Usage: bench/watch.py [--lines 200000] [--rate 10000] [--seconds 10] [--repeat 5]
 """
 import argparse
 import os
@@ -128,10 +128,12 @@ def throughput(n, lines, workdir):
         for p in procs:
             p.wait()
         t_par = time.time() - t2
+        ratio = t_tw / t_follow
         print(f"{n:>2} container(s) x {lines} lines: trainwatch {total / t_tw:8.0f} lines/s ({t_tw:.2f} s)"
               f" | same run, docker logs -f > /dev/null: {total / t_follow:8.0f} lines/s ({t_follow:.2f} s, ratio {t_tw / t_follow:.2f}x)"
               f" | after the fact, docker logs > /dev/null: {total / t_par:8.0f} lines/s (ratio {t_tw / t_par:.2f}x)"
-              f" | trainwatch CPU {cpu:.2f} s ({cpu / total * 1e6:.1f} us/line), peak RSS {rss:.1f} MiB")
+              f" | trainwatch CPU {cpu:.2f} s ({cpu / total * 1e6:.1f} us/line), peak RSS {rss:.1f} MiB", flush=True)
+        return ratio
     finally:
         subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
         if w.p.poll() is None:
@@ -177,14 +179,20 @@ def main():
     ap.add_argument("--lines", type=int, default=200_000, help="lines per container for one container (divided by 10 for ten)")
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=1, help="throughput runs per case; the median ratio is reported")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
     ensure_image()
     print(f"docker {sh('docker', 'info', '--format', '{{.ServerVersion}}')}, {os.cpu_count()} cores", flush=True)
-    with tempfile.TemporaryDirectory() as d:
-        throughput(1, a.lines, d)
-    with tempfile.TemporaryDirectory() as d:
-        throughput(10, a.lines // 10, d)
+    for n, lines in ((1, a.lines), (10, a.lines // 10)):
+        ratios = []
+        for _ in range(a.repeat):
+            with tempfile.TemporaryDirectory() as d:
+                ratios.append(throughput(n, lines, d))
+        if a.repeat > 1:
+            ratios.sort()
+            print(f"{n:>2} container(s): ratio to docker logs -f over {a.repeat} runs: median {ratios[len(ratios) // 2]:.2f}x,"
+                  f" range {ratios[0]:.2f}-{ratios[-1]:.2f}x", flush=True)
     with tempfile.TemporaryDirectory() as d:
         latency(a.rate, a.seconds, d)
 
