@@ -529,6 +529,19 @@ fn fast_short_lived_container_is_drained_after_its_follow_stream_ends() {
         )),
         n
     );
+    // The rest is read from the cursor's instant, not from the start of its second (at this
+    // rate, tens of thousands of lines read again only to be dropped).
+    let log = lab.log_text();
+    let stopped = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "Stopped.")
+        .expect("a Stopped. line");
+    let read = stopped["context"]["lines_read"].as_u64().unwrap();
+    assert!(
+        (n as u64..n as u64 + 1_000).contains(&read),
+        "{read} lines read for {n}"
+    );
 }
 
 #[test]

@@ -145,6 +145,8 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
     drop(rt);
     let stats = writer.finish().context("committing the last batches")?;
     tracing::info!(
+        lines_read =
+            trainwatch::telemetry::Counters::get(&trainwatch::telemetry::COUNTERS.lines_read),
         events = stats.events_inserted,
         batches = stats.batches,
         alert_changes = stats.alerts_changed,
