@@ -70,13 +70,11 @@ proptest! {
     #[test]
     fn nvidia_smi_rows_round_trip(
         index in 0u32..16,
-        name in "[A-Za-z0-9 ]{1,12}(, [A-Za-z0-9 ]{1,8}){0,2}",
+        name in "[A-Za-z0-9]([A-Za-z0-9 ]{0,10}[A-Za-z0-9])?(, [A-Za-z0-9]([A-Za-z0-9 ]{0,6}[A-Za-z0-9])?){0,2}",
         values in proptest::collection::vec(arb_smi_value(), 4),
         ph in 0usize..3,
         junk in any::<String>(),
     ) {
-        let name = name.trim().to_string();
-        prop_assume!(!name.is_empty() && !name.contains(",  ") && !name.ends_with(','));
         let row = format!(
             "{index}, GPU-0000, {name}, {}, {}, {}, {}\n{junk}",
             smi_field(values[0], ph), smi_field(values[1], ph), smi_field(values[2], ph), smi_field(values[3], ph)

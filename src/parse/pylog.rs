@@ -96,11 +96,11 @@ fn dashed(i: &str) -> R<'_, PyLog<'_>> {
 
 /// Other common layouts after a leading time: `asctime [LEVEL] name: message`,
 /// `asctime LEVEL name: message`, loguru's `asctime | LEVEL    | module:func:12 - message`.
-/// The level is the first level word within the next 40 characters; the message is what
+/// The level is the first level word within the next 40 bytes; the message is what
 /// follows it (the logger name is not separated out).
 fn leveled(i: &str) -> R<'_, PyLog<'_>> {
     let (rest, ts) = asctime(i)?;
-    let window = &rest[..rest.len().min(40)];
+    let window = &rest[..rest.floor_char_boundary(40)];
     let b = window.as_bytes();
     for (at, _) in window.char_indices() {
         if at > 0 && b[at - 1].is_ascii_alphanumeric() {
@@ -222,6 +222,13 @@ mod tests {
         assert_eq!(p.ts(), crate::time::parse_loose("2026-03-28 14:30:00.123"));
         // A level word must stand alone.
         assert!(parse("2026-03-28 14:30:00 INFORMATIONAL text").is_none());
+        // The 40-byte window for the level ends inside a 4-byte character (found by proptest).
+        let line = format!("2026-03-28 14:30:00{} 🕴 WARNING x", ",".repeat(38));
+        assert!(parse(&line).is_none());
+        let line = format!("2026-03-28 14:30:00 ERROR {}🕴 boom", "é".repeat(16));
+        let p = parse(&line).unwrap();
+        assert_eq!(p.level, Level::Error);
+        assert!(p.message.ends_with("🕴 boom"));
     }
 
     #[test]
