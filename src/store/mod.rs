@@ -146,8 +146,9 @@ pub struct WriterOptions {
 fn write_until_done(w: &mut Writer, batch: &mut [Op], health: Option<&StoreHealth>) {
     let mut delay = Duration::from_millis(250);
     let mut failing = false;
+    w.observe(batch);
     loop {
-        match w.write(batch) {
+        match w.store(batch) {
             Ok(()) => {
                 if failing {
                     tracing::info!("The database can be written again.");

@@ -189,6 +189,41 @@ impl Writer {
     /// Applies one batch in one transaction. The batch is left as it was (the caller frees or
     /// reuses it).
     pub fn write(&mut self, batch: &mut [Op]) -> Result<(), StoreError> {
+        self.observe(batch);
+        self.store(batch)
+    }
+
+    /// Shows a batch to the alert rules: once per batch, however many times storing it is
+    /// tried. Their changes wait in the sink until a commit stores them.
+    pub fn observe(&mut self, batch: &[Op]) {
+        if let Some(a) = self.alerts.as_mut() {
+            for op in batch {
+                a.engine.observe(op, &mut a.pending);
+            }
+        }
+    }
+
+    /// Stores an observed batch (and the alert changes waiting) in one transaction. On error
+    /// nothing of it is stored or counted, and it can be tried again.
+    pub fn store(&mut self, batch: &mut [Op]) -> Result<(), StoreError> {
+        let stats = self.stats.clone();
+        let mut new_runs = Vec::new();
+        let done = self.store_once(batch, &mut new_runs);
+        if done.is_err() {
+            // The run ids were allocated in the transaction that rolled back.
+            self.stats = stats;
+            for key in new_runs {
+                self.run_ids.remove(&key);
+            }
+        }
+        done
+    }
+
+    fn store_once(
+        &mut self,
+        batch: &mut [Op],
+        new_runs: &mut Vec<RunKey>,
+    ) -> Result<(), StoreError> {
         let events_before = self.stats.events_inserted;
         let tx = self
             .conn
@@ -200,9 +235,6 @@ impl Writer {
             // Newest sample per metric in this batch: (container, name, ts, value).
             let mut latest: Vec<(std::sync::Arc<str>, &'static str, i64, f64)> = Vec::new();
             for op in batch.iter() {
-                if let Some(a) = self.alerts.as_mut() {
-                    a.engine.observe(op, &mut a.pending);
-                }
                 match op {
                     // Rows of the two logs reference nothing else in the batch: they are
                     // inserted after the loop, in order, many per statement.
@@ -233,7 +265,9 @@ impl Writer {
                     Op::Signal(..) => {}
                     Op::Run(r) => {
                         let id = upsert_run(&tx, r)?;
-                        self.run_ids.insert(r.key.clone(), id);
+                        if self.run_ids.insert(r.key.clone(), id).is_none() {
+                            new_runs.push(r.key.clone());
+                        }
                         self.stats.runs_written += 1;
                     }
                     Op::Epoch(key, e) => {
@@ -253,6 +287,7 @@ impl Writer {
                                     )
                                     .map_err(StoreError::sql("find run for epoch"))?;
                                 self.run_ids.insert(key.clone(), id);
+                                new_runs.push(key.clone());
                                 id
                             }
                         };
@@ -560,6 +595,88 @@ mod tests {
             name: "queue_offset",
             value,
         })
+    }
+
+    #[test]
+    fn a_failed_store_counts_nothing_and_its_retry_stores_and_alerts_once() {
+        use crate::derive::{EpochRow, RunKey, RunRow, RunStatus};
+        use crate::event::Stream;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_rw(&dir.path().join("t.db")).unwrap();
+        let engine = crate::derive::alerts::Engine::new(Default::default(), true, "");
+        let sink = AlertSink::new(engine, vec!["hook".into()], None);
+        let mut w = Writer::new(conn).with_alerts(sink).unwrap();
+        let key = RunKey {
+            container: Arc::from("c"),
+            stream: Stream::Stdout,
+            ts: 1_774_708_200_000_000_000,
+            seq: 0,
+        };
+        let run = RunRow {
+            key: key.clone(),
+            started_at: key.ts,
+            ended_at: None,
+            status: RunStatus::Running,
+            epochs_total: Some(3),
+            best_epoch_reported: None,
+            save_dir: None,
+            model: None,
+            loss_names: Vec::new(),
+        };
+        let epoch = EpochRow {
+            epoch: 1,
+            ended_at: key.ts,
+            loss: Some(0.5),
+            ..Default::default()
+        };
+        let mut oom = event(0, "torch.OutOfMemoryError: CUDA out of memory.");
+        if let Op::Event(e) = &mut oom {
+            // Fresh evidence: an alert from old logs is recorded without paging anyone.
+            (e.kind, e.level, e.ts) = ("gpu_oom", Level::Error, crate::time::now_ns());
+        }
+        let mut batch = vec![Op::Run(run), Op::Epoch(key.clone(), epoch), oom];
+        let big = "x".repeat(2000);
+        batch.extend((1..400).map(|i| event(i, &big)));
+        w.observe(&batch);
+        // The disk fills up in the middle of the transaction (the run and its epoch are in).
+        let pages: i64 = w
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        w.conn
+            .execute_batch(&format!("PRAGMA max_page_count = {}", pages + 20))
+            .unwrap();
+        let err = w.store(&mut batch).unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        assert_eq!(w.stats, WriteStats::default());
+        assert!(w.run_ids.is_empty());
+        assert!(w.store(&mut batch).is_err());
+        w.conn
+            .execute_batch("PRAGMA max_page_count = 1073741823")
+            .unwrap();
+        w.store(&mut batch).unwrap();
+        let s = &w.stats;
+        assert_eq!(
+            (
+                s.runs_written,
+                s.epochs_written,
+                s.events_inserted,
+                s.batches
+            ),
+            (1, 1, 400, 1)
+        );
+        // The rules saw the batch once: one alert, one notification.
+        assert_eq!(s.alerts_changed, 1);
+        let count = |sql: &str| -> i64 { w.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT count(*) FROM alert_log WHERE alertname = 'GpuOutOfMemory'"),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM outbox"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM epochs JOIN runs USING (run_id) WHERE epoch = 1"),
+            1
+        );
     }
 
     #[test]
