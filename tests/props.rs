@@ -12,6 +12,11 @@ fn arb_line() -> impl Strategy<Value = String> {
         "\\{\"(level|message|context|timestamp)\":[\"0-9a-zA-Z{}:, NaInfity-]{0,80}",
         "(Traceback \\(most recent call last\\):|  File \"x\", line 1|[A-Za-z]+Error: .{0,20}|)",
         "20[0-9]{2}-[0-9]{2}-[0-9]{2} [0-9:,]{0,14} - [a-z]{0,5} - (INFO|ERROR|WARN)? - .{0,30}",
+        // Other logging layouts after a time, with any characters where the level is sought.
+        "20[0-9]{2}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}([,.][0-9]{1,6})? ?(\\[|\\| )?.{0,12}(INFO|ERROR|WARNING|DEBUG)?.{0,40}",
+        // Ultralytics-like rows: an epoch column, then anything.
+        " {0,12}[0-9]{1,3}/[0-9]{1,3} .{0,80}",
+        " {0,20}(all|Class) .{0,60}",
     ]
 }
 
