@@ -675,7 +675,6 @@ impl Follower {
     }
 }
 
-/// Follows one container until it stops (read to the end) or trainwatch shuts down.
 /// A client whose requests carry `since` to the nanosecond. bollard's `since` is whole
 /// seconds, while dockerd takes `seconds.nanoseconds`: without this, every re-attach re-reads
 /// up to a second of lines (at a busy container's rate, a hundred thousand) only to drop them.
@@ -708,6 +707,7 @@ fn with_since_ns(uri: &str, since_ns: i64) -> Option<String> {
 /// At most this many log messages are taken from a stream per wakeup.
 const READY_CHUNK: usize = 1024;
 
+/// Follows one container until it stops (read to the end) or trainwatch shuts down.
 async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     let container: Arc<str> = Arc::from(info.name.as_str());
     let origin: Arc<str> = Arc::from(info.id.as_str());

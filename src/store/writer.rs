@@ -437,7 +437,7 @@ fn insert_rows<R: LogRow>(tx: &rusqlite::Transaction<'_>, rows: &[&R]) -> Result
     let mut ts = String::new();
     let mut changed = 0;
     // Whole chunks share one statement; the rest goes one row at a time, so only two
-    // statements per table are ever prepared (three with an upsert).
+    // statements per table are ever prepared.
     let whole = rows.len() / CHUNK * CHUNK;
     let (into, row) = R::SQL;
     let head = format!("OR IGNORE INTO {into}");
