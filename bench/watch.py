@@ -130,7 +130,7 @@ def throughput(n, lines, workdir):
         t_par = time.time() - t2
         ratio = t_tw / t_follow
         print(f"{n:>2} container(s) x {lines} lines: trainwatch {total / t_tw:8.0f} lines/s ({t_tw:.2f} s)"
-              f" | same run, docker logs -f > /dev/null: {total / t_follow:8.0f} lines/s ({t_follow:.2f} s, ratio {t_tw / t_follow:.2f}x)"
+              f" | same run, docker logs -f > /dev/null: {total / t_follow:8.0f} lines/s ({t_follow:.2f} s, ratio {ratio:.2f}x)"
               f" | after the fact, docker logs > /dev/null: {total / t_par:8.0f} lines/s (ratio {t_tw / t_par:.2f}x)"
               f" | trainwatch CPU {cpu:.2f} s ({cpu / total * 1e6:.1f} us/line), peak RSS {rss:.1f} MiB", flush=True)
         return ratio
