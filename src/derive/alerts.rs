@@ -367,6 +367,14 @@ impl Engine {
         }
     }
 
+    /// Restores each container's queue offset and when it last changed (ns), so that a
+    /// restart does not start the staleness clock again.
+    pub fn restore_offsets(&mut self, offsets: Vec<(Arc<str>, f64, i64)>) {
+        for (container, value, changed) in offsets {
+            self.offsets.insert(container, (value, changed));
+        }
+    }
+
     /// Whether this engine notifies (it runs in `watch`).
     pub fn is_live(&self) -> bool {
         self.live

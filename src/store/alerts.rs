@@ -1,6 +1,8 @@
 //! Alerts in the store: recording the rule engine's changes (view `alerts`), the outbox of
 //! notifications written in the same transaction, and the queries the notifier and the CLI use.
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
@@ -92,6 +94,41 @@ pub fn apply(
             .map_err(StoreError::sql("queue notification"))?;
     }
     Ok(n)
+}
+
+/// Each container's latest queue offset and the time it took that value (the first sample of
+/// the trailing run of equal values), for the offset staleness rule to continue after a
+/// restart. Reads the gauges, then walks each container's samples back from the newest.
+pub fn load_offsets(conn: &Connection) -> Result<Vec<(Arc<str>, f64, i64)>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT g.container, g.value, (
+                SELECT min(m.ts) FROM metric_log m
+                WHERE m.container = g.container AND m.name = g.name AND m.ts > COALESCE((
+                    SELECT c.ts FROM metric_log c
+                    WHERE c.container = g.container AND c.name = g.name AND c.value <> g.value
+                    ORDER BY c.ts DESC LIMIT 1), ''))
+             FROM gauges g WHERE g.name = 'queue_offset'",
+        )
+        .map_err(StoreError::sql("load queue offsets"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, f64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })
+        .map_err(StoreError::sql("load queue offsets"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (container, value, changed) = row.map_err(StoreError::sql("load queue offsets"))?;
+        // Samples pruned away: the gauge's value is all that is known, from now on.
+        if let Some(changed) = changed.as_deref().and_then(parse_rfc3339) {
+            out.push((Arc::from(container), value, changed));
+        }
+    }
+    Ok(out)
 }
 
 /// The firing alerts, for the engine to continue after a restart.

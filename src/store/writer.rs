@@ -159,6 +159,8 @@ impl Writer {
     pub fn with_alerts(mut self, mut sink: AlertSink) -> Result<Self, StoreError> {
         sink.engine
             .restore(crate::store::alerts::load_firing(&self.conn)?);
+        sink.engine
+            .restore_offsets(crate::store::alerts::load_offsets(&self.conn)?);
         if sink.engine.is_live() {
             sink.engine
                 .observe(&Op::Tick(crate::time::now_ns()), &mut sink.pending);
@@ -677,6 +679,56 @@ mod tests {
             count("SELECT count(*) FROM epochs JOIN runs USING (run_id) WHERE epoch = 1"),
             1
         );
+    }
+
+    #[test]
+    fn a_restart_keeps_the_time_the_queue_offset_last_moved() {
+        use crate::derive::alerts::{Engine, Signal};
+        const MIN: i64 = 60 * 1_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let q = |ts: i64, value: f64| {
+            Op::Metric(MetricRow {
+                ts,
+                container: Arc::from("q"),
+                name: "queue_offset",
+                value,
+            })
+        };
+        // The offset moved to 7 thirty minutes ago, then stood still.
+        let t0 = crate::time::now_ns() - 40 * MIN;
+        let mut w = Writer::new(crate::store::open_rw(&path).unwrap());
+        let mut before = vec![q(t0, 5.0), q(t0 + 10 * MIN, 7.0), q(t0 + 20 * MIN, 7.0)];
+        w.write(&mut before).unwrap();
+        w.write(&mut [q(t0 + 30 * MIN, 7.0)]).unwrap();
+        w.finish().unwrap();
+
+        let engine = Engine::new(Default::default(), true, "");
+        let sink = AlertSink::new(engine, Vec::new(), None);
+        let conn = crate::store::open_rw(&path).unwrap();
+        let mut w = Writer::new(conn).with_alerts(sink).unwrap();
+        let running = Op::Signal(
+            t0 + 40 * MIN,
+            Signal::Container {
+                name: Arc::from("q"),
+                role: "queue".into(),
+                running: true,
+            },
+        );
+        // Stale an hour after it last moved (t0 + 10 min), not an hour after the restart.
+        let mut batch = vec![running, Op::Tick(t0 + 69 * MIN)];
+        w.write(&mut batch).unwrap();
+        assert_eq!(w.stats.alerts_changed, 0);
+        w.write(&mut [Op::Tick(t0 + 71 * MIN)]).unwrap();
+        let started: String = w
+            .conn
+            .query_row(
+                "SELECT started_at FROM alert_log WHERE alertname = 'QueueOffsetStale'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(started, crate::time::format_ns(t0 + 70 * MIN));
     }
 
     #[test]
