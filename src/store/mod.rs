@@ -5,7 +5,7 @@
 //! Connection settings: WAL so readers never block the writer, `synchronous=NORMAL` (durable at
 //! checkpoints, safe against corruption), `busy_timeout` so a reader meeting a checkpoint waits
 //! instead of failing with "database is locked", `auto_vacuum=INCREMENTAL` set before the first
-//! table exists so retention can return space in small steps.
+//! table exists so retention can return space in small steps, and 8 KiB pages ([`PAGE_SIZE`]).
 
 pub mod alerts;
 pub mod migrate;
@@ -28,6 +28,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default database path: `$TRAINWATCH_DB`, else `./trainwatch.db` (set by the CLI).
 pub const DEFAULT_DB: &str = "trainwatch.db";
+
+/// The page size of a database this program creates (one created before keeps its own).
+pub const PAGE_SIZE: i64 = 8192;
 
 fn pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)
@@ -55,6 +58,11 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
             source,
         })?;
     if tables == 0 {
+        // Bigger pages split less often, and every split of an index page copies the cells of
+        // its siblings: 8 KiB replays ~11 % faster than the default 4 KiB (bench/replay.sh),
+        // and 16 KiB no faster, while each live commit writes its few pages whole to the WAL.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(StoreError::sql("set page_size"))?;
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
             .map_err(StoreError::sql("set auto_vacuum"))?;
     }
@@ -256,5 +264,47 @@ impl WriterHandle {
             Some(Ok(r)) => r,
             _ => Err(StoreError::WriterGone),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting(conn: &Connection, name: &str) -> String {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        })
+        .map(|v| match v {
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            rusqlite::types::Value::Text(t) => t,
+            other => format!("{other:?}"),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_new_database_gets_its_settings_and_an_old_one_keeps_its_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.db");
+        let conn = open_rw(&new).unwrap();
+        assert_eq!(setting(&conn, "page_size"), PAGE_SIZE.to_string());
+        assert_eq!(setting(&conn, "auto_vacuum"), "2"); // incremental
+        assert_eq!(setting(&conn, "journal_mode"), "wal");
+        drop(conn);
+        assert_eq!(setting(&open_rw(&new).unwrap(), "page_size"), "8192");
+
+        // A database made with SQLite's default pages opens and migrates as it is.
+        let old = dir.path().join("old.db");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let conn = open_rw(&old).unwrap();
+        assert_eq!(setting(&conn, "page_size"), "4096");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM event_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
     }
 }
