@@ -58,6 +58,9 @@ pub struct Patterns {
     set: RegexSet,
     rules: Vec<Rule>,
     offset: Regex,
+    /// Prefilters for `offset`, built once (`str::contains` sets up its search every call).
+    ffset: memchr::memmem::Finder<'static>,
+    ffset_upper: memchr::memmem::Finder<'static>,
 }
 
 /// The built-in rules, in priority order.
@@ -174,7 +177,13 @@ impl Patterns {
         })?;
         let offset = Regex::new(r"(?i)(?-u:\b)offset(?-u:\b)[\s=:]{1,3}(\d{1,19})(?-u:\b)")
             .expect("offset pattern");
-        Ok(Patterns { set, rules, offset })
+        Ok(Patterns {
+            set,
+            rules,
+            offset,
+            ffset: memchr::memmem::Finder::new(b"ffset"),
+            ffset_upper: memchr::memmem::Finder::new(b"FFSET"),
+        })
     }
 
     /// The first rule matching `text`, if any.
@@ -210,7 +219,9 @@ impl Patterns {
 
     /// The queue offset a line states (`offset=1234`, `offset: 1234`), if any.
     pub fn offset(&self, text: &str) -> Option<u64> {
-        if !text.contains("ffset") && !text.contains("FFSET") {
+        if self.ffset.find(text.as_bytes()).is_none()
+            && self.ffset_upper.find(text.as_bytes()).is_none()
+        {
             return None;
         }
         self.offset.captures(text)?.get(1)?.as_str().parse().ok()
