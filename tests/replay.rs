@@ -314,3 +314,77 @@ fn plain_text_capture_gives_the_same_epochs() {
         &ResultsCsv::load(&fixture("ultralytics/normal.results.csv")),
     );
 }
+
+#[test]
+fn bars_off_counts_epochs_by_their_headers() {
+    // Progress bars off and the logger at INFO: an epoch prints its header and the validation
+    // `all` row, nothing else. Made from the real early-stop capture by dropping every entry
+    // that holds a bar (progress frames, the validation bar).
+    let text = std::fs::read_to_string(fixture("ultralytics/earlystop-json.log")).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let log = v["log"].as_str().unwrap();
+            !log.contains('\r') && !log.contains('━') && !log.contains("Class     Images")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(kept.len() < text.len() / 2, "bars were dropped");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("barsoff-json.log");
+    std::fs::write(&path, kept).unwrap();
+    let db = Db::new();
+    db.replay(&[path.to_string_lossy().into_owned()], Some("barsoff"));
+
+    let csv = ResultsCsv::load(&fixture("ultralytics/earlystop.results.csv"));
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("early_stopped")
+    );
+    let conn = db.conn();
+    let mut stmt = conn
+        .prepare("SELECT epoch, epochs_total, box_loss, precision, recall, map50, map50_95 FROM training_epochs ORDER BY epoch")
+        .unwrap();
+    let rows: Vec<(u32, i64, Option<f64>, [f64; 4])> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        csv.epochs(),
+        "one epoch per header, numbered from 1"
+    );
+    let cols = [
+        "metrics/precision(B)",
+        "metrics/recall(B)",
+        "metrics/mAP50(B)",
+        "metrics/mAP50-95(B)",
+    ];
+    for (epoch, total, box_loss, vals) in &rows {
+        assert_eq!(*total, db.count("SELECT epochs_total FROM training_runs"));
+        assert_eq!(*box_loss, None, "epoch {epoch}: no bar, no losses");
+        for (got, col) in vals.iter().zip(cols) {
+            let want = csv.get(*epoch, col);
+            assert!(
+                close_sig(*got, want, 3),
+                "epoch {epoch} {col}: stored {got}, results.csv {want}"
+            );
+        }
+    }
+    // The final validation of best.pt is not a 20th epoch.
+    assert_eq!(
+        db.count(
+            "SELECT CAST(max(value) AS INTEGER) FROM metric_samples WHERE name = 'training_epoch'"
+        ),
+        *csv.epochs().last().unwrap() as i64
+    );
+}

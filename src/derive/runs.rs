@@ -88,6 +88,10 @@ struct Run {
     /// Set by the settings line until `Starting training` or the first epoch arrives, so the
     /// start is not counted twice.
     starting: bool,
+    /// An epoch header was printed and no epoch has ended since. With progress bars off
+    /// (`YOLO_VERBOSE=False` with the logger still at INFO) the header and the validation
+    /// `all` row are all an epoch prints: the row then ends the epoch after `last_epoch`.
+    header_open: bool,
 }
 
 /// Derivation state of one container.
@@ -147,6 +151,7 @@ impl ContainerState {
                 last_epoch,
                 last_ts,
                 starting: false,
+                header_open: false,
             });
         }
         for (name, v) in resume.counters {
@@ -277,6 +282,7 @@ impl ContainerState {
             last_epoch: 0,
             last_ts: rec.ts,
             starting,
+            header_open: false,
         });
     }
 
@@ -302,6 +308,7 @@ impl ContainerState {
                 last_epoch: 0,
                 last_ts: rec.ts,
                 starting: false,
+                header_open: false,
             });
         }
         let run = self.run.as_mut().expect("run set above");
@@ -344,11 +351,13 @@ impl ContainerState {
             Detail::None | Detail::Banner(_) => {}
             Detail::Header(names) => {
                 self.loss_names = names.clone();
-                if let Some(run) = self.run.as_mut()
-                    && run.row.loss_names != *names
-                {
-                    run.row.loss_names = names.clone();
-                    out.push(Op::Run(run.row.clone()));
+                if let Some(run) = self.run.as_mut() {
+                    run.header_open =
+                        run.row.status == RunStatus::Running && !self.final_validation;
+                    if run.row.loss_names != *names {
+                        run.row.loss_names = names.clone();
+                        out.push(Op::Run(run.row.clone()));
+                    }
                 }
             }
             Detail::TrainerSettings(kv) => self.settings(rec, &p, kv, out),
@@ -408,6 +417,16 @@ impl ContainerState {
             }
             Detail::Validation(v) => {
                 let final_val = self.final_validation;
+                // No progress row since the epoch header: the bars are off, and this row ends
+                // the next epoch.
+                let counted = match self.run.as_mut() {
+                    Some(r) if r.header_open && !final_val => {
+                        r.header_open = false;
+                        r.last_epoch += 1;
+                        true
+                    }
+                    _ => false,
+                };
                 let epoch = self
                     .run
                     .as_ref()
@@ -424,10 +443,12 @@ impl ContainerState {
                 out.push(self.event(rec, Level::Info, "validation", &p.message, ctx));
                 if let (Some(epoch), Some(run)) = (epoch, self.run.as_ref()) {
                     let key = run.row.key.clone();
+                    let epochs_total = run.row.epochs_total.filter(|_| counted);
                     out.push(Op::Epoch(
                         key,
                         EpochRow {
                             epoch,
+                            epochs_total,
                             ended_at: rec.ts,
                             precision: Some(v.precision),
                             recall: Some(v.recall),
@@ -436,6 +457,9 @@ impl ContainerState {
                             ..Default::default()
                         },
                     ));
+                    if counted {
+                        self.metric(rec.ts, "training_epoch", epoch as f64, out);
+                    }
                     self.metric(rec.ts, "training_mAP50", v.map50, out);
                     self.metric(rec.ts, "training_mAP50_95", v.map50_95, out);
                 }
@@ -583,6 +607,7 @@ impl ContainerState {
             out.push(Op::Run(run.row.clone()));
         }
         run.last_epoch = pr.epoch;
+        run.header_open = false;
         let key = run.row.key.clone();
         let mut ctx = Map::new();
         ctx.insert("epoch".into(), json!(pr.epoch));
