@@ -324,6 +324,8 @@ impl Parser {
         let mut p = Parsed::new(Format::Text, text.to_string());
         if let Some(l) = ultralytics::level_prefix(text) {
             p.level = l;
+        } else if pylog::is_exception_line(text) {
+            p.level = Level::Error;
         }
         self.classify(&mut p, text);
         p
@@ -374,6 +376,9 @@ mod tests {
         );
         assert_eq!(parse("ERROR ❌ AMP: checks failed").kind, Some("error"));
         assert_eq!(parse("just a print").kind, None);
+        // An exception's line printed without its traceback.
+        let p = parse("AssertionError: last.pt training to 100 epochs is finished");
+        assert_eq!((p.kind, p.level), (Some("error"), Level::Error));
         let p = parse(
             "2026-11-29 05:00:48,263 - consumer - ERROR - Error handling message\nTraceback (most recent call last):\n  File \"x\", line 1, in f\nKeyError: 'x'",
         );

@@ -63,6 +63,21 @@ fn asctime(i: &str) -> R<'_, &str> {
     .parse(i)
 }
 
+/// Whether a line is a Python exception's own line, `[module.]NameError: message` at the
+/// start of the line (the last line of a traceback, or one printed without its traceback).
+pub fn is_exception_line(line: &str) -> bool {
+    let name: R<'_, &str> =
+        take_while1(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.').parse(line);
+    match name {
+        Ok((rest, name)) => {
+            !name.starts_with('.')
+                && (name.ends_with("Error") || name.ends_with("Exception"))
+                && (rest.is_empty() || rest.starts_with(": "))
+        }
+        Err(_) => false,
+    }
+}
+
 /// The first ` - ` in `s` (memchr for the dash: `str::find` sets up a two-way search on
 /// every call, which costs more than the search on these short lines).
 fn find_dash(s: &str) -> Option<usize> {
@@ -186,6 +201,33 @@ pub fn parse(line: &str) -> Option<PyLog<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exception_lines() {
+        for l in [
+            "RuntimeError: Training failed: NaN persisted for 4 epochs",
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.",
+            "KeyError: 'bbox'",
+            "pika.exceptions.AMQPConnectionError",
+            "rstream.exceptions.StreamDoesNotExist: stream annotations",
+        ] {
+            assert_eq!(
+                is_exception_line(l),
+                !l.contains("StreamDoesNotExist"),
+                "{l}"
+            );
+        }
+        for l in [
+            "  File \"x.py\", line 1, in <module>",
+            "    raise RuntimeError: x",
+            "No Error: fine",
+            "Errors: 0",
+            "MyError:no space",
+            "",
+        ] {
+            assert!(!is_exception_line(l), "{l}");
+        }
+    }
 
     #[test]
     fn find_dash_is_str_find() {
