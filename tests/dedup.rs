@@ -123,3 +123,106 @@ fn appended_file_replay_continues_the_run() {
         Some("completed")
     );
 }
+
+/// A log of `copies` early-stopped trainings one hour apart, with a queue service line after
+/// every line (a running counter and an offset): ~150 json-file lines per copy, doubled.
+fn long_log(copies: usize) -> String {
+    let text = std::fs::read_to_string(fixture("ultralytics/earlystop-json.log")).unwrap();
+    let mut out = String::new();
+    let mut n = 0;
+    for copy in 0..copies {
+        for line in text.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let t = chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap()
+                + chrono::Duration::hours(copy as i64);
+            let time = |t: chrono::DateTime<chrono::FixedOffset>| {
+                t.to_utc()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            };
+            v["time"] = serde_json::Value::String(time(t));
+            out.push_str(&v.to_string());
+            out.push('\n');
+            n += 1;
+            let queue = serde_json::json!({
+                "timestamp": time(t), "level": "INFO", "service": "annotation_queue",
+                "message": "Processed 1 messages", "context": {"offset": n}
+            });
+            out.push_str(&entry(
+                &format!("{queue}\n"),
+                "stdout",
+                &time(t + chrono::Duration::microseconds(1)),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn replay_killed_mid_way_then_run_again_matches_one_clean_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("0123456789ab-json.log");
+    std::fs::write(&log, long_log(200)).unwrap();
+    let log = log.to_string_lossy().into_owned();
+
+    let clean = Db::new();
+    clean.replay(std::slice::from_ref(&log), Some("gpu"));
+
+    let killed = Db::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+        .args(["replay", "--container", "gpu", &log])
+        .env("TRAINWATCH_DB", &killed.path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill -9 as soon as a first batch is committed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let stored = trainwatch::store::open_ro(&killed.path)
+            .ok()
+            .and_then(|c| {
+                c.query_row("SELECT max(id) FROM event_log", [], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .ok()
+            })
+            .flatten()
+            .is_some();
+        if stored {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing committed");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "replay ended first");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let part = killed.counts();
+    let whole = clean.counts();
+    assert!(part[2] > 0 && part[2] < whole[2], "{part:?} of {whole:?}");
+
+    // Run again: it continues where the committed part ends.
+    let s = killed.replay(std::slice::from_ref(&log), Some("gpu"));
+    assert!(s.already_stored > 0);
+    assert_eq!(killed.counts(), whole);
+    let processed = "SELECT CAST(max(value) AS INTEGER) FROM metric_samples WHERE name = 'queue_messages_processed'";
+    assert_eq!(killed.count(processed), clean.count(processed));
+    assert_eq!(clean.count(processed), 200 * 152, "one per queue line");
+    let history = |db: &Db| -> Vec<String> {
+        let conn = db.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT r.started_at || ' ' || r.status || ' ' || e.epoch || ' ' || ifnull(e.box_loss, '-')
+                    || ' ' || ifnull(e.map50_95, '-')
+                 FROM training_epochs e JOIN training_runs r USING (run_id) ORDER BY 1",
+            )
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let h = history(&clean);
+    assert_eq!(h.len(), 200 * 19);
+    assert_eq!(history(&killed), h);
+}
