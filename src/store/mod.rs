@@ -292,7 +292,10 @@ mod tests {
         assert_eq!(setting(&conn, "auto_vacuum"), "2"); // incremental
         assert_eq!(setting(&conn, "journal_mode"), "wal");
         drop(conn);
-        assert_eq!(setting(&open_rw(&new).unwrap(), "page_size"), "8192");
+        assert_eq!(
+            setting(&open_rw(&new).unwrap(), "page_size"),
+            PAGE_SIZE.to_string()
+        );
 
         // A database made with SQLite's default pages opens and migrates as it is.
         let old = dir.path().join("old.db");
