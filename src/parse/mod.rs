@@ -13,6 +13,13 @@ use serde_json::{Map, Value};
 use crate::event::Record;
 use patterns::Patterns;
 
+/// A traceback inside a logging record (`logger.exception`), searched with a finder built once:
+/// `str::contains` sets up its two-way search on every call.
+static TRACEBACK_INSIDE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| {
+        memchr::memmem::Finder::new("\nTraceback (most recent call last):")
+    });
+
 /// Severity of a record, from its own level field or prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
@@ -189,7 +196,7 @@ impl Parser {
                 .insert("logger".into(), Value::String(log.logger.to_string()));
             // A record with a traceback is classified by its whole text (the exception is at
             // the end); otherwise by its message.
-            let has_tb = text.contains("\nTraceback (most recent call last):");
+            let has_tb = TRACEBACK_INSIDE.find(text.as_bytes()).is_some();
             let probe = if has_tb { text } else { log.message };
             self.classify(&mut p, probe);
             if has_tb {
@@ -335,13 +342,17 @@ impl Parser {
 /// `{"service":"<s>", ...raw}`: the service name put in front of a raw context object.
 fn with_service(raw: String, service: Option<&str>) -> String {
     let Some(s) = service else { return raw };
-    let name = Value::String(s.to_string()).to_string();
+    // Serialized straight to bytes (`Value`'s `Display` goes through a formatter per token).
+    let name = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
     let rest = raw[1..].trim_start();
-    if rest.starts_with('}') {
-        format!("{{\"service\":{name}}}")
-    } else {
-        format!("{{\"service\":{name},{rest}")
+    let mut out = String::with_capacity(raw.len() + name.len() + 12);
+    out.push_str("{\"service\":");
+    out.push_str(&name);
+    if !rest.starts_with('}') {
+        out.push(',');
     }
+    out.push_str(if rest.starts_with('}') { "}" } else { rest });
+    out
 }
 
 fn last_line(text: &str) -> &str {

@@ -52,7 +52,7 @@ impl JsonFileReader {
         let buf = std::mem::take(&mut self.buf);
         let mut log = Vec::with_capacity(buf.len());
         match decode_fast(&buf, &mut log) {
-            Some((stream, time)) => match String::from_utf8(log) {
+            Some((stream, time)) => match super::utf8_string(log) {
                 Ok(log) => self.accept(
                     path,
                     line_no,
@@ -210,11 +210,9 @@ fn decode_fast<'a>(line: &'a [u8], out: &mut Vec<u8>) -> Option<(&'a [u8], &'a [
 /// The character of a `\uXXXX` escape (the `\u` already consumed), joining a surrogate pair.
 fn unicode_escape(s: &[u8]) -> Option<(char, &[u8])> {
     let hex = |s: &[u8]| -> Option<u32> {
-        let h = std::str::from_utf8(s.get(..4)?).ok()?;
-        if !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u32::from_str_radix(h, 16).ok()
+        s.get(..4)?
+            .iter()
+            .try_fold(0u32, |acc, &b| Some(acc << 4 | char::from(b).to_digit(16)?))
     };
     let hi = hex(s)?;
     if (0xD800..0xDC00).contains(&hi) {

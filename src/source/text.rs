@@ -139,16 +139,16 @@ impl Iterator for TextReader {
         if self.buf.last() == Some(&b'\r') {
             self.buf.pop();
         }
-        let text = match String::from_utf8(std::mem::take(&mut self.buf)) {
+        let text = match super::utf8_string(std::mem::take(&mut self.buf)) {
             Ok(s) => s,
-            Err(e) => {
+            Err(bytes) => {
                 self.skips.record(
                     "invalid_utf8_replaced",
                     &path,
                     line_no,
                     "invalid UTF-8 replaced with U+FFFD",
                 );
-                String::from_utf8_lossy(e.as_bytes()).into_owned()
+                String::from_utf8_lossy(&bytes).into_owned()
             }
         };
         let (t, strip) = line_time(&text);
