@@ -23,6 +23,7 @@
 //! - [`pipeline`]: the replay driver wiring the stages together.
 //! - [`redact`]: secret and payload redaction before anything is stored or logged.
 //! - [`telemetry`]: trainwatch's own logs in the service JSON format.
+//! - [`words`]: fixed words found in any case with a SIMD searcher (redaction, pattern gate).
 //! - [`config`], [`time`], [`event`], [`error`]: shared pieces.
 
 pub mod assemble;
@@ -38,3 +39,4 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod words;
