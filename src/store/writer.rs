@@ -459,8 +459,15 @@ fn insert_rows<R: LogRow>(tx: &rusqlite::Transaction<'_>, rows: &[&R]) -> Result
         }
         Ok(changed)
     };
+    // Prepared once per batch and executed again for each chunk: taking it from the cache per
+    // chunk hashed its SQL text and cleared its 144 bindings every time (7 % of the writer,
+    // callgrind).
+    let mut st = match whole {
+        0 => None,
+        _ => Some(tx.prepare_cached(&many).map_err(StoreError::sql(R::WHAT))?),
+    };
     for chunk in rows[..whole].chunks(CHUNK) {
-        let mut st = tx.prepare_cached(&many).map_err(StoreError::sql(R::WHAT))?;
+        let st = st.as_mut().expect("prepared for whole chunks");
         ts.clear();
         for r in chunk {
             crate::time::write_ns(&mut ts, r.ts());
@@ -468,7 +475,7 @@ fn insert_rows<R: LogRow>(tx: &rusqlite::Transaction<'_>, rows: &[&R]) -> Result
         // Every formatted time has the same width.
         let width = ts.len() / chunk.len();
         for (i, r) in chunk.iter().enumerate() {
-            r.bind(&mut st, i * R::PARAMS + 1, &ts[i * width..(i + 1) * width])?;
+            r.bind(st, i * R::PARAMS + 1, &ts[i * width..(i + 1) * width])?;
         }
         let inserted = st.raw_execute().map_err(StoreError::sql(R::WHAT))? as u64;
         changed += if inserted < chunk.len() as u64 && R::UPSERT.is_some() {
