@@ -157,6 +157,10 @@ impl Default for Diverging {
     }
 }
 
+/// How old the newest probe sample may be at a restart for the `for` durations running at the
+/// stop to be continued (Prometheus' default `rules.alert.for-grace-period`).
+pub const FOR_GRACE_NS: i64 = 10 * 60 * 1_000_000_000;
+
 /// Thresholds and durations of the rules (`[alerts]` in the config).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -372,6 +376,41 @@ impl Engine {
     pub fn restore_offsets(&mut self, offsets: Vec<(Arc<str>, f64, i64)>) {
         for (container, value, changed) in offsets {
             self.offsets.insert(container, (value, changed));
+        }
+    }
+
+    /// The probe samples a restart reads back to continue the rules that wait a `for`
+    /// duration on them: the metric names and how far back (ns), or `None` when no rule waits.
+    pub fn pending_window(&self) -> Option<(&'static [&'static str], i64)> {
+        let r = &self.rules;
+        let window = r.gpu_temperature_for.0.max(r.disk_for.0);
+        (window > 0).then_some((
+            &["gpu_temperature_c", "disk_usage_azaion_pct"][..],
+            window + FOR_GRACE_NS,
+        ))
+    }
+
+    /// Continues the `for` durations that were running when trainwatch stopped, from the
+    /// stored probe samples of [`Engine::pending_window`] (oldest first): a restart does not
+    /// start a GPU's two minutes over 90 °C again. As Prometheus does with its
+    /// `for-grace-period`, this is only done when the newest sample is at most
+    /// [`FOR_GRACE_NS`] old at `now`, and only from the samples after the last gap longer
+    /// than that (an earlier stop); after a longer stop nobody knows what held meanwhile, and
+    /// the durations start again.
+    pub fn restore_pending(&mut self, samples: &[MetricRow], now: i64, out: &mut Vec<Change>) {
+        let Some(newest) = samples.last().map(|m| m.ts) else {
+            return;
+        };
+        if now - newest > FOR_GRACE_NS {
+            return;
+        }
+        let from = samples
+            .windows(2)
+            .rposition(|w| w[1].ts - w[0].ts > FOR_GRACE_NS)
+            .map_or(0, |i| i + 1);
+        for m in &samples[from..] {
+            self.clock = self.clock.max(m.ts);
+            self.on_metric(m, out);
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
+use crate::derive::MetricRow;
 use crate::derive::alerts::{Alert, AlertName, Change, Labels, Loaded, Severity};
 use crate::error::StoreError;
 use crate::time::{format_ns, parse_rfc3339};
@@ -94,6 +95,46 @@ pub fn apply(
             .map_err(StoreError::sql("queue notification"))?;
     }
     Ok(n)
+}
+
+/// The samples of `names` taken at or after `since` (ns), oldest first.
+pub fn load_samples_since(
+    conn: &Connection,
+    names: &[&'static str],
+    since: i64,
+) -> Result<Vec<MetricRow>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT ts, container, name, value FROM metric_log
+             WHERE ts >= ?1 AND name IN (SELECT value FROM json_each(?2)) ORDER BY ts",
+        )
+        .map_err(StoreError::sql("load probe samples"))?;
+    let list = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+    let rows = stmt
+        .query_map(params![format_ns(since), list], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, f64>(3)?,
+            ))
+        })
+        .map_err(StoreError::sql("load probe samples"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (ts, container, name, value) = row.map_err(StoreError::sql("load probe samples"))?;
+        let (Some(ts), Some(name)) = (parse_rfc3339(&ts), names.iter().find(|n| **n == name))
+        else {
+            continue;
+        };
+        out.push(MetricRow {
+            ts,
+            container: Arc::from(container),
+            name,
+            value,
+        });
+    }
+    Ok(out)
 }
 
 /// Each container's latest queue offset and the time it took that value (the first sample of

@@ -162,8 +162,14 @@ impl Writer {
         sink.engine
             .restore_offsets(crate::store::alerts::load_offsets(&self.conn)?);
         if sink.engine.is_live() {
-            sink.engine
-                .observe(&Op::Tick(crate::time::now_ns()), &mut sink.pending);
+            let now = crate::time::now_ns();
+            if let Some((names, window)) = sink.engine.pending_window() {
+                let samples =
+                    crate::store::alerts::load_samples_since(&self.conn, names, now - window)?;
+                sink.engine
+                    .restore_pending(&samples, now, &mut sink.pending);
+            }
+            sink.engine.observe(&Op::Tick(now), &mut sink.pending);
         }
         self.alerts = Some(sink);
         Ok(self)
@@ -736,6 +742,73 @@ mod tests {
             )
             .unwrap();
         assert_eq!(started, crate::time::format_ns(t0 + 70 * MIN));
+    }
+
+    #[test]
+    fn a_restart_continues_the_for_duration_of_a_hot_gpu() {
+        use crate::derive::alerts::{Engine, FOR_GRACE_NS, Rules};
+        const S: i64 = 1_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let rules = Rules {
+            gpu_temperature_for: crate::time::Age::secs(120),
+            ..Default::default()
+        };
+        let hot = |ts: i64, value: f64| {
+            Op::Metric(MetricRow {
+                ts,
+                container: Arc::from("gpu0"),
+                name: "gpu_temperature_c",
+                value,
+            })
+        };
+        let started = |path: &std::path::Path| -> Vec<String> {
+            let conn = crate::store::open_rw(path).unwrap();
+            let mut st = conn
+                .prepare("SELECT started_at FROM alert_log WHERE alertname = 'GpuTemperatureHigh'")
+                .unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        // One life: over 90 °C for 90 s, then trainwatch stops (the alert is still pending).
+        let now = crate::time::now_ns();
+        let t0 = now - 90 * S;
+        let life = |path: &std::path::Path, batch: &mut [Op]| {
+            let sink = AlertSink::new(Engine::new(rules.clone(), true, ""), Vec::new(), None);
+            let conn = crate::store::open_rw(path).unwrap();
+            let mut w = Writer::new(conn).with_alerts(sink).unwrap();
+            w.write(batch).unwrap();
+            w.finish().unwrap();
+        };
+        life(
+            &path,
+            &mut [
+                hot(t0 - 30 * S, 80.0),
+                hot(t0, 95.0),
+                hot(now - 30 * S, 96.0),
+            ],
+        );
+        assert!(started(&path).is_empty());
+        // The next life's first sample, two minutes after the first hot one, fires it, with
+        // the time it began.
+        life(&path, &mut [hot(t0 + 121 * S, 95.0)]);
+        assert_eq!(started(&path), vec![crate::time::format_ns(t0)]);
+
+        // After a stop longer than the grace period, the duration starts again. (The samples
+        // of that earlier life are written as it wrote them, at their own time.)
+        let path = dir.path().join("t2.db");
+        let t0 = crate::time::now_ns() - FOR_GRACE_NS - 200 * S;
+        let mut w = Writer::new(crate::store::open_rw(&path).unwrap());
+        w.write(&mut [hot(t0, 95.0), hot(t0 + 100 * S, 95.0)])
+            .unwrap();
+        w.finish().unwrap();
+        let now = crate::time::now_ns();
+        life(&path, &mut [hot(now, 95.0)]);
+        assert!(started(&path).is_empty());
+        life(&path, &mut [hot(now + 121 * S, 95.0)]);
+        assert_eq!(started(&path), vec![crate::time::format_ns(now)]);
     }
 
     #[test]
