@@ -31,15 +31,25 @@ pub enum Level {
 }
 
 impl Level {
+    /// A level name in any case (compared in place: this runs for every service line).
     pub fn parse(s: &str) -> Option<Level> {
-        Some(match s.trim().to_ascii_uppercase().as_str() {
-            "DEBUG" | "TRACE" => Level::Debug,
-            "INFO" | "NOTICE" => Level::Info,
-            "WARNING" | "WARN" => Level::Warning,
-            "ERROR" | "ERR" => Level::Error,
-            "CRITICAL" | "FATAL" => Level::Critical,
-            _ => return None,
-        })
+        const NAMES: [(&str, Level); 10] = [
+            ("INFO", Level::Info),
+            ("DEBUG", Level::Debug),
+            ("WARNING", Level::Warning),
+            ("ERROR", Level::Error),
+            ("CRITICAL", Level::Critical),
+            ("WARN", Level::Warning),
+            ("TRACE", Level::Debug),
+            ("NOTICE", Level::Info),
+            ("ERR", Level::Error),
+            ("FATAL", Level::Critical),
+        ];
+        let s = s.trim();
+        NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|&(_, level)| level)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -377,6 +387,22 @@ mod tests {
             last_key: Key::default(),
         };
         Parser::default().parse(&rec)
+    }
+
+    #[test]
+    fn level_names_in_any_case() {
+        for (name, want) in [
+            ("INFO", Some(Level::Info)),
+            ("warning", Some(Level::Warning)),
+            ("Warn", Some(Level::Warning)),
+            (" ERROR ", Some(Level::Error)),
+            ("fatal", Some(Level::Critical)),
+            ("trace", Some(Level::Debug)),
+            ("verbose", None),
+            ("", None),
+        ] {
+            assert_eq!(Level::parse(name), want, "{name:?}");
+        }
     }
 
     #[test]
