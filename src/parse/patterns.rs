@@ -10,10 +10,9 @@
 use regex::{Regex, RegexSet};
 use serde::Deserialize;
 
-use crate::words::AnyCase;
-
 use super::Level;
 use crate::error::ConfigError;
+use crate::words::AnyCase;
 
 /// One rule as written in the config file:
 /// ```toml
@@ -57,9 +56,10 @@ pub struct Match {
 /// The compiled, ordered rule list: the config's rules, then the built-in ones.
 #[derive(Debug)]
 pub struct Patterns {
-    /// The config's rules (`rules[..extra]`), tried first.
+    /// The config's rules (`rules[..n_extra]`), tried first.
     extra: Option<RegexSet>,
-    /// The built-in rules (`rules[extra..]`) with the words that gate them.
+    n_extra: usize,
+    /// The built-in rules (`rules[n_extra..]`) with the words that gate them.
     builtin: Option<(RegexSet, AnyCase)>,
     rules: Vec<Rule>,
     offset: Regex,
@@ -227,6 +227,7 @@ impl Patterns {
             .expect("offset pattern");
         Ok(Patterns {
             extra,
+            n_extra,
             builtin,
             rules,
             offset,
@@ -242,7 +243,6 @@ impl Patterns {
         // rules are skipped for text without any of their words, a SIMD search several times
         // cheaper than the set's (case-insensitive literals give the regexes no SIMD
         // prefilter): 8 % of a replay's reading thread before, callgrind.
-        let n_extra = self.rules.len() - self.builtin.as_ref().map_or(0, |_| DEFAULTS.len());
         let first = |set: &RegexSet, offset: usize| {
             if !set.is_match(text) {
                 return None;
@@ -258,7 +258,7 @@ impl Patterns {
                 if !words.found_in(text) {
                     return None;
                 }
-                first(set, n_extra)
+                first(set, self.n_extra)
             })?;
         let rule = &self.rules[idx];
         let counter = rule.counter.map(|name| {
