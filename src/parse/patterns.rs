@@ -428,15 +428,20 @@ mod tests {
         assert!(matched >= 25, "{matched}");
     }
 
-    #[test]
-    fn config_rules_are_not_gated_by_the_builtin_words() {
-        let extra = [PatternConfig {
-            regex: r"^Zebra (?P<n>\d+)".into(),
+    /// A config rule counting processed messages by its capture `n`.
+    fn counting_rule(regex: &str) -> PatternConfig {
+        PatternConfig {
+            regex: regex.into(),
             kind: "annotation_processed".into(),
             counter: Some("queue_messages_processed".into()),
             add: Some("n".into()),
             level: None,
-        }];
+        }
+    }
+
+    #[test]
+    fn config_rules_are_not_gated_by_the_builtin_words() {
+        let extra = [counting_rule(r"^Zebra (?P<n>\d+)")];
         for replace in [false, true] {
             let p = Patterns::new(&extra, replace).unwrap();
             assert_eq!(
@@ -452,13 +457,7 @@ mod tests {
 
     #[test]
     fn config_rules_take_priority_and_are_validated() {
-        let extra = [PatternConfig {
-            regex: r"^Handled batch of (?P<n>\d+)".into(),
-            kind: "annotation_processed".into(),
-            counter: Some("queue_messages_processed".into()),
-            add: Some("n".into()),
-            level: None,
-        }];
+        let extra = [counting_rule(r"^Handled batch of (?P<n>\d+)")];
         let p = Patterns::new(&extra, false).unwrap();
         assert_eq!(
             p.classify("Handled batch of 7").unwrap().counter,
