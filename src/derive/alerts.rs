@@ -381,13 +381,15 @@ impl Engine {
 
     /// The probe samples a restart reads back to continue the rules that wait a `for`
     /// duration on them: the metric names and how far back (ns), or `None` when no rule waits.
-    pub fn pending_window(&self) -> Option<(&'static [&'static str], i64)> {
+    pub fn pending_window(&self) -> Option<(Vec<&'static str>, i64)> {
         let r = &self.rules;
-        let window = r.gpu_temperature_for.0.max(r.disk_for.0);
-        (window > 0).then_some((
-            &["gpu_temperature_c", "disk_usage_azaion_pct"][..],
-            window + FOR_GRACE_NS,
-        ))
+        let waits = [
+            ("gpu_temperature_c", r.gpu_temperature_for.0),
+            ("disk_usage_azaion_pct", r.disk_for.0),
+        ];
+        let window = waits.iter().map(|w| w.1).max().unwrap_or(0);
+        let names = waits.iter().filter(|w| w.1 > 0).map(|w| w.0).collect();
+        (window > 0).then_some((names, window + FOR_GRACE_NS))
     }
 
     /// Continues the `for` durations that were running when trainwatch stopped, from the

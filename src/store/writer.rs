@@ -165,7 +165,7 @@ impl Writer {
             let now = crate::time::now_ns();
             if let Some((names, window)) = sink.engine.pending_window() {
                 let samples =
-                    crate::store::alerts::load_samples_since(&self.conn, names, now - window)?;
+                    crate::store::alerts::load_samples_since(&self.conn, &names, now - window)?;
                 sink.engine
                     .restore_pending(&samples, now, &mut sink.pending);
             }
@@ -465,9 +465,9 @@ fn insert_rows<R: LogRow>(tx: &rusqlite::Transaction<'_>, rows: &[&R]) -> Result
         }
         Ok(changed)
     };
-    // Prepared once per batch and executed again for each chunk: taking it from the cache per
-    // chunk hashed its SQL text and cleared its 144 bindings every time (7 % of the writer,
-    // callgrind).
+    // Prepared once per batch and executed again for each chunk, rather than taken from the
+    // statement cache (a lookup by its SQL text) and given back (its 144 bindings cleared) per
+    // chunk: −1.2 % of the writer's instructions, callgrind.
     let mut st = match whole {
         0 => None,
         _ => Some(tx.prepare_cached(&many).map_err(StoreError::sql(R::WHAT))?),
