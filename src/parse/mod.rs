@@ -358,10 +358,12 @@ fn with_service(raw: String, service: Option<&str>) -> String {
     let mut out = String::with_capacity(raw.len() + name.len() + 12);
     out.push_str("{\"service\":");
     out.push_str(&name);
-    if !rest.starts_with('}') {
+    if rest.starts_with('}') {
+        out.push('}');
+    } else {
         out.push(',');
+        out.push_str(rest);
     }
-    out.push_str(if rest.starts_with('}') { "}" } else { rest });
     out
 }
 
