@@ -10,9 +10,12 @@ use trainwatch::derive::ContainerState;
 use trainwatch::event::{Key, RawLine, Stream};
 use trainwatch::parse::Parser;
 
+/// Built once: compiling the patterns per input held the target to a few runs per second.
+static PARSER: std::sync::LazyLock<Parser> = std::sync::LazyLock::new(Parser::default);
+
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let parser = Parser::default();
+    let parser = &*PARSER;
     let mut grouper = Grouper::new();
     let mut state = ContainerState::new("fuzz".into(), Default::default());
     let mut recs = Vec::new();
