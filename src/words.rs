@@ -1,5 +1,6 @@
-//! Finding any of a few fixed words in text, in any ASCII case, fast: the secret triggers of
-//! [`crate::redact`] and the words that gate the message patterns of [`crate::parse::patterns`].
+//! Finding any of a few fixed words in text, in any case (as a `(?i)` regex sees case), fast:
+//! the secret triggers of [`crate::redact`] and the words that gate the message patterns of
+//! [`crate::parse::patterns`].
 //!
 //! A case-insensitive aho-corasick automaton builds no SIMD prefilter for such lists and walks
 //! every byte; lowercasing a copy and searching it with the SIMD (Teddy) searcher measured about
