@@ -16,8 +16,8 @@
 //!   host probes.
 //! - [`assemble`]: `\r` frames, ANSI stripping, multi-line grouping.
 //! - [`parse`]: line parsers (nom for text, serde_json for JSON) and message patterns.
-//! - [`derive`]: the per-container run/epoch state machine and metrics.
-//! - [`derive::alerts`](crate::derive::alerts): the alert rule engine, run by the store's writer on committed rows.
+//! - [`derive`](mod@derive): the per-container run/epoch state machine and metrics.
+//! - [`derive::alerts`]: the alert rule engine, run by the store's writer on committed rows.
 //! - [`store`]: SQLite schema, writer, queries, alerts and their outbox, retention.
 //! - [`output`]: alert delivery (webhooks, Alertmanager) and the status file.
 //! - [`pipeline`]: the replay driver wiring the stages together.

@@ -225,7 +225,7 @@ fn epoch_number_to_ns(v: f64) -> Option<i64> {
 }
 
 /// A number from a context value: JSON numbers, and the strings `NaN`, `Infinity`,
-/// `-Infinity` (from [`quote_non_finite`]) or numeric strings.
+/// `-Infinity` (from `quote_non_finite`) or numeric strings.
 pub fn num(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
