@@ -4,17 +4,22 @@
 use crate::util::{Db, ResultsCsv, close_sig, fixture, fixture_str};
 
 fn replay_one(name: &str) -> Db {
+    replay_capture("ultralytics", name)
+}
+
+/// Replays `DIR/NAME-json.log` from the fixtures as container NAME; nothing may be skipped.
+pub(crate) fn replay_capture(dir: &str, name: &str) -> Db {
     let db = Db::new();
     let s = db.replay(
-        &[fixture_str(&format!("ultralytics/{name}-json.log"))],
+        &[fixture_str(&format!("{dir}/{name}-json.log"))],
         Some(name),
     );
-    assert_eq!(s.skips.total(), 0, "{name}: {:?}", s.skips);
+    assert_eq!(s.skips.total(), 0, "{dir}/{name}: {:?}", s.skips);
     db
 }
 
 /// Every epoch's losses (4 significant digits on the console) and metrics (3) match results.csv.
-fn assert_epochs_match(db: &Db, run: i64, csv: &ResultsCsv) {
+pub(crate) fn assert_epochs_match(db: &Db, run: i64, csv: &ResultsCsv) {
     let conn = db.conn();
     let mut stmt = conn
         .prepare("SELECT epoch, box_loss, cls_loss, dfl_loss, precision, recall, map50, map50_95 FROM training_epochs WHERE run_id = ?1 ORDER BY epoch")

@@ -2,6 +2,8 @@
 //! - `alerts`: rules under paused time, replayed real runs, delivery to a real HTTP receiver
 //!   and a real Alertmanager.
 //! - `replay`: real Ultralytics captures (fixtures/ultralytics) against their results.csv.
+//! - `replay_tqdm`: the same for real captures of the older, tqdm-bar Ultralytics
+//!   (fixtures/ultralytics-8.3).
 //! - `dedup`: replaying twice, overlapping rotated sets, resuming after a partial replay.
 //! - `bad_input`: invalid UTF-8, truncated JSON, 1 MiB lines, NaN, control characters, clock
 //!   skew, truncated gzip, missing files.
@@ -22,4 +24,5 @@ mod docker;
 mod props;
 mod queue;
 mod replay;
+mod replay_tqdm;
 mod status;

@@ -1,0 +1,176 @@
+//! Real Ultralytics 8.3.40 captures (fixtures/ultralytics-8.3): the generation before the
+//! built-in bar, whose progress bars are the `tqdm` package's, written to stderr as `\r` frames
+//! while the epoch headers and `all` rows go to stdout. Checked against the results.csv that
+//! the same training wrote.
+
+use crate::replay::{assert_epochs_match, replay_capture};
+use crate::util::{Db, ResultsCsv, fixture, fixture_str};
+
+const DIR: &str = "ultralytics-8.3";
+
+fn csv(name: &str) -> ResultsCsv {
+    ResultsCsv::load(&fixture(&format!("{DIR}/{name}.results.csv")))
+}
+
+#[test]
+fn tqdm_bars_on_stderr_give_the_epochs_of_results_csv() {
+    // The capture is of the old shape: every progress frame is on stderr.
+    let raw = std::fs::read_to_string(fixture(&format!("{DIR}/normal-json.log"))).unwrap();
+    let with_frames: Vec<&str> = raw.lines().filter(|l| l.contains("\\r")).collect();
+    assert!(with_frames.len() >= 10);
+    assert!(
+        with_frames
+            .iter()
+            .all(|l| l.contains("\"stream\":\"stderr\"")),
+        "tqdm writes its bars to stderr"
+    );
+    assert!(raw.contains("| 8/8 ["), "the tqdm bar format");
+
+    let db = replay_capture(DIR, "normal");
+    assert_eq!(db.count("SELECT count(*) FROM training_runs"), 1);
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(db.count("SELECT epochs_total FROM training_runs"), 10);
+    assert_eq!(
+        db.text("SELECT save_dir FROM training_runs").as_deref(),
+        Some("/work/fx83/runs/normal")
+    );
+    assert_epochs_match(&db, 1, &csv("normal"));
+    // CPU training: GPU_mem prints `0G`.
+    assert_eq!(
+        db.count("SELECT count(*) FROM training_epochs WHERE gpu_mem_gb = 0"),
+        10
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM events WHERE kind = 'validation' AND json_extract(context, '$.final')"
+        ),
+        1,
+        "the validation of best.pt is not an epoch"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM metric_samples WHERE name = 'training_loss'"),
+        10
+    );
+}
+
+#[test]
+fn tqdm_docker_logs_text_gives_the_same_epochs() {
+    // What `docker logs c > f 2>&1` writes: both streams interleaved in time order, no times.
+    let db = Db::new();
+    db.replay(&[fixture_str(&format!("{DIR}/normal.txt"))], Some("txt"));
+    assert_eq!(db.count("SELECT count(*) FROM training_runs"), 1);
+    assert_epochs_match(&db, 1, &csv("normal"));
+}
+
+#[test]
+fn tqdm_early_stop_keeps_the_reported_best_epoch() {
+    let db = replay_capture(DIR, "earlystop");
+    let c = csv("earlystop");
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("early_stopped")
+    );
+    let raw = std::fs::read_to_string(fixture(&format!("{DIR}/earlystop-json.log"))).unwrap();
+    let best: i64 = raw
+        .split("Best results observed at epoch ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(db.count("SELECT best_epoch FROM training_runs"), best);
+    assert_eq!(
+        db.count("SELECT epochs_done FROM training_runs"),
+        *c.epochs().last().unwrap() as i64
+    );
+    // This run learned something: the metrics are not all zero.
+    assert!(db.count("SELECT count(*) FROM training_epochs WHERE map50_95 > 0") >= 3);
+    assert_epochs_match(&db, 1, &c);
+}
+
+#[test]
+fn tqdm_killed_then_resumed_is_one_completed_run() {
+    let db = replay_capture(DIR, "interrupted");
+    assert_eq!(db.count("SELECT count(*) FROM training_runs"), 1);
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'training_resumed'"),
+        1
+    );
+    // Epoch 3 was cut off by the kill and run again after the resume: its row holds the
+    // second run's values, which are results.csv's.
+    assert_epochs_match(&db, 1, &csv("interrupted"));
+}
+
+#[test]
+fn tqdm_nan_losses_are_flagged_and_alerted() {
+    // 8.3.40 has no NaN recovery: the losses stay `nan` to the end and the run completes.
+    let db = replay_capture(DIR, "nan");
+    let c = csv("nan");
+    for epoch in c.epochs() {
+        let nan = c.get(epoch, "train/box_loss").is_nan();
+        assert_eq!(
+            db.count(&format!(
+                "SELECT non_finite FROM training_epochs WHERE epoch = {epoch}"
+            )),
+            nan as i64,
+            "epoch {epoch}"
+        );
+    }
+    assert_eq!(
+        db.text("SELECT losses FROM training_epochs WHERE epoch = 2")
+            .as_deref(),
+        Some(r#"{"box_loss":"nan","cls_loss":"nan","dfl_loss":"nan"}"#)
+    );
+    assert!(
+        db.count(
+            "SELECT count(*) FROM events WHERE kind = 'loss_non_finite' AND stream = 'stderr'"
+        ) >= 1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM alerts WHERE alertname = 'TrainingLossNonFinite'"),
+        1
+    );
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("completed")
+    );
+}
+
+#[test]
+fn tqdm_crash_is_a_failed_run_with_its_traceback() {
+    let db = replay_capture(DIR, "crash");
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("failed")
+    );
+    assert_eq!(db.count("SELECT epochs_done FROM training_runs"), 2);
+    let msg = db
+        .text("SELECT message FROM events WHERE kind = 'error'")
+        .unwrap();
+    assert!(
+        msg.starts_with("Traceback (most recent call last):"),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("RuntimeError: simulated data loader failure at epoch 2"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn tqdm_progress_line_over_16k_is_merged() {
+    let raw = std::fs::read_to_string(fixture(&format!("{DIR}/longline-json.log"))).unwrap();
+    assert!(
+        raw.lines().any(|l| !l.contains("\\n\",\"stream\"")),
+        "the capture holds Docker partial entries"
+    );
+    let db = replay_capture(DIR, "longline");
+    assert_epochs_match(&db, 1, &csv("longline"));
+}
