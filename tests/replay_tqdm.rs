@@ -4,7 +4,7 @@
 //! the same training wrote.
 
 use crate::replay::{assert_epochs_match, replay_capture};
-use crate::util::{Db, ResultsCsv, fixture, fixture_str};
+use crate::util::{Db, ResultsCsv, close_sig, fixture, fixture_str};
 
 const DIR: &str = "ultralytics-8.3";
 
@@ -173,4 +173,71 @@ fn tqdm_progress_line_over_16k_is_merged() {
     );
     let db = replay_capture(DIR, "longline");
     assert_epochs_match(&db, 1, &csv("longline"));
+}
+
+#[test]
+fn segmentation_keeps_seg_loss_and_the_mask_metrics() {
+    let db = replay_capture(DIR, "seg");
+    let c = csv("seg");
+    // Box metrics and the detection losses in their columns, as for detection.
+    assert_epochs_match(&db, 1, &c);
+    let conn = db.conn();
+    let mut stmt = conn
+        .prepare(
+            "SELECT epoch, json_extract(losses, '$.seg_loss'), loss, box_loss + cls_loss + dfl_loss
+             FROM training_epochs ORDER BY epoch",
+        )
+        .unwrap();
+    let rows: Vec<(u32, f64, f64, f64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), c.epochs().len());
+    for (epoch, seg, loss, det) in rows {
+        let want = c.get(epoch, "train/seg_loss");
+        assert!(
+            close_sig(seg, want, 4),
+            "epoch {epoch} seg_loss: stored {seg}, results.csv {want}"
+        );
+        assert!((loss - (det + seg)).abs() < 1e-9, "loss sums all four");
+    }
+    // Each epoch's validation event carries the mask group, which results.csv has as (M).
+    let mut stmt = conn
+        .prepare(
+            "SELECT json_extract(context, '$.epoch'), json_extract(context, '$.mask.precision'),
+                    json_extract(context, '$.mask.recall'), json_extract(context, '$.mask.map50'),
+                    json_extract(context, '$.mask.map50_95')
+             FROM events WHERE kind = 'validation' AND json_extract(context, '$.epoch') IS NOT NULL",
+        )
+        .unwrap();
+    let vals: Vec<(u32, [f64; 4])> = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(vals.len(), c.epochs().len());
+    let cols = [
+        "metrics/precision(M)",
+        "metrics/recall(M)",
+        "metrics/mAP50(M)",
+        "metrics/mAP50-95(M)",
+    ];
+    let mut nonzero = 0;
+    for (epoch, got) in vals {
+        for (g, col) in got.iter().zip(cols) {
+            let want = c.get(epoch, col);
+            nonzero += (want > 0.0) as usize;
+            assert!(
+                close_sig(*g, want, 3),
+                "epoch {epoch} {col}: stored {g}, results.csv {want}"
+            );
+        }
+    }
+    assert!(
+        nonzero >= 4,
+        "the run learned enough for mask metrics to show"
+    );
 }

@@ -115,6 +115,21 @@ const SAMPLE_BUCKET_NS: i64 = 1_000_000_000;
 
 const DEFAULT_LOSS_NAMES: [&str; 3] = ["box_loss", "cls_loss", "dfl_loss"];
 
+/// The context key of the second metric group of a validation row, named by the task the
+/// loss columns tell: segmentation validates masks, pose keypoints.
+fn second_metric_group(loss_names: &[String]) -> &'static str {
+    if loss_names.iter().any(|n| n == "seg_loss") {
+        "mask"
+    } else if loss_names
+        .iter()
+        .any(|n| n == "pose_loss" || n == "kobj_loss")
+    {
+        "pose"
+    } else {
+        "extra"
+    }
+}
+
 fn truthy(v: &str) -> bool {
     !matches!(v.trim(), "" | "False" | "false" | "None" | "null" | "0")
 }
@@ -437,6 +452,12 @@ impl ContainerState {
                     "precision": json_num(v.precision), "recall": json_num(v.recall),
                     "map50": json_num(v.map50), "map50_95": json_num(v.map50_95),
                 });
+                if let [p_, r_, m50, m5095] = v.more[..] {
+                    ctx[second_metric_group(&self.loss_names)] = json!({
+                        "precision": json_num(p_), "recall": json_num(r_),
+                        "map50": json_num(m50), "map50_95": json_num(m5095),
+                    });
+                }
                 if final_val {
                     ctx["final"] = Value::Bool(true);
                 }

@@ -41,8 +41,9 @@ impl Progress {
     }
 }
 
-/// The validation `all` row: `all  images  instances  P  R  mAP50  mAP50-95` (segmentation and
-/// pose runs append mask/pose columns; the first four metrics are the box metrics).
+/// The validation `all` row: `all  images  instances  P  R  mAP50  mAP50-95`. Segmentation and
+/// pose runs append a second group of the same four for masks or keypoints
+/// (`Box(P R mAP50 mAP50-95) Mask(P R mAP50 mAP50-95)`): the first four are the box metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Validation {
     pub images: u64,
@@ -51,6 +52,8 @@ pub struct Validation {
     pub recall: f64,
     pub map50: f64,
     pub map50_95: f64,
+    /// The columns after the box metrics (a mask or pose group of four), in order.
+    pub more: Vec<f64>,
 }
 
 type R<'a, T> = IResult<&'a str, T>;
@@ -177,6 +180,7 @@ pub fn val_all_row(line: &str) -> Option<Validation> {
         recall: m[1],
         map50: m[2],
         map50_95: m[3],
+        more: m[4..].to_vec(),
     })
 }
 
@@ -388,6 +392,11 @@ mod tests {
         );
         let v = val_all_row("                   all        128        929        0.4     0.0366        nan     0.0125").unwrap();
         assert!(v.map50.is_nan());
+        assert!(v.more.is_empty());
+        // Segmentation: Box(P R mAP50 mAP50-95) then Mask(P R mAP50 mAP50-95).
+        let v = val_all_row("                   all         16         29      0.689      0.107     0.0836     0.0472      0.752      0.107     0.0706     0.0227").unwrap();
+        assert_eq!((v.precision, v.map50_95), (0.689, 0.0472));
+        assert_eq!(v.more, [0.752, 0.107, 0.0706, 0.0227]);
         assert!(val_all_row("                   car        100        222        0.4      0.414      0.366      0.292").is_none());
     }
 
