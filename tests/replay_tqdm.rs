@@ -241,3 +241,40 @@ fn segmentation_keeps_seg_loss_and_the_mask_metrics() {
         "the run learned enough for mask metrics to show"
     );
 }
+
+#[test]
+fn older_versions_early_stop_against_their_results_csv() {
+    // Real 8.0.200 and 8.2.103 captures (fixtures/ultralytics-older): tqdm bars, the older
+    // wordings (`Stopping training early as no improvement observed in last 3 epochs. Best
+    // results observed at epoch N`), 8.0's padded results.csv without a time column.
+    for version in ["8.0.200", "8.2.103"] {
+        let name = format!("earlystop-{version}");
+        let db = replay_capture("ultralytics-older", &name);
+        let c = ResultsCsv::load(&fixture(&format!("ultralytics-older/{name}.results.csv")));
+        assert_eq!(
+            db.text("SELECT status FROM training_runs").as_deref(),
+            Some("early_stopped"),
+            "{version}"
+        );
+        let raw = std::fs::read_to_string(fixture(&format!("ultralytics-older/{name}-json.log")))
+            .unwrap();
+        let best: i64 = raw
+            .split("Best results observed at epoch ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            db.count("SELECT best_epoch FROM training_runs"),
+            best,
+            "{version}"
+        );
+        assert_eq!(db.count("SELECT epochs_total FROM training_runs"), 40);
+        assert!(
+            db.count("SELECT count(*) FROM training_epochs WHERE map50_95 > 0") >= 3,
+            "{version}: the run learned something"
+        );
+        assert_epochs_match(&db, 1, &c);
+    }
+}

@@ -3,7 +3,7 @@
 //!   and a real Alertmanager.
 //! - `replay`: real Ultralytics captures (fixtures/ultralytics) against their results.csv.
 //! - `replay_tqdm`: the same for real captures of the older, tqdm-bar Ultralytics
-//!   (fixtures/ultralytics-8.3).
+//!   (fixtures/ultralytics-8.3, fixtures/ultralytics-older: 8.3.40, 8.2.103, 8.0.200).
 //! - `dedup`: replaying twice, overlapping rotated sets, resuming after a partial replay.
 //! - `bad_input`: invalid UTF-8, truncated JSON, 1 MiB lines, NaN, control characters, clock
 //!   skew, truncated gzip, missing files.
