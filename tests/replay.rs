@@ -18,6 +18,17 @@ pub(crate) fn replay_capture(dir: &str, name: &str) -> Db {
     db
 }
 
+/// The best epoch EarlyStopping printed in a fixture's log (`Best results observed at epoch N,`).
+pub(crate) fn reported_best_epoch(rel: &str) -> i64 {
+    let text = std::fs::read_to_string(fixture(rel)).unwrap();
+    text.split("Best results observed at epoch ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or_else(|| panic!("{rel} reports no best epoch"))
+        .parse()
+        .unwrap()
+}
+
 /// Every epoch's losses (4 significant digits on the console) and metrics (3) match results.csv.
 pub(crate) fn assert_epochs_match(db: &Db, run: i64, csv: &ResultsCsv) {
     let conn = db.conn();
@@ -204,16 +215,7 @@ fn early_stop_keeps_best_epoch() {
         db.text("SELECT status FROM training_runs").as_deref(),
         Some("early_stopped")
     );
-    let text = std::fs::read_to_string(fixture("ultralytics/earlystop-json.log")).unwrap();
-    let best: i64 = text
-        .split("Best results observed at epoch ")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let best = reported_best_epoch("ultralytics/earlystop-json.log");
     assert_eq!(db.count("SELECT best_epoch FROM training_runs"), best);
     assert_eq!(
         db.count("SELECT epochs_done FROM training_runs"),

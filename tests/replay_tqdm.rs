@@ -3,7 +3,7 @@
 //! while the epoch headers and `all` rows go to stdout. Checked against the results.csv that
 //! the same training wrote.
 
-use crate::replay::{assert_epochs_match, replay_capture};
+use crate::replay::{assert_epochs_match, replay_capture, reported_best_epoch};
 use crate::util::{Db, ResultsCsv, close_sig, fixture, fixture_str};
 
 const DIR: &str = "ultralytics-8.3";
@@ -73,14 +73,7 @@ fn tqdm_early_stop_keeps_the_reported_best_epoch() {
         db.text("SELECT status FROM training_runs").as_deref(),
         Some("early_stopped")
     );
-    let raw = std::fs::read_to_string(fixture(&format!("{DIR}/earlystop-json.log"))).unwrap();
-    let best: i64 = raw
-        .split("Best results observed at epoch ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let best = reported_best_epoch(&format!("{DIR}/earlystop-json.log"));
     assert_eq!(db.count("SELECT best_epoch FROM training_runs"), best);
     assert_eq!(
         db.count("SELECT epochs_done FROM training_runs"),
@@ -256,15 +249,7 @@ fn older_versions_early_stop_against_their_results_csv() {
             Some("early_stopped"),
             "{version}"
         );
-        let raw = std::fs::read_to_string(fixture(&format!("ultralytics-older/{name}-json.log")))
-            .unwrap();
-        let best: i64 = raw
-            .split("Best results observed at epoch ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap()
-            .parse()
-            .unwrap();
+        let best = reported_best_epoch(&format!("ultralytics-older/{name}-json.log"));
         assert_eq!(
             db.count("SELECT best_epoch FROM training_runs"),
             best,
