@@ -30,6 +30,10 @@ pub enum JsonSkip {
     NotObject,
 }
 
+/// The keys a service line's time is read from, first found wins (the aliases of
+/// [`Fast::timestamp`] are the same list).
+pub const TIME_KEYS: [&str; 5] = ["timestamp", "time", "@timestamp", "ts", "asctime"];
+
 /// The shape of almost every service line: only known keys, string level and message. Read
 /// with borrowed strings and the context left as raw text; anything else (extra fields,
 /// duplicate keys, `NaN` literals, odd types) goes to the general path.
@@ -50,7 +54,8 @@ struct Fast<'a> {
         borrow,
         alias = "levelname",
         alias = "severity",
-        alias = "lvl"
+        alias = "lvl",
+        alias = "log.level"
     )]
     level: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -108,15 +113,12 @@ pub fn parse(text: &str) -> Result<ServiceLine, JsonSkip> {
     let Value::Object(mut obj) = value else {
         return Err(JsonSkip::NotObject);
     };
-    let ts = match ["timestamp", "time", "@timestamp", "ts", "asctime"]
-        .iter()
-        .find_map(|k| obj.remove(*k))
-    {
+    let ts = match TIME_KEYS.iter().find_map(|k| obj.remove(*k)) {
         Some(Value::String(s)) => crate::time::parse_loose(&s),
         Some(Value::Number(n)) => n.as_f64().and_then(epoch_number_to_ns),
         _ => None,
     };
-    let level = match ["level", "levelname", "severity", "lvl"]
+    let level = match ["level", "levelname", "severity", "lvl", "log.level"]
         .iter()
         .find_map(|k| obj.remove(*k))
     {
@@ -208,7 +210,7 @@ fn quote_non_finite(text: &str) -> Option<String> {
 
 /// An epoch timestamp given as a number, by magnitude: seconds (zap, Python `time.time()`),
 /// milliseconds (JavaScript, pino), microseconds or nanoseconds.
-fn epoch_number_to_ns(v: f64) -> Option<i64> {
+pub fn epoch_number_to_ns(v: f64) -> Option<i64> {
     if !v.is_finite() || v <= 0.0 {
         return None;
     }

@@ -2,7 +2,7 @@
 //! annotation queue's own files from Python's rotating handlers. One record per `\n`.
 //!
 //! Times come from the line where it carries one (Python `asctime`, an RFC3339 prefix, the
-//! `docker logs --timestamps` prefix, which is removed, or a JSON `timestamp` field), else from
+//! `docker logs --timestamps` prefix, which is removed, or a JSON line's time field), else from
 //! file order: the last time seen, or the file's modification time before any. The dedup key
 //! of a line is (last time seen in the file, position since it) and the origin is a fingerprint
 //! of the file's first 4 KiB, so a renamed rotated file is still the same file.
@@ -44,8 +44,40 @@ pub fn fingerprint(path: &Path) -> std::io::Result<String> {
 
 use std::io::Read;
 
-/// The time a line states at its start (or in its JSON `timestamp`), and how many leading bytes
-/// are a `docker logs --timestamps` prefix to remove.
+use crate::parse::json::{TIME_KEYS, epoch_number_to_ns};
+
+/// The value of JSON key `key` in `line` as a time: a string the loose parser reads, or an
+/// epoch number (seconds, milliseconds, ...). Found by its quoted name followed by `:`, without
+/// parsing the line (the parse stage does that later).
+fn json_time(line: &str, key: &str) -> Option<i64> {
+    let mut from = 0;
+    while let Some(i) = line[from..].find(key).map(|i| from + i) {
+        from = i + key.len();
+        let quoted = line[..i].ends_with('"') && line[from..].starts_with('"');
+        let Some(value) = quoted
+            .then(|| line[from + 1..].trim_start().strip_prefix(':'))
+            .flatten()
+            .map(str::trim_start)
+        else {
+            continue;
+        };
+        return match value.strip_prefix('"') {
+            Some(s) => crate::time::parse_loose(&s[..s.find('"')?]),
+            None => {
+                let end = value
+                    .find(|c: char| {
+                        !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+                    })
+                    .unwrap_or(value.len());
+                value[..end].parse().ok().and_then(epoch_number_to_ns)
+            }
+        };
+    }
+    None
+}
+
+/// The time a line states at its start (or in its JSON time field, by the keys the service-line
+/// parser reads), and how many leading bytes are a `docker logs --timestamps` prefix to remove.
 pub fn line_time(line: &str) -> (Option<i64>, usize) {
     let b = line.as_bytes();
     match b.first() {
@@ -66,20 +98,7 @@ pub fn line_time(line: &str) -> (Option<i64>, usize) {
             }
             (None, 0)
         }
-        Some(b'{') => {
-            let t = line
-                .find("\"timestamp\"")
-                .and_then(|i| {
-                    let rest = line[i + 11..]
-                        .trim_start()
-                        .strip_prefix(':')?
-                        .trim_start()
-                        .strip_prefix('"')?;
-                    Some(&rest[..rest.find('"')?])
-                })
-                .and_then(crate::time::parse_loose);
-            (t, 0)
-        }
+        Some(b'{') => (TIME_KEYS.iter().find_map(|k| json_time(line, k)), 0),
         _ => (None, 0),
     }
 }
@@ -228,6 +247,22 @@ mod tests {
         assert_eq!(s, 0);
         let (t, _) = line_time(r#"{"timestamp": "2026-03-28T14:30:00Z","message":"m"}"#);
         assert_eq!(t, crate::time::parse_rfc3339("2026-03-28T14:30:00Z"));
+        // The other keys the service-line parser reads, as text or as epoch numbers.
+        let at = crate::time::parse_rfc3339("2026-03-28T14:33:00Z");
+        for line in [
+            r#"{"time":"2026-03-28T14:33:00Z","severity":"WARNING","msg":"m"}"#,
+            r#"{"@timestamp":"2026-03-28T14:33:00.000Z","log.level":"info","message":"m"}"#,
+            r#"{"asctime": "2026-03-28 14:33:00,000", "levelname": "ERROR", "message": "m"}"#,
+            r#"{"event":"m","ts":1774708380.0}"#,
+            r#"{"msg":"m","time":1774708380000}"#,
+        ] {
+            assert_eq!(line_time(line).0, at, "{line}");
+        }
+        // A key's name inside another key or a value is not the key.
+        assert_eq!(
+            line_time(r#"{"message":"time","timeout":"2026-03-28T14:33:00Z"}"#).0,
+            None
+        );
         assert_eq!(line_time("      1/3   0G").0, None);
     }
 
