@@ -31,7 +31,7 @@ pub enum JsonSkip {
 }
 
 /// The keys a service line's time is read from, first found wins (the aliases of
-/// [`Fast::timestamp`] are the same list).
+/// `Fast::timestamp` are the same list).
 pub const TIME_KEYS: [&str; 5] = ["timestamp", "time", "@timestamp", "ts", "asctime"];
 
 /// The shape of almost every service line: only known keys, string level and message. Read
