@@ -166,10 +166,23 @@ impl Lab {
     }
 
     fn run_labeled(&mut self, suffix: &str, tty: bool, labels: &[&str], script: &str) -> String {
+        self.run_with(suffix, tty, labels, &[], script)
+    }
+
+    /// As [`Lab::run_labeled`], with more `docker run` arguments (e.g. a bind mount).
+    fn run_with(
+        &mut self,
+        suffix: &str,
+        tty: bool,
+        labels: &[&str],
+        extra: &[&str],
+        script: &str,
+    ) -> String {
         let name = format!("tw-{}-{suffix}", self.label);
         let mut args = vec!["run", "-d", "--name", &name, "--label"];
         let label = format!("tw.test={}", self.label);
         args.push(&label);
+        args.extend_from_slice(extra);
         for l in labels {
             args.extend(["--label", l]);
         }
@@ -498,6 +511,68 @@ fn nan_in_a_progress_bar_shows_up_before_its_newline() {
         1
     );
     assert_eq!(lab.db.count(&format!("SELECT json_extract(context, '$.exit_code') FROM events WHERE container = '{c}' AND kind = 'container_died'")), 137);
+}
+
+/// A real training's output, printed again by a container as it was captured (each json-file
+/// entry to its stream, in order, 50 ms apart: Ultralytics 8.3.40, tqdm bars on stderr, the
+/// headers and `all` rows on stdout), is followed into the epochs its results.csv holds.
+#[test]
+fn a_real_training_printed_by_a_container_gives_the_epochs_of_results_csv() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("real", "");
+    let play = lab.db.dir.path().join("play");
+    std::fs::create_dir(&play).unwrap();
+    let capture = std::fs::read_to_string(fixture("ultralytics-8.3/normal-json.log")).unwrap();
+    let mut n = 0;
+    for line in capture.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ext = if v["stream"] == "stderr" {
+            "err"
+        } else {
+            "out"
+        };
+        n += 1;
+        std::fs::write(
+            play.join(format!("{n:05}.{ext}")),
+            v["log"].as_str().unwrap(),
+        )
+        .unwrap();
+    }
+    assert!(n > 100);
+    lab.start_watch(&[]);
+    let mount = format!("{}:/play:ro", play.display());
+    let c = lab.run_with(
+        "train",
+        false,
+        &[],
+        &["-v", &mount],
+        "for f in /play/*; do case $f in *.err) /busybox cat $f >&2;; *) /busybox cat $f;; esac; /busybox usleep 50000; done",
+    );
+    lab.wait_exit(&c);
+    lab.wait_for(
+        &format!(
+            "SELECT count(*) FROM training_runs WHERE container = '{c}' AND status = 'completed'"
+        ),
+        1,
+    );
+    lab.stop_watch();
+    let run = lab.db.count(&format!(
+        "SELECT run_id FROM training_runs WHERE container = '{c}'"
+    ));
+    crate::replay::assert_epochs_match(
+        &lab.db,
+        run,
+        &crate::util::ResultsCsv::load(&fixture("ultralytics-8.3/normal.results.csv")),
+    );
+    // Every frame line came through its own stream.
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'epoch_completed' AND stream = 'stderr'"
+        )),
+        10
+    );
 }
 
 /// Regression: dockerd ends a follow stream when the container stops even if the reader is
@@ -893,7 +968,7 @@ fn daemon_restart_mid_stream_loses_and_doubles_nothing() {
     let c = lab.run(
         "writer",
         false,
-        &format!("i=1; while [ $i -le {n} ]; do echo \"WARNING:q:line $i\"; i=$((i+1)); /busybox usleep 20000; done"),
+        &format!("i=1; while [ $i -le {n} ]; do echo \"WARNING:q:line $i\"; i=$((i+1)); /busybox usleep 50000; done"),
     );
     lab.wait_for(
         &format!("SELECT count(*) > 50 FROM events WHERE container = '{c}' AND kind = 'warning'"),
