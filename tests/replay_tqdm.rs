@@ -233,6 +233,41 @@ fn segmentation_keeps_seg_loss_and_the_mask_metrics() {
         nonzero >= 4,
         "the run learned enough for mask metrics to show"
     );
+    // The same group is kept per epoch in training_epochs.metrics.
+    for epoch in c.epochs() {
+        let got: f64 = db
+            .conn()
+            .query_row(
+                "SELECT json_extract(metrics, '$.mask.map50_95') FROM training_epochs WHERE epoch = ?1",
+                [epoch],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let want = c.get(epoch, "metrics/mAP50-95(M)");
+        assert!(
+            close_sig(got, want, 3),
+            "epoch {epoch}: stored {got}, results.csv {want}"
+        );
+    }
+    // `history --run N --format csv` writes results.csv's columns, the (M) group included,
+    // in results.csv's order.
+    let out = crate::util::bin(&["history", "--run", "1", "--format", "csv"], &db.path);
+    assert!(out.status.success());
+    let csv_out = String::from_utf8(out.stdout).unwrap();
+    let header: Vec<&str> = csv_out.lines().next().unwrap().split(',').collect();
+    assert_eq!(header, &c.header[..header.len()]);
+    assert!(header.contains(&"metrics/mAP50-95(M)"));
+    let last = csv_out.lines().last().unwrap();
+    let cells: Vec<f64> = last.split(',').map(|x| x.parse().unwrap()).collect();
+    let epoch = cells[0] as u32;
+    for (i, col) in header.iter().enumerate().skip(2) {
+        let want = c.get(epoch, col);
+        assert!(
+            close_sig(cells[i], want, 3),
+            "{col}: exported {}, results.csv {want}",
+            cells[i]
+        );
+    }
 }
 
 #[test]

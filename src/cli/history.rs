@@ -38,7 +38,7 @@ const RUNS: &str = "SELECT r.run_id, r.container, r.status, r.epochs_done, r.epo
 
 const EPOCHS: &str =
     "SELECT epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss, loss, losses,
-        precision, recall, map50, map50_95, gpu_mem_gb, non_finite
+        precision, recall, map50, map50_95, gpu_mem_gb, non_finite, metrics
     FROM training_epochs WHERE run_id = ?1 ORDER BY epoch";
 
 pub fn run(args: HistoryArgs, db: &Path) -> anyhow::Result<()> {
@@ -71,7 +71,8 @@ pub fn run(args: HistoryArgs, db: &Path) -> anyhow::Result<()> {
 }
 
 /// Rebuilds results.csv's columns: epoch, time (seconds since the run started),
-/// train/<loss> for each loss column, metrics/precision(B) ... metrics/mAP50-95(B).
+/// train/<loss> for each loss column, metrics/precision(B) ... metrics/mAP50-95(B), and for
+/// segmentation and pose runs the same four of their second group, `(M)` or `(P)`.
 fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow::Result<Rows> {
     let (names, started): (String, String) = conn.query_row(
         "SELECT loss_names, started_at FROM runs WHERE run_id = ?1",
@@ -104,8 +105,33 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
         ]
         .map(String::from),
     );
+    // The second metric groups the epochs hold, in the order they first appear.
+    let metrics: Vec<serde_json::Map<String, serde_json::Value>> = rows
+        .rows
+        .iter()
+        .map(|r| match &r[idx("metrics")] {
+            Value::Text(m) => serde_json::from_str(m).unwrap_or_default(),
+            _ => Default::default(),
+        })
+        .collect();
+    let mut groups: Vec<&String> = Vec::new();
+    for g in metrics.iter().flat_map(|m| m.keys()) {
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    for g in &groups {
+        let suffix = match g.as_str() {
+            "mask" => "M",
+            "pose" => "P",
+            other => other,
+        };
+        for m in ["precision", "recall", "mAP50", "mAP50-95"] {
+            columns.push(format!("metrics/{m}({suffix})"));
+        }
+    }
     let mut out = Vec::new();
-    for r in &rows.rows {
+    for (r, extra) in rows.rows.iter().zip(&metrics) {
         let mut row = vec![r[idx("epoch")].clone()];
         let t = match &r[idx("ended_at")] {
             Value::Text(s) => trainwatch::time::parse_rfc3339(s)
@@ -126,6 +152,17 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
         }
         for c in ["precision", "recall", "map50", "map50_95"] {
             row.push(r[idx(c)].clone());
+        }
+        for g in &groups {
+            for c in ["precision", "recall", "map50", "map50_95"] {
+                row.push(match extra.get(*g).and_then(|m| m.get(c)) {
+                    Some(serde_json::Value::Number(x)) => {
+                        Value::Real(x.as_f64().unwrap_or(f64::NAN))
+                    }
+                    Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
+                    _ => Value::Null,
+                });
+            }
         }
         out.push(row);
     }

@@ -129,6 +129,9 @@ pub struct EpochRow {
     pub map50: Option<f64>,
     pub map50_95: Option<f64>,
     pub gpu_mem_gb: Option<f64>,
+    /// The validation row's second metric group (segmentation masks, pose keypoints), as the
+    /// JSON object stored in `epochs.metrics`.
+    pub metrics: Option<String>,
 }
 
 /// One metric sample (view `metric_samples`).

@@ -452,12 +452,18 @@ impl ContainerState {
                     "precision": json_num(v.precision), "recall": json_num(v.recall),
                     "map50": json_num(v.map50), "map50_95": json_num(v.map50_95),
                 });
-                if let [p_, r_, m50, m5095] = v.more[..] {
-                    ctx[second_metric_group(&self.loss_names)] = json!({
-                        "precision": json_num(p_), "recall": json_num(r_),
-                        "map50": json_num(m50), "map50_95": json_num(m5095),
-                    });
-                }
+                let group = match v.more[..] {
+                    [p_, r_, m50, m5095] => {
+                        let g = json!({
+                            "precision": json_num(p_), "recall": json_num(r_),
+                            "map50": json_num(m50), "map50_95": json_num(m5095),
+                        });
+                        let name = second_metric_group(&self.loss_names);
+                        ctx[name] = g.clone();
+                        Some(json!({ name: g }).to_string())
+                    }
+                    _ => None,
+                };
                 if final_val {
                     ctx["final"] = Value::Bool(true);
                 }
@@ -475,6 +481,7 @@ impl ContainerState {
                             recall: Some(v.recall),
                             map50: Some(v.map50),
                             map50_95: Some(v.map50_95),
+                            metrics: group,
                             ..Default::default()
                         },
                     ));
@@ -717,6 +724,7 @@ impl ContainerState {
                 map50,
                 map50_95,
                 gpu_mem_gb: None,
+                metrics: None,
             },
         ));
         if same {
