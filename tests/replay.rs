@@ -230,7 +230,11 @@ fn early_stop_keeps_best_epoch() {
 
 #[test]
 fn crash_is_a_failed_run_with_the_whole_traceback() {
-    let db = replay_one("crash");
+    assert_crash_capture(&replay_one("crash"));
+}
+
+/// The crash capture's run failed, with its whole traceback as one error event.
+pub(crate) fn assert_crash_capture(db: &Db) {
     assert_eq!(
         db.text("SELECT status FROM training_runs").as_deref(),
         Some("failed")
