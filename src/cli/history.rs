@@ -144,27 +144,27 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
             _ => Default::default(),
         };
         for n in &names {
-            row.push(match losses.get(n) {
-                Some(serde_json::Value::Number(x)) => Value::Real(x.as_f64().unwrap_or(f64::NAN)),
-                Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
-                _ => Value::Null,
-            });
+            row.push(json_cell(losses.get(n)));
         }
         for c in ["precision", "recall", "map50", "map50_95"] {
             row.push(r[idx(c)].clone());
         }
         for g in &groups {
             for c in ["precision", "recall", "map50", "map50_95"] {
-                row.push(match extra.get(*g).and_then(|m| m.get(c)) {
-                    Some(serde_json::Value::Number(x)) => {
-                        Value::Real(x.as_f64().unwrap_or(f64::NAN))
-                    }
-                    Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
-                    _ => Value::Null,
-                });
+                row.push(json_cell(extra.get(*g).and_then(|m| m.get(c))));
             }
         }
         out.push(row);
     }
     Ok(Rows { columns, rows: out })
+}
+
+/// A loss or metric stored in JSON as a cell: a number, or the text `"nan"`/`"inf"` a
+/// non-finite value is kept as.
+fn json_cell(v: Option<&serde_json::Value>) -> Value {
+    match v {
+        Some(serde_json::Value::Number(x)) => Value::Real(x.as_f64().unwrap_or(f64::NAN)),
+        Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
+        _ => Value::Null,
+    }
 }
