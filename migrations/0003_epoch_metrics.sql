@@ -1,8 +1,9 @@
--- 0003: the second metric group of segmentation and pose validation rows, per epoch.
+-- 0003: the metrics of a validation row beyond the box four, per epoch.
 --
--- metrics is a JSON object keyed by the group ("mask", "pose" or "extra") holding precision,
--- recall, map50 and map50_95, e.g. {"mask":{"precision":0.75,"recall":0.11,"map50":0.07,
--- "map50_95":0.023}}; NULL for detection runs. The box metrics stay in their own columns.
+-- metrics is a JSON object keyed by the group: "mask", "pose" or "extra" (the second group of
+-- segmentation and pose rows) holding precision, recall, map50 and map50_95, e.g.
+-- {"mask":{"precision":0.75,"recall":0.11,"map50":0.07,"map50_95":0.023}}; or "classify" with
+-- top1_acc and top5_acc. NULL for detection runs. The box metrics stay in their own columns.
 
 ALTER TABLE epochs ADD COLUMN metrics TEXT;
 

@@ -286,3 +286,57 @@ fn older_versions_early_stop_against_their_results_csv() {
         assert_epochs_match(&db, 1, &c);
     }
 }
+
+#[test]
+fn classification_keeps_its_loss_and_accuracies_and_exports_results_csv() {
+    // yolo11n-cls: one `loss` column, and `all  top1_acc  top5_acc` validation rows.
+    let db = replay_capture(DIR, "classify");
+    let c = csv("classify");
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("completed")
+    );
+    let out = crate::util::bin(&["history", "--run", "1", "--format", "csv"], &db.path);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(
+        header,
+        [
+            "epoch",
+            "time",
+            "train/loss",
+            "metrics/accuracy_top1",
+            "metrics/accuracy_top5"
+        ]
+    );
+    assert_eq!(&header[..], &c.header[..header.len()]);
+    let mut epochs = 0;
+    let mut top1_values = Vec::new();
+    for line in lines {
+        let cells: Vec<f64> = line.split(',').map(|x| x.parse().unwrap()).collect();
+        let epoch = cells[0] as u32;
+        epochs += 1;
+        for (i, col) in header.iter().enumerate().skip(2) {
+            let want = c.get(epoch, col);
+            let digits = if col.starts_with("train/") { 4 } else { 3 };
+            assert!(
+                close_sig(cells[i], want, digits),
+                "epoch {epoch} {col}: exported {}, results.csv {want}",
+                cells[i]
+            );
+        }
+        top1_values.push(cells[3]);
+    }
+    assert_eq!(epochs, c.epochs().len());
+    top1_values.dedup();
+    assert!(top1_values.len() > 1, "the accuracy moved: {top1_values:?}");
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM events WHERE kind = 'validation' AND json_extract(context, '$.top1_acc') IS NOT NULL"
+        ),
+        c.epochs().len() as i64 + 1,
+        "one per epoch and the final validation"
+    );
+}

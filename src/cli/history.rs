@@ -72,7 +72,8 @@ pub fn run(args: HistoryArgs, db: &Path) -> anyhow::Result<()> {
 
 /// Rebuilds results.csv's columns: epoch, time (seconds since the run started),
 /// train/<loss> for each loss column, metrics/precision(B) ... metrics/mAP50-95(B), and for
-/// segmentation and pose runs the same four of their second group, `(M)` or `(P)`.
+/// segmentation and pose runs the same four of their second group, `(M)` or `(P)`; for
+/// classification runs metrics/accuracy_top1 and metrics/accuracy_top5 instead of the box four.
 fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow::Result<Rows> {
     let (names, started): (String, String) = conn.query_row(
         "SELECT loss_names, started_at FROM runs WHERE run_id = ?1",
@@ -94,18 +95,8 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
         names = m.keys().cloned().collect();
     }
     let start = trainwatch::time::parse_rfc3339(&started).unwrap_or(0);
-    let mut columns = vec!["epoch".to_string(), "time".to_string()];
-    columns.extend(names.iter().map(|n| format!("train/{n}")));
-    columns.extend(
-        [
-            "metrics/precision(B)",
-            "metrics/recall(B)",
-            "metrics/mAP50(B)",
-            "metrics/mAP50-95(B)",
-        ]
-        .map(String::from),
-    );
-    // The second metric groups the epochs hold, in the order they first appear.
+    // The metric groups the epochs hold besides the box metrics, in the order they first
+    // appear: a segmentation or pose run's second group, a classification run's accuracy.
     let metrics: Vec<serde_json::Map<String, serde_json::Value>> = rows
         .rows
         .iter()
@@ -120,16 +111,40 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
             groups.push(g);
         }
     }
-    for g in &groups {
-        let suffix = match g.as_str() {
-            "mask" => "M",
-            "pose" => "P",
-            other => other,
-        };
-        for m in ["precision", "recall", "mAP50", "mAP50-95"] {
-            columns.push(format!("metrics/{m}({suffix})"));
-        }
+    // (results.csv column, key in the group) for each group, as Ultralytics names them.
+    const BOX: [(&str, &str); 4] = [
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("mAP50", "map50"),
+        ("mAP50-95", "map50_95"),
+    ];
+    let group_columns: Vec<Vec<(String, &str)>> = groups
+        .iter()
+        .map(|g| match g.as_str() {
+            "classify" => vec![
+                ("metrics/accuracy_top1".to_string(), "top1_acc"),
+                ("metrics/accuracy_top5".to_string(), "top5_acc"),
+            ],
+            other => {
+                let suffix = match other {
+                    "mask" => "M",
+                    "pose" => "P",
+                    other => other,
+                };
+                BOX.iter()
+                    .map(|(m, key)| (format!("metrics/{m}({suffix})"), *key))
+                    .collect()
+            }
+        })
+        .collect();
+    // A classification run has no box metrics, and its results.csv no (B) columns.
+    let boxes = !groups.iter().any(|g| *g == "classify");
+    let mut columns = vec!["epoch".to_string(), "time".to_string()];
+    columns.extend(names.iter().map(|n| format!("train/{n}")));
+    if boxes {
+        columns.extend(BOX.iter().map(|(m, _)| format!("metrics/{m}(B)")));
     }
+    columns.extend(group_columns.iter().flatten().map(|(c, _)| c.clone()));
     let mut out = Vec::new();
     for (r, extra) in rows.rows.iter().zip(&metrics) {
         let mut row = vec![r[idx("epoch")].clone()];
@@ -146,12 +161,14 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
         for n in &names {
             row.push(json_cell(losses.get(n)));
         }
-        for c in ["precision", "recall", "map50", "map50_95"] {
-            row.push(r[idx(c)].clone());
+        if boxes {
+            for (_, c) in BOX {
+                row.push(r[idx(c)].clone());
+            }
         }
-        for g in &groups {
-            for c in ["precision", "recall", "map50", "map50_95"] {
-                row.push(json_cell(extra.get(*g).and_then(|m| m.get(c))));
+        for (g, cols) in groups.iter().zip(&group_columns) {
+            for (_, key) in cols {
+                row.push(json_cell(extra.get(*g).and_then(|m| m.get(*key))));
             }
         }
         out.push(row);

@@ -220,6 +220,59 @@ impl ContainerState {
 
     /// Records a sample. Training metrics (one per epoch) are emitted as they come; queue
     /// metrics, which can change with every message, are kept at one sample per second.
+    /// A validation `all` row: its event, and the metrics of the epoch it validated (`row`
+    /// without its epoch and time) with their `samples`. With the bars off (no progress row
+    /// since the epoch header) the row ends the next epoch; the final validation of best.pt
+    /// after the run's end belongs to no epoch.
+    fn validation_row(
+        &mut self,
+        rec: &Record,
+        message: &str,
+        mut ctx: Value,
+        row: EpochRow,
+        samples: &[(&'static str, f64)],
+        out: &mut Vec<Op>,
+    ) {
+        let final_val = self.final_validation;
+        let counted = match self.run.as_mut() {
+            Some(r) if r.header_open && !final_val => {
+                r.header_open = false;
+                r.last_epoch += 1;
+                true
+            }
+            _ => false,
+        };
+        let epoch = self
+            .run
+            .as_ref()
+            .map(|r| r.last_epoch)
+            .filter(|e| *e > 0 && !final_val);
+        ctx["epoch"] = json!(epoch);
+        if final_val {
+            ctx["final"] = Value::Bool(true);
+        }
+        out.push(self.event(rec, Level::Info, "validation", message, ctx));
+        if let (Some(epoch), Some(run)) = (epoch, self.run.as_ref()) {
+            let key = run.row.key.clone();
+            let epochs_total = run.row.epochs_total.filter(|_| counted);
+            out.push(Op::Epoch(
+                key,
+                EpochRow {
+                    epoch,
+                    epochs_total,
+                    ended_at: rec.ts,
+                    ..row
+                },
+            ));
+            if counted {
+                self.metric(rec.ts, "training_epoch", epoch as f64, out);
+            }
+            for (name, value) in samples {
+                self.metric(rec.ts, name, *value, out);
+            }
+        }
+    }
+
     fn metric(&mut self, ts: i64, name: &'static str, value: f64, out: &mut Vec<Op>) {
         if !value.is_finite() {
             return;
@@ -431,24 +484,8 @@ impl ContainerState {
                 }
             }
             Detail::Validation(v) => {
-                let final_val = self.final_validation;
-                // No progress row since the epoch header: the bars are off, and this row ends
-                // the next epoch.
-                let counted = match self.run.as_mut() {
-                    Some(r) if r.header_open && !final_val => {
-                        r.header_open = false;
-                        r.last_epoch += 1;
-                        true
-                    }
-                    _ => false,
-                };
-                let epoch = self
-                    .run
-                    .as_ref()
-                    .map(|r| r.last_epoch)
-                    .filter(|e| *e > 0 && !final_val);
                 let mut ctx = json!({
-                    "epoch": epoch, "images": v.images, "instances": v.instances,
+                    "images": v.images, "instances": v.instances,
                     "precision": json_num(v.precision), "recall": json_num(v.recall),
                     "map50": json_num(v.map50), "map50_95": json_num(v.map50_95),
                 });
@@ -464,33 +501,27 @@ impl ContainerState {
                     }
                     _ => None,
                 };
-                if final_val {
-                    ctx["final"] = Value::Bool(true);
-                }
-                out.push(self.event(rec, Level::Info, "validation", &p.message, ctx));
-                if let (Some(epoch), Some(run)) = (epoch, self.run.as_ref()) {
-                    let key = run.row.key.clone();
-                    let epochs_total = run.row.epochs_total.filter(|_| counted);
-                    out.push(Op::Epoch(
-                        key,
-                        EpochRow {
-                            epoch,
-                            epochs_total,
-                            ended_at: rec.ts,
-                            precision: Some(v.precision),
-                            recall: Some(v.recall),
-                            map50: Some(v.map50),
-                            map50_95: Some(v.map50_95),
-                            metrics: group,
-                            ..Default::default()
-                        },
-                    ));
-                    if counted {
-                        self.metric(rec.ts, "training_epoch", epoch as f64, out);
-                    }
-                    self.metric(rec.ts, "training_mAP50", v.map50, out);
-                    self.metric(rec.ts, "training_mAP50_95", v.map50_95, out);
-                }
+                let row = EpochRow {
+                    precision: Some(v.precision),
+                    recall: Some(v.recall),
+                    map50: Some(v.map50),
+                    map50_95: Some(v.map50_95),
+                    metrics: group,
+                    ..Default::default()
+                };
+                let samples = [
+                    ("training_mAP50", v.map50),
+                    ("training_mAP50_95", v.map50_95),
+                ];
+                self.validation_row(rec, &p.message, ctx, row, &samples, out);
+            }
+            Detail::Accuracy { top1, top5 } => {
+                let acc = json!({ "top1_acc": json_num(*top1), "top5_acc": json_num(*top5) });
+                let row = EpochRow {
+                    metrics: Some(json!({ "classify": acc }).to_string()),
+                    ..Default::default()
+                };
+                self.validation_row(rec, &p.message, acc, row, &[], out);
             }
             Detail::ServiceEpoch { epoch, epochs } => {
                 let (epoch, epochs) = (*epoch, *epochs);

@@ -71,6 +71,11 @@ pub enum Detail {
     Header(Vec<String>),
     Progress(ultralytics::Progress),
     Validation(ultralytics::Validation),
+    /// A classification run's validation `all` row: top-1 and top-5 accuracy.
+    Accuracy {
+        top1: f64,
+        top5: f64,
+    },
     /// `engine/trainer: key=value, ...`
     TrainerSettings(Vec<(String, String)>),
     /// `Starting training for N epochs...`
@@ -307,7 +312,13 @@ impl Parser {
         } else if trimmed.starts_with("Epoch") {
             Detail::Header(ultralytics::epoch_header(text)?)
         } else if trimmed.starts_with("all ") {
-            Detail::Validation(ultralytics::val_all_row(text)?)
+            match ultralytics::val_all_row(text) {
+                Some(v) => Detail::Validation(v),
+                None => {
+                    let (top1, top5) = ultralytics::accuracy_all_row(text)?;
+                    Detail::Accuracy { top1, top5 }
+                }
+            }
         } else if trimmed.starts_with("engine/trainer:") {
             Detail::TrainerSettings(ultralytics::trainer_settings(text)?)
         } else if let Some(n) = ultralytics::starting_training(text) {

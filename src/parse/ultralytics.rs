@@ -184,6 +184,20 @@ pub fn val_all_row(line: &str) -> Option<Validation> {
     })
 }
 
+/// A classification run's validation `all` row: `all  top1_acc  top5_acc`
+/// (`"%22s" + "%11.3g" * 2` under the header `classes top1_acc top5_acc`).
+pub fn accuracy_all_row(line: &str) -> Option<(f64, f64)> {
+    let parsed: R<'_, _> = (
+        preceded(space0, tag("all")),
+        preceded(space1, number),
+        preceded(space1, number),
+        space0,
+    )
+        .parse(line);
+    let (rest, (_, top1, top5, _)) = parsed.ok()?;
+    rest.is_empty().then_some((top1, top5))
+}
+
 /// `engine/trainer: task=detect, mode=train, model=yolo11n.yaml, ..., epochs=3, ..., resume=False, ...`
 /// Returns the settings as (key, value) pairs. Values may contain `, ` only inside brackets,
 /// which Ultralytics prints for lists; those are kept whole.
@@ -397,6 +411,16 @@ mod tests {
         let v = val_all_row("                   all         16         29      0.689      0.107     0.0836     0.0472      0.752      0.107     0.0706     0.0227").unwrap();
         assert_eq!((v.precision, v.map50_95), (0.689, 0.0472));
         assert_eq!(v.more, [0.752, 0.107, 0.0706, 0.0227]);
+        // Classification: top-1 and top-5 accuracy only.
+        let row = "                   all      0.812          1";
+        assert!(val_all_row(row).is_none());
+        assert_eq!(accuracy_all_row(row), Some((0.812, 1.0)));
+        assert_eq!(
+            accuracy_all_row(
+                "                   all        128        929      0.386     0.0348     0.0324     0.0135"
+            ),
+            None
+        );
         assert!(val_all_row("                   car        100        222        0.4      0.414      0.366      0.292").is_none());
     }
 
