@@ -513,66 +513,79 @@ fn nan_in_a_progress_bar_shows_up_before_its_newline() {
     assert_eq!(lab.db.count(&format!("SELECT json_extract(context, '$.exit_code') FROM events WHERE container = '{c}' AND kind = 'container_died'")), 137);
 }
 
-/// A real training's output, printed again by a container as it was captured (each json-file
-/// entry to its stream, in order, 50 ms apart: Ultralytics 8.3.40, tqdm bars on stderr, the
-/// headers and `all` rows on stdout), is followed into the epochs its results.csv holds.
+/// Real trainings' output, printed again by containers as it was captured (each json-file
+/// entry to its stream, in order, 50 ms apart), is followed into the epochs their results.csv
+/// holds: Ultralytics 8.3.40 (tqdm bars on stderr, headers and `all` rows on stdout) and
+/// 8.4.190 (its own `\r\x1b[K` bar, everything on stdout), side by side.
 #[test]
-fn a_real_training_printed_by_a_container_gives_the_epochs_of_results_csv() {
+fn real_trainings_printed_by_containers_give_the_epochs_of_results_csv() {
     if !docker_ready() {
         return;
     }
     let mut lab = Lab::new("real", "");
-    let play = lab.db.dir.path().join("play");
-    std::fs::create_dir(&play).unwrap();
-    let capture = std::fs::read_to_string(fixture("ultralytics-8.3/normal-json.log")).unwrap();
-    let mut n = 0;
-    for line in capture.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let ext = if v["stream"] == "stderr" {
-            "err"
-        } else {
-            "out"
-        };
-        n += 1;
-        std::fs::write(
-            play.join(format!("{n:05}.{ext}")),
-            v["log"].as_str().unwrap(),
-        )
-        .unwrap();
-    }
-    assert!(n > 100);
     lab.start_watch(&[]);
-    let mount = format!("{}:/play:ro", play.display());
-    let c = lab.run_with(
-        "train",
-        false,
-        &[],
-        &["-v", &mount],
-        "for f in /play/*; do case $f in *.err) /busybox cat $f >&2;; *) /busybox cat $f;; esac; /busybox usleep 50000; done",
-    );
-    lab.wait_exit(&c);
-    lab.wait_for(
-        &format!(
-            "SELECT count(*) FROM training_runs WHERE container = '{c}' AND status = 'completed'"
-        ),
-        1,
-    );
+    let cases = [
+        ("ultralytics-8.3", "stderr", 10),
+        ("ultralytics", "stdout", 10),
+    ];
+    let mut containers = Vec::new();
+    for (i, (dir, _, _)) in cases.iter().enumerate() {
+        let play = lab.db.dir.path().join(format!("play{i}"));
+        std::fs::create_dir(&play).unwrap();
+        let capture = std::fs::read_to_string(fixture(&format!("{dir}/normal-json.log"))).unwrap();
+        let mut n = 0;
+        for line in capture.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let ext = if v["stream"] == "stderr" {
+                "err"
+            } else {
+                "out"
+            };
+            n += 1;
+            std::fs::write(
+                play.join(format!("{n:05}.{ext}")),
+                v["log"].as_str().unwrap(),
+            )
+            .unwrap();
+        }
+        assert!(n > 50, "{dir}: {n} entries");
+        let mount = format!("{}:/play:ro", play.display());
+        containers.push(lab.run_with(
+            &format!("train{i}"),
+            false,
+            &[],
+            &["-v", &mount],
+            "for f in /play/*; do case $f in *.err) /busybox cat $f >&2;; *) /busybox cat $f;; esac; /busybox usleep 50000; done",
+        ));
+    }
+    for c in &containers {
+        lab.wait_exit(c);
+        lab.wait_for(
+            &format!(
+                "SELECT count(*) FROM training_runs WHERE container = '{c}' AND status = 'completed'"
+            ),
+            1,
+        );
+    }
     lab.stop_watch();
-    let run = lab.db.count(&format!(
-        "SELECT run_id FROM training_runs WHERE container = '{c}'"
-    ));
-    crate::replay::assert_epochs_match(
-        &lab.db,
-        run,
-        &crate::util::ResultsCsv::load(&fixture("ultralytics-8.3/normal.results.csv")),
-    );
-    // Every frame line came through its own stream.
-    assert_eq!(
-        lab.db.count(&format!(
-            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'epoch_completed' AND stream = 'stderr'"
-        )),
-        10
-    );
+    for (c, (dir, bar_stream, epochs)) in containers.iter().zip(cases) {
+        let run = lab.db.count(&format!(
+            "SELECT run_id FROM training_runs WHERE container = '{c}'"
+        ));
+        crate::replay::assert_epochs_match(
+            &lab.db,
+            run,
+            &crate::util::ResultsCsv::load(&fixture(&format!("{dir}/normal.results.csv"))),
+        );
+        // The bars came through the stream their version writes them to.
+        assert_eq!(
+            lab.db.count(&format!(
+                "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'epoch_completed' AND stream = '{bar_stream}'"
+            )),
+            epochs,
+            "{dir}"
+        );
+    }
 }
 
 /// Regression: dockerd ends a follow stream when the container stops even if the reader is
