@@ -237,6 +237,15 @@ fn segmentation_keeps_seg_loss_and_the_mask_metrics() {
             "epoch {epoch}: stored {got}, results.csv {want}"
         );
     }
+    // `status` shows the last epoch's mask group.
+    let last = *c.epochs().last().unwrap();
+    let want =
+        format!("mask mAP50 {}", db.text(&format!(
+        "SELECT CAST(json_extract(metrics, '$.mask.map50') AS TEXT) FROM training_epochs WHERE epoch = {last}"
+    )).unwrap_or_default());
+    let out = crate::util::bin(&["status"], &db.path);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&want), "{want}: {text}");
     // `history --run N --format csv` writes results.csv's columns, the (M) group included,
     // in results.csv's order.
     let out = crate::util::bin(&["history", "--run", "1", "--format", "csv"], &db.path);
@@ -338,5 +347,15 @@ fn classification_keeps_its_loss_and_accuracies_and_exports_results_csv() {
         ),
         c.epochs().len() as i64 + 1,
         "one per epoch and the final validation"
+    );
+    // `status` shows the last epoch's accuracy (results.csv: 0.6875, printed as 0.688).
+    let last = *c.epochs().last().unwrap();
+    assert_eq!(c.get(last, "metrics/accuracy_top1"), 0.6875);
+    let out = crate::util::bin(&["status"], &db.path);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("top-1 0.688  top-5 1"), "{text}");
+    assert!(
+        !text.contains("mAP50 –"),
+        "no empty box metrics line: {text}"
     );
 }

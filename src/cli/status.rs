@@ -92,16 +92,24 @@ pub fn run(args: StatusArgs, db: &Path) -> anyhow::Result<()> {
                 _ => opt(t.loss, 4, ""),
             };
             writeln!(o, "           last losses  {losses}")?;
-            writeln!(
-                o,
-                "           mAP50 {}  mAP50-95 {}  best mAP50-95 {}{}",
-                opt(t.map50, 3, ""),
-                opt(t.map50_95, 3, ""),
-                opt(t.best_map50_95, 3, ""),
-                t.best_epoch
-                    .map(|e| format!(" (epoch {e})"))
-                    .unwrap_or_default()
-            )?;
+            let summary = t.metrics_summary();
+            // A classification run has no box metrics: its accuracy line stands instead.
+            let boxes = t.map50.is_some() || t.best_map50_95.is_some() || summary.is_none();
+            if boxes {
+                writeln!(
+                    o,
+                    "           mAP50 {}  mAP50-95 {}  best mAP50-95 {}{}",
+                    opt(t.map50, 3, ""),
+                    opt(t.map50_95, 3, ""),
+                    opt(t.best_map50_95, 3, ""),
+                    t.best_epoch
+                        .map(|e| format!(" (epoch {e})"))
+                        .unwrap_or_default()
+                )?;
+            }
+            if let Some(m) = summary {
+                writeln!(o, "           {m}")?;
+            }
             writeln!(
                 o,
                 "           epoch time {}  ETA {}",

@@ -418,6 +418,9 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                                     " · best mAP50-95 " (opt(t.best_map50_95, "")) @if let Some(e) = t.best_epoch { " (epoch " (e) ")" }
                                 }
                                 p.muted { "Last losses: " (t.losses.to_string()) }
+                                @if let Some(m) = t.metrics_summary() {
+                                    p.muted { "Last metrics: " (m) }
+                                }
                             }
                             div.grid {
                                 div.card { (chart(&format!("Losses per epoch, {}{}", c.run_label, c.previous_label.as_ref().map(|p| format!(" (faint: {p})")).unwrap_or_default()), "epoch", &c.losses, &[])) }
