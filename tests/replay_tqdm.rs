@@ -354,6 +354,22 @@ fn classification_keeps_its_loss_and_accuracies_and_exports_results_csv() {
     let out = crate::util::bin(&["status"], &db.path);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("top-1 0.688  top-5 1"), "{text}");
+    // The best epoch is the first with the highest (top-1 + top-5) / 2, Ultralytics'
+    // classification fitness.
+    let fitness = |e: u32| c.get(e, "metrics/accuracy_top1") + c.get(e, "metrics/accuracy_top5");
+    let best = c
+        .epochs()
+        .into_iter()
+        .fold(None, |b: Option<u32>, e| match b {
+            Some(b) if fitness(b) >= fitness(e) => Some(b),
+            _ => Some(e),
+        })
+        .unwrap();
+    assert_eq!(
+        db.count("SELECT best_epoch FROM training_runs"),
+        best as i64
+    );
+    assert!(text.contains(&format!("best epoch {best}")), "{text}");
     assert!(
         !text.contains("mAP50 –"),
         "no empty box metrics line: {text}"

@@ -108,7 +108,11 @@ pub fn run(args: StatusArgs, db: &Path) -> anyhow::Result<()> {
                 )?;
             }
             if let Some(m) = summary {
-                writeln!(o, "           {m}")?;
+                let best = match t.best_epoch {
+                    Some(e) if !boxes => format!("  best epoch {e}"),
+                    _ => String::new(),
+                };
+                writeln!(o, "           {m}{best}")?;
             }
             writeln!(
                 o,
