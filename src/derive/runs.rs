@@ -218,8 +218,6 @@ impl ContainerState {
         })
     }
 
-    /// Records a sample. Training metrics (one per epoch) are emitted as they come; queue
-    /// metrics, which can change with every message, are kept at one sample per second.
     /// A validation `all` row: its event, and the metrics of the epoch it validated (`row`
     /// without its epoch and time) with their `samples`. With the bars off (no progress row
     /// since the epoch header) the row ends the next epoch; the final validation of best.pt
@@ -273,6 +271,8 @@ impl ContainerState {
         }
     }
 
+    /// Records a sample. Training metrics (one per epoch) are emitted as they come; queue
+    /// metrics, which can change with every message, are kept at one sample per second.
     fn metric(&mut self, ts: i64, name: &'static str, value: f64, out: &mut Vec<Op>) {
         if !value.is_finite() {
             return;
