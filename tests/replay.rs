@@ -19,7 +19,7 @@ pub(crate) fn replay_capture(dir: &str, name: &str) -> Db {
 }
 
 /// The best epoch EarlyStopping printed in a fixture's log (`Best results observed at epoch N,`).
-pub(crate) fn reported_best_epoch(rel: &str) -> i64 {
+fn reported_best_epoch(rel: &str) -> i64 {
     let text = std::fs::read_to_string(fixture(rel)).unwrap();
     text.split("Best results observed at epoch ")
         .nth(1)
@@ -207,21 +207,38 @@ fn killed_without_resume_is_interrupted() {
     );
 }
 
-#[test]
-fn early_stop_keeps_best_epoch() {
-    let db = replay_one("earlystop");
-    let csv = ResultsCsv::load(&fixture("ultralytics/earlystop.results.csv"));
+/// An early-stop capture `DIR/NAME`: stopped early at the best epoch it reported, every
+/// epoch of its results.csv stored, and the run learned something (metrics not all zero).
+pub(crate) fn assert_early_stop(dir: &str, name: &str) -> Db {
+    let db = replay_capture(dir, name);
+    let c = ResultsCsv::load(&fixture(&format!("{dir}/{name}.results.csv")));
     assert_eq!(
         db.text("SELECT status FROM training_runs").as_deref(),
-        Some("early_stopped")
+        Some("early_stopped"),
+        "{name}"
     );
-    let best = reported_best_epoch("ultralytics/earlystop-json.log");
-    assert_eq!(db.count("SELECT best_epoch FROM training_runs"), best);
+    let best = reported_best_epoch(&format!("{dir}/{name}-json.log"));
+    assert_eq!(
+        db.count("SELECT best_epoch FROM training_runs"),
+        best,
+        "{name}"
+    );
     assert_eq!(
         db.count("SELECT epochs_done FROM training_runs"),
-        *csv.epochs().last().unwrap() as i64
+        *c.epochs().last().unwrap() as i64,
+        "{name}"
     );
-    assert_epochs_match(&db, 1, &csv);
+    assert!(
+        db.count("SELECT count(*) FROM training_epochs WHERE map50_95 > 0") >= 3,
+        "{name}: the run learned something"
+    );
+    assert_epochs_match(&db, 1, &c);
+    db
+}
+
+#[test]
+fn early_stop_keeps_best_epoch() {
+    let db = assert_early_stop("ultralytics", "earlystop");
     assert_eq!(
         db.count("SELECT count(*) FROM events WHERE kind = 'early_stopped'"),
         1

@@ -3,9 +3,7 @@
 //! while the epoch headers and `all` rows go to stdout. Checked against the results.csv that
 //! the same training wrote.
 
-use crate::replay::{
-    assert_crash_capture, assert_epochs_match, replay_capture, reported_best_epoch,
-};
+use crate::replay::{assert_crash_capture, assert_early_stop, assert_epochs_match, replay_capture};
 use crate::util::{Db, ResultsCsv, close_sig, fixture, fixture_str};
 
 const DIR: &str = "ultralytics-8.3";
@@ -69,21 +67,7 @@ fn tqdm_docker_logs_text_gives_the_same_epochs() {
 
 #[test]
 fn tqdm_early_stop_keeps_the_reported_best_epoch() {
-    let db = replay_capture(DIR, "earlystop");
-    let c = csv("earlystop");
-    assert_eq!(
-        db.text("SELECT status FROM training_runs").as_deref(),
-        Some("early_stopped")
-    );
-    let best = reported_best_epoch(&format!("{DIR}/earlystop-json.log"));
-    assert_eq!(db.count("SELECT best_epoch FROM training_runs"), best);
-    assert_eq!(
-        db.count("SELECT epochs_done FROM training_runs"),
-        *c.epochs().last().unwrap() as i64
-    );
-    // This run learned something: the metrics are not all zero.
-    assert!(db.count("SELECT count(*) FROM training_epochs WHERE map50_95 > 0") >= 3);
-    assert_epochs_match(&db, 1, &c);
+    assert_early_stop(DIR, "earlystop");
 }
 
 #[test]
@@ -273,26 +257,8 @@ fn older_versions_early_stop_against_their_results_csv() {
     // wordings (`Stopping training early as no improvement observed in last 3 epochs. Best
     // results observed at epoch N`), 8.0's padded results.csv without a time column.
     for version in ["8.0.200", "8.2.103"] {
-        let name = format!("earlystop-{version}");
-        let db = replay_capture("ultralytics-older", &name);
-        let c = ResultsCsv::load(&fixture(&format!("ultralytics-older/{name}.results.csv")));
-        assert_eq!(
-            db.text("SELECT status FROM training_runs").as_deref(),
-            Some("early_stopped"),
-            "{version}"
-        );
-        let best = reported_best_epoch(&format!("ultralytics-older/{name}-json.log"));
-        assert_eq!(
-            db.count("SELECT best_epoch FROM training_runs"),
-            best,
-            "{version}"
-        );
+        let db = assert_early_stop("ultralytics-older", &format!("earlystop-{version}"));
         assert_eq!(db.count("SELECT epochs_total FROM training_runs"), 40);
-        assert!(
-            db.count("SELECT count(*) FROM training_epochs WHERE map50_95 > 0") >= 3,
-            "{version}: the run learned something"
-        );
-        assert_epochs_match(&db, 1, &c);
     }
 }
 
