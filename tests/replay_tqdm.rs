@@ -12,6 +12,35 @@ fn csv(name: &str) -> ResultsCsv {
     ResultsCsv::load(&fixture(&format!("{DIR}/{name}.results.csv")))
 }
 
+/// `history --run 1 --format csv` against results.csv: its header is results.csv's (as far as
+/// it goes), it has a row per epoch, and every value matches within the console's precision
+/// (4 significant digits for losses, 3 for metrics). Returns the header and the rows.
+fn assert_export_matches(db: &Db, c: &ResultsCsv) -> (Vec<String>, Vec<Vec<f64>>) {
+    let out = crate::util::bin(&["history", "--run", "1", "--format", "csv"], &db.path);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    assert_eq!(header, c.header[..header.len()]);
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), c.epochs().len());
+    for cells in &rows {
+        let epoch = cells[0] as u32;
+        for (i, col) in header.iter().enumerate().skip(2) {
+            let want = c.get(epoch, col);
+            let digits = if col.starts_with("train/") { 4 } else { 3 };
+            assert!(
+                close_sig(cells[i], want, digits),
+                "epoch {epoch} {col}: exported {}, results.csv {want}",
+                cells[i]
+            );
+        }
+    }
+    (header, rows)
+}
+
 #[test]
 fn tqdm_bars_on_stderr_give_the_epochs_of_results_csv() {
     // The capture is of the old shape: every progress frame is on stderr.
@@ -232,23 +261,8 @@ fn segmentation_keeps_seg_loss_and_the_mask_metrics() {
     assert!(text.contains(&want), "{want}: {text}");
     // `history --run N --format csv` writes results.csv's columns, the (M) group included,
     // in results.csv's order.
-    let out = crate::util::bin(&["history", "--run", "1", "--format", "csv"], &db.path);
-    assert!(out.status.success());
-    let csv_out = String::from_utf8(out.stdout).unwrap();
-    let header: Vec<&str> = csv_out.lines().next().unwrap().split(',').collect();
-    assert_eq!(header, &c.header[..header.len()]);
-    assert!(header.contains(&"metrics/mAP50-95(M)"));
-    let last = csv_out.lines().last().unwrap();
-    let cells: Vec<f64> = last.split(',').map(|x| x.parse().unwrap()).collect();
-    let epoch = cells[0] as u32;
-    for (i, col) in header.iter().enumerate().skip(2) {
-        let want = c.get(epoch, col);
-        assert!(
-            close_sig(cells[i], want, 3),
-            "{col}: exported {}, results.csv {want}",
-            cells[i]
-        );
-    }
+    let header = assert_export_matches(&db, &c).0;
+    assert!(header.iter().any(|h| h == "metrics/mAP50-95(M)"));
 }
 
 #[test]
@@ -271,11 +285,7 @@ fn classification_keeps_its_loss_and_accuracies_and_exports_results_csv() {
         db.text("SELECT status FROM training_runs").as_deref(),
         Some("completed")
     );
-    let out = crate::util::bin(&["history", "--run", "1", "--format", "csv"], &db.path);
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let (header, rows) = assert_export_matches(&db, &c);
     assert_eq!(
         header,
         [
@@ -286,25 +296,7 @@ fn classification_keeps_its_loss_and_accuracies_and_exports_results_csv() {
             "metrics/accuracy_top5"
         ]
     );
-    assert_eq!(&header[..], &c.header[..header.len()]);
-    let mut epochs = 0;
-    let mut top1_values = Vec::new();
-    for line in lines {
-        let cells: Vec<f64> = line.split(',').map(|x| x.parse().unwrap()).collect();
-        let epoch = cells[0] as u32;
-        epochs += 1;
-        for (i, col) in header.iter().enumerate().skip(2) {
-            let want = c.get(epoch, col);
-            let digits = if col.starts_with("train/") { 4 } else { 3 };
-            assert!(
-                close_sig(cells[i], want, digits),
-                "epoch {epoch} {col}: exported {}, results.csv {want}",
-                cells[i]
-            );
-        }
-        top1_values.push(cells[3]);
-    }
-    assert_eq!(epochs, c.epochs().len());
+    let mut top1_values: Vec<f64> = rows.iter().map(|r| r[3]).collect();
     top1_values.dedup();
     assert!(top1_values.len() > 1, "the accuracy moved: {top1_values:?}");
     assert_eq!(
