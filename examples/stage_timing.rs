@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use trainwatch::assemble::{self, multiline::Grouper};
+use trainwatch::assemble::Assembler;
 use trainwatch::derive::alerts::{Engine, Rules};
 use trainwatch::derive::{ContainerState, Op};
 use trainwatch::parse::Parser;
@@ -28,10 +28,10 @@ fn main() {
     );
 
     let t = Instant::now();
-    let mut g = Grouper::new();
+    let mut g = Assembler::new();
     let mut recs = Vec::new();
     for raw in JsonFileReader::new(vec![path.clone().into()]) {
-        g.push(assemble::clean(raw), &mut recs);
+        g.push(raw, &mut recs);
     }
     g.finish(&mut recs);
     let asm = t.elapsed().as_secs_f64();

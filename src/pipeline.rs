@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::assemble::{self, multiline::Grouper};
+use crate::assemble::Assembler;
 use crate::derive::alerts::{Engine, Rules};
 use crate::derive::{ContainerState, Op, Position};
 use crate::error::{SourceError, StoreError};
@@ -132,7 +132,7 @@ pub fn replay_with(
             summary: &mut summary,
             emitted: Position::new(origin.clone(), None, None),
         };
-        let mut grouper = Grouper::new();
+        let mut grouper = Assembler::new();
         let mut recs: Vec<Record> = Vec::new();
         for raw in source.by_ref() {
             ctx.summary.lines += 1;
@@ -140,7 +140,7 @@ pub fn replay_with(
                 ctx.summary.already_stored += 1;
                 continue;
             }
-            grouper.push(assemble::clean(raw), &mut recs);
+            grouper.push(raw, &mut recs);
             ctx.process(&mut recs)?;
         }
         grouper.finish(&mut recs);

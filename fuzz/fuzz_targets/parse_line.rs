@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use trainwatch::assemble::{self, multiline::Grouper};
+use trainwatch::assemble::Assembler;
 use trainwatch::derive::ContainerState;
 use trainwatch::event::{Key, RawLine, Stream};
 use trainwatch::parse::Parser;
@@ -16,7 +16,7 @@ static PARSER: std::sync::LazyLock<Parser> = std::sync::LazyLock::new(Parser::de
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let parser = &*PARSER;
-    let mut grouper = Grouper::new();
+    let mut grouper = Assembler::new();
     let mut state = ContainerState::new("fuzz".into(), Default::default());
     let mut recs = Vec::new();
     let mut ops = Vec::new();
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             line_no: i as u64 + 1,
             truncated: false,
         };
-        grouper.push(assemble::clean(raw), &mut recs);
+        grouper.push(raw, &mut recs);
     }
     grouper.finish(&mut recs);
     for rec in &recs {

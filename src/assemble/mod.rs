@@ -6,14 +6,55 @@
 //!    closes, so one line holds every frame of an epoch. The text after the last `\r` is the
 //!    line's final state, but a NaN in any frame is remembered.
 //! 2. [`ansi`]: colour and erase-line escapes are removed.
-//! 3. [`multiline`]: Python tracebacks and multi-line logging records are grouped into one
+//! 3. [`paste`]: a pasted or exported console's prefixes (`> `, 4 spaces) are taken off, and
+//!    a record glued onto the end of a finished bar is split off.
+//! 4. [`multiline`]: Python tracebacks and multi-line logging records are grouped into one
 //!    record per stream.
+//!
+//! [`Assembler`] holds the per-source state of all of them.
 
 pub mod ansi;
 pub mod frames;
 pub mod multiline;
+pub mod paste;
 
-use crate::event::{RawLine, Record};
+use crate::event::{Key, RawLine, Record, Stream};
+
+/// The line assembly of one source: raw lines in source order, records out.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    paste: paste::Paste,
+    grouper: multiline::Grouper,
+}
+
+impl Assembler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Assembles one raw line; completed records are appended to `out` in completion order.
+    pub fn push(&mut self, raw: RawLine, out: &mut Vec<Record>) {
+        let mut rec = clean(raw);
+        self.paste.normalise(&mut rec.text);
+        let grouper = &mut self.grouper;
+        paste::split_glued(rec, &mut |r| grouper.push(r, out));
+    }
+
+    /// See [`multiline::Grouper::flush_older_than`].
+    pub fn flush_older_than(&mut self, before: i64, out: &mut Vec<Record>) {
+        self.grouper.flush_older_than(before, out);
+    }
+
+    /// Closes every open group (end of input).
+    pub fn finish(&mut self, out: &mut Vec<Record>) {
+        self.grouper.finish(out);
+    }
+
+    /// See [`multiline::Grouper::oldest_open`].
+    pub fn oldest_open(&self, stream: Stream) -> Option<Key> {
+        self.grouper.oldest_open(stream)
+    }
+}
 
 /// Applies frame selection and ANSI stripping to one raw line (grouping comes after).
 pub fn clean(line: RawLine) -> Record {

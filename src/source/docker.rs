@@ -29,7 +29,7 @@ use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::assemble::{self, multiline::Grouper};
+use crate::assemble::Assembler;
 use crate::derive::alerts::Signal;
 use crate::derive::{ContainerState, EventRow, Op, Position};
 use crate::event::{Key, Record, Stream};
@@ -617,12 +617,12 @@ impl Follower {
     }
 
     /// Moves the merger's complete lines into the grouper, dropping those already stored.
-    fn take_lines(&mut self, merger: &mut Merger, grouper: &mut Grouper, recs: &mut Vec<Record>) {
+    fn take_lines(&mut self, merger: &mut Merger, grouper: &mut Assembler, recs: &mut Vec<Record>) {
         while let Some(raw) = merger.pop() {
             if self.stored.covers(raw.stream, raw.key) {
                 continue;
             }
-            grouper.push(assemble::clean(raw), recs);
+            grouper.push(raw, recs);
         }
     }
 
@@ -632,7 +632,7 @@ impl Follower {
         parser: &Parser,
         out: bollard::container::LogOutput,
         merger: &mut Merger,
-        grouper: &mut Grouper,
+        grouper: &mut Assembler,
         recs: &mut Vec<Record>,
         line_no: &mut u64,
     ) {
@@ -764,7 +764,7 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
         let mut stream = precise_since(&shared.docker, since_ns).logs(&info.id, Some(opts));
         // Fresh assembly per connection: pieces and groups not yet stored are re-delivered.
         let mut merger = Merger::new();
-        let mut grouper = Grouper::new();
+        let mut grouper = Assembler::new();
         let mut recs = Vec::new();
         let mut ticker = tokio::time::interval(flush_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
