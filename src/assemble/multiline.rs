@@ -41,6 +41,8 @@ struct Group {
     state: State,
     /// Blank lines seen after an exception line, kept until we know whether a chain follows.
     held: Vec<Record>,
+    /// Lines of the current exception's message after its first.
+    message_lines: u32,
 }
 
 /// The per-source grouping state. Feed records in source order with [`Grouper::push`]; call
@@ -110,11 +112,22 @@ impl Grouper {
                 } else {
                     append(&mut g.rec, rec);
                     g.state = State::AfterException;
+                    g.message_lines = 0;
                 }
                 self.open[i] = Some(g);
             }
             State::AfterException => {
-                if t.trim().is_empty() && g.held.len() < 2 {
+                if g.held.is_empty()
+                    && g.message_lines < MAX_MESSAGE_LINES
+                    && continues_message(t)
+                    && rec.key.ts <= g.rec.last_key.ts.saturating_add(MESSAGE_GAP_NS)
+                {
+                    // The exception's message goes on over several lines (Ultralytics'
+                    // `FileNotFoundError: ...` + `Note dataset download directory is ...`).
+                    append(&mut g.rec, rec);
+                    g.message_lines += 1;
+                    self.open[i] = Some(g);
+                } else if t.trim().is_empty() && g.held.len() < 2 {
                     g.held.push(rec);
                     self.open[i] = Some(g);
                 } else if is_chain_intro(t) && !g.held.is_empty() {
@@ -182,6 +195,7 @@ impl Grouper {
             rec,
             state,
             held: Vec::new(),
+            message_lines: 0,
         });
     }
 
@@ -222,6 +236,39 @@ impl Grouper {
     pub fn oldest_open(&self, stream: Stream) -> Option<crate::event::Key> {
         self.open[stream.index()].as_ref().map(|g| g.rec.key)
     }
+}
+
+/// Longest exception message, in lines after its first, grouped with its traceback.
+const MAX_MESSAGE_LINES: u32 = 20;
+/// Python writes a traceback in one go: a message line logged later than this after the line
+/// before it belongs to something else (a restarted process).
+const MESSAGE_GAP_NS: i64 = 1_000_000_000;
+
+/// Whether an unindented line after an exception's line goes on with its message: Python
+/// prints `str(exc)` whole, so a message with `\n` in it continues on unindented lines. Lines
+/// that begin something of their own (a record, a logging line, Ultralytics' output) do not.
+fn continues_message(t: &str) -> bool {
+    let trimmed = t.trim_start();
+    if trimmed.is_empty() || is_indented(t) || starts_record(t) || is_chain_intro(t) {
+        return false;
+    }
+    let first = trimmed.as_bytes()[0];
+    if first.is_ascii_digit() {
+        // Progress rows, `N epochs completed`, times.
+        return false;
+    }
+    const OWN_LINES: [&str; 9] = [
+        "Ultralytics ",
+        "engine/trainer:",
+        "Exception in thread ",
+        "WARNING",
+        "ERROR",
+        "Epoch ",
+        "Traceback",
+        "Starting training",
+        "Resuming training",
+    ];
+    !OWN_LINES.iter().any(|p| trimmed.starts_with(p))
 }
 
 /// Whether a line begins a new record of its own (so an empty logging message must not swallow
@@ -274,12 +321,77 @@ mod tests {
             "  File \"/app/consumer.py\", line 10, in <module>",
             "    main()",
             "RuntimeError: failed to process annotation",
-            "next record",
+            "2026-11-29 05:00:49,000 - consumer - INFO - next record",
         ];
         let out = group(&lines);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0], lines[..12].join("\n"));
-        assert_eq!(out[1], "next record");
+        assert_eq!(out[1], lines[12]);
+    }
+
+    #[test]
+    fn exception_messages_over_several_lines_stay_in_the_chain() {
+        // Ultralytics 8.4.190, a dataset whose images are missing (fixtures/ultralytics-users).
+        let lines = [
+            "Traceback (most recent call last):",
+            "  File \"/u/ultralytics/engine/trainer.py\", line 862, in get_dataset",
+            "    data = check_det_dataset(self.args.data, split=self.args.split)",
+            "FileNotFoundError: Dataset 'x.yaml' images not found, missing path '/d/images/val'",
+            "Note dataset download directory is '/d/datasets'. You can update this in '/c/settings.json'",
+            "",
+            "The above exception was the direct cause of the following exception:",
+            "",
+            "Traceback (most recent call last):",
+            "  File \"/u/bin/yolo\", line 8, in <module>",
+            "    sys.exit(entrypoint())",
+            "RuntimeError: Dataset 'x.yaml' error ❌ Dataset 'x.yaml' images not found, missing path '/d/images/val'",
+            "Note dataset download directory is '/d/datasets'. You can update this in '/c/settings.json'",
+            "Ultralytics 8.4.190 🚀 Python-3.11.7 torch-2.15.0 CPU",
+        ];
+        let out = group(&lines);
+        assert_eq!(out, vec![lines[..13].join("\n"), lines[13].to_string()]);
+        // The same with "During handling ...", a message that starts with its newline, and a
+        // record of its own after it.
+        let lines = [
+            "Traceback (most recent call last):",
+            "  File \"a.py\", line 1, in <module>",
+            "KeyError: 'image'",
+            "",
+            "During handling of the above exception, another exception occurred:",
+            "",
+            "Traceback (most recent call last):",
+            "  File \"a.py\", line 3, in <module>",
+            "ValueError: ",
+            "bad annotation",
+            "second line",
+            "2026-11-29 05:00:49,000 - consumer - INFO - Processed 10 messages",
+        ];
+        let out = group(&lines);
+        assert_eq!(out, vec![lines[..11].join("\n"), lines[11].to_string()]);
+    }
+
+    #[test]
+    fn a_line_logged_later_is_not_the_message() {
+        let mut g = Grouper::new();
+        let mut out = Vec::new();
+        for (ts, l) in [
+            (0, "Traceback (most recent call last):"),
+            (0, "  File \"a\""),
+            (0, "E: x"),
+            (0, "more of x"),
+            (5_000_000_000, "a restarted process prints"),
+        ] {
+            g.push(rec(ts, Stream::Stderr, l), &mut out);
+        }
+        g.finish(&mut out);
+        let texts: Vec<&str> = out.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "Traceback (most recent call last):\n  File \"a\"\nE: x\nmore of x",
+                "a restarted process prints"
+            ]
+        );
     }
 
     #[test]

@@ -142,6 +142,10 @@ pub struct Parsed {
     pub offset: Option<u64>,
     /// Set when a JSON-looking line could not be read as JSON.
     pub skip: Option<json::JsonSkip>,
+    /// A second kind the record is also stored as: an uncaught traceback is an `error`, and
+    /// when its exception says what happened (`gpu_oom`, `checkpoint_save_failed`, ...), that
+    /// fact is an event of its own for the alert rules.
+    pub also: Option<&'static str>,
 }
 
 impl Parsed {
@@ -158,6 +162,7 @@ impl Parsed {
             counter: None,
             offset: None,
             skip: None,
+            also: None,
         }
     }
 }
@@ -215,8 +220,12 @@ impl Parser {
             let probe = if has_tb { text } else { log.message };
             self.classify(&mut p, probe);
             if has_tb {
+                if p.kind == Some("loss_non_finite") {
+                    // The NaN is an event of its own already (the epochs that showed it).
+                    p.kind = Some("error");
+                }
                 p.detail = Detail::Traceback {
-                    exception: last_line(text).to_string(),
+                    exception: exception_text(text).to_string(),
                 };
             }
             return p;
@@ -290,11 +299,15 @@ impl Parser {
         let mut p = Parsed::new(Format::Traceback, text.to_string());
         p.level = Level::Error;
         self.classify(&mut p, text);
-        if p.kind.is_none() || p.kind == Some("queue_offset") {
-            p.kind = Some("error");
-        }
+        // A traceback is an `error` event, whatever its text mentions; what the exception
+        // says happened is a second event (a NaN is one already: the epochs that showed it).
+        p.also = p
+            .kind
+            .filter(|k| !matches!(*k, "error" | "warning" | "queue_offset" | "loss_non_finite"));
+        p.kind = Some("error");
+        p.level = Level::Error;
         p.detail = Detail::Traceback {
-            exception: last_line(text).to_string(),
+            exception: exception_text(text).to_string(),
         };
         p
     }
@@ -319,7 +332,7 @@ impl Parser {
                     Detail::Accuracy { top1, top5 }
                 }
             }
-        } else if trimmed.starts_with("engine/trainer:") {
+        } else if trimmed.starts_with("engine/trainer:") || trimmed.starts_with("train: weights=") {
             Detail::TrainerSettings(ultralytics::trainer_settings(text)?)
         } else if let Some(n) = ultralytics::starting_training(text) {
             Detail::StartingTraining(n)
@@ -378,8 +391,23 @@ fn with_service(raw: String, service: Option<&str>) -> String {
     out
 }
 
-fn last_line(text: &str) -> &str {
-    text.trim_end().rsplit('\n').next().unwrap_or(text).trim()
+/// The last exception of a traceback (chained or not) with every line of its message: from the
+/// first unindented line after the last `Traceback` header's frames to the end.
+pub fn exception_text(text: &str) -> &str {
+    let text = text.trim_end();
+    let from = text
+        .rfind("Traceback (most recent call last):")
+        .map_or(0, |i| i + "Traceback (most recent call last):".len());
+    let mut at = from;
+    for line in text[from..].split_inclusive('\n') {
+        let blank = line.trim().is_empty();
+        if !blank && !line.starts_with([' ', '\t']) && at > from {
+            return text[at..].trim();
+        }
+        at += line.len();
+    }
+    // No frames after the header (a record cut short): its last line.
+    text.rsplit('\n').next().unwrap_or(text).trim()
 }
 
 #[cfg(test)]
@@ -447,7 +475,24 @@ mod tests {
         let p = parse(
             "Traceback (most recent call last):\n  File \"t.py\", line 5\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
         );
-        assert_eq!(p.kind, Some("gpu_oom"));
+        assert_eq!((p.kind, p.also), (Some("error"), Some("gpu_oom")));
+        // The traceback that ends a NaN run is an error; the NaN is already an event.
+        let p = parse(
+            "Traceback (most recent call last):\n  File \"t.py\", line 5\nRuntimeError: Training failed: NaN persisted for 4 epochs",
+        );
+        assert_eq!((p.kind, p.also), (Some("error"), None));
+        // A chained traceback's exception is the last one, with every line of its message.
+        let p = parse(
+            "Traceback (most recent call last):\n  File \"a\", line 1\nFileNotFoundError: images not found\nNote dataset dir\n\nThe above exception was the direct cause of the following exception:\n\nTraceback (most recent call last):\n  File \"b\", line 2\n    raise RuntimeError(e) from e\nRuntimeError: Dataset error ❌ images not found\nNote dataset dir",
+        );
+        assert_eq!(
+            p.detail,
+            Detail::Traceback {
+                exception: "RuntimeError: Dataset error ❌ images not found\nNote dataset dir"
+                    .into()
+            }
+        );
+        assert_eq!(p.kind, Some("error"));
         assert_eq!(
             parse("{\"message\":\"cut").skip,
             Some(json::JsonSkip::Invalid)
