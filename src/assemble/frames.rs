@@ -33,7 +33,7 @@ pub fn first_nonfinite(raw: &str) -> Option<String> {
     raw.split('\r').find_map(|frame| {
         let clean = ansi::strip(frame);
         ultralytics::progress_row(&clean)
-            .filter(|p| p.losses.iter().any(|v| !v.is_finite()))
+            .filter(|p| p.values.iter().any(|v| !v.is_finite()))
             .map(|_| clean.trim_end().to_string())
     })
 }

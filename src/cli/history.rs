@@ -73,7 +73,9 @@ pub fn run(args: HistoryArgs, db: &Path) -> anyhow::Result<()> {
 /// Rebuilds results.csv's columns: epoch, time (seconds since the run started),
 /// train/<loss> for each loss column, metrics/precision(B) ... metrics/mAP50-95(B), and for
 /// segmentation and pose runs the same four of their second group, `(M)` or `(P)`; for
-/// classification runs metrics/accuracy_top1 and metrics/accuracy_top5 instead of the box four.
+/// classification runs metrics/accuracy_top1 and metrics/accuracy_top5 instead of the box four;
+/// for YOLOv5 runs YOLOv5's own columns (epoch, train/box_loss, train/obj_loss, train/cls_loss,
+/// metrics/precision, metrics/recall, metrics/mAP_0.5, metrics/mAP_0.5:0.95).
 fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow::Result<Rows> {
     let (names, started): (String, String) = conn.query_row(
         "SELECT loss_names, started_at FROM runs WHERE run_id = ?1",
@@ -94,6 +96,10 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
     {
         names = m.keys().cloned().collect();
     }
+    // YOLOv5 (an objectness loss) writes its own names: no time column, and
+    // metrics/precision, metrics/recall, metrics/mAP_0.5, metrics/mAP_0.5:0.95.
+    let yolov5 = names.iter().any(|n| n == "obj_loss");
+    names.retain(|n| n != "total");
     let start = trainwatch::time::parse_rfc3339(&started).unwrap_or(0);
     // The metric groups the epochs hold besides the box metrics, in the order they first
     // appear: a segmentation or pose run's second group, a classification run's accuracy.
@@ -139,9 +145,16 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
         .collect();
     // A classification run has no box metrics, and its results.csv no (B) columns.
     let boxes = !groups.iter().any(|g| *g == "classify");
-    let mut columns = vec!["epoch".to_string(), "time".to_string()];
+    let mut columns = vec!["epoch".to_string()];
+    if !yolov5 {
+        columns.push("time".to_string());
+    }
     columns.extend(names.iter().map(|n| format!("train/{n}")));
-    if boxes {
+    if yolov5 {
+        columns.extend(
+            ["precision", "recall", "mAP_0.5", "mAP_0.5:0.95"].map(|m| format!("metrics/{m}")),
+        );
+    } else if boxes {
         columns.extend(BOX.iter().map(|(m, _)| format!("metrics/{m}(B)")));
     }
     columns.extend(group_columns.iter().flatten().map(|(c, _)| c.clone()));
@@ -153,7 +166,9 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
                 .map(|e| Value::Real(((e - start) as f64 / 1e9 * 1e3).round() / 1e3)),
             _ => None,
         };
-        row.push(t.unwrap_or(Value::Null));
+        if !yolov5 {
+            row.push(t.unwrap_or(Value::Null));
+        }
         let losses: serde_json::Map<String, serde_json::Value> = match &r[idx("losses")] {
             Value::Text(l) => serde_json::from_str(l).unwrap_or_default(),
             _ => Default::default(),

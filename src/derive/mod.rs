@@ -6,6 +6,7 @@
 //! writer. It is a plain state machine (no I/O, no clock), so replay and live follow share it.
 
 pub mod alerts;
+pub mod paths;
 mod runs;
 
 pub use runs::{ContainerState, Resume, RunKey, RunStatus};

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::{EpochRow, EventRow, MetricRow, Op, RunRow, json_num};
+use super::{EpochRow, EventRow, MetricRow, Op, RunRow, json_num, paths};
 use crate::event::{Record, Stream};
 use crate::parse::{Detail, Format, Level, Parsed};
 use crate::redact;
@@ -72,8 +72,8 @@ impl RunStatus {
 /// follow stopped.
 #[derive(Clone, Debug, Default)]
 pub struct Resume {
-    /// The latest run and its last epoch.
-    pub run: Option<(RunRow, u32)>,
+    /// The latest run and its last epoch (none stored yet: `None`).
+    pub run: Option<(RunRow, Option<u32>)>,
     /// Earlier runs' save_dir -> key, for resumes of older runs.
     pub save_dirs: Vec<(String, RunRow)>,
     pub counters: Vec<(String, f64)>,
@@ -82,7 +82,11 @@ pub struct Resume {
 #[derive(Debug)]
 struct Run {
     row: RunRow,
-    last_epoch: u32,
+    /// The latest epoch ended, as printed (`None` before the first).
+    last_epoch: Option<u32>,
+    /// Epochs are printed 0-based, `k/N-1` (YOLOv5's `train.py`): its header has `obj_loss`,
+    /// its settings line is `train: weights=...`, or an epoch 0 was seen.
+    zero_based: bool,
     /// Log time of the latest record that belonged to this run.
     last_ts: i64,
     /// Set by the settings line until `Starting training` or the first epoch arrives, so the
@@ -92,6 +96,19 @@ struct Run {
     /// (`YOLO_VERBOSE=False` with the logger still at INFO) the header and the validation
     /// `all` row are all an epoch prints: the row then ends the epoch after `last_epoch`.
     header_open: bool,
+}
+
+impl Run {
+    /// The number the next epoch will be printed with.
+    fn next_epoch(&self) -> u32 {
+        self.last_epoch
+            .map_or(if self.zero_based { 0 } else { 1 }, |e| e + 1)
+    }
+}
+
+/// YOLOv5 (`train.py`) prints an objectness loss, which Ultralytics' YOLOv8+ heads do not have.
+fn is_yolov5(loss_names: &[String]) -> bool {
+    loss_names.iter().any(|n| n == "obj_loss")
 }
 
 /// Derivation state of one container.
@@ -130,6 +147,14 @@ fn second_metric_group(loss_names: &[String]) -> &'static str {
     }
 }
 
+/// The run folder of a checkpoint path (`runs/detect/train/weights/last.pt` ->
+/// `runs/detect/train`), if it is one.
+fn checkpoint_dir(model: &str) -> Option<String> {
+    let m = model.trim().replace('\\', "/");
+    let in_weights = m.contains("/weights/") || m.starts_with("weights/");
+    (in_weights && m.ends_with(".pt")).then(|| paths::run_dir(model))
+}
+
 fn truthy(v: &str) -> bool {
     !matches!(v.trim(), "" | "False" | "false" | "None" | "null" | "0")
 }
@@ -161,9 +186,11 @@ impl ContainerState {
                 st.loss_names = row.loss_names.clone();
             }
             let last_ts = row.ended_at.unwrap_or(row.started_at);
+            let zero_based = is_yolov5(&row.loss_names) || last_epoch == Some(0);
             st.run = Some(Run {
                 row,
                 last_epoch,
+                zero_based,
                 last_ts,
                 starting: false,
                 header_open: false,
@@ -235,7 +262,7 @@ impl ContainerState {
         let counted = match self.run.as_mut() {
             Some(r) if r.header_open && !final_val => {
                 r.header_open = false;
-                r.last_epoch += 1;
+                r.last_epoch = Some(r.next_epoch());
                 true
             }
             _ => false,
@@ -243,8 +270,8 @@ impl ContainerState {
         let epoch = self
             .run
             .as_ref()
-            .map(|r| r.last_epoch)
-            .filter(|e| *e > 0 && !final_val);
+            .and_then(|r| r.last_epoch)
+            .filter(|_| !final_val);
         ctx["epoch"] = json!(epoch);
         if final_val {
             ctx["final"] = Value::Bool(true);
@@ -347,7 +374,8 @@ impl ContainerState {
         self.final_validation = false;
         self.run = Some(Run {
             row,
-            last_epoch: 0,
+            last_epoch: None,
+            zero_based: is_yolov5(&self.loss_names),
             last_ts: rec.ts,
             starting,
             header_open: false,
@@ -362,18 +390,21 @@ impl ContainerState {
         epochs: Option<u32>,
         out: &mut Vec<Op>,
     ) -> bool {
-        let same_dir = |r: &RunRow| {
-            save_dir.is_none() || r.save_dir.as_deref() == save_dir || r.save_dir.is_none()
+        let same_dir = |r: &RunRow| match (save_dir, r.save_dir.as_deref()) {
+            (Some(a), Some(b)) => paths::same(a, b),
+            _ => true,
         };
         let current_matches = self.run.as_ref().is_some_and(|r| same_dir(&r.row));
         if !current_matches {
-            let Some(row) = save_dir.and_then(|d| self.by_save_dir.remove(d)) else {
+            let Some(row) = save_dir.and_then(|d| self.take_by_save_dir(d)) else {
                 return false;
             };
             self.interrupt_current(out);
+            let zero_based = is_yolov5(&row.loss_names);
             self.run = Some(Run {
                 row,
-                last_epoch: 0,
+                last_epoch: None,
+                zero_based,
                 last_ts: rec.ts,
                 starting: false,
                 header_open: false,
@@ -395,12 +426,24 @@ impl ContainerState {
         true
     }
 
+    /// Removes and returns the earlier run whose save_dir `dir` names (the best match: an
+    /// exact path before the longest shared tail).
+    fn take_by_save_dir(&mut self, dir: &str) -> Option<RunRow> {
+        let best = self
+            .by_save_dir
+            .keys()
+            .filter_map(|k| Some((paths::match_score(k, dir)?, k)))
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+            .map(|(_, k)| k.clone())?;
+        self.by_save_dir.remove(&best)
+    }
+
     /// Makes sure there is a running run for an epoch line that arrived without a start.
     fn ensure_run(&mut self, rec: &Record, epochs: u32, epoch: u32, out: &mut Vec<Op>) {
         let usable = self.run.as_ref().is_some_and(|r| {
             r.row.status == RunStatus::Running
                 || r.row.status == RunStatus::Failed
-                || (epoch > r.last_epoch
+                || (r.last_epoch.is_none_or(|last| epoch > last)
                     && !matches!(r.row.status, RunStatus::Completed | RunStatus::EarlyStopped))
         });
         if !usable || self.final_validation {
@@ -457,7 +500,7 @@ impl ContainerState {
                 from_epoch,
                 epochs,
             } => {
-                let dir = model.split_once("/weights/").map(|(d, _)| d.to_string());
+                let dir = checkpoint_dir(model);
                 if !self.continue_run(rec, dir.as_deref(), Some(*epochs), out) {
                     self.new_run(rec, Some(*epochs), dir, Some(model.clone()), true, out);
                 }
@@ -594,10 +637,12 @@ impl ContainerState {
         let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
         let epochs = get("epochs").and_then(|v| v.parse().ok());
         let resume = get("resume").filter(|v| truthy(v));
-        let model = get("model").map(str::to_string);
+        // YOLOv5's `train: weights=...` names the model by its weights.
+        let yolov5 = get("weights").is_some() && get("task").is_none();
+        let model = get("model").or(get("weights")).map(str::to_string);
         let save_dir = get("save_dir")
             .map(str::to_string)
-            .or_else(|| resume.and_then(|r| r.split_once("/weights/").map(|(d, _)| d.to_string())));
+            .or_else(|| resume.and_then(checkpoint_dir));
         let mut ctx = Map::new();
         for k in [
             "task", "mode", "model", "data", "epochs", "batch", "imgsz", "device", "resume",
@@ -614,9 +659,15 @@ impl ContainerState {
             if !self.continue_run(rec, save_dir.as_deref(), epochs, out) {
                 self.new_run(rec, epochs, save_dir, model, true, out);
             }
+            if yolov5 && let Some(run) = self.run.as_mut() {
+                run.zero_based = true;
+            }
             return;
         }
         self.new_run(rec, epochs, save_dir, model, true, out);
+        if yolov5 && let Some(run) = self.run.as_mut() {
+            run.zero_based = true;
+        }
         out.push(self.event(
             rec,
             Level::Info,
@@ -633,9 +684,19 @@ impl ContainerState {
         pr: &crate::parse::ultralytics::Progress,
         out: &mut Vec<Op>,
     ) {
-        self.ensure_run(rec, pr.epochs, pr.epoch, out);
-        let losses: Vec<(String, f64)> = pr
-            .losses
+        let zero_based = pr.epoch == 0
+            || is_yolov5(&self.loss_names)
+            || self.run.as_ref().is_some_and(|r| r.zero_based);
+        let epochs_total = if zero_based {
+            pr.epochs.saturating_add(1)
+        } else {
+            pr.epochs
+        };
+        self.ensure_run(rec, epochs_total, pr.epoch, out);
+        // Columns by the header's names, read from the left (a row cut at the terminal width
+        // lacks its right-hand columns); YOLOv5's `total` is their sum, not a loss of its own.
+        let values = pr.losses(Some(self.loss_names.len()));
+        let losses: Vec<(String, f64)> = values
             .iter()
             .enumerate()
             .map(|(i, v)| {
@@ -647,10 +708,12 @@ impl ContainerState {
                     *v,
                 )
             })
+            .filter(|(name, _)| name != "total")
             .collect();
-        let total: f64 = pr.losses.iter().sum();
-        let non_finite = pr.losses.iter().any(|v| !v.is_finite());
+        let total: f64 = losses.iter().map(|(_, v)| v).sum();
+        let non_finite = losses.iter().any(|(_, v)| !v.is_finite());
         let run = self.run.as_mut().expect("ensure_run");
+        run.zero_based |= zero_based;
         run.starting = false;
         let mut changed = false;
         if run.row.status != RunStatus::Running {
@@ -658,19 +721,19 @@ impl ContainerState {
             run.row.ended_at = None;
             changed = true;
         }
-        if run.row.epochs_total != Some(pr.epochs) {
-            run.row.epochs_total = Some(pr.epochs);
+        if run.row.epochs_total != Some(epochs_total) {
+            run.row.epochs_total = Some(epochs_total);
             changed = true;
         }
         if changed {
             out.push(Op::Run(run.row.clone()));
         }
-        run.last_epoch = pr.epoch;
+        run.last_epoch = Some(pr.epoch);
         run.header_open = false;
         let key = run.row.key.clone();
         let mut ctx = Map::new();
         ctx.insert("epoch".into(), json!(pr.epoch));
-        ctx.insert("epochs".into(), json!(pr.epochs));
+        ctx.insert("epochs".into(), json!(epochs_total));
         ctx.insert("gpu_mem_gb".into(), json_num(pr.gpu_mem_gb));
         for (name, v) in &losses {
             ctx.insert(name.clone(), json_num(*v));
@@ -680,7 +743,7 @@ impl ContainerState {
             key,
             EpochRow {
                 epoch: pr.epoch,
-                epochs_total: Some(pr.epochs),
+                epochs_total: Some(epochs_total),
                 ended_at: rec.ts,
                 losses: Some(losses),
                 gpu_mem_gb: Some(pr.gpu_mem_gb),
@@ -732,12 +795,12 @@ impl ContainerState {
         let same = self
             .run
             .as_ref()
-            .is_some_and(|r| r.last_epoch == epoch && !self.final_validation);
+            .is_some_and(|r| r.last_epoch == Some(epoch) && !self.final_validation);
         if !same {
             self.ensure_run(rec, epochs, epoch, out);
         }
         let run = self.run.as_mut().expect("ensure_run");
-        run.last_epoch = run.last_epoch.max(epoch);
+        run.last_epoch = Some(run.last_epoch.map_or(epoch, |l| l.max(epoch)));
         run.starting = false;
         let key = run.row.key.clone();
         let non_finite =
@@ -837,7 +900,26 @@ impl ContainerState {
         if run_scoped && let Some(run) = self.run.as_ref() {
             ctx.insert("epoch".into(), json!(run.last_epoch));
         }
+        let also = p.also.map(|also| {
+            // What the exception says happened, as an event of its own (the traceback itself
+            // is the `error`): its message is the exception.
+            let mut actx = Map::new();
+            let message = match &p.detail {
+                Detail::Traceback { exception } => exception.clone(),
+                _ => p.message.clone(),
+            };
+            if let Some(run) = self.run.as_ref()
+                && matches!(also, "gpu_oom" | "checkpoint_save_failed")
+            {
+                actx.insert("epoch".into(), json!(run.last_epoch));
+            }
+            actx.insert("source".into(), Value::String("traceback".into()));
+            (also, message, actx)
+        });
         out.push(self.event(rec, p.level, kind, &p.message, Value::Object(ctx)));
+        if let Some((also, message, actx)) = also {
+            out.push(self.event(rec, p.level, also, &message, Value::Object(actx)));
+        }
     }
 
     /// The loss column names in effect (for tests and status views).

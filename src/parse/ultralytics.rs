@@ -16,21 +16,35 @@ use nom::{
 };
 
 /// A training progress row (one bar frame): `  82/120  6.66G  0.6647  0.3599  1.079  38  640: ...`.
+/// YOLOv5's `train.py` prints the same shape with 0-based epochs (`0/99` for 100 epochs).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
     pub epoch: u32,
     pub epochs: u32,
     pub gpu_mem_gb: f64,
-    /// Running-mean losses, in header order.
-    pub losses: Vec<f64>,
-    pub instances: f64,
-    pub size: f64,
+    /// Every number after GPU memory, in column order: the running-mean losses, then
+    /// Instances and Size. A row cut at the terminal width ends early.
+    pub values: Vec<f64>,
+    /// The row goes on into its bar (`...  640: 100% ...`): every column is there.
+    pub has_bar: bool,
     pub percent: Option<u32>,
     /// Batches done and total, when the bar shows `n/total`.
     pub batches: Option<(u64, u64)>,
 }
 
 impl Progress {
+    /// The loss values, for a header naming `n_losses` loss columns (when known). A whole row
+    /// (with its bar) ends with Instances and Size, so its losses are everything before them;
+    /// a row cut short is read from the left, so a missing right-hand column never moves a
+    /// value into another column.
+    pub fn losses(&self, n_losses: Option<usize>) -> &[f64] {
+        let v = &self.values;
+        match n_losses {
+            Some(n) if !self.has_bar => &v[..n.min(v.len())],
+            _ => &v[..v.len().saturating_sub(2)],
+        }
+    }
+
     /// Whether this frame is the bar's last (all batches done).
     pub fn complete(&self) -> bool {
         match (self.batches, self.percent) {
@@ -122,49 +136,86 @@ pub fn progress_row(line: &str) -> Option<Progress> {
         opt(preceded(char(':'), rest)),
     )
         .parse(line);
-    let (_, ((epoch, epochs), gpu_mem_gb, mut nums, tail)) = parsed.ok()?;
-    if nums.len() < 3 || epoch == 0 || epochs == 0 {
+    let (_, ((epoch, epochs), gpu_mem_gb, values, tail)) = parsed.ok()?;
+    // 1-based `k/N` (Ultralytics) or 0-based `k/N-1` (YOLOv5): never past the total.
+    if epoch > epochs || values.len() < 2 || (tail.is_some() && values.len() < 3) {
         return None;
     }
-    let size = nums.pop()?;
-    let instances = nums.pop()?;
     let (percent, batches) = tail.map(bar_fields).unwrap_or((None, None));
     Some(Progress {
         epoch,
         epochs,
         gpu_mem_gb,
-        losses: nums,
-        instances,
-        size,
+        values,
+        has_bar: tail.is_some(),
         percent,
         batches,
     })
 }
 
-/// Parses the epoch header and returns the loss column names between `GPU_mem` and `Instances`.
+/// The count columns that end an epoch header: Ultralytics and YOLOv5 v6+ `Instances Size`,
+/// older YOLOv5 `labels img_size` or `targets img_size`.
+const COUNT_COLUMNS: [&str; 5] = ["Size", "Instances", "img_size", "labels", "targets"];
+
+/// Parses the epoch header and returns the loss column names between `GPU_mem` and
+/// `Instances`: `Epoch GPU_mem box_loss cls_loss dfl_loss Instances Size` (Ultralytics),
+/// `Epoch GPU_mem box_loss obj_loss cls_loss Instances Size` (YOLOv5), or the older YOLOv5
+/// `Epoch gpu_mem box obj cls total labels img_size`, whose short names are given their
+/// `_loss` suffix (`total`, their sum, is kept as it is). A header cut at the terminal width
+/// keeps the names it shows.
 pub fn epoch_header(line: &str) -> Option<Vec<String>> {
     let parsed: R<'_, _> = (
         preceded(space0, tag("Epoch")),
-        preceded(space1, tag("GPU_mem")),
+        preceded(space1, alt((tag("GPU_mem"), tag("gpu_mem")))),
         many1(preceded(space1, take_while1(|c: char| !c.is_whitespace()))),
     )
         .parse(line);
     let (rest, (_, _, mut names)) = parsed.ok()?;
-    if !rest.trim().is_empty() || names.len() < 3 {
+    if !rest.trim().is_empty() {
         return None;
     }
-    if names.pop()? != "Size" || names.pop()? != "Instances" {
+    let mut counts = 0;
+    while counts < 2 && names.last().is_some_and(|n| COUNT_COLUMNS.contains(n)) {
+        names.pop();
+        counts += 1;
+    }
+    if names.is_empty() || names.iter().any(|n| COUNT_COLUMNS.contains(n)) {
         return None;
     }
-    Some(names.into_iter().map(str::to_string).collect())
+    Some(
+        names
+            .into_iter()
+            .map(|n| {
+                if n.ends_with("_loss") || n == "total" || n == "loss" {
+                    n.to_string()
+                } else if n == "GIoU" {
+                    "box_loss".to_string()
+                } else {
+                    format!("{n}_loss")
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Parses the validation `all` row.
 pub fn val_all_row(line: &str) -> Option<Validation> {
+    // Counts are integers, except in older YOLOv5 (`%12.3g`: `1.55e+03`).
+    let count = |i| -> R<'_, u64> {
+        let (i, v) = number(i)?;
+        if v.is_finite() && v >= 0.0 && v.fract() == 0.0 {
+            Ok((i, v as u64))
+        } else {
+            Err(nom::Err::Error(nom::error::Error::new(
+                i,
+                nom::error::ErrorKind::Digit,
+            )))
+        }
+    };
     let parsed: R<'_, _> = (
         preceded(space0, tag("all")),
-        preceded(space1, uint),
-        preceded(space1, uint),
+        preceded(space1, count),
+        preceded(space1, count),
         many1(preceded(space1, number)),
         space0,
     )
@@ -201,8 +252,18 @@ pub fn accuracy_all_row(line: &str) -> Option<(f64, f64)> {
 /// `engine/trainer: task=detect, mode=train, model=yolo11n.yaml, ..., epochs=3, ..., resume=False, ...`
 /// Returns the settings as (key, value) pairs. Values may contain `, ` only inside brackets,
 /// which Ultralytics prints for lists; those are kept whole.
+///
+/// YOLOv5's `train.py` prints its arguments the same way after `train: `
+/// (`train: weights=yolov5s.pt, cfg=, data=coco128.yaml, ..., epochs=100, ...`).
 pub fn trainer_settings(line: &str) -> Option<Vec<(String, String)>> {
-    let body = line.trim_start().strip_prefix("engine/trainer:")?.trim();
+    let t = line.trim_start();
+    let body = match t.strip_prefix("engine/trainer:") {
+        Some(b) => b.trim(),
+        None => t
+            .strip_prefix("train: ")
+            .filter(|b| b.starts_with("weights=") && b.contains(", epochs="))?
+            .trim(),
+    };
     let mut out = Vec::new();
     let mut depth = 0i32;
     let mut start = 0;
@@ -343,8 +404,8 @@ mod tests {
         let p = progress_row("     82/120      6.66G     0.6647     0.3599      1.079         38        640: 28% ━━━───────── 43/154 2.2it/s 19.8s<49.8s").unwrap();
         assert_eq!((p.epoch, p.epochs), (82, 120));
         assert_eq!(p.gpu_mem_gb, 6.66);
-        assert_eq!(p.losses, vec![0.6647, 0.3599, 1.079]);
-        assert_eq!((p.instances, p.size), (38.0, 640.0));
+        assert_eq!(p.losses(Some(3)), [0.6647, 0.3599, 1.079]);
+        assert_eq!(p.values[3..], [38.0, 640.0]);
         assert_eq!(p.percent, Some(28));
         assert_eq!(p.batches, Some((43, 154)));
         assert!(!p.complete());
@@ -359,17 +420,51 @@ mod tests {
         assert_eq!(p.batches, Some((85, 85)));
         let p = progress_row("        1/4         0G       1.58          2      1.126        256        224: 100%|██████████| 54/54").unwrap();
         assert_eq!(p.gpu_mem_gb, 0.0);
-        assert_eq!(p.losses, vec![1.58, 2.0, 1.126]);
+        assert_eq!(p.losses(None), [1.58, 2.0, 1.126]);
     }
 
     #[test]
     fn progress_nan_and_glued_stderr() {
         let p = progress_row("      1/100      2.41G        nan        inf       -inf         47        640: 40% ━━━━╸─────── 2/5 4.2it/s 0.4s<0.7s").unwrap();
-        assert!(p.losses[0].is_nan());
-        assert_eq!(p.losses[1], f64::INFINITY);
-        assert_eq!(p.losses[2], f64::NEG_INFINITY);
+        assert!(p.values[0].is_nan());
+        assert_eq!(p.values[1], f64::INFINITY);
+        assert_eq!(p.values[2], f64::NEG_INFINITY);
         let p = progress_row("     82/120      6.66G     0.6647     0.3599      1.079         38        640: 28% ━━━───────── 43/154 2.2it/s 19.8s<49.8sCorrupt JPEG data: premature end of data segment").unwrap();
         assert_eq!(p.batches, Some((43, 154)));
+    }
+
+    #[test]
+    fn yolov5_and_cut_rows() {
+        // YOLOv5 train.py: 0-based epochs, its own bar format (`| n/total elapsed`).
+        let p = progress_row("        0/1      22.4G    0.07281    0.08384    0.06359        199        640: 100%|██████████| 1849/1849 13:15").unwrap();
+        assert_eq!((p.epoch, p.epochs), (0, 1));
+        assert_eq!(p.losses(Some(3)), [0.07281, 0.08384, 0.06359]);
+        assert!(p.complete());
+        // A one-epoch YOLOv5 run prints `0/0`.
+        assert_eq!(
+            progress_row(
+                "        0/0      3.1G    0.1    0.2    0.3    9    640: 100%|██████████| 8/8 00:01"
+            )
+            .map(|p| p.epochs),
+            Some(0)
+        );
+        // Cut at the terminal width before Size: read from the left by the header.
+        let p = progress_row(
+            "      1/100      4.03G      1.424      2.865      3.675      1.475         12",
+        )
+        .unwrap();
+        assert!(!p.has_bar);
+        assert_eq!(p.losses(Some(4)), [1.424, 2.865, 3.675, 1.475]);
+        assert_eq!(p.losses(Some(3)), [1.424, 2.865, 3.675]);
+        let p = progress_row("      1/100      4.03G      1.424      2.865").unwrap();
+        assert_eq!(p.losses(Some(3)), [1.424, 2.865]);
+        // Older YOLOv5, four losses (box obj cls total) and a results.txt-like tail.
+        let p = progress_row(
+            "      0/89     5.61G   0.07745    0.0277   0.01785     0.123         7       640",
+        )
+        .unwrap();
+        assert_eq!(p.losses(Some(4)), [0.07745, 0.0277, 0.01785, 0.123]);
+        assert!(progress_row("      5/3     1G   1   2   3   4   5: 100%").is_none());
     }
 
     #[test]
@@ -393,6 +488,39 @@ mod tests {
             5
         );
         assert!(epoch_header("      Epoch    GPU_mem").is_none());
+        assert_eq!(
+            epoch_header(
+                "      Epoch    GPU_mem   box_loss   obj_loss   cls_loss  Instances       Size"
+            )
+            .unwrap(),
+            ["box_loss", "obj_loss", "cls_loss"]
+        );
+        assert_eq!(
+            epoch_header(
+                "     Epoch   gpu_mem       box       obj       cls     total    labels  img_size"
+            )
+            .unwrap(),
+            ["box_loss", "obj_loss", "cls_loss", "total"]
+        );
+        assert_eq!(
+            epoch_header(
+                "     Epoch   gpu_mem      GIoU       obj       cls     total   targets  img_size"
+            )
+            .unwrap(),
+            ["box_loss", "obj_loss", "cls_loss", "total"]
+        );
+        // Cut at the terminal width.
+        assert_eq!(
+            epoch_header("      Epoch    GPU_mem   box_loss   cls_loss   dfl_loss  Instances")
+                .unwrap(),
+            ["box_loss", "cls_loss", "dfl_loss"]
+        );
+        // YOLOv5's old `all` row prints its counts with %.3g.
+        let v = val_all_row("                 all         281    1.55e+03        0.23       0.328       0.203      0.0525").unwrap();
+        assert_eq!((v.images, v.instances, v.map50_95), (281, 1550, 0.0525));
+        let s = trainer_settings("train: weights=yolov5s.pt, cfg=, data=data/coco128.yaml, epochs=100, batch_size=16, imgsz=640, resume=False, project=runs/train, name=exp").unwrap();
+        assert!(s.contains(&("epochs".into(), "100".into())));
+        assert!(trainer_settings("train: Scanning /d/labels... 126 images").is_none());
     }
 
     #[test]

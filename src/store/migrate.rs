@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_alerts.sql"),
     include_str!("../../migrations/0003_epoch_metrics.sql"),
+    include_str!("../../migrations/0004_zero_based_epochs.sql"),
 ];
 
 /// Brings the schema up to the latest version.

@@ -52,9 +52,9 @@ pub fn resume_state(conn: &Connection, container: &Arc<str>) -> Result<Resume, S
     let mut first = true;
     for (id, row) in runs {
         if first {
-            let last: u32 = conn
+            let last: Option<u32> = conn
                 .query_row(
-                    "SELECT COALESCE(max(epoch), 0) FROM epochs WHERE run_id = ?1",
+                    "SELECT max(epoch) FROM epochs WHERE run_id = ?1",
                     [id],
                     |r| r.get(0),
                 )
