@@ -11,6 +11,8 @@
 //! - `cli`: the binary's commands and their output formats.
 //! - `docker`: `watch` against the real Docker daemon (busybox containers from a scratch image).
 //! - `props`: property tests: the parsers never panic.
+//! - `users`: logs users keep and run (relative resume paths, multi-line exception messages,
+//!   YOLOv5, pasted/notebook/CRLF/cut consoles) against the values they print.
 //! - `status`: `health` exit codes, `status`, the page in headless Chromium, `/metrics` checked
 //!   by promtool and scraped by a real Prometheus.
 
@@ -26,3 +28,4 @@ mod queue;
 mod replay;
 mod replay_tqdm;
 mod status;
+mod users;

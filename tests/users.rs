@@ -1,0 +1,372 @@
+//! Logs of the kinds users keep and run, not a container's own: a resume typed with a relative
+//! path, chained tracebacks whose messages span lines, YOLOv5's `train.py`, and consoles
+//! pasted, exported from notebooks, saved with CRLF or cut at the terminal width
+//! (fixtures/README.md says how each file was made).
+
+use crate::replay::assert_epochs_match;
+use crate::util::{Db, ResultsCsv, bin, close_sig, fixture, fixture_str};
+
+fn replay(rel: &str, container: &str) -> Db {
+    let db = Db::new();
+    let s = db.replay(&[fixture_str(rel)], Some(container));
+    assert_eq!(s.skips.total(), 0, "{rel}: {:?}", s.skips);
+    db
+}
+
+/// Every event whose text is a traceback is an `error`, and there are `n` of them.
+fn assert_tracebacks_are_errors(db: &Db, n: i64) {
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE message LIKE '%Traceback (most recent call last):%' AND kind <> 'error'"),
+        0,
+        "a traceback filed under another kind"
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM events WHERE message LIKE '%Traceback (most recent call last):%'"
+        ),
+        n
+    );
+}
+
+#[test]
+fn a_resume_with_a_relative_path_continues_the_run() {
+    // `yolo train ...` from a working directory, killed in epoch 3, then
+    // `yolo train resume model=runs/detect/train/weights/last.pt`: the settings line prints an
+    // absolute save_dir, the resume names the checkpoint relative to the working directory.
+    let db = replay("ultralytics-users/resume-relative-json.log", "yolo");
+    assert_eq!(db.count("SELECT count(*) FROM training_runs"), 1);
+    assert_eq!(
+        db.text("SELECT status || ' ' || epochs_done || '/' || epochs_total || ' ' || save_dir FROM training_runs").unwrap(),
+        "completed 5/5 /tmp/tw-users/runs/detect/train"
+    );
+    let csv = ResultsCsv::load(&fixture("ultralytics-users/resume-relative.results.csv"));
+    assert_epochs_match(&db, 1, &csv);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'training_resumed'"),
+        1
+    );
+}
+
+#[test]
+fn a_resume_finds_its_run_by_any_form_of_its_folder() {
+    for resume in [
+        "runs/detect/train/weights/last.pt",
+        "./runs/detect/train/weights/last.pt",
+        "/w/runs/detect/train/weights/last.pt",
+        "detect/train/weights/last.pt",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("train.log");
+        let header =
+            "      Epoch    GPU_mem   box_loss   cls_loss   dfl_loss  Instances       Size";
+        let epoch = |e: u32| {
+            format!(
+                "{header}\n        {e}/3         0G      1.{e}00      2.000      1.000         20         64: 100% ━━━━━━━━━━━━ 8/8 4.4it/s 1.8s\n"
+            )
+        };
+        let text = [
+            "engine/trainer: task=detect, mode=train, model=yolo11n.yaml, epochs=3, resume=False, save_dir=/w/runs/detect/train\n".to_string(),
+            "Starting training for 3 epochs...\n".into(),
+            epoch(1),
+            // Another training in between, then the first one is resumed.
+            "engine/trainer: task=detect, mode=train, model=yolo11n.yaml, epochs=3, resume=False, save_dir=/w/runs/detect/train2\n".into(),
+            epoch(1),
+            format!("Resuming training {resume} from epoch 2 to 3 total epochs\n"),
+            epoch(2),
+            epoch(3),
+            "3 epochs completed in 0.001 hours.\n".into(),
+        ]
+        .concat();
+        std::fs::write(&log, text).unwrap();
+        let db = Db::new();
+        db.replay(&[log.to_string_lossy().into_owned()], Some("c"));
+        assert_eq!(
+            db.text("SELECT group_concat(save_dir || ':' || status || ':' || epochs_done, ' ') FROM (SELECT * FROM training_runs ORDER BY run_id)").unwrap(),
+            "/w/runs/detect/train:completed:3 /w/runs/detect/train2:interrupted:1",
+            "{resume}"
+        );
+    }
+}
+
+#[test]
+fn a_chained_traceback_whose_messages_span_lines_is_one_error() {
+    // A dataset whose images are missing: FileNotFoundError (two message lines) is the direct
+    // cause of the trainer's RuntimeError (two message lines).
+    let db = replay("ultralytics-users/missing-dataset-json.log", "yolo");
+    assert_tracebacks_are_errors(&db, 1);
+    let msg = db
+        .text("SELECT message FROM events WHERE kind = 'error'")
+        .unwrap();
+    assert!(
+        msg.starts_with("Traceback (most recent call last):"),
+        "{msg}"
+    );
+    assert_eq!(msg.matches("Traceback (most recent call last):").count(), 2);
+    assert_eq!(msg.matches("Note dataset download directory is").count(), 2);
+    assert!(msg.contains("The above exception was the direct cause of the following exception:"));
+    assert!(
+        msg.ends_with("You can update this in '/tmp/tw-users/cfg/Ultralytics/settings.json'"),
+        "{msg}"
+    );
+    let exception = db
+        .text("SELECT json_extract(context, '$.exception') FROM events WHERE kind = 'error'")
+        .unwrap();
+    assert!(
+        exception.starts_with("RuntimeError: Dataset 'missing/data.yaml' error ❌ Dataset"),
+        "{exception}"
+    );
+    assert!(exception.ends_with("settings.json'"), "{exception}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind IN ('error', 'warning')"),
+        1
+    );
+    assert_eq!(
+        db.text("SELECT status FROM training_runs").as_deref(),
+        Some("failed")
+    );
+}
+
+#[test]
+fn the_traceback_that_ends_a_nan_run_is_an_error() {
+    let db = replay("ultralytics/nan-json.log", "yolo");
+    assert_tracebacks_are_errors(&db, 1);
+    let exception = db
+        .text("SELECT json_extract(context, '$.exception') FROM events WHERE kind = 'error'")
+        .unwrap();
+    assert!(exception.contains("NaN persisted"), "{exception}");
+    // The NaN itself is told by the epochs and Ultralytics' own warnings.
+    assert!(db.count("SELECT count(*) FROM events WHERE kind = 'loss_non_finite'") > 0);
+    for rel in [
+        "ultralytics/crash-json.log",
+        "ultralytics-8.3/crash-json.log",
+    ] {
+        assert_tracebacks_are_errors(&replay(rel, "yolo"), 1);
+    }
+}
+
+#[test]
+fn a_cuda_oom_traceback_is_an_error_and_a_gpu_oom() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("oom.log");
+    std::fs::write(
+        &log,
+        "engine/trainer: task=detect, mode=train, epochs=3, resume=False, save_dir=/w/runs/detect/train\n\
+         Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n    model.train()\n\
+         torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB\n\
+         of which 1.10 GiB is free.\n",
+    )
+    .unwrap();
+    let db = Db::new();
+    db.replay(&[log.to_string_lossy().into_owned()], Some("c"));
+    assert_tracebacks_are_errors(&db, 1);
+    assert_eq!(
+        db.text("SELECT message FROM events WHERE kind = 'gpu_oom'")
+            .as_deref(),
+        Some(
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB\nof which 1.10 GiB is free."
+        )
+    );
+    assert_eq!(
+        db.text("SELECT alertname || ' ' || status FROM alerts")
+            .as_deref(),
+        Some("GpuOutOfMemory firing")
+    );
+}
+
+#[test]
+fn yolov5_epochs_are_stored_as_printed_from_zero() {
+    let db = replay("yolov5/v7.txt", "yolov5");
+    let csv = ResultsCsv::load(&fixture("yolov5/v7.results.csv"));
+    assert_eq!(csv.epochs(), [0, 1, 2, 3, 4]);
+    assert_eq!(
+        db.text("SELECT status || ' ' || epochs_done || '/' || epochs_total || ' ' || save_dir FROM training_runs").unwrap(),
+        "completed 5/5 runs/train/exp"
+    );
+    let conn = db.conn();
+    let mut stmt = conn
+        .prepare("SELECT epoch, box_loss, json_extract(losses, '$.obj_loss'), cls_loss, loss, precision, recall, map50, map50_95 FROM training_epochs ORDER BY epoch")
+        .unwrap();
+    let rows: Vec<(u32, [f64; 8])> = stmt
+        .query_map([], |r| {
+            let mut v = [0.0; 8];
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = r.get(i + 1)?;
+            }
+            Ok((r.get(0)?, v))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), csv.epochs());
+    for (epoch, v) in rows {
+        let cols = [
+            ("train/box_loss", 0),
+            ("train/obj_loss", 1),
+            ("train/cls_loss", 2),
+            ("metrics/precision", 4),
+            ("metrics/recall", 5),
+            ("metrics/mAP_0.5", 6),
+            ("metrics/mAP_0.5:0.95", 7),
+        ];
+        for (col, i) in cols {
+            assert!(
+                close_sig(v[i], csv.get(epoch, col), 3),
+                "epoch {epoch} {col}: {}",
+                v[i]
+            );
+        }
+        let sum = csv.get(epoch, "train/box_loss")
+            + csv.get(epoch, "train/obj_loss")
+            + csv.get(epoch, "train/cls_loss");
+        assert!((v[3] - sum).abs() < 1e-4, "epoch {epoch} loss {}", v[3]);
+    }
+    // history's results.csv is YOLOv5's own.
+    let o = bin(&["history", "--run", "1", "--format", "csv"], &db.path);
+    assert!(o.status.success());
+    let out = String::from_utf8(o.stdout).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "epoch,train/box_loss,train/obj_loss,train/cls_loss,metrics/precision,metrics/recall,metrics/mAP_0.5,metrics/mAP_0.5:0.95"
+    );
+    let first: Vec<f64> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(|c| c.parse().unwrap())
+        .collect();
+    assert_eq!(first[0], 0.0);
+    assert!(close_sig(first[2], csv.get(0, "train/obj_loss"), 4));
+    assert_eq!(lines.count(), 4);
+}
+
+#[test]
+fn older_yolov5_layouts_map_by_their_header() {
+    // v5.0: `Epoch gpu_mem box obj cls total labels img_size`; the printed values are the oracle.
+    let text = std::fs::read_to_string(fixture("yolov5/v5-old.txt")).unwrap();
+    let printed: Vec<Vec<f64>> = text
+        .lines()
+        .filter_map(|l| l.rsplit('\r').next().filter(|f| f.contains("3.55G")))
+        .map(|f| {
+            f.split(':')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .skip(2)
+                .take(4)
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(printed.len(), 3);
+    let db = replay("yolov5/v5-old.txt", "yolov5");
+    for (epoch, want) in printed.iter().enumerate() {
+        let got: (f64, f64, f64, f64, Option<f64>) = db
+            .conn()
+            .query_row(
+                "SELECT box_loss, json_extract(losses, '$.obj_loss'), cls_loss, loss, json_extract(losses, '$.total') FROM training_epochs WHERE epoch = ?1",
+                [epoch as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (got.0, got.1, got.2),
+            (want[0], want[1], want[2]),
+            "epoch {epoch}"
+        );
+        // `total` is the sum the console prints, not a fourth loss.
+        assert_eq!(got.4, None);
+        assert!(
+            (got.3 - want[3]).abs() < 2e-4,
+            "epoch {epoch}: {} vs {}",
+            got.3,
+            want[3]
+        );
+    }
+    assert_eq!(
+        db.text("SELECT status || ' ' || epochs_done || '/' || epochs_total FROM training_runs")
+            .unwrap(),
+        "completed 3/3"
+    );
+    // Its `all` rows print counts with %.3g (1.55e+03) and are still validations.
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'validation' AND json_extract(context, '$.instances') = 1550"),
+        3
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM training_epochs WHERE map50_95 IS NOT NULL"),
+        3
+    );
+}
+
+#[test]
+fn consoles_saved_from_notebooks_ides_and_pastes_keep_every_epoch() {
+    let csv = ResultsCsv::load(&fixture("ultralytics-8.3/normal.results.csv"));
+    for name in ["notebook-glued", "crlf", "indented", "quoted"] {
+        let db = replay(&format!("consoles/{name}.txt"), name);
+        assert_epochs_match(&db, 1, &csv);
+        assert_eq!(
+            db.text("SELECT status FROM training_runs").as_deref(),
+            Some("completed"),
+            "{name}"
+        );
+    }
+    for name in ["crash-indented", "crash-quoted"] {
+        let db = replay(&format!("consoles/{name}.txt"), name);
+        assert_tracebacks_are_errors(&db, 1);
+        let msg = db
+            .text("SELECT message FROM events WHERE kind = 'error'")
+            .unwrap();
+        assert!(
+            msg.starts_with("Traceback (most recent call last):\n  File "),
+            "{name}: {msg}"
+        );
+        assert!(
+            msg.ends_with("RuntimeError: simulated data loader failure at epoch 2"),
+            "{name}: {msg}"
+        );
+        assert_eq!(
+            db.text("SELECT status || ' ' || epochs_done FROM training_runs")
+                .as_deref(),
+            Some("failed 2"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn rows_cut_at_the_terminal_width_keep_their_losses_in_their_columns() {
+    // The 8.3.40 segmentation capture cut at 80 columns: a progress row ends inside its Size
+    // column (`box seg cls dfl Instances` and part of Size), its bar gone.
+    let db = replay("consoles/seg-cut80.txt", "seg");
+    let csv = ResultsCsv::load(&fixture("ultralytics-8.3/seg.results.csv"));
+    let conn = db.conn();
+    let mut stmt = conn
+        .prepare("SELECT epoch, box_loss, json_extract(losses, '$.seg_loss'), cls_loss, dfl_loss FROM training_epochs ORDER BY epoch")
+        .unwrap();
+    let rows: Vec<(u32, [f64; 4])> = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), csv.epochs());
+    for (epoch, v) in rows {
+        for (i, col) in [
+            "train/box_loss",
+            "train/seg_loss",
+            "train/cls_loss",
+            "train/dfl_loss",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(
+                close_sig(v[i], csv.get(epoch, col), 4),
+                "epoch {epoch} {col}: {}",
+                v[i]
+            );
+        }
+    }
+}
