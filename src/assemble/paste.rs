@@ -86,11 +86,16 @@ fn glued_at(text: &str) -> Option<usize> {
 fn bar_end(text: &str, at: usize) -> Option<usize> {
     let mut i = at;
     let b = text.as_bytes();
-    // The bar itself: `|...|` or a run of Ultralytics' glyphs.
+    // The bar itself: `|...|` or a run of Ultralytics' glyphs. Without either, a `[...]`
+    // or a rate or time token must follow: `100% 3/3 tests passed` is not a bar.
+    let mut bar = false;
     if b.get(i) == Some(&b'|') {
         i += 1 + text[i + 1..].find('|')? + 1;
+        bar = true;
     }
-    i = skip(text, i, |c| c == ' ' || matches!(c, '━' | '─' | '╸' | '╺'));
+    let glyphs = skip(text, i, |c| matches!(c, ' ' | '━' | '─' | '╸' | '╺'));
+    bar |= text[i..glyphs].trim() != "";
+    i = glyphs;
     // `n/total`, all batches done.
     let digits = |from: usize| from + text[from..].bytes().take_while(u8::is_ascii_digit).count();
     let n_end = digits(i);
@@ -109,6 +114,7 @@ fn bar_end(text: &str, at: usize) -> Option<usize> {
     // Up to two tokens: a rate (`4.4it/s`, `1.2Kit/s`, `1.6s/it`) and the elapsed time
     // (`1.8s`, `1:10`, `1:02:03`), the last perhaps with the glued text right after it.
     let mut j = j;
+    let mut tokens = 0;
     for _ in 0..2 {
         let num_end = j + text[j..]
             .bytes()
@@ -126,8 +132,9 @@ fn bar_end(text: &str, at: usize) -> Option<usize> {
         }
         end = num_end + unit;
         j = skip(text, end, |c| c == ' ');
+        tokens += 1;
     }
-    Some(end)
+    (bar || tokens > 0).then_some(end)
 }
 
 fn skip(text: &str, from: usize, f: impl Fn(char) -> bool) -> usize {
@@ -195,6 +202,13 @@ mod tests {
         let running = "     82/120      6.66G     0.6647     0.3599      1.079         38        640: 28% ━━━───────── 43/154 2.2it/s 19.8s<49.8sCorrupt JPEG data";
         assert_eq!(pieces(running), [running]);
         assert_eq!(pieces("100% sure 3/4 of it"), ["100% sure 3/4 of it"]);
+        assert_eq!(
+            pieces("coverage 100% 3/3 tests passed"),
+            ["coverage 100% 3/3 tests passed"]
+        );
+        // A download bar's sizes are not batches.
+        let dl = "100%|██████████| 6.23M/6.23M [00:00<00:00, 75.8MB/s] done";
+        assert_eq!(pieces(dl), [dl]);
     }
 
     #[test]
