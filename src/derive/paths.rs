@@ -9,7 +9,7 @@
 /// `.` components, repeated and trailing `/` are dropped, `..` is applied; Windows `\` is `/`.
 pub fn run_dir(path: &str) -> String {
     let path = path.trim().trim_matches(['\'', '"']).replace('\\', "/");
-    let absolute = path.starts_with('/');
+    let absolute = is_absolute(&path);
     let mut parts: Vec<&str> = Vec::new();
     for c in path.split('/') {
         match c {
@@ -28,11 +28,19 @@ pub fn run_dir(path: &str) -> String {
         parts.truncate(parts.len() - 2);
     }
     let joined = parts.join("/");
-    if absolute {
+    // A Windows drive path (`C:/...`) keeps its drive in front.
+    if absolute && joined.as_bytes().get(1).is_none_or(|c| *c != b':') {
         format!("/{joined}")
     } else {
         joined
     }
+}
+
+/// `/x`, or a Windows drive path `C:/x` (its `\` already made `/`).
+fn is_absolute(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.first() == Some(&b'/')
+        || (b.len() > 2 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'/')
 }
 
 /// How well two run folders match: `None` when they name different folders; otherwise the
@@ -49,7 +57,7 @@ pub fn match_score(a: &str, b: &str) -> Option<usize> {
     let cb: Vec<&str> = b.trim_start_matches('/').split('/').collect();
     // Two absolute paths are different folders unless equal; a relative path (or the tail of
     // one) matches the folder whose last components it is.
-    if a.starts_with('/') && b.starts_with('/') {
+    if is_absolute(&a) && is_absolute(&b) {
         return None;
     }
     let (short, long) = if ca.len() <= cb.len() {
@@ -85,6 +93,10 @@ mod tests {
             ("runs\\detect\\train\\weights\\last.pt", "runs/detect/train"),
             ("'runs/detect/train'", "runs/detect/train"),
             ("../runs/train", "../runs/train"),
+            (
+                r"C:\Users\ml\runs\detect\train\weights\last.pt",
+                "C:/Users/ml/runs/detect/train",
+            ),
         ] {
             assert_eq!(run_dir(path), want, "{path}");
         }
@@ -102,6 +114,14 @@ mod tests {
         ] {
             assert!(same(abs, other), "{other}");
         }
+        assert!(same(
+            r"C:\Users\ml\runs\detect\train",
+            r"runs\detect\train\weights\last.pt"
+        ));
+        assert!(!same(
+            r"C:\Users\ml\runs\detect\train",
+            r"D:\Users\ml\runs\detect\train"
+        ));
         for other in [
             "runs/detect/train2",
             "runs/segment/train",
