@@ -174,6 +174,13 @@ pub fn epoch_header(line: &str) -> Option<Vec<String>> {
     if !rest.trim().is_empty() {
         return None;
     }
+    // A header cut at the terminal width may end inside a count column's name (`Instan`).
+    if names
+        .last()
+        .is_some_and(|n| COUNT_COLUMNS.iter().any(|c| c.starts_with(n) && c != n))
+    {
+        names.pop();
+    }
     let mut counts = 0;
     while counts < 2 && names.last().is_some_and(|n| COUNT_COLUMNS.contains(n)) {
         names.pop();
@@ -509,7 +516,14 @@ mod tests {
             .unwrap(),
             ["box_loss", "obj_loss", "cls_loss", "total"]
         );
-        // Cut at the terminal width.
+        // Cut at the terminal width, also inside a name.
+        assert_eq!(
+            epoch_header(
+                "      Epoch    GPU_mem   box_loss   seg_loss   cls_loss   dfl_loss  Instan"
+            )
+            .unwrap(),
+            ["box_loss", "seg_loss", "cls_loss", "dfl_loss"]
+        );
         assert_eq!(
             epoch_header("      Epoch    GPU_mem   box_loss   cls_loss   dfl_loss  Instances")
                 .unwrap(),
