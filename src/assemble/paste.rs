@@ -66,10 +66,16 @@ pub fn split_glued(mut rec: Record, out: &mut impl FnMut(Record)) {
     out(rec);
 }
 
+/// `100%`, searched with a finder built once (`memmem::find` sets one up on every call).
+static FULL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new("100%"));
+
 /// Where text glued after a finished bar starts, if any does.
 fn glued_at(text: &str) -> Option<usize> {
+    // Most records hold no `%` at all.
+    memchr::memchr(b'%', text.as_bytes())?;
     let mut from = 0;
-    while let Some(i) = memchr::memmem::find(&text.as_bytes()[from..], b"100%").map(|i| from + i) {
+    while let Some(i) = FULL.find(&text.as_bytes()[from..]).map(|i| from + i) {
         from = i + 4;
         if let Some(end) = bar_end(text, i + 4)
             && !text[end..].trim().is_empty()
