@@ -18,7 +18,7 @@ pub mod frames;
 pub mod multiline;
 pub mod paste;
 
-use crate::event::{Key, RawLine, Record, Stream};
+use crate::event::{RawLine, Record};
 
 /// The line assembly of one source: raw lines in source order, records out.
 #[derive(Debug, Default)]
@@ -48,11 +48,6 @@ impl Assembler {
     /// Closes every open group (end of input).
     pub fn finish(&mut self, out: &mut Vec<Record>) {
         self.grouper.finish(out);
-    }
-
-    /// See [`multiline::Grouper::oldest_open`].
-    pub fn oldest_open(&self, stream: Stream) -> Option<Key> {
-        self.grouper.oldest_open(stream)
     }
 }
 
