@@ -125,16 +125,19 @@ fn appended_file_replay_continues_the_run() {
 }
 
 /// A log of `copies` early-stopped trainings one hour apart, with a queue service line after
-/// every line (a running counter and an offset): ~150 json-file lines per copy, doubled.
-fn long_log(copies: usize) -> String {
+/// every line (a running counter and an offset): ~150 json-file lines per copy, doubled. With
+/// `step_back`, the host's clock steps back two days before that copy.
+fn long_log(copies: usize, step_back: Option<usize>) -> String {
     let text = std::fs::read_to_string(fixture("ultralytics/earlystop-json.log")).unwrap();
     let mut out = String::new();
     let mut n = 0;
     for copy in 0..copies {
         for line in text.lines() {
             let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let stepped = step_back.is_some_and(|at| copy >= at);
             let t = chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap()
-                + chrono::Duration::hours(copy as i64);
+                + chrono::Duration::hours(copy as i64)
+                - chrono::Duration::days(if stepped { 2 } else { 0 });
             let time = |t: chrono::DateTime<chrono::FixedOffset>| {
                 t.to_utc()
                     .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -159,9 +162,20 @@ fn long_log(copies: usize) -> String {
 
 #[test]
 fn replay_killed_mid_way_then_run_again_matches_one_clean_replay() {
+    killed_then_resumed(None);
+}
+
+#[test]
+fn replay_killed_after_a_backwards_clock_step_then_run_again_matches_one_clean_replay() {
+    // The clock steps back two days early in the log: the kill lands after the step, and the
+    // lines after it are still read on the second run (position, not log time, decides).
+    killed_then_resumed(Some(3));
+}
+
+fn killed_then_resumed(step_back: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("0123456789ab-json.log");
-    std::fs::write(&log, long_log(200)).unwrap();
+    std::fs::write(&log, long_log(200, step_back)).unwrap();
     let log = log.to_string_lossy().into_owned();
 
     let clean = Db::new();
@@ -225,4 +239,104 @@ fn replay_killed_mid_way_then_run_again_matches_one_clean_replay() {
     let h = history(&clean);
     assert_eq!(h.len(), 200 * 19);
     assert_eq!(history(&killed), h);
+}
+
+/// Six error lines at the given times (seconds past 14:30:00).
+fn stepped_lines(times: &[u32], json: bool) -> Vec<String> {
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (m, s) = (30 + s / 60, s % 60);
+            if json {
+                entry(
+                    &format!("ERROR:q:failure number {i}\n"),
+                    "stderr",
+                    &format!("2026-03-28T14:{m:02}:{s:02}Z"),
+                )
+            } else {
+                format!("2026-03-28 14:{m:02}:{s:02},000 - q - ERROR - failure number {i}\n")
+            }
+        })
+        .collect()
+}
+
+/// 100 lines before the stepped ones, so a text file's origin (its first 4 KiB) is the same
+/// before and after it grew.
+fn with_preamble(mut lines: Vec<String>, json: bool) -> Vec<String> {
+    let pre = (0..100).map(|i| {
+        let text = format!("INFO:q:starting up, step {i}\n");
+        if json {
+            entry(&text, "stdout", "2026-03-28T14:29:00Z")
+        } else {
+            format!("2026-03-28 14:29:00,000 - q - INFO - starting up, step {i}\n")
+        }
+    });
+    let mut out: Vec<String> = pre.collect();
+    out.append(&mut lines);
+    out
+}
+
+#[test]
+fn lines_after_a_backwards_clock_step_are_not_taken_as_stored() {
+    // Times 10, 20, 30, 5, 6, 7: a replay up to the fourth line, then of the whole file,
+    // stores all six, as one clean replay does; in file order, whatever the clock did.
+    for json in [true, false] {
+        let lines = with_preamble(stepped_lines(&[10, 20, 30, 5, 6, 7], json), json);
+        let name = if json { "x-json.log" } else { "queue.log" };
+        let clean = Db::new();
+        let p = clean.dir.path().join(name);
+        std::fs::write(&p, lines.concat()).unwrap();
+        clean.replay(&[p.to_string_lossy().into()], Some("q"));
+        let errors = "SELECT count(*) FROM events WHERE kind = 'error'";
+        assert_eq!(clean.count(errors), 6, "json {json}");
+
+        let db = Db::new();
+        let p = db.dir.path().join(name);
+        std::fs::write(&p, lines[..104].concat()).unwrap();
+        db.replay(&[p.to_string_lossy().into()], Some("q"));
+        assert_eq!(db.count(errors), 4, "json {json}");
+        std::fs::write(&p, lines.concat()).unwrap();
+        let s = db.replay(&[p.to_string_lossy().into()], Some("q"));
+        assert_eq!(s.already_stored, 104, "json {json}");
+        assert_eq!(db.count(errors), 6, "json {json}");
+        assert_eq!(db.counts(), clean.counts(), "json {json}");
+        let messages = |db: &Db| -> Vec<(String, String)> {
+            let conn = db.conn();
+            let mut st = conn
+                .prepare("SELECT ts, message FROM events WHERE kind = 'error' ORDER BY substr(message, -1)")
+                .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let m = messages(&db);
+        assert_eq!(m, messages(&clean), "json {json}");
+        // Each line keeps its own time: the fourth is before the third.
+        assert!(m[3].0 < m[2].0, "json {json}: {m:?}");
+        // Again: nothing more.
+        let s = db.replay(&[p.to_string_lossy().into()], Some("q"));
+        assert_eq!(s.already_stored, 106, "json {json}");
+        assert_eq!(db.count(errors), 6, "json {json}");
+    }
+}
+
+#[test]
+fn a_step_back_to_an_earlier_line_time_is_a_new_line() {
+    // 10, 20, 10: the third line has the first one's time but is a line of its own.
+    for json in [true, false] {
+        let db = Db::new();
+        let p = db
+            .dir
+            .path()
+            .join(if json { "x-json.log" } else { "q.log" });
+        std::fs::write(&p, stepped_lines(&[10, 20, 10], json).concat()).unwrap();
+        db.replay(&[p.to_string_lossy().into()], Some("q"));
+        assert_eq!(
+            db.count("SELECT count(*) FROM events WHERE kind = 'error'"),
+            3,
+            "json {json}"
+        );
+    }
 }

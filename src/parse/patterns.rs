@@ -270,6 +270,8 @@ impl Patterns {
                         .as_str()
                         .parse::<f64>()
                         .ok()
+                        // A counter only grows: a negative or non-finite capture counts one.
+                        .filter(|v| v.is_finite() && *v >= 0.0)
                 })
                 .unwrap_or(1.0);
             (name, add)

@@ -9,8 +9,11 @@
 //! is the unterminated tail of a process that died: it is emitted on its own, and the next
 //! process's line is not glued onto it.
 //!
-//! Also assigns each merged line its dedup key: the position among the stream's lines that
-//! carry the same timestamp.
+//! Also assigns each merged line its dedup key, which follows file order, not the clock: a
+//! line later than every earlier one is `(its time, 0)`; any other line (the same time, or a
+//! time that stepped backwards) is the previous key's next position `(previous time, seq + 1)`.
+//! Keys therefore only ever grow along a stream, so "at or before the cursor" means "earlier in
+//! the file" even after the host's clock stepped back (the line keeps its own time for display).
 
 use std::collections::VecDeque;
 
@@ -36,6 +39,18 @@ pub enum Note {
     ClockSkew,
     /// The merged message reached [`MAX_MERGED`]; the rest of it is dropped.
     Capped,
+}
+
+/// The key of a line at time `ts` after a line keyed `last` (`ts: i64::MIN` before any).
+fn next_key(last: Key, ts: i64) -> Key {
+    if last.ts != i64::MIN && ts <= last.ts {
+        Key {
+            ts: last.ts,
+            seq: last.seq + 1,
+        }
+    } else {
+        Key { ts, seq: 0 }
+    }
 }
 
 /// Merges pieces into lines, per stream.
@@ -65,9 +80,8 @@ impl Merger {
 
     fn keyed(&mut self, mut line: RawLine) -> RawLine {
         let last = &mut self.last[line.stream.index()];
-        let seq = if line.ts == last.ts { last.seq + 1 } else { 0 };
-        *last = Key { ts: line.ts, seq };
-        line.key = Key { ts: line.ts, seq };
+        *last = next_key(*last, line.ts);
+        line.key = *last;
         line
     }
 
@@ -139,15 +153,7 @@ impl Merger {
     /// The key the stream's unfinished line will have when it is emitted.
     pub fn pending_key(&self, stream: Stream) -> Option<Key> {
         let p = self.pending[stream.index()].as_ref()?;
-        let last = self.last[stream.index()];
-        Some(Key {
-            ts: p.line.ts,
-            seq: if p.line.ts == last.ts {
-                last.seq + 1
-            } else {
-                0
-            },
-        })
+        Some(next_key(self.last[stream.index()], p.line.ts))
     }
 
     /// End of input: unfinished lines are emitted as unterminated, oldest first.

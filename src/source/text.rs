@@ -4,8 +4,9 @@
 //! Times come from the line where it carries one (Python `asctime`, an RFC3339 prefix, the
 //! `docker logs --timestamps` prefix, which is removed, or a JSON line's time field), else from
 //! file order: the last time seen, or the file's modification time before any. The dedup key
-//! of a line is (last time seen in the file, position since it) and the origin is a fingerprint
-//! of the file's first 4 KiB, so a renamed rotated file is still the same file.
+//! of a line is (latest time seen in the file so far, position since it), so keys only grow in
+//! file order even where the clock stepped backwards; the origin is a fingerprint of the
+//! file's first 4 KiB, so a renamed rotated file is still the same file.
 
 use std::path::{Path, PathBuf};
 
@@ -107,8 +108,11 @@ pub fn line_time(line: &str) -> (Option<i64>, usize) {
 pub struct TextReader {
     chain: FileChain,
     origin: String,
+    /// The latest time seen so far: the time part of the key.
     anchor: Option<i64>,
     since_anchor: u32,
+    /// The time of the last line that carried one: the time of the lines after it.
+    last_time: Option<i64>,
     file_time: i64,
     buf: Vec<u8>,
     skips: Skips,
@@ -131,6 +135,7 @@ impl TextReader {
             origin,
             anchor: None,
             since_anchor: 0,
+            last_time: None,
             file_time: 0,
             buf: Vec::with_capacity(64 * 1024),
             skips: Skips::default(),
@@ -176,16 +181,11 @@ impl Iterator for TextReader {
         } else {
             text
         };
-        let key = match t {
-            Some(t) if Some(t) == self.anchor => {
-                self.since_anchor += 1;
-                Key {
-                    ts: t,
-                    seq: self.since_anchor,
-                }
-            }
-            Some(t) => {
-                if self.anchor.is_some_and(|a| t < a) {
+        // The key follows file order: a time that stepped backwards does not move the anchor
+        // back (see the module docs), the line keeps its own time for display.
+        let key = match (t, self.anchor) {
+            (Some(t), Some(a)) if t <= a => {
+                if t < a {
                     self.skips.record(
                         "clock_skew",
                         &path,
@@ -193,11 +193,18 @@ impl Iterator for TextReader {
                         "time went backwards; record kept",
                     );
                 }
+                self.since_anchor += 1;
+                Key {
+                    ts: a,
+                    seq: self.since_anchor,
+                }
+            }
+            (Some(t), _) => {
                 self.anchor = Some(t);
                 self.since_anchor = 0;
                 Key { ts: t, seq: 0 }
             }
-            None => {
+            (None, _) => {
                 self.since_anchor += 1;
                 Key {
                     ts: self.anchor.unwrap_or(0),
@@ -205,7 +212,10 @@ impl Iterator for TextReader {
                 }
             }
         };
-        let ts = t.or(self.anchor).unwrap_or(self.file_time);
+        if t.is_some() {
+            self.last_time = t;
+        }
+        let ts = self.last_time.unwrap_or(self.file_time);
         Some(RawLine {
             key,
             ts,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use crate::derive::{Resume, RunKey, RunRow, RunStatus};
 use crate::error::StoreError;
@@ -42,7 +42,10 @@ fn run_from_row(container: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result
 pub fn resume_state(conn: &Connection, container: &Arc<str>) -> Result<Resume, StoreError> {
     let q = StoreError::sql("load container state");
     let mut stmt = conn
-        .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE container = ?1 ORDER BY started_at DESC, run_id DESC LIMIT 50"))
+        // The run a restart continues is the last one in log order: source keys only grow
+        // along a source (even where the clock stepped back), so they order first; the log
+        // time orders runs of untimed text files (key time 0), then the position.
+        .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE container = ?1 ORDER BY start_key_ts DESC, started_at DESC, start_seq DESC, run_id DESC LIMIT 50"))
         .map_err(StoreError::sql("load container state"))?;
     let runs: Vec<(i64, RunRow)> = stmt
         .query_map(params![&**container], |r| run_from_row(container, r))
@@ -70,11 +73,12 @@ pub fn resume_state(conn: &Connection, container: &Arc<str>) -> Result<Resume, S
     for name in ["queue_messages_processed", "queue_messages_failed"] {
         let v: Option<f64> = conn
             .query_row(
-                "SELECT value FROM metric_log WHERE container = ?1 AND name = ?2 ORDER BY ts DESC LIMIT 1",
+                // Counters only grow, so the latest value is the largest, whatever the log
+                // times of the samples did.
+                "SELECT max(value) FROM metric_log WHERE container = ?1 AND name = ?2",
                 params![&**container, name],
                 |r| r.get(0),
             )
-            .optional()
             .map_err(StoreError::sql("load counters"))?;
         if let Some(v) = v {
             resume.counters.push((name.to_string(), v));
