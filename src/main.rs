@@ -62,6 +62,23 @@ fn init_logging(ingestor: bool) {
     }
 }
 
+/// The error and its causes, `: `-separated, each said once: the library's errors name their
+/// cause in their own message too, so a cause already at the end of the text is not repeated.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let c = c.to_string();
+        if out.ends_with(&c) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&c);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Watch(_)));
@@ -74,7 +91,7 @@ fn main() -> ExitCode {
         Command::Health(a) => match cli::health::run(a, &cli.db) {
             Ok(code) => return ExitCode::from(code),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", causes(&e));
                 // Cannot tell: critical for cron.
                 return ExitCode::from(2);
             }
@@ -92,7 +109,7 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes(&e));
             ExitCode::FAILURE
         }
     }

@@ -105,9 +105,19 @@ pub fn replay_with(
         }
         let state = states.get_mut(&set.container).expect("inserted above");
         let cur = cursors.get_mut(&set.container).expect("inserted above");
-        let mut source: Box<dyn LineSource> = match set.format {
-            Format::DockerJson => Box::new(JsonFileReader::new(set.files.clone())),
-            Format::Text => {
+        let piped = set.piped.as_ref().map(|p| {
+            let r = p.take().unwrap_or_else(|| Box::new(std::io::empty()));
+            (r, text::fingerprint_head(p.head()))
+        });
+        let mut source: Box<dyn LineSource> = match (set.format, piped) {
+            (Format::DockerJson, Some((r, _))) => {
+                Box::new(JsonFileReader::piped(set.files[0].clone(), r))
+            }
+            (Format::Text, Some((r, fp))) => {
+                Box::new(TextReader::piped(set.files[0].clone(), r, fp))
+            }
+            (Format::DockerJson, None) => Box::new(JsonFileReader::new(set.files.clone())),
+            (Format::Text, None) => {
                 let fp = text::fingerprint(&set.files[0]).map_err(|source| SourceError::Open {
                     path: set.files[0].clone(),
                     source,

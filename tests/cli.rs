@@ -97,7 +97,10 @@ fn errors_name_the_problem() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist yet"));
     let o = bin(&["replay", "/nope/missing.log"], &db.path);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("/nope/missing.log"));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("/nope/missing.log"), "{err}");
+    // Each cause said once.
+    assert_eq!(err.matches("no such file or directory").count(), 1, "{err}");
     let o = bin(&["prune", "--older-than", "soon"], &db.path);
     assert!(!o.status.success());
     for cmd in ["replay", "history", "sql", "prune"] {

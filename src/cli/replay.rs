@@ -15,7 +15,8 @@ pub struct ReplayArgs {
     /// Container name to record (default: the id from `<id>-json.log`, or the file's stem).
     #[arg(long)]
     pub container: Option<String>,
-    /// Log files, directories of rotated logs, or quoted globs (`'/var/lib/docker/containers/*/*-json.log*'`).
+    /// Log files, directories of rotated logs, quoted globs (`'/var/lib/docker/containers/*/*-json.log*'`),
+    /// or `-` for standard input; pipes (`<(zcat old.log.gz)`) and named FIFOs are read once.
     #[arg(required = true)]
     pub files: Vec<String>,
 }

@@ -5,6 +5,10 @@
 //! - Docker json-file: `<id>-json.log.N[.gz]` (higher N older) ... `.1`, then `<id>-json.log`.
 //! - Python `RotatingFileHandler`: `queue.log.N` (higher N older), then `queue.log`.
 //! - Python `TimedRotatingFileHandler`: `queue.log.2026-03-27` (date order), then `queue.log`.
+//!
+//! An input that can be read only once (`-` for standard input, a pipe such as a shell's
+//! `<(...)`, a named FIFO) is a set of its own, opened here once: its format is sniffed from
+//! the bytes read ahead, which the reader then gets back (see [`super::Piped`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,8 @@ pub struct FileSet {
     pub container: String,
     pub format: Format,
     pub files: Vec<PathBuf>,
+    /// The opened input when the set is one input that can be read only once.
+    pub piped: Option<std::sync::Arc<super::Piped>>,
 }
 
 /// Sort key of a file within its rotated set: (class, -number, date); lower is older.
@@ -51,18 +57,38 @@ fn detect(path: &Path, base: &str) -> Format {
     if base.ends_with("-json.log") {
         return Format::DockerJson;
     }
-    // Sniff: a json-file entry starts with {"log": or {"stream":.
     let head = super::open_maybe_gz(path).ok().and_then(|(mut r, _)| {
         let mut buf = [0u8; 64];
         let n = std::io::Read::read(&mut r, &mut buf).ok()?;
         Some(buf[..n].to_vec())
     });
-    match head {
-        Some(h) if h.starts_with(b"{\"log\":") || h.starts_with(b"{\"stream\":") => {
-            Format::DockerJson
-        }
-        _ => Format::Text,
+    sniff(head.as_deref().unwrap_or_default())
+}
+
+/// A json-file entry starts with `{"log":` or `{"stream":`.
+fn sniff(head: &[u8]) -> Format {
+    if head.starts_with(b"{\"log\":") || head.starts_with(b"{\"stream\":") {
+        Format::DockerJson
+    } else {
+        Format::Text
     }
+}
+
+/// The container of a once-only input named by nothing better: `stdin` for `-`, `pipe` for a
+/// shell's `<(...)` (`/dev/fd/N`), else the name as for a file.
+fn stream_container(path: &Path, format: Format, given: Option<&str>) -> String {
+    if given.is_some() {
+        return container_of("", format, given);
+    }
+    if path.as_os_str() == "-" {
+        return "stdin".into();
+    }
+    let parent = path.parent().and_then(|p| p.to_str()).unwrap_or_default();
+    if parent == "/dev/fd" || (parent.starts_with("/proc/") && parent.ends_with("/fd")) {
+        return "pipe".into();
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("pipe");
+    container_of(&rotation(name).0, format, None)
 }
 
 /// The container a set belongs to: the given name, else the container id from a json-file
@@ -85,6 +111,10 @@ fn container_of(base: &str, format: Format, given: Option<&str>) -> String {
 
 fn expand(arg: &str, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
     let p = Path::new(arg);
+    if arg == "-" {
+        out.push(p.to_path_buf());
+        return Ok(());
+    }
     if p.is_dir() {
         let rd = std::fs::read_dir(p).map_err(|source| SourceError::Open {
             path: p.to_path_buf(),
@@ -141,7 +171,30 @@ pub fn plan(args: &[String], container: Option<&str>) -> Result<Vec<FileSet>, So
     paths.dedup();
     let mut order: Vec<String> = Vec::new();
     let mut groups: BTreeMap<String, Vec<(Rank, PathBuf)>> = BTreeMap::new();
+    let mut piped: BTreeMap<String, FileSet> = BTreeMap::new();
     for p in paths {
+        if super::is_stream(&p) {
+            let key = format!("\0{}", order.len());
+            if p.as_os_str() == "-" && piped.values().any(|s| s.files[0] == p) {
+                continue;
+            }
+            let opened = super::Piped::open(&p).map_err(|source| SourceError::Open {
+                path: p.clone(),
+                source,
+            })?;
+            let format = sniff(opened.head());
+            piped.insert(
+                key.clone(),
+                FileSet {
+                    container: stream_container(&p, format, container),
+                    format,
+                    files: vec![p],
+                    piped: Some(std::sync::Arc::new(opened)),
+                },
+            );
+            order.push(key);
+            continue;
+        }
         let name = p
             .file_name()
             .and_then(|n| n.to_str())
@@ -159,6 +212,10 @@ pub fn plan(args: &[String], container: Option<&str>) -> Result<Vec<FileSet>, So
     }
     let mut sets = Vec::new();
     for key in order {
+        if let Some(set) = piped.remove(&key) {
+            sets.push(set);
+            continue;
+        }
         let mut g = groups.remove(&key).unwrap_or_default();
         g.sort_by(|a, b| a.0.cmp(&b.0));
         let files: Vec<PathBuf> = g.into_iter().map(|(_, p)| p).collect();
@@ -167,6 +224,7 @@ pub fn plan(args: &[String], container: Option<&str>) -> Result<Vec<FileSet>, So
             container: container_of(&key, format, container),
             format,
             files,
+            piped: None,
         });
     }
     Ok(sets)

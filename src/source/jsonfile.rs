@@ -46,6 +46,14 @@ impl JsonFileReader {
         }
     }
 
+    /// Reads one input that can be read only once (see [`super::Piped`]).
+    pub fn piped(path: PathBuf, reader: Box<dyn std::io::Read + Send>) -> Self {
+        JsonFileReader {
+            chain: FileChain::piped(path, reader, MAX_ENTRY),
+            ..JsonFileReader::new(Vec::new())
+        }
+    }
+
     fn entry(&mut self, path: &std::path::Path) {
         let line_no = self.chain.line_no();
         // The line is taken out of `self` while its fields are borrowed from it.

@@ -16,6 +16,7 @@ pub mod probes;
 pub mod text;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
 /// `String::from_utf8` with a SIMD validator: log text is mostly ASCII with runs of multi-byte
@@ -70,6 +71,16 @@ pub trait LineSource: Iterator<Item = crate::event::RawLine> {
     fn bytes_read(&self) -> u64;
 }
 
+/// `r` with a byte counter.
+fn counted(r: Box<dyn std::io::Read + Send>) -> (Box<dyn std::io::Read + Send>, CountingHandle) {
+    let counter = CountingHandle::default();
+    let counted = Counting {
+        inner: r,
+        n: counter.clone(),
+    };
+    (Box::new(counted), counter)
+}
+
 pub(crate) fn open_maybe_gz(
     path: &Path,
 ) -> std::io::Result<(Box<dyn std::io::Read + Send>, CountingHandle)> {
@@ -88,6 +99,91 @@ pub(crate) fn open_maybe_gz(
         Box::new(counted)
     };
     Ok((r, counter))
+}
+
+/// How many bytes of a non-seekable input are read ahead to sniff its format and fingerprint it
+/// (a text file's origin is the fingerprint of its first 4 KiB).
+const PIPED_HEAD: usize = 4096;
+
+/// Whether `path` is an input that can be read only once: `-` (standard input), a pipe (a shell's
+/// `<(...)` is `/dev/fd/N`), a named FIFO, a socket or a character device.
+pub fn is_stream(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    if path.as_os_str() == "-" {
+        return true;
+    }
+    std::fs::metadata(path).is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_fifo() || t.is_socket() || t.is_char_device()
+    })
+}
+
+/// A non-seekable input opened once: its first bytes (decompressed when it is gzip) are read
+/// ahead, so the format can be sniffed and a text origin fingerprinted from them, and then
+/// handed back in front of the rest. Opening a named FIFO waits for its writer, as `cat` does.
+pub struct Piped {
+    head: Vec<u8>,
+    rest: std::sync::Mutex<Option<Box<dyn std::io::Read + Send>>>,
+}
+
+impl std::fmt::Debug for Piped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Piped")
+            .field("head_bytes", &self.head.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Piped {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+/// Reads up to `n` bytes (fewer only at the end of input).
+fn read_head(r: &mut dyn std::io::Read, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(n);
+    std::io::Read::take(r, n as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+impl Piped {
+    /// Opens `path` (`-` is standard input) and reads its head.
+    pub fn open(path: &Path) -> std::io::Result<Piped> {
+        let mut raw: Box<dyn std::io::Read + Send> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(std::fs::File::open(path)?)
+        };
+        let magic = read_head(&mut raw, 2)?;
+        let gz = magic == [0x1f, 0x8b];
+        let whole = std::io::Cursor::new(magic).chain(raw);
+        let mut r: Box<dyn std::io::Read + Send> = if gz {
+            Box::new(flate2::read::MultiGzDecoder::new(
+                std::io::BufReader::with_capacity(256 * 1024, whole),
+            ))
+        } else {
+            Box::new(whole)
+        };
+        let head = read_head(&mut r, PIPED_HEAD)?;
+        Ok(Piped {
+            head,
+            rest: std::sync::Mutex::new(Some(r)),
+        })
+    }
+
+    /// The first bytes of the input (decompressed), up to 4 KiB.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// The whole input from its first byte; `None` once taken (it can be read only once).
+    pub fn take(&self) -> Option<Box<dyn std::io::Read + Send>> {
+        let rest = self.rest.lock().ok()?.take()?;
+        Some(Box::new(
+            std::io::Cursor::new(self.head.clone()).chain(rest),
+        ))
+    }
 }
 
 /// Shared byte counter of a file being read.
@@ -137,6 +233,8 @@ pub struct ChainLine {
 /// reading goes on with the next file.
 pub struct FileChain {
     files: Vec<std::path::PathBuf>,
+    /// The already opened reader of the first file, for an input that can be read only once.
+    first: Option<Box<dyn std::io::Read + Send>>,
     next_file: usize,
     cur: Option<OpenFile>,
     cap: usize,
@@ -149,6 +247,7 @@ impl FileChain {
     pub fn new(files: Vec<std::path::PathBuf>, cap: usize) -> Self {
         FileChain {
             files,
+            first: None,
             next_file: 0,
             cur: None,
             cap,
@@ -156,6 +255,18 @@ impl FileChain {
             bytes_done: 0,
             fresh: false,
         }
+    }
+
+    /// A chain of one input that can be read only once, read from `reader`; `path` names it
+    /// in skips and errors.
+    pub fn piped(
+        path: std::path::PathBuf,
+        reader: Box<dyn std::io::Read + Send>,
+        cap: usize,
+    ) -> Self {
+        let mut chain = FileChain::new(vec![path], cap);
+        chain.first = Some(reader);
+        chain
     }
 
     /// Path of the file being read (or last read).
@@ -192,7 +303,11 @@ impl FileChain {
             if self.cur.is_none() {
                 let path = self.files.get(self.next_file)?.clone();
                 self.next_file += 1;
-                match open_maybe_gz(&path) {
+                let opened = match self.first.take() {
+                    Some(r) => Ok(counted(r)),
+                    None => open_maybe_gz(&path),
+                };
+                match opened {
                     Ok((r, counter)) => {
                         self.cur = Some(OpenFile {
                             lines: lines::CappedLines::new(r, self.cap),

@@ -27,6 +27,14 @@ pub(crate) fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
+/// The fingerprint of a file whose first bytes (up to 4 KiB) are `head`.
+pub fn fingerprint_head(head: &[u8]) -> String {
+    format!(
+        "txt:{:016x}",
+        fnv1a(&head[..head.len().min(FINGERPRINT_BYTES)])
+    )
+}
+
 /// A content fingerprint of a file's first 4 KiB (decompressed for `.gz`).
 pub fn fingerprint(path: &Path) -> std::io::Result<String> {
     let (mut r, _) = super::open_maybe_gz(path)?;
@@ -40,7 +48,7 @@ pub fn fingerprint(path: &Path) -> std::io::Result<String> {
             Err(_) => break,
         }
     }
-    Ok(format!("txt:{:016x}", fnv1a(&head[..n])))
+    Ok(fingerprint_head(&head[..n]))
 }
 
 use std::io::Read;
@@ -119,6 +127,11 @@ pub struct TextReader {
 }
 
 fn mtime_ns(path: &Path) -> i64 {
+    let path = if path.as_os_str() == "-" {
+        Path::new("/dev/stdin")
+    } else {
+        path
+    };
     std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
@@ -128,6 +141,15 @@ fn mtime_ns(path: &Path) -> i64 {
 }
 
 impl TextReader {
+    /// Reads one input that can be read only once (see [`super::Piped`]); `origin` is the
+    /// [`fingerprint_head`] of its first bytes.
+    pub fn piped(path: PathBuf, reader: Box<dyn std::io::Read + Send>, origin: String) -> Self {
+        TextReader {
+            chain: FileChain::piped(path, reader, MAX_LINE),
+            ..TextReader::new(Vec::new(), origin)
+        }
+    }
+
     /// `origin` identifies the set (see [`fingerprint`]).
     pub fn new(files: Vec<PathBuf>, origin: String) -> Self {
         TextReader {
