@@ -47,19 +47,34 @@ enum Command {
 
 /// trainwatch's own logs, in the service JSON format: on stdout for the ingestor (`watch`), on
 /// stderr for the other commands, whose results are on stdout.
-fn init_logging(ingestor: bool) {
+///
+/// Lines are written by a thread of their own behind a bounded buffer that drops lines when
+/// full (and counts them): a log pipe nobody reads, or stdout and stderr both closed, never
+/// block ingestion or shutdown, and a failing write is not reported on a stderr that may be
+/// closed too. The guard flushes what is buffered when `main` returns.
+fn init_logging(ingestor: bool) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let default = if ingestor { "info" } else { "warn" };
     let filter =
         EnvFilter::try_from_env("TRAINWATCH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let fmt = tracing_subscriber::fmt()
-        .event_format(trainwatch::telemetry::ServiceFormat)
-        .with_env_filter(filter);
-    if ingestor {
-        fmt.with_writer(std::io::stdout).init();
+    let (writer, guard) = if ingestor {
+        tracing_appender::non_blocking(std::io::stdout())
     } else {
-        fmt.with_writer(std::io::stderr).init();
-    }
+        tracing_appender::non_blocking(std::io::stderr())
+    };
+    tracing_subscriber::fmt()
+        .log_internal_errors(false)
+        .event_format(trainwatch::telemetry::ServiceFormat)
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .init();
+    guard
+}
+
+/// Prints the error on stderr; a closed stderr is not a second failure.
+fn report(e: &anyhow::Error) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {}", causes(e));
 }
 
 /// The error and its causes, `: `-separated, each said once: the library's errors name their
@@ -81,7 +96,7 @@ fn causes(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Watch(_)));
+    let _logs = init_logging(matches!(cli.command, Command::Watch(_)));
     let r = match cli.command {
         Command::Watch(a) => cli::watch::run(a, &cli.db, cli.config.as_deref()),
         Command::Replay(a) => cli::replay::run(a, &cli.db, cli.config.as_deref()),
@@ -91,7 +106,7 @@ fn main() -> ExitCode {
         Command::Health(a) => match cli::health::run(a, &cli.db) {
             Ok(code) => return ExitCode::from(code),
             Err(e) => {
-                eprintln!("error: {}", causes(&e));
+                report(&e);
                 // Cannot tell: critical for cron.
                 return ExitCode::from(2);
             }
@@ -109,7 +124,7 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {}", causes(&e));
+            report(&e);
             ExitCode::FAILURE
         }
     }

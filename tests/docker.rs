@@ -116,6 +116,12 @@ impl Lab {
             .append(true)
             .open(&self.log)
             .unwrap();
+        self.start_watch_to(env, out.try_clone().unwrap().into(), out.into());
+    }
+
+    /// As [`Lab::start_watch`], with trainwatch's stdout and stderr going to `stdout` and
+    /// `stderr`.
+    fn start_watch_to(&mut self, env: &[(&str, &str)], stdout: Stdio, stderr: Stdio) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainwatch"));
         if let Some(h) = &self.host {
             cmd.env("DOCKER_HOST", h);
@@ -127,8 +133,8 @@ impl Lab {
             .arg(&self.config)
             .arg("watch")
             .envs(env.iter().copied())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start trainwatch watch");
         self.watch = Some(child);
@@ -415,6 +421,57 @@ fn kill_9_mid_stream_then_restart_stores_every_line_once() {
         )),
         n
     );
+}
+
+#[test]
+fn closed_or_unread_log_pipes_block_neither_ingestion_nor_shutdown() {
+    if !docker_ready() {
+        return;
+    }
+    // `watch 2>&1 | head -1` closes both pipes after one line; `watch | sleep` never reads
+    // them, so they fill up. Either way every line is stored and SIGTERM stops it cleanly.
+    for closed in [true, false] {
+        let mut lab = Lab::new(if closed { "closed" } else { "unread" }, "");
+        lab.start_watch_to(
+            &[("TRAINWATCH_LOG", "debug")],
+            Stdio::piped(),
+            Stdio::piped(),
+        );
+        let mut pipes = {
+            let w = lab.watch.as_mut().unwrap();
+            (w.stdout.take(), w.stderr.take())
+        };
+        if closed {
+            pipes = (None, None);
+        }
+        let n = 400;
+        let c = lab.run("writer", false, &format!("i=1; while [ $i -le {n} ]; do echo \"WARNING:q:line $i $(/busybox seq -s x 1 200)\"; i=$((i+1)); done"));
+        lab.wait_exit(&c);
+        lab.wait_for(
+            &format!("SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'warning'"),
+            n,
+        );
+        let mut w = lab.watch.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = w.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = w.kill();
+                panic!(
+                    "watch ignored SIGTERM with {} log pipes",
+                    if closed { "closed" } else { "unread" }
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "closed {closed}: {status}");
+        drop(pipes);
+    }
 }
 
 #[test]
