@@ -143,12 +143,8 @@ fn expand(arg: &str, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
         return Ok(());
     }
     if arg.contains(['*', '?', '[']) {
-        let paths = glob::glob(arg).map_err(|e| SourceError::Glob {
-            pattern: arg.to_string(),
-            reason: e.to_string(),
-        })?;
         let before = out.len();
-        out.extend(paths.filter_map(Result::ok).filter(|f| f.is_file()));
+        glob_files(arg, out)?;
         if out.len() == before {
             return Err(SourceError::NoMatch {
                 pattern: arg.to_string(),
@@ -160,6 +156,56 @@ fn expand(arg: &str, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
         path: p.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
     })
+}
+
+/// The files matching the glob `pattern` (`*`, `?`, `[...]` within a name, `**` across
+/// directories), in name order. Symbolic links are followed, but never around a cycle (a link
+/// to a directory above it is walked once), so `'dir/**/*.log'` always ends.
+fn glob_files(pattern: &str, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
+    let bad = |reason: String| SourceError::Glob {
+        pattern: pattern.to_string(),
+        reason,
+    };
+    let matcher = glob::Pattern::new(pattern).map_err(|e| bad(e.to_string()))?;
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    // Walk from the directory before the first component with a wildcard, no deeper than the
+    // pattern reaches unless it has `**`.
+    let parts: Vec<&str> = pattern.split('/').collect();
+    let literal = parts
+        .iter()
+        .position(|p| p.contains(['*', '?', '[']))
+        .unwrap_or(parts.len());
+    let (base, relative) = match parts[..literal].join("/") {
+        b if b.is_empty() && pattern.starts_with('/') => ("/".to_string(), false),
+        b if b.is_empty() => (".".to_string(), true),
+        b => (b, false),
+    };
+    let mut walk = walkdir::WalkDir::new(&base)
+        .follow_links(true)
+        .sort_by_file_name()
+        .min_depth(1);
+    if !pattern.contains("**") {
+        walk = walk.max_depth(parts.len() - literal);
+    }
+    for entry in walk {
+        // Unreadable directories and link cycles are not followed (walkdir reports them).
+        let Ok(entry) = entry else { continue };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let path = match entry.path().strip_prefix("./") {
+            Ok(p) if relative => p.to_path_buf(),
+            _ => entry.path().to_path_buf(),
+        };
+        if matcher.matches_path_with(&path, options) {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// Plans the replay of `args`. Sets keep the order in which their first file was named.
@@ -233,6 +279,35 @@ pub fn plan(args: &[String], container: Option<&str>) -> Result<Vec<FileSet>, So
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn globs_end_over_a_symlink_cycle_and_keep_names_within_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("a/b")).unwrap();
+        std::fs::write(d.join("top.log"), "x\n").unwrap();
+        std::fs::write(d.join("a/one.log"), "x\n").unwrap();
+        std::fs::write(d.join("a/b/two.log"), "x\n").unwrap();
+        std::fs::write(d.join("a/b/notes.txt"), "x\n").unwrap();
+        // A link back up: a/b/up -> a, and a link to a file, which is followed.
+        std::os::unix::fs::symlink(d.join("a"), d.join("a/b/up")).unwrap();
+        std::os::unix::fs::symlink(d.join("top.log"), d.join("a/linked.log")).unwrap();
+        let names = |pattern: String| -> Vec<String> {
+            let mut out = Vec::new();
+            glob_files(&pattern, &mut out).unwrap();
+            out.iter()
+                .map(|p| p.strip_prefix(d).unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(format!("{}/**/*.log", d.display())),
+            ["a/b/two.log", "a/linked.log", "a/one.log", "top.log"]
+        );
+        // `*` stays within one name, as in a shell.
+        assert_eq!(names(format!("{}/*.log", d.display())), ["top.log"]);
+        assert_eq!(names(format!("{}/a/*/*.log", d.display())), ["a/b/two.log"]);
+        assert!(plan(&[format!("{}/**/*.nothing", d.display())], None).is_err());
+    }
 
     #[test]
     fn rotated_sets_oldest_first() {
