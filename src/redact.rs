@@ -16,10 +16,14 @@ pub const BASE64_MIN: usize = 256;
 
 pub const MASK: &str = "[REDACTED]";
 
+/// Names of secrets in `key=value`, `key: value`, `--key value` forms.
+const SECRET_NAMES: &str = r"password|passwd|passphrase|pwd|secret|token|signature|api[_-]?key|apikey|access[_-]?key|private[_-]?key|encryption[_-]?key|credentials?|authorization";
+
 static SECRET_KV: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|encryption[_-]?key|credentials?|authorization)(?:[_-][a-z0-9]+)*)(["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?([^\s"',;&}\]]+)"#,
-    )
+    Regex::new(&format!(
+        // The separator may be URL-encoded (`password%3Dhunter2`).
+        r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*)(["']?\s*(?:[:=]|%3[ad])\s*["']?)(?:(?:bearer|basic|token)\s+)?([^\s"',;&}}\]]+)"#
+    ))
     .expect("secret pattern")
 });
 
@@ -27,9 +31,146 @@ static BEARER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)(?-u:\b)(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}").expect("bearer pattern")
 });
 
+/// `scheme://user:password@` and `scheme://:password@` (Redis).
 static URL_CREDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+):[^@\s/]+@").expect("url credential pattern")
+    Regex::new(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^@\s/]+@").expect("url credential pattern")
 });
+
+/// `https://TOKEN@host`: a user part alone is a token as often as a name.
+static URL_USER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@\[\]]+@").expect("url user pattern")
+});
+
+/// Secrets with a shape of their own, whatever surrounds them.
+struct Rule {
+    re: Regex,
+    with: &'static str,
+}
+
+static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    let rule = |re: &str, with: &'static str| Rule {
+        re: Regex::new(re).expect("redaction rule"),
+        with,
+    };
+    vec![
+        // PEM private keys: the body, to the end line (or the end of the record).
+        rule(
+            r"(?s)(-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----).*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
+            "${1}[REDACTED]${2}",
+        ),
+        // Name/value pairs: {"key": "password", "value": "..."} (also "name"/"Name").
+        rule(
+            &format!(
+                r#"(?i)("(?:key|name)"\s*:\s*"(?:[a-z0-9]+[_-])*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*"\s*,\s*"value"\s*:\s*)(?:"(?:[^"\\]|\\.)*"|[^,}}\s]+)"#
+            ),
+            r#"${1}"[REDACTED]""#,
+        ),
+        // Command-line flags: `--token X`, `--db-password X`.
+        rule(
+            r"(?i)(^|\s)(--?(?:[a-z0-9]+-)*(?:password|passwd|passphrase|pass|pwd|secret|token|api-?key|access-?key|private-?key|encryption-?key|credentials?)(?:-[a-z0-9]+)*)(\s+)[^\s-]\S*",
+            "${1}${2}${3}[REDACTED]",
+        ),
+        rule(
+            r"(?i)(\bsshpass\s+(?:-[a-oq-z]\S*\s+)*-p\s*)\S+",
+            "${1}[REDACTED]",
+        ),
+        // Cookie headers: the whole value, to the end of the line or string.
+        rule(
+            r#"(?i)(\b(?:set-)?cookie\s*:\s*)[^\r\n"]+"#,
+            "${1}[REDACTED]",
+        ),
+        // `user=bob:pw`, `login: bob:pw`.
+        rule(
+            r#"(?i)(\b(?:user(?:name)?|login)\s*[=:]\s*[^\s:@"',;&/]+):[^\s@"',;&]+"#,
+            "${1}:[REDACTED]",
+        ),
+        // Incoming webhooks carry their secret in the path.
+        rule(
+            r#"(?i)(hooks\.slack\.com/(?:services|workflows|triggers)/)[^\s"'<>]+"#,
+            "${1}[REDACTED]",
+        ),
+        rule(
+            r#"(?i)(discord(?:app)?\.com/api/webhooks/)[^\s"'<>]+"#,
+            "${1}[REDACTED]",
+        ),
+        // Well-known token shapes: AWS key ids, GitHub, GitLab, Slack and OpenAI-style keys.
+        rule(
+            r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b|\bgh[pousr]_[A-Za-z0-9]{36,}|\bgithub_pat_[A-Za-z0-9_]{22,}|\bxox[abprs]-[A-Za-z0-9-]{10,}|\bglpat-[A-Za-z0-9_-]{20,}|\bsk-[A-Za-z0-9_-]{20,}",
+            "[REDACTED]",
+        ),
+    ]
+});
+
+/// `password hunter2`: the word after a password word, unless it is one of the words that
+/// usually follow it in a sentence (`password is required`, `password for bob`).
+static PASSWORD_WORD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)\b(password|passwd|passphrase)(\s+)([^\s"',;:=]+)"#)
+        .expect("password word pattern")
+});
+
+const NOT_A_PASSWORD: &[&str] = &[
+    "a",
+    "accepted",
+    "an",
+    "and",
+    "are",
+    "as",
+    "at",
+    "authentication",
+    "based",
+    "be",
+    "been",
+    "by",
+    "can",
+    "cannot",
+    "change",
+    "changed",
+    "check",
+    "does",
+    "empty",
+    "expired",
+    "field",
+    "file",
+    "for",
+    "from",
+    "has",
+    "hash",
+    "hashed",
+    "have",
+    "in",
+    "incorrect",
+    "invalid",
+    "is",
+    "length",
+    "login",
+    "manager",
+    "mismatch",
+    "missing",
+    "must",
+    "not",
+    "of",
+    "ok",
+    "on",
+    "or",
+    "policy",
+    "prompt",
+    "protected",
+    "rejected",
+    "required",
+    "reset",
+    "set",
+    "should",
+    "the",
+    "to",
+    "too",
+    "updated",
+    "verified",
+    "was",
+    "will",
+    "with",
+    "without",
+    "wrong",
+];
 
 /// Words at least one of which every secret pattern above contains: text without any of them is
 /// left alone without running the regexes (most log lines).
@@ -44,7 +185,24 @@ static TRIGGERS: LazyLock<AnyCase> = LazyLock::new(|| {
         "auth",
         "bearer",
         "basic",
+        "signature",
+        "cookie",
+        "user",
+        "login",
         "://",
+        "hooks.slack",
+        "discord",
+        "akia",
+        "asia",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "glpat-",
+        "xox",
+        "sk-",
     ])
 });
 
@@ -53,6 +211,7 @@ static SECRET_KEYS: LazyLock<AnyCase> = LazyLock::new(|| {
     AnyCase::new(&[
         "password",
         "passwd",
+        "passphrase",
         "secret",
         "token",
         "apikey",
@@ -63,6 +222,8 @@ static SECRET_KEYS: LazyLock<AnyCase> = LazyLock::new(|| {
         "private_key",
         "encryption_key",
         "access_key",
+        "signature",
+        "cookie",
         "pwd",
     ])
 });
@@ -125,13 +286,26 @@ pub fn text(s: &str) -> Cow<'_, str> {
     if !TRIGGERS.found_in(cur.as_ref()) {
         return cur;
     }
-    if let Cow::Owned(o) = SECRET_KV.replace_all(&cur, format!("${{1}}${{2}}{MASK}").as_str()) {
-        cur = Cow::Owned(o);
+    let mut apply = |re: &Regex, with: &str| {
+        if let Cow::Owned(o) = re.replace_all(&cur, with) {
+            cur = Cow::Owned(o);
+        }
+    };
+    for r in RULES.iter() {
+        apply(&r.re, r.with);
     }
-    if let Cow::Owned(o) = BEARER.replace_all(&cur, format!("${{1}} {MASK}").as_str()) {
-        cur = Cow::Owned(o);
-    }
-    if let Cow::Owned(o) = URL_CREDS.replace_all(&cur, format!("${{1}}:{MASK}@").as_str()) {
+    apply(&SECRET_KV, "${1}${2}[REDACTED]");
+    apply(&BEARER, "${1} [REDACTED]");
+    apply(&URL_CREDS, "${1}:[REDACTED]@");
+    apply(&URL_USER, "${1}[REDACTED]@");
+    if let Cow::Owned(o) = PASSWORD_WORD.replace_all(&cur, |c: &regex::Captures<'_>| {
+        let word = &c[3];
+        if word.starts_with('[') || NOT_A_PASSWORD.contains(&word.to_ascii_lowercase().as_str()) {
+            c[0].to_string()
+        } else {
+            format!("{}{}{MASK}", &c[1], &c[2])
+        }
+    }) {
         cur = Cow::Owned(o);
     }
     cur
@@ -148,6 +322,19 @@ pub fn json(v: &mut Value) {
         }
         Value::Array(a) => a.iter_mut().for_each(json),
         Value::Object(m) => {
+            // {"key": "password", "value": "..."}: the value of a named secret.
+            let named = ["key", "name", "Key", "Name"]
+                .iter()
+                .any(|k| m.get(*k).and_then(Value::as_str).is_some_and(is_secret_key));
+            if named {
+                for k in ["value", "Value"] {
+                    if let Some(v) = m.get_mut(k)
+                        && !matches!(v, Value::Null | Value::Bool(_))
+                    {
+                        *v = Value::String(MASK.into());
+                    }
+                }
+            }
             for (k, val) in m.iter_mut() {
                 if is_secret_key(k) && !matches!(val, Value::Null | Value::Bool(_)) {
                     *val = Value::String(MASK.into());
@@ -192,6 +379,48 @@ mod tests {
             text("nothing to hide, tokens are fine"),
             "nothing to hide, tokens are fine"
         );
+    }
+
+    /// Every secret shape, one JSON line each: the input, the secret that must be gone, and
+    /// what must stay. The same table is replayed end to end in the integration tests.
+    const SHAPES: &str = include_str!("../fixtures/secrets/shapes.jsonl");
+
+    #[test]
+    fn every_secret_shape_is_redacted() {
+        for line in SHAPES.lines() {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let [input, secret, kept] =
+                ["input", "secret", "kept"].map(|k| row[k].as_str().unwrap());
+            let out = text(input);
+            assert!(!out.contains(secret), "{input:?} -> {out:?}");
+            assert!(out.contains(MASK), "{input:?} -> {out:?}");
+            assert!(out.contains(kept), "{input:?} -> {out:?} lost {kept:?}");
+            assert!(!is_clean(input), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn sentences_about_passwords_keep_their_words() {
+        for s in [
+            "password is required",
+            "Wrong password for user bob",
+            "password authentication failed for user \"postgres\"",
+            "reset password",
+            "ssh ubuntu@gpu-2 uptime",
+            "Epoch 45/120 completed in 3.2s",
+            "the key to the cache is the image hash",
+        ] {
+            assert_eq!(text(s), s);
+        }
+    }
+
+    #[test]
+    fn json_pairs_of_a_named_secret() {
+        let mut v: Value = serde_json::json!({"env": [{"name": "DB_PASSWORD", "value": "x1"}, {"name": "EPOCHS", "value": "120"}], "cookie": "a=b"});
+        json(&mut v);
+        assert_eq!(v["env"][0]["value"], MASK);
+        assert_eq!(v["env"][1]["value"], "120");
+        assert_eq!(v["cookie"], MASK);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The annotation queue's logs (synthetic: its source is not public): a timed-rotation set,
 //! counters, offsets, grouped tracebacks and redaction.
 
-use crate::util::{Db, fixture};
+use crate::util::{Db, entry, fixture};
 
 fn replay_queue() -> (Db, trainwatch::pipeline::Summary) {
     let db = Db::new();
@@ -119,4 +119,72 @@ fn config_patterns_add_kinds() {
             .unwrap(),
         12.0
     );
+}
+
+/// Every text value of every table (and view) of the store, one per line.
+fn dump_all(db: &Db) -> String {
+    let conn = db.conn();
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut out = String::new();
+    for name in names {
+        let mut st = conn.prepare(&format!("SELECT * FROM \"{name}\"")).unwrap();
+        let n = st.column_count();
+        let mut rows = st.query([]).unwrap();
+        while let Some(r) = rows.next().unwrap() {
+            for i in 0..n {
+                if let Ok(Some(v)) = r.get::<_, Option<String>>(i) {
+                    out.push_str(&v);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_secret_shape_is_redacted_in_every_table() {
+    // fixtures/secrets/shapes.jsonl (also the redaction unit test's table), as Python logging
+    // lines, as service JSON messages and contexts, and as a name/value pair in a context.
+    let shapes: Vec<serde_json::Value> = std::fs::read_to_string(fixture("secrets/shapes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut log = String::new();
+    for (i, s) in shapes.iter().enumerate() {
+        let input = s["input"].as_str().unwrap();
+        let t = |k: usize| format!("2026-03-28T14:{:02}:{:02}.{k}Z", i / 60, i % 60);
+        log.push_str(&entry(
+            &format!("ERROR:annotation_queue:{input}\n"),
+            "stderr",
+            &t(1),
+        ));
+        let service = serde_json::json!({
+            "timestamp": t(2), "level": "ERROR", "service": "annotation_queue",
+            "message": input,
+            "context": {"detail": input, "env": [{"name": "CDN_PASSWORD", "value": s["secret"]}]},
+        });
+        log.push_str(&entry(&format!("{service}\n"), "stdout", &t(2)));
+    }
+    let db = Db::new();
+    let p = db.dir.path().join("q-json.log");
+    std::fs::write(&p, log).unwrap();
+    let s = db.replay(&[p.to_string_lossy().into()], Some("queue"));
+    assert!(s.records >= 2 * shapes.len() as u64, "{s:?}");
+    let dump = dump_all(&db);
+    assert!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'error'") >= shapes.len() as i64,
+        "{dump}"
+    );
+    for s in &shapes {
+        let secret = s["secret"].as_str().unwrap();
+        assert!(!dump.contains(secret), "{secret} leaked:\n{dump}");
+    }
 }
