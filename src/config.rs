@@ -50,6 +50,9 @@ pub struct Config {
     /// The status file (and page) `watch` keeps up to date.
     #[serde(default)]
     pub status: crate::output::status::StatusConfig,
+    /// Connection limits of `watch --listen`.
+    #[serde(default)]
+    pub listen: crate::output::serve::Limits,
 }
 
 #[derive(Clone, Debug, Deserialize)]

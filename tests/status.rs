@@ -461,3 +461,101 @@ async fn watch_listen_serves_metrics_that_promtool_and_a_real_prometheus_accept(
         .1;
     assert!(up.contains("\"1\""), "{up}");
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Whether the server has closed `s` (a read sees the end, or a reset) within `wait`.
+fn closed_by_server(s: &mut std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // A response (408 or similar) before the close is fine: read on.
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_bounds_idle_and_slow_clients() {
+    let db = Db::new();
+    tokio::task::block_in_place(|| {
+        db.replay(&[fixture_str("queue/queue.log")], Some("annotation-queue"));
+    });
+    let port = free_port();
+    let config = db.dir.path().join("tw.toml");
+    std::fs::write(
+        &config,
+        "[probes]\nnvidia_smi = \"\"\ndata_root = \"\"\n[listen]\nmax_connections = 32\nheader_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(db.dir.path().join("watch.log")).unwrap();
+    let watch = Kill(
+        Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+            .arg("--db")
+            .arg(&db.path)
+            .arg("--config")
+            .arg(&config)
+            .args(["watch", "--listen", &format!("127.0.0.1:{port}")])
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = watch.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&format!("{base}/healthz")).await.is_none() {
+        assert!(Instant::now() < deadline, "watch --listen did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = open_fds(pid);
+    tokio::task::block_in_place(|| {
+        // 300 clients that connect and send nothing: at most 32 are held open.
+        let mut idle: Vec<std::net::TcpStream> = (0..300)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let held = open_fds(pid);
+        assert!(
+            held <= before + 32 + 4,
+            "{held} descriptors open with 300 idle clients (was {before})"
+        );
+        // A slow client that never finishes its headers is closed after the timeout.
+        let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(&mut slow, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+        // The idle ones are closed too, once their second has passed.
+        assert!(closed_by_server(&mut idle[0], Duration::from_secs(5)));
+        assert!(closed_by_server(&mut slow, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(300));
+        let after = open_fds(pid);
+        assert!(
+            after <= before + 2,
+            "{after} descriptors left (was {before})"
+        );
+        idle.clear();
+    });
+    // And it still answers, keep-alive included: two requests on one connection.
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert!(r.status() == 200 || r.status() == 503, "{}", r.status());
+        assert!(r.text().await.unwrap().contains("queue"));
+    }
+}

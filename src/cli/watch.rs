@@ -117,8 +117,9 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
                 cfg.status.interval.as_duration().as_secs().max(5),
             );
             let stop = shutdown.clone();
+            let limits = cfg.listen;
             tasks.spawn(async move {
-                if let Err(e) = serve::serve(listener, router, stop.clone()).await {
+                if let Err(e) = serve::serve_with(listener, router, stop.clone(), limits).await {
                     tracing::error!(error = %e, "The status page server failed; stopping.");
                     stop.cancel();
                 }

@@ -4,23 +4,35 @@
 //! scraped by an existing Prometheus and routed by an existing Alertmanager.
 //!
 //! Every request reads the store on a blocking thread through its own read-only connection.
+//! Connections are bounded ([`Limits`], config `[listen]`): a client that sends no complete
+//! request headers in time is closed, and past the connection limit new connections are
+//! closed at once, so idle sockets cannot take the file descriptors the store, the probes and
+//! the followers need.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus::{
     CounterVec, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{page, status};
 use crate::store::StoreHealth;
 use crate::telemetry::{COUNTERS, Counters};
+use crate::time::Age;
 
 #[derive(Clone)]
 struct AppState {
@@ -294,14 +306,123 @@ pub fn router(db: PathBuf, max_age_ns: i64, health: StoreHealth, refresh_secs: u
         })
 }
 
-/// Serves on `listener` until `shutdown`.
+/// Most connections served at once; one more is accepted and closed at once, so idle or
+/// hostile clients cannot take the process's file descriptors from the store and the probes.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client must send a request's headers within this time of connecting, or of its previous
+/// response on a kept-alive connection: idle and slow-header (slowloris) clients are closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is closed after this long even if busy; keep-alive scrapers reconnect.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+/// On shutdown, requests in flight get this long to finish.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Limits of [`serve_with`]: config section `[listen]`.
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to send a request's headers (after connecting or the previous response).
+    pub header_timeout: Age,
+    /// Age after which a connection is closed (after its request in flight).
+    pub max_age: Age,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: Age(HEADER_TIMEOUT.as_nanos() as i64),
+            max_age: Age(MAX_CONNECTION_AGE.as_nanos() as i64),
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown`, with the default [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "Serving the status page, /healthz and /metrics.");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve_with(listener, router, shutdown, Limits::default()).await
+}
+
+/// Serves on `listener` until `shutdown`: HTTP/1.1 with keep-alive, at most
+/// `limits.max_connections` at once, headers within `limits.header_timeout`. An accept that
+/// fails (no file descriptors left) is retried after a pause, never ends the server.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: Limits,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, max_connections = limits.max_connections, "Serving the status page, /healthz and /metrics.");
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let conns = TaskTracker::new();
+    let mut refused: u64 = 0;
+    let mut accept_failed = false;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let sock = match accepted {
+            Ok((sock, _)) => {
+                accept_failed = false;
+                sock
+            }
+            Err(e) => {
+                if !accept_failed {
+                    tracing::warn!(error = %e, "Cannot accept a connection; retrying.");
+                    accept_failed = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused,
+                    limit = limits.max_connections,
+                    "Too many connections; closing new ones."
+                );
+            }
+            drop(sock);
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout.as_duration())
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(sock), service);
+            tokio::pin!(conn);
+            let age = tokio::time::sleep(limits.max_age.as_duration());
+            tokio::pin!(age);
+            let stopping = tokio::select! {
+                _ = conn.as_mut() => false,
+                _ = shutdown.cancelled() => true,
+                _ = &mut age => true,
+            };
+            if stopping {
+                // Finish the request in flight (if any), then close.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN, conn.as_mut()).await;
+            }
+            drop(slot);
+        });
+    }
+    conns.close();
+    let _ = tokio::time::timeout(DRAIN, conns.wait()).await;
+    Ok(())
 }

@@ -711,28 +711,44 @@ const READY_CHUNK: usize = 1024;
 async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     let container: Arc<str> = Arc::from(info.name.as_str());
     let origin: Arc<str> = Arc::from(info.id.as_str());
-    let db = shared.db.clone();
-    let c2 = container.clone();
-    let id = info.id.clone();
-    let loaded = tokio::task::spawn_blocking(move || -> Result<_, crate::error::StoreError> {
-        let conn = crate::store::open_ro(&db)?;
-        let resume = crate::store::queries::resume_state(&conn, &c2)?;
-        let cursors = crate::store::queries::cursors(&conn, &c2)?;
-        Ok((
-            resume,
-            cursors.get(&(Stream::Stdout, id.clone())).copied(),
-            cursors.get(&(Stream::Stderr, id)).copied(),
-        ))
-    })
-    .await;
-    let (resume, out_cur, err_cur) = match loaded {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            tracing::error!(container = %container, error = %e, "Cannot load the container's stored state; not following it.");
-            return;
+    // The stored state (a read of the store) can fail for a while (no file descriptors left,
+    // a locked or full disk): retried with backoff until it loads or trainwatch shuts down,
+    // never given up, so the container is followed once the cause is gone.
+    let mut retry = Backoff::new();
+    let mut reported = false;
+    let (resume, out_cur, err_cur) = loop {
+        let db = shared.db.clone();
+        let c2 = container.clone();
+        let id = info.id.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<_, crate::error::StoreError> {
+            let conn = crate::store::open_ro(&db)?;
+            let resume = crate::store::queries::resume_state(&conn, &c2)?;
+            let cursors = crate::store::queries::cursors(&conn, &c2)?;
+            Ok((
+                resume,
+                cursors.get(&(Stream::Stdout, id.clone())).copied(),
+                cursors.get(&(Stream::Stderr, id)).copied(),
+            ))
+        })
+        .await;
+        match loaded {
+            Ok(Ok(v)) => break v,
+            Ok(Err(e)) => {
+                if !reported {
+                    tracing::error!(container = %container, error = %e, "Cannot load the container's stored state; retrying before following it.");
+                    reported = true;
+                }
+            }
+            Err(_) => return,
         }
-        Err(_) => return,
+        tokio::select! {
+            _ = tokio::time::sleep(retry.step()) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
     };
+    if reported {
+        tracing::info!(container = %container, "Loaded the container's stored state.");
+    }
     tracing::info!(container = %container, role, "Following container logs.");
     let mut f = Follower {
         state: ContainerState::new(container.clone(), resume),
