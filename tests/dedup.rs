@@ -340,3 +340,57 @@ fn a_step_back_to_an_earlier_line_time_is_a_new_line() {
         );
     }
 }
+
+/// `copies` of the NaN run, two hours apart: each raises its own TrainingLossNonFinite.
+fn nan_log(copies: usize) -> String {
+    let text = std::fs::read_to_string(fixture("ultralytics/nan-json.log")).unwrap();
+    let mut out = String::new();
+    for copy in 0..copies {
+        for line in text.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let t = chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap()
+                + chrono::Duration::hours(2 * copy as i64);
+            v["time"] = serde_json::Value::String(
+                t.to_utc()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            );
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn two_replays_of_one_file_at_once_resolve_no_alert_before_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("0123456789ab-json.log");
+    std::fs::write(&log, nan_log(1500)).unwrap();
+    let log = log.to_string_lossy().into_owned();
+    let clean = Db::new();
+    clean.replay(std::slice::from_ref(&log), Some("gpu"));
+    let alerts = "SELECT count(*) FROM alerts WHERE alertname = 'TrainingLossNonFinite'";
+    assert_eq!(clean.count(alerts), 1500);
+
+    let db = Db::new();
+    // Two processes at once, the second a moment later.
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+            .args(["replay", "--container", "gpu", &log])
+            .env("TRAINWATCH_DB", &db.path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = spawn();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let mut b = spawn();
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    assert_eq!(
+        db.count("SELECT count(*) FROM alerts WHERE resolved_at < started_at"),
+        0
+    );
+    assert_eq!(db.count(alerts), 1500);
+    assert_eq!(db.counts(), clean.counts());
+}

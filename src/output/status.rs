@@ -211,10 +211,13 @@ fn gauges(conn: &Connection) -> Result<Vec<Gauge>, StoreError> {
     .map_err(StoreError::sql("read gauges"))
 }
 
+/// The value of one gauge; `all` is sorted by (name, container), as [`gauges`] reads it
+/// (SQLite's binary collation is byte order, as `str`'s), so this is a binary search: the
+/// status of thousands of containers stays O(n log n).
 fn gauge(all: &[Gauge], container: &str, name: &str) -> Option<f64> {
-    all.iter()
-        .find(|g| g.container == container && g.name == name)
-        .map(|g| g.value)
+    all.binary_search_by(|g| (g.name.as_str(), g.container.as_str()).cmp(&(name, container)))
+        .ok()
+        .map(|i| all[i].value)
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -344,6 +347,7 @@ fn queues(conn: &Connection, all: &[Gauge], now: i64) -> Result<Vec<Queue>, Stor
         .filter(|g| g.name.starts_with("queue_"))
         .map(|g| g.container.as_str())
         .collect();
+    names.sort_unstable();
     names.dedup();
     let mut out = Vec::new();
     for c in names {
@@ -453,6 +457,43 @@ fn fmt_count(v: f64) -> String {
 }
 
 /// The verdict and its line.
+/// Alert names shown in the health line before "and N more".
+const FIRING_NAMES_SHOWN: usize = 4;
+
+/// `3 alerts firing: GpuOutOfMemory, LossNotFinite x2`: names in order of first firing, one
+/// entry per name with its count, at most [`FIRING_NAMES_SHOWN`] of them.
+fn firing_summary(firing: &[AlertRow]) -> String {
+    if firing.is_empty() {
+        return "0 alerts firing".into();
+    }
+    let mut names: Vec<(&str, usize)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for a in firing {
+        match index.get(a.alertname.as_str()) {
+            Some(&i) => names[i].1 += 1,
+            None => {
+                index.insert(a.alertname.as_str(), names.len());
+                names.push((a.alertname.as_str(), 1));
+            }
+        }
+    }
+    let mut shown: Vec<String> = names
+        .iter()
+        .take(FIRING_NAMES_SHOWN)
+        .map(|(n, c)| {
+            if *c > 1 {
+                format!("{n} x{c}")
+            } else {
+                n.to_string()
+            }
+        })
+        .collect();
+    if names.len() > FIRING_NAMES_SHOWN {
+        shown.push(format!("and {} more", names.len() - FIRING_NAMES_SHOWN));
+    }
+    format!("{} alerts firing: {}", firing.len(), shown.join(", "))
+}
+
 pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
     let newest = [s.heartbeat_at.as_deref(), s.newest_record_at.as_deref()]
         .into_iter()
@@ -486,11 +527,22 @@ pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
         }
         None => parts.push("no training run".into()),
     }
-    for q in &s.queues {
+    // One line whatever the number of containers: more than two queues are summed.
+    if s.queues.len() <= 2 {
+        for q in &s.queues {
+            parts.push(format!(
+                "queue processed {} ({} failed)",
+                fmt_count(q.processed.unwrap_or(0.0)),
+                fmt_count(q.failed.unwrap_or(0.0))
+            ));
+        }
+    } else {
+        let sum = |f: fn(&Queue) -> Option<f64>| s.queues.iter().filter_map(f).sum::<f64>();
         parts.push(format!(
-            "queue processed {} ({} failed)",
-            fmt_count(q.processed.unwrap_or(0.0)),
-            fmt_count(q.failed.unwrap_or(0.0))
+            "{} queues processed {} ({} failed)",
+            s.queues.len(),
+            fmt_count(sum(|q| q.processed)),
+            fmt_count(sum(|q| q.failed))
         ));
     }
     if let Some(p) = s.disk.as_ref().and_then(|d| d.used_pct) {
@@ -504,16 +556,7 @@ pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
     {
         parts.push(format!("GPU {t:.0} °C"));
     }
-    let names: Vec<&str> = s
-        .alerts_firing
-        .iter()
-        .map(|a| a.alertname.as_str())
-        .collect();
-    parts.push(if names.is_empty() {
-        "0 alerts firing".into()
-    } else {
-        format!("{} alerts firing: {}", names.len(), names.join(", "))
-    });
+    parts.push(firing_summary(&s.alerts_firing));
     if stale {
         parts.push(match age {
             Some(a) => format!("no data for {} (ingestor not running?)", human_duration(a)),
@@ -721,6 +764,62 @@ mod tests {
         assert!(h.line.contains("no data for 1h00m"), "{}", h.line);
         s.newest_record_at = None;
         assert!(health(&s, 600 * S, NOW).line.contains("no data yet"));
+    }
+
+    #[test]
+    fn health_stays_one_short_line_with_thousands_of_containers() {
+        let mut s = status();
+        let q = s.queues[0].clone();
+        s.queues = (0..5000)
+            .map(|i| Queue {
+                container: format!("queue-{i}"),
+                ..q.clone()
+            })
+            .collect();
+        for i in 0..3000 {
+            let name = [
+                "QueueContainerDown",
+                "LogStreamSilent",
+                "GpuTemperatureHigh",
+                "DiskUsageHigh",
+                "GpuOutOfMemory",
+                "LossNotFinite",
+            ][i % 6];
+            s.alerts_firing.push(alert("medium", name));
+        }
+        let h = health(&s, 600 * S, NOW);
+        assert!(!h.line.contains('\n'));
+        assert!(h.line.len() < 300, "{}", h.line);
+        assert!(
+            h.line
+                .contains("5000 queues processed 6 020 000 (15 000 failed)"),
+            "{}",
+            h.line
+        );
+        assert!(
+            h.line.ends_with("3000 alerts firing: QueueContainerDown x500, LogStreamSilent x500, GpuTemperatureHigh x500, DiskUsageHigh x500, and 2 more"),
+            "{}",
+            h.line
+        );
+    }
+
+    #[test]
+    fn gauges_are_found_among_many_containers() {
+        let mut all: Vec<Gauge> = (0..1000)
+            .flat_map(|i| {
+                ["queue_offset", "queue_messages_processed"].map(|n| Gauge {
+                    container: format!("q{i}"),
+                    name: n.into(),
+                    value: i as f64,
+                    ts: String::new(),
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.name, &a.container).cmp(&(&b.name, &b.container)));
+        assert_eq!(gauge(&all, "q737", "queue_offset"), Some(737.0));
+        assert_eq!(gauge(&all, "q0", "queue_messages_processed"), Some(0.0));
+        assert_eq!(gauge(&all, "q1000", "queue_offset"), None);
+        assert_eq!(gauge(&all, "q5", "gpu_temperature_c"), None);
     }
 
     #[test]

@@ -11,14 +11,22 @@ use crate::derive::alerts::{Alert, AlertName, Change, Labels, Loaded, Severity};
 use crate::error::StoreError;
 use crate::time::{format_ns, parse_rfc3339};
 
+/// Status and resolution are given: an alert older than a firing one of the same fingerprint
+/// is recorded as resolved when the newer one started.
 const INSERT_ALERT: &str =
     "INSERT INTO alert_log (fingerprint, alertname, severity, status, labels,
-        summary, started_at, origin)
-     VALUES (?1, ?2, ?3, 'firing', ?4, ?5, ?6, ?7)
+        summary, started_at, origin, resolved_at)
+     VALUES (?1, ?2, ?3, ?8, ?4, ?5, ?6, ?7, ?9)
      ON CONFLICT (fingerprint, started_at) DO NOTHING";
 
-const RESOLVE_ALERT: &str = "UPDATE alert_log SET status = 'resolved', resolved_at = ?3
+/// Never earlier than the start: evidence stamped before it (clock skew, logs out of order)
+/// resolves the alert at its start.
+const RESOLVE_ALERT: &str = "UPDATE alert_log SET status = 'resolved', resolved_at = max(?3, ?2)
      WHERE fingerprint = ?1 AND started_at = ?2 AND status = 'firing'";
+
+/// The start of a firing alert of the fingerprint newer than ?2.
+const NEWER_FIRING: &str = "SELECT min(started_at) FROM alert_log
+     WHERE fingerprint = ?1 AND status = 'firing' AND started_at > ?2";
 
 const ALERT_ID: &str = "SELECT id FROM alert_log WHERE fingerprint = ?1 AND started_at = ?2";
 
@@ -44,13 +52,25 @@ pub fn apply(
     match change {
         Change::Fired { .. } => {
             // A firing alert of the same fingerprint left by an earlier run that the engine
-            // did not know about (e.g. a replay after a watch) is closed first.
+            // did not know about (e.g. a replay after a watch) is closed first, when it is
+            // older; when it is newer (two replays at once, an older archive replayed after a
+            // newer one), this one is recorded as resolved when that one started. Either way
+            // no alert is resolved before it started.
             tx.prepare_cached(
                 "UPDATE alert_log SET status = 'resolved', resolved_at = ?2
-                 WHERE fingerprint = ?1 AND status = 'firing' AND started_at <> ?2",
+                 WHERE fingerprint = ?1 AND status = 'firing' AND started_at < ?2",
             )
             .and_then(|mut s| s.execute(params![alert.fingerprint, started]))
             .map_err(StoreError::sql("close an older firing alert"))?;
+            let newer: Option<String> = tx
+                .prepare_cached(NEWER_FIRING)
+                .and_then(|mut s| s.query_row(params![alert.fingerprint, started], |r| r.get(0)))
+                .map_err(StoreError::sql("find a newer firing alert"))?;
+            let status = if newer.is_some() {
+                "resolved"
+            } else {
+                "firing"
+            };
             let labels = serde_json::to_string(&alert.labels).unwrap_or_default();
             tx.prepare_cached(INSERT_ALERT)
                 .and_then(|mut s| {
@@ -61,7 +81,9 @@ pub fn apply(
                         labels,
                         crate::redact::text(&alert.summary),
                         started,
-                        origin
+                        origin,
+                        status,
+                        newer
                     ])
                 })
                 .map_err(StoreError::sql("record alert"))?;
@@ -399,4 +421,101 @@ pub fn mark_abandoned(
 /// Firing alerts for an Alertmanager refresh.
 pub fn firing(conn: &Connection) -> Result<Vec<AlertRow>, StoreError> {
     list(conn, false, 10_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::derive::alerts::{Alert, Change, Severity, fingerprint};
+
+    fn alert(started_s: i64, resolved_s: Option<i64>) -> Alert {
+        let labels: crate::derive::alerts::Labels =
+            [("alertname".to_string(), "GpuOutOfMemory".to_string())].into();
+        Alert {
+            fingerprint: fingerprint(&labels),
+            alertname: "GpuOutOfMemory",
+            severity: Severity::High,
+            labels,
+            summary: "CUDA out of memory".into(),
+            started_at: started_s * 1_000_000_000,
+            resolved_at: resolved_s.map(|s| s * 1_000_000_000),
+        }
+    }
+
+    fn rows(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+        conn.prepare("SELECT status, started_at, resolved_at FROM alert_log ORDER BY started_at")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn no_alert_is_resolved_before_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_rw(&dir.path().join("a.db")).unwrap();
+        let t = |s: i64| format_ns(s * 1_000_000_000);
+        let mut run = |c: Change| {
+            let tx = conn.transaction().unwrap();
+            apply(&tx, &c, &[], "replay", 0).unwrap();
+            tx.commit().unwrap();
+        };
+        // The newer instance first (a second replay of newer logs was faster), then an older
+        // one: the older is recorded resolved when the newer began, the newer stays firing.
+        run(Change::Fired {
+            alert: alert(2000, None),
+            notify: false,
+        });
+        run(Change::Fired {
+            alert: alert(1000, None),
+            notify: false,
+        });
+        // The older one's own resolution, stamped before its start, cannot move it back.
+        run(Change::Resolved {
+            alert: alert(1000, Some(500)),
+            notify: false,
+        });
+        // A resolution of the newer one stamped before its start resolves it at its start.
+        run(Change::Resolved {
+            alert: alert(2000, Some(1500)),
+            notify: false,
+        });
+        drop(run);
+        assert_eq!(
+            rows(&conn),
+            [
+                ("resolved".into(), t(1000), Some(t(2000))),
+                ("resolved".into(), t(2000), Some(t(2000))),
+            ]
+        );
+        // In order: an older firing one is closed when the next starts.
+        run_in_order(&mut conn);
+    }
+
+    fn run_in_order(conn: &mut Connection) {
+        conn.execute("DELETE FROM alert_log", []).unwrap();
+        for c in [
+            Change::Fired {
+                alert: alert(10, None),
+                notify: false,
+            },
+            Change::Fired {
+                alert: alert(20, None),
+                notify: false,
+            },
+        ] {
+            let tx = conn.transaction().unwrap();
+            apply(&tx, &c, &[], "replay", 0).unwrap();
+            tx.commit().unwrap();
+        }
+        let t = |s: i64| format_ns(s * 1_000_000_000);
+        assert_eq!(
+            rows(conn),
+            [
+                ("resolved".into(), t(10), Some(t(20))),
+                ("firing".into(), t(20), None),
+            ]
+        );
+    }
 }
