@@ -481,7 +481,6 @@ mod tests {
             alert: alert(2000, Some(1500)),
             notify: false,
         });
-        drop(run);
         assert_eq!(
             rows(&conn),
             [
