@@ -89,82 +89,98 @@ pub fn replay_with(
     let mut states: HashMap<String, ContainerState> = HashMap::new();
     let mut cursors: HashMap<String, HashMap<(Stream, String), Key>> = HashMap::new();
     let mut ops: Vec<Op> = Vec::with_capacity(BATCH_OPS + 64);
-    for set in sets {
-        summary.files += set.files.len();
-        let container: Arc<str> = Arc::from(set.container.as_str());
-        if !states.contains_key(&set.container) {
-            let resume = store::queries::resume_state(&conn, &container)?;
-            states.insert(
-                set.container.clone(),
-                ContainerState::new(container.clone(), resume),
+    let read = (|| -> Result<(), ReplayError> {
+        for set in sets {
+            summary.files += set.files.len();
+            let container: Arc<str> = Arc::from(set.container.as_str());
+            if !states.contains_key(&set.container) {
+                let resume = store::queries::resume_state(&conn, &container)?;
+                states.insert(
+                    set.container.clone(),
+                    ContainerState::new(container.clone(), resume),
+                );
+                cursors.insert(
+                    set.container.clone(),
+                    store::queries::cursors(&conn, &set.container)?,
+                );
+            }
+            let state = states.get_mut(&set.container).expect("inserted above");
+            let cur = cursors.get_mut(&set.container).expect("inserted above");
+            let piped = set.piped.as_ref().map(|p| {
+                let r = p.take().unwrap_or_else(|| Box::new(std::io::empty()));
+                (r, text::fingerprint_head(p.head()))
+            });
+            let mut source: Box<dyn LineSource> = match (set.format, piped) {
+                (Format::DockerJson, Some((r, _))) => {
+                    Box::new(JsonFileReader::piped(set.files[0].clone(), r))
+                }
+                (Format::Text, Some((r, fp))) => {
+                    Box::new(TextReader::piped(set.files[0].clone(), r, fp))
+                }
+                (Format::DockerJson, None) => Box::new(JsonFileReader::new(set.files.clone())),
+                (Format::Text, None) => {
+                    let fp =
+                        text::fingerprint(&set.files[0]).map_err(|source| SourceError::Open {
+                            path: set.files[0].clone(),
+                            source,
+                        })?;
+                    Box::new(TextReader::new(set.files.clone(), fp))
+                }
+            };
+            let origin: Arc<str> = Arc::from(source.origin());
+            // What earlier runs stored: lines it covers are skipped. Compared with the position
+            // at the start, not the advancing one, so a line whose time went backwards within
+            // this run is still read.
+            let stored = Position::new(
+                origin.clone(),
+                cur.get(&(Stream::Stdout, origin.to_string())).copied(),
+                cur.get(&(Stream::Stderr, origin.to_string())).copied(),
             );
-            cursors.insert(
-                set.container.clone(),
-                store::queries::cursors(&conn, &set.container)?,
-            );
-        }
-        let state = states.get_mut(&set.container).expect("inserted above");
-        let cur = cursors.get_mut(&set.container).expect("inserted above");
-        let piped = set.piped.as_ref().map(|p| {
-            let r = p.take().unwrap_or_else(|| Box::new(std::io::empty()));
-            (r, text::fingerprint_head(p.head()))
-        });
-        let mut source: Box<dyn LineSource> = match (set.format, piped) {
-            (Format::DockerJson, Some((r, _))) => {
-                Box::new(JsonFileReader::piped(set.files[0].clone(), r))
+            let mut ctx = SetRun {
+                parser,
+                state,
+                ops: &mut ops,
+                writer: &writer,
+                summary: &mut summary,
+                emitted: Position::new(origin.clone(), None, None),
+            };
+            let mut grouper = Assembler::new();
+            let mut recs: Vec<Record> = Vec::new();
+            for raw in source.by_ref() {
+                ctx.summary.lines += 1;
+                if stored.covers(raw.stream, raw.key) {
+                    ctx.summary.already_stored += 1;
+                    continue;
+                }
+                grouper.push(raw, &mut recs);
+                ctx.process(&mut recs)?;
             }
-            (Format::Text, Some((r, fp))) => {
-                Box::new(TextReader::piped(set.files[0].clone(), r, fp))
-            }
-            (Format::DockerJson, None) => Box::new(JsonFileReader::new(set.files.clone())),
-            (Format::Text, None) => {
-                let fp = text::fingerprint(&set.files[0]).map_err(|source| SourceError::Open {
-                    path: set.files[0].clone(),
-                    source,
-                })?;
-                Box::new(TextReader::new(set.files.clone(), fp))
-            }
-        };
-        let origin: Arc<str> = Arc::from(source.origin());
-        // What earlier runs stored: lines it covers are skipped. Compared with the position
-        // at the start, not the advancing one, so a line whose time went backwards within
-        // this run is still read.
-        let stored = Position::new(
-            origin.clone(),
-            cur.get(&(Stream::Stdout, origin.to_string())).copied(),
-            cur.get(&(Stream::Stderr, origin.to_string())).copied(),
-        );
-        let mut ctx = SetRun {
-            parser,
-            state,
-            ops: &mut ops,
-            writer: &writer,
-            summary: &mut summary,
-            emitted: Position::new(origin.clone(), None, None),
-        };
-        let mut grouper = Assembler::new();
-        let mut recs: Vec<Record> = Vec::new();
-        for raw in source.by_ref() {
-            ctx.summary.lines += 1;
-            if stored.covers(raw.stream, raw.key) {
-                ctx.summary.already_stored += 1;
-                continue;
-            }
-            grouper.push(raw, &mut recs);
+            grouper.finish(&mut recs);
             ctx.process(&mut recs)?;
-        }
-        grouper.finish(&mut recs);
-        ctx.process(&mut recs)?;
-        ctx.flush(true)?;
-        for s in Stream::ALL {
-            if let Some(k) = ctx.emitted.key(s) {
-                cur.insert((s, origin.to_string()), k);
+            ctx.flush(true)?;
+            for s in Stream::ALL {
+                if let Some(k) = ctx.emitted.key(s) {
+                    cur.insert((s, origin.to_string()), k);
+                }
             }
+            summary.bytes += source.bytes_read();
+            summary.skips.merge(source.skips());
         }
-        summary.bytes += source.bytes_read();
-        summary.skips.merge(source.skips());
-    }
+        Ok(())
+    })();
     drop(conn);
+    match read {
+        // The writer stopped: its own error says why (a full disk, a lock held too long).
+        Err(ReplayError::Store(StoreError::WriterGone)) => {
+            return Err(writer
+                .finish()
+                .err()
+                .unwrap_or(StoreError::WriterGone)
+                .into());
+        }
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
     summary.write = writer.finish()?;
     Ok(summary)
 }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use crate::util::{Db, entry};
+use crate::util::{Db, bin, entry};
 
 fn write_log(db: &Db, name: &str, bytes: &[u8]) -> String {
     let p = db.dir.path().join(name);
@@ -207,4 +207,39 @@ fn a_file_that_vanished_is_a_counted_skip() {
     assert!(String::from_utf8_lossy(&buf).contains("WARNING:q:kept"));
     assert!(chain.next_line(&mut buf, &mut skips).is_none());
     assert_eq!(skips.by_reason.get("file_unreadable"), Some(&1));
+}
+
+#[test]
+fn a_lock_held_past_the_busy_timeout_is_named_in_the_error() {
+    // Another process holds the write lock longer than the busy timeout: the replay fails, and
+    // says the database is locked (not only that its writer stopped).
+    let db = Db::new();
+    let first = write_log(
+        &db,
+        "a-json.log",
+        entry("ERROR:q:first\n", "stderr", "2026-03-28T14:30:00Z").as_bytes(),
+    );
+    db.replay(&[first], None);
+    let many: String = (0..20_000)
+        .map(|i| {
+            entry(
+                &format!("ERROR:q:failure {i}\n"),
+                "stderr",
+                &format!("2026-03-28T15:{:02}:{:02}.{i:06}Z", i / 3600 % 60, i / 60 % 60),
+            )
+        })
+        .collect();
+    let g = write_log(&db, "b-json.log", many.as_bytes());
+    let holder = rusqlite::Connection::open(&db.path).unwrap();
+    holder
+        .execute_batch(
+            "BEGIN IMMEDIATE; INSERT INTO cursors VALUES ('x', 'stdout', 'o', 0, 0, 'now');",
+        )
+        .unwrap();
+    let out = bin(&["replay", &g], &db.path);
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database is locked"), "{err}");
+    assert!(!err.contains("stopped unexpectedly"), "{err}");
 }
