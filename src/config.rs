@@ -105,6 +105,33 @@ impl Config {
             reason: e.to_string(),
         })?;
         cfg.patterns()?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let a = &cfg.alerts;
+        for (what, v) in [
+            ("alerts.gpu_temperature_c", a.gpu_temperature_c),
+            ("alerts.disk_critical_pct", a.disk_critical_pct),
+            ("alerts.disk_high_pct", a.disk_high_pct),
+            ("alerts.diverging.factor", a.diverging.factor),
+        ] {
+            if !v.is_finite() {
+                return Err(invalid(format!("{what} = {v}: expected a finite number")));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &cfg.notify.receivers {
+            if let Some(p) = r.problem() {
+                return Err(invalid(p));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(invalid(format!(
+                    "receiver {:?} is configured twice",
+                    r.name
+                )));
+            }
+        }
         for (what, v) in [
             ("retention.events", &cfg.retention.events),
             ("retention.history", &cfg.retention.history),
@@ -169,6 +196,23 @@ mod tests {
             }
         }
         assert!(n >= 2);
+    }
+
+    #[test]
+    fn non_finite_thresholds_and_bad_receiver_urls_are_refused() {
+        let err = |text: &str| {
+            Config::parse(text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[alerts]\ngpu_temperature_c = nan\n");
+        assert!(e.contains("alerts.gpu_temperature_c = NaN"), "{e}");
+        assert!(err("[alerts]\ndisk_high_pct = inf\n").contains("finite"));
+        let e = err("[[notify.receivers]]\nname = 'x'\nkind = 'webhook'\nurl = 'not a url'\n");
+        assert!(e.contains("not a URL"), "{e}");
+        let two = "[[notify.receivers]]\nname = 'x'\nkind = 'webhook'\nurl = 'http://a/'\n";
+        assert!(err(&format!("{two}{two}")).contains("configured twice"));
+        assert!(Config::parse(two, Path::new("t.toml")).is_ok());
     }
 
     #[test]

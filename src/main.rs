@@ -83,7 +83,12 @@ fn causes(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for c in e.chain() {
         let c = c.to_string();
-        if out.ends_with(&c) {
+        // SQLite's errors repeat their message as `Error code N: message`.
+        let bare = c
+            .strip_prefix("Error code ")
+            .and_then(|r| r.split_once(": "))
+            .map_or(c.as_str(), |(_, m)| m);
+        if out.contains(&c) || out.ends_with(bare) {
             continue;
         }
         if !out.is_empty() {

@@ -225,7 +225,11 @@ fn a_lock_held_past_the_busy_timeout_is_named_in_the_error() {
             entry(
                 &format!("ERROR:q:failure {i}\n"),
                 "stderr",
-                &format!("2026-03-28T15:{:02}:{:02}.{i:06}Z", i / 3600 % 60, i / 60 % 60),
+                &format!(
+                    "2026-03-28T15:{:02}:{:02}.{i:06}Z",
+                    i / 3600 % 60,
+                    i / 60 % 60
+                ),
             )
         })
         .collect();

@@ -224,3 +224,96 @@ fn watch_prunes_on_its_retention_schedule() {
     // Training history is kept by default.
     assert_eq!(db.count("SELECT count(*) FROM training_epochs"), 10);
 }
+
+#[test]
+fn sql_refuses_writes_with_the_reason_and_creates_no_file() {
+    let db = Db::new();
+    db.replay(&[crate::util::fixture_str("queue/queue.log")], Some("q"));
+    let target = db.dir.path().join("copy.db");
+    for q in [
+        format!("VACUUM INTO '{}'", target.display()),
+        "DELETE FROM event_log".to_string(),
+        "PRAGMA journal_mode = DELETE".to_string(),
+    ] {
+        let o = bin(&["sql", &q], &db.path);
+        assert!(!o.status.success(), "{q}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("is read-only"), "{q}: {err}");
+        assert!(!err.contains("disk I/O error"), "{q}: {err}");
+    }
+    assert!(!target.exists(), "VACUUM INTO left a file");
+    // Reads, PRAGMA reads included, still run.
+    for q in [
+        "PRAGMA journal_mode",
+        "PRAGMA table_info(events)",
+        "SELECT count(*) FROM events",
+    ] {
+        let o = bin(&["sql", q], &db.path);
+        assert!(
+            o.status.success(),
+            "{q}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert!(out(&bin(&["sql", "PRAGMA journal_mode"], &db.path)).contains("wal"));
+}
+
+#[test]
+fn read_commands_work_on_a_database_in_a_directory_they_cannot_write() {
+    // As another user (nobody), on a WAL database whose directory only root may write, with
+    // no -shm file: sql, status, history and health read it (immutable) instead of failing.
+    let root = std::process::Command::new("id").arg("-u").output().unwrap();
+    let setpriv = std::path::Path::new("/usr/bin/setpriv").exists();
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" || !setpriv {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test runs as root with setpriv in CI");
+        }
+        eprintln!("skipping: needs root and setpriv to act as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let db = Db::new();
+    db.replay(&[crate::util::fixture_str("queue/queue.log")], Some("q"));
+    let ro = db.dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::copy(&db.path, ro.join("tw.db")).unwrap();
+    let exe = db.dir.path().join("trainwatch");
+    std::fs::copy(env!("CARGO_BIN_EXE_trainwatch"), &exe).unwrap();
+    for (p, mode) in [
+        (db.dir.path(), 0o755),
+        (ro.as_path(), 0o755),
+        (&ro.join("tw.db"), 0o644),
+        (exe.as_path(), 0o755),
+    ] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&exe)
+            .arg("--db")
+            .arg(ro.join("tw.db"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody(&["sql", "SELECT count(*) FROM events WHERE container = 'q'"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n = db.count("SELECT count(*) FROM events WHERE container = 'q'");
+    assert!(out(&o).contains(&n.to_string()), "{}", out(&o));
+    for cmd in ["status", "history"] {
+        let o = as_nobody(&[cmd]);
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = as_nobody(&["health"]);
+    assert!(
+        out(&o).contains("queue processed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!ro.join("tw.db-shm").exists());
+}

@@ -20,6 +20,26 @@ pub fn run(args: SqlArgs, db: &Path) -> anyhow::Result<()> {
     let conn = super::open_ro(db)?;
     // A second guard besides the read-only open: no statement may write.
     conn.pragma_update(None, "query_only", "ON")?;
+    // A third, before anything runs: a statement that would write (or create a file, as
+    // `VACUUM INTO` does before it fails) is refused with the reason, not with SQLite's
+    // "attempt to write a readonly database" or "disk I/O error".
+    let readonly = conn
+        .prepare(&args.query)
+        .map(|st| st.readonly())
+        .with_context(|| format!("running query: {}", args.query))?;
+    // SQLite counts a few PRAGMA reads (`PRAGMA journal_mode`) as writes; a PRAGMA that sets
+    // nothing runs, under the two guards above.
+    let pragma_read = {
+        let q = args.query.trim_start();
+        q.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("pragma")) && !q.contains('=')
+    };
+    if !readonly && !pragma_read {
+        anyhow::bail!(
+            "`trainwatch sql` is read-only: this statement would write or create a file ({}). Run queries (SELECT, WITH, EXPLAIN, PRAGMA reads); copy the database with `sqlite3 {} \".backup copy.db\"`.",
+            args.query,
+            db.display()
+        );
+    }
     let rows = Rows::query(&conn, &args.query, &[])
         .with_context(|| format!("running query: {}", args.query))?;
     let stdout = std::io::stdout();

@@ -119,6 +119,34 @@ impl ReceiverConfig {
     }
 }
 
+/// Sets `Authorization: Bearer <token>`, replacing the Basic credentials reqwest takes from a
+/// URL's `user:password@` (appending would send two headers, and servers read the first).
+fn with_bearer(mut req: reqwest::Request, token: Option<&str>) -> reqwest::Request {
+    if let Some(t) = token
+        && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+    {
+        v.set_sensitive(true);
+        req.headers_mut().insert(reqwest::header::AUTHORIZATION, v);
+    }
+    req
+}
+
+impl ReceiverConfig {
+    /// What is wrong with this receiver, if anything (checked when the config loads).
+    pub fn problem(&self) -> Option<String> {
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => None,
+            Ok(u) => Some(format!(
+                "receiver {:?}: url must be http:// or https:// with a host (got scheme {:?})",
+                self.name,
+                u.scheme()
+            )),
+            // The URL may hold credentials: not repeated in the error.
+            Err(e) => Some(format!("receiver {:?}: url is not a URL ({e})", self.name)),
+        }
+    }
+}
+
 /// The host name, for the `instance` label.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -241,15 +269,18 @@ impl Notifier {
     }
 
     async fn post(&self, r: &ReceiverConfig, body: &Value) -> Result<(), Failure> {
-        let mut req = self
+        let req = self
             .client
             .post(r.endpoint())
             .timeout(r.timeout.as_duration())
-            .json(body);
-        if let Some(t) = r.token() {
-            req = req.bearer_auth(t);
-        }
-        match req.send().await {
+            .json(body)
+            .build()
+            .map_err(|e| Failure {
+                message: e.without_url().to_string(),
+                permanent: true,
+            })?;
+        let req = with_bearer(req, r.token().as_deref());
+        match self.client.execute(req).await {
             Ok(resp) => {
                 let s = resp.status();
                 if s.is_success() {
@@ -498,5 +529,63 @@ impl Notifier {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver(url: &str) -> ReceiverConfig {
+        ReceiverConfig {
+            name: "ops".into(),
+            kind: ReceiverKind::Webhook,
+            url: url.into(),
+            bearer_token: None,
+            bearer_token_env: None,
+            timeout: default_timeout(),
+        }
+    }
+
+    #[test]
+    fn a_configured_bearer_token_replaces_url_credentials() {
+        let client = reqwest::Client::new();
+        let req = client
+            .post("http://user:pw@127.0.0.1:9/hook")
+            .build()
+            .unwrap();
+        let req = with_bearer(req, Some("t0ken"));
+        let auth: Vec<_> = req
+            .headers()
+            .get_all(reqwest::header::AUTHORIZATION)
+            .iter()
+            .collect();
+        assert_eq!(auth, ["Bearer t0ken"]);
+        // Without a token the URL's credentials are the Basic header.
+        let req = with_bearer(
+            client
+                .post("http://user:pw@127.0.0.1:9/hook")
+                .build()
+                .unwrap(),
+            None,
+        );
+        let auth = req.headers()[reqwest::header::AUTHORIZATION]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(auth.starts_with("Basic "), "{auth}");
+    }
+
+    #[test]
+    fn receiver_urls_are_checked() {
+        assert_eq!(receiver("http://alertmanager:9093").problem(), None);
+        assert_eq!(receiver("https://hooks.example.com/x").problem(), None);
+        let bad = receiver("not a url").problem().unwrap();
+        assert!(bad.contains("not a URL"), "{bad}");
+        let ftp = receiver("ftp://h/x").problem().unwrap();
+        assert!(ftp.contains("http:// or https://"), "{ftp}");
+        // The URL (which may carry a secret) is not echoed.
+        let secret = receiver("http://u:s3cr3t@/").problem().unwrap_or_default();
+        assert!(!secret.contains("s3cr3t"), "{secret}");
     }
 }

@@ -80,17 +80,58 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
 
 /// Opens the database read-only (for `sql`, `history` and other views). Fails if the file does
 /// not exist rather than creating an empty one.
+///
+/// A WAL database in a directory this user cannot write (a copy on read-only media, another
+/// user's data directory) cannot get its shared-memory file: it is then opened `immutable`, a
+/// snapshot of what the file holds, since nothing can be writing where nobody may create files.
 pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
+    let err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    .map_err(err)?;
     pragmas(&conn)?;
-    Ok(conn)
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen
+            ) =>
+        {
+            drop(conn);
+            let conn = Connection::open_with_flags(
+                immutable_uri(path),
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(err)?;
+            pragmas(&conn)?;
+            Ok(conn)
+        }
+        _ => Ok(conn),
+    }
+}
+
+/// `file:<path>?immutable=1`, the path percent-encoded where a URI needs it.
+fn immutable_uri(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut uri = String::from("file:");
+    for b in abs.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => uri.push_str(&format!("%{b:02X}")),
+            _ if b.is_ascii() => uri.push(*b as char),
+            _ => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }
 
 /// A handle to the writer thread: batches go in through a bounded channel (a slow disk slows

@@ -175,6 +175,7 @@ pub async fn clock(
 /// Runs the probes until `shutdown`.
 pub async fn run(cfg: ProbesConfig, writer: Sender<Vec<Op>>, shutdown: CancellationToken) {
     let mut gpu_health = Health::default();
+    let mut last_bad_row: Option<String> = None;
     let mut disk_health = Health::default();
     let mut offset_health = Health::default();
     if cfg.nvidia_smi.is_empty() {
@@ -231,8 +232,12 @@ pub async fn run(cfg: ProbesConfig, writer: Sender<Vec<Op>>, shutdown: Cancellat
             match run_nvidia_smi(&cfg.nvidia_smi).await {
                 Ok(text) => {
                     let bad = gpu_ops(&text, ts, &mut ops);
-                    if let Some(b) = bad.first() {
-                        tracing::warn!(row = %b, "Unexpected nvidia-smi row skipped.");
+                    // Logged when the first unexpected row appears (or changes), not every tick.
+                    if bad.first() != last_bad_row.as_ref() {
+                        if let Some(b) = bad.first() {
+                            tracing::warn!(row = %b, rows = bad.len(), "Unexpected nvidia-smi row skipped (logged again only when it changes).");
+                        }
+                        last_bad_row = bad.into_iter().next();
                     }
                     gpu_health.set("gpu", Health::Ok);
                 }
