@@ -106,17 +106,20 @@ pub fn replay_with(
             }
             let state = states.get_mut(&set.container).expect("inserted above");
             let cur = cursors.get_mut(&set.container).expect("inserted above");
-            let piped = set.piped.as_ref().map(|p| {
-                let r = p.take().unwrap_or_else(|| Box::new(std::io::empty()));
-                (r, text::fingerprint_head(p.head()))
-            });
-            let mut source: Box<dyn LineSource> = match (set.format, piped) {
-                (Format::DockerJson, Some((r, _))) => {
-                    Box::new(JsonFileReader::piped(set.files[0].clone(), r))
+            // A once-only input is read from what planning opened (and read only once).
+            let taken = |p: &crate::source::Piped| {
+                p.take()
+                    .unwrap_or_else(|| Box::new(std::io::empty()) as Box<dyn std::io::Read + Send>)
+            };
+            let mut source: Box<dyn LineSource> = match (set.format, set.piped.as_deref()) {
+                (Format::DockerJson, Some(p)) => {
+                    Box::new(JsonFileReader::piped(set.files[0].clone(), taken(p)))
                 }
-                (Format::Text, Some((r, fp))) => {
-                    Box::new(TextReader::piped(set.files[0].clone(), r, fp))
-                }
+                (Format::Text, Some(p)) => Box::new(TextReader::piped(
+                    set.files[0].clone(),
+                    taken(p),
+                    text::fingerprint_head(p.head()),
+                )),
                 (Format::DockerJson, None) => Box::new(JsonFileReader::new(set.files.clone())),
                 (Format::Text, None) => {
                     let fp =

@@ -319,6 +319,33 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `watch --listen` on a free port, probes off and no Docker daemon, with `extra` config;
+/// its log goes to `watch.log` beside the database. Returns the process and the port.
+fn watch_listen(db: &Db, extra: &str) -> (Kill, u16) {
+    let port = free_port();
+    let config = db.dir.path().join("tw.toml");
+    std::fs::write(
+        &config,
+        format!("[probes]\nnvidia_smi = \"\"\ndata_root = \"\"\n{extra}"),
+    )
+    .unwrap();
+    let log = std::fs::File::create(db.dir.path().join("watch.log")).unwrap();
+    let watch = Kill(
+        Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+            .arg("--db")
+            .arg(&db.path)
+            .arg("--config")
+            .arg(&config)
+            .args(["watch", "--listen", &format!("127.0.0.1:{port}")])
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    (watch, port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_listen_serves_metrics_that_promtool_and_a_real_prometheus_accept() {
     let tools = ["/usr/bin/promtool", "/usr/bin/prometheus"];
@@ -343,23 +370,7 @@ async fn watch_listen_serves_metrics_that_promtool_and_a_real_prometheus_accept(
             ],
         )
     });
-    let port = free_port();
-    let config = db.dir.path().join("tw.toml");
-    std::fs::write(&config, "[probes]\nnvidia_smi = \"\"\ndata_root = \"\"\n").unwrap();
-    let log = std::fs::File::create(db.dir.path().join("watch.log")).unwrap();
-    let _watch = Kill(
-        Command::new(env!("CARGO_BIN_EXE_trainwatch"))
-            .arg("--db")
-            .arg(&db.path)
-            .arg("--config")
-            .arg(&config)
-            .args(["watch", "--listen", &format!("127.0.0.1:{port}")])
-            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let (_watch, port) = watch_listen(&db, "");
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let (code, health) = loop {
@@ -497,26 +508,9 @@ async fn listen_bounds_idle_and_slow_clients() {
     tokio::task::block_in_place(|| {
         db.replay(&[fixture_str("queue/queue.log")], Some("annotation-queue"));
     });
-    let port = free_port();
-    let config = db.dir.path().join("tw.toml");
-    std::fs::write(
-        &config,
-        "[probes]\nnvidia_smi = \"\"\ndata_root = \"\"\n[listen]\nmax_connections = 32\nheader_timeout = \"1s\"\n",
-    )
-    .unwrap();
-    let log = std::fs::File::create(db.dir.path().join("watch.log")).unwrap();
-    let watch = Kill(
-        Command::new(env!("CARGO_BIN_EXE_trainwatch"))
-            .arg("--db")
-            .arg(&db.path)
-            .arg("--config")
-            .arg(&config)
-            .args(["watch", "--listen", &format!("127.0.0.1:{port}")])
-            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let (watch, port) = watch_listen(
+        &db,
+        "[listen]\nmax_connections = 32\nheader_timeout = \"1s\"\n",
     );
     let pid = watch.0.id();
     let base = format!("http://127.0.0.1:{port}");

@@ -71,30 +71,32 @@ pub trait LineSource: Iterator<Item = crate::event::RawLine> {
     fn bytes_read(&self) -> u64;
 }
 
-/// `r` with a byte counter.
-fn counted(r: Box<dyn std::io::Read + Send>) -> (Box<dyn std::io::Read + Send>, CountingHandle) {
-    let counter = CountingHandle::default();
-    let counted = Counting {
-        inner: r,
-        n: counter.clone(),
-    };
-    (Box::new(counted), counter)
+/// `inner` with a byte counter.
+fn counted<R>(inner: R) -> (Counting<R>, CountingHandle) {
+    let n = CountingHandle::default();
+    (
+        Counting {
+            inner,
+            n: n.clone(),
+        },
+        n,
+    )
+}
+
+/// The decompressed stream of gzip members (concatenated ones too, as `zcat` reads them).
+fn gunzip<R: std::io::Read + Send + 'static>(r: R) -> Box<dyn std::io::Read + Send> {
+    Box::new(flate2::read::MultiGzDecoder::new(
+        std::io::BufReader::with_capacity(256 * 1024, r),
+    ))
 }
 
 pub(crate) fn open_maybe_gz(
     path: &Path,
 ) -> std::io::Result<(Box<dyn std::io::Read + Send>, CountingHandle)> {
-    let f = std::fs::File::open(path)?;
-    let counter = CountingHandle::default();
-    let counted = Counting {
-        inner: f,
-        n: counter.clone(),
-    };
+    let (counted, counter) = counted(std::fs::File::open(path)?);
     let gz = path.extension().is_some_and(|e| e == "gz");
     let r: Box<dyn std::io::Read + Send> = if gz {
-        Box::new(flate2::read::MultiGzDecoder::new(
-            std::io::BufReader::with_capacity(256 * 1024, counted),
-        ))
+        gunzip(counted)
     } else {
         Box::new(counted)
     };
@@ -158,13 +160,7 @@ impl Piped {
         let magic = read_head(&mut raw, 2)?;
         let gz = magic == [0x1f, 0x8b];
         let whole = std::io::Cursor::new(magic).chain(raw);
-        let mut r: Box<dyn std::io::Read + Send> = if gz {
-            Box::new(flate2::read::MultiGzDecoder::new(
-                std::io::BufReader::with_capacity(256 * 1024, whole),
-            ))
-        } else {
-            Box::new(whole)
-        };
+        let mut r: Box<dyn std::io::Read + Send> = if gz { gunzip(whole) } else { Box::new(whole) };
         let head = read_head(&mut r, PIPED_HEAD)?;
         Ok(Piped {
             head,
@@ -304,7 +300,10 @@ impl FileChain {
                 let path = self.files.get(self.next_file)?.clone();
                 self.next_file += 1;
                 let opened = match self.first.take() {
-                    Some(r) => Ok(counted(r)),
+                    Some(r) => {
+                        let (r, n) = counted(r);
+                        Ok((Box::new(r) as Box<dyn std::io::Read + Send>, n))
+                    }
                     None => open_maybe_gz(&path),
                 };
                 match opened {
