@@ -137,10 +137,9 @@ impl Config {
             ("retention.history", &cfg.retention.history),
         ] {
             if v != "keep" && crate::time::parse_age(v).is_none() {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    reason: format!("{what} = {v:?}: expected an age like 30d, 12h or \"keep\""),
-                });
+                return Err(invalid(format!(
+                    "{what} = {v:?}: expected an age like 30d, 12h or \"keep\""
+                )));
             }
         }
         Ok(cfg)

@@ -19,29 +19,7 @@ pub const MASK: &str = "[REDACTED]";
 /// Names of secrets in `key=value`, `key: value`, `--key value` forms.
 const SECRET_NAMES: &str = r"password|passwd|passphrase|pwd|secret|token|signature|api[_-]?key|apikey|access[_-]?key|private[_-]?key|encryption[_-]?key|credentials?|authorization";
 
-static SECRET_KV: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(&format!(
-        // The separator may be URL-encoded (`password%3Dhunter2`).
-        r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*)(["']?\s*(?:[:=]|%3[ad])\s*["']?)(?:(?:bearer|basic|token)\s+)?([^\s"',;&}}\]]+)"#
-    ))
-    .expect("secret pattern")
-});
-
-static BEARER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)(?-u:\b)(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}").expect("bearer pattern")
-});
-
-/// `scheme://user:password@` and `scheme://:password@` (Redis).
-static URL_CREDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^@\s/]+@").expect("url credential pattern")
-});
-
-/// `https://TOKEN@host`: a user part alone is a token as often as a name.
-static URL_USER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@\[\]]+@").expect("url user pattern")
-});
-
-/// Secrets with a shape of their own, whatever surrounds them.
+/// One redaction: matches of `re` are replaced by `with`. Applied in list order.
 struct Rule {
     re: Regex,
     with: &'static str,
@@ -97,6 +75,28 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         rule(
             r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b|\bgh[pousr]_[A-Za-z0-9]{36,}|\bgithub_pat_[A-Za-z0-9_]{22,}|\bxox[abprs]-[A-Za-z0-9-]{10,}|\bglpat-[A-Za-z0-9_-]{20,}|\bsk-[A-Za-z0-9_-]{20,}",
             "[REDACTED]",
+        ),
+        // `key=value`, `key: value` for secret names; the separator may be URL-encoded
+        // (`password%3Dhunter2`).
+        rule(
+            &format!(
+                r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*)(["']?\s*(?:[:=]|%3[ad])\s*["']?)(?:(?:bearer|basic|token)\s+)?([^\s"',;&}}\]]+)"#
+            ),
+            "${1}${2}[REDACTED]",
+        ),
+        rule(
+            r"(?i)(?-u:\b)(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}",
+            "${1} [REDACTED]",
+        ),
+        // `scheme://user:password@` and `scheme://:password@` (Redis).
+        rule(
+            r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^@\s/]+@",
+            "${1}:[REDACTED]@",
+        ),
+        // `https://TOKEN@host`: a user part alone is a token as often as a name.
+        rule(
+            r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@\[\]]+@",
+            "${1}[REDACTED]@",
         ),
     ]
 });
@@ -286,18 +286,11 @@ pub fn text(s: &str) -> Cow<'_, str> {
     if !TRIGGERS.found_in(cur.as_ref()) {
         return cur;
     }
-    let mut apply = |re: &Regex, with: &str| {
-        if let Cow::Owned(o) = re.replace_all(&cur, with) {
+    for r in RULES.iter() {
+        if let Cow::Owned(o) = r.re.replace_all(&cur, r.with) {
             cur = Cow::Owned(o);
         }
-    };
-    for r in RULES.iter() {
-        apply(&r.re, r.with);
     }
-    apply(&SECRET_KV, "${1}${2}[REDACTED]");
-    apply(&BEARER, "${1} [REDACTED]");
-    apply(&URL_CREDS, "${1}:[REDACTED]@");
-    apply(&URL_USER, "${1}[REDACTED]@");
     if let Cow::Owned(o) = PASSWORD_WORD.replace_all(&cur, |c: &regex::Captures<'_>| {
         let word = &c[3];
         if word.starts_with('[') || NOT_A_PASSWORD.contains(&word.to_ascii_lowercase().as_str()) {

@@ -466,15 +466,12 @@ fn firing_summary(firing: &[AlertRow]) -> String {
     if firing.is_empty() {
         return "0 alerts firing".into();
     }
+    // Alert names come from the rule set (a dozen or so): a short list, searched in place.
     let mut names: Vec<(&str, usize)> = Vec::new();
-    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for a in firing {
-        match index.get(a.alertname.as_str()) {
-            Some(&i) => names[i].1 += 1,
-            None => {
-                index.insert(a.alertname.as_str(), names.len());
-                names.push((a.alertname.as_str(), 1));
-            }
+        match names.iter_mut().find(|(n, _)| *n == a.alertname) {
+            Some((_, c)) => *c += 1,
+            None => names.push((a.alertname.as_str(), 1)),
         }
     }
     let mut shown: Vec<String> = names
