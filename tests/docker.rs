@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::util::{Db, fixture};
 
-const IMAGE: &str = "trainwatch-test-busybox:1";
+pub(crate) const IMAGE: &str = "trainwatch-test-busybox:1";
 
 /// Whether the daemon is usable; builds the test image once.
-fn docker_ready() -> bool {
+pub(crate) fn docker_ready() -> bool {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     let r = READY.get_or_init(|| {
         let info = Command::new("docker")

@@ -113,6 +113,46 @@ fn health_exit_codes_follow_alerts_and_the_age_of_the_data() {
     assert_eq!(names, ["GpuTemperatureHigh", "DiskUsageHigh"]);
 }
 
+/// `health --ingestor`: alive or not, with Docker's healthcheck codes, whatever fires.
+#[test]
+fn health_ingestor_is_liveness_only() {
+    let db = Db::new();
+    db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("yolo"));
+    // A replay is no ingestor.
+    let (code, line) = health(&db, &["--ingestor"]);
+    assert_eq!(code, 1, "{line}");
+    assert_eq!(line, "UNHEALTHY: no ingestor has run on this database");
+    // A fresh heartbeat with a critical alert firing: the ingestor is alive.
+    let now = trainwatch::time::now_ns();
+    write_live(
+        &db,
+        vec![
+            metric("gpu0", "gpu_temperature_c", now, 95.0),
+            Op::Tick(now),
+        ],
+    );
+    assert_eq!(health(&db, &[]).0, 2);
+    let (code, line) = health(&db, &["--ingestor"]);
+    assert_eq!(code, 0, "{line}");
+    assert!(
+        line.starts_with("OK: ingestor alive, heartbeat ")
+            && line.contains(&format!("pid {}", std::process::id())),
+        "{line}"
+    );
+    // Older than --max-age: not alive.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, line) = health(&db, &["--ingestor", "--max-age", "1s"]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with("UNHEALTHY: last ingestor heartbeat ")
+            && line.ends_with("older than 1.0s"),
+        "{line}"
+    );
+    // It has no JSON form of its own.
+    let o = bin(&["health", "--ingestor", "--format", "json"], &db.path);
+    assert_eq!(o.status.code(), Some(2), "clap usage error");
+}
+
 #[test]
 fn status_prints_one_screen() {
     let db = Db::new();

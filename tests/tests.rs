@@ -10,6 +10,7 @@
 //! - `queue`: the (synthetic) annotation queue logs, counters, redaction.
 //! - `cli`: the binary's commands and their output formats.
 //! - `docker`: `watch` against the real Docker daemon (busybox containers from a scratch image).
+//! - `deploy`: the container image built by `packaging/build-image.sh`, run as compose runs it.
 //! - `pipes`: inputs read only once: `<(...)`, standard input, a named FIFO, gzip on a pipe.
 //! - `props`: property tests: the parsers never panic.
 //! - `users`: logs users keep and run (relative resume paths, multi-line exception messages,
@@ -23,6 +24,7 @@ mod alerts;
 mod bad_input;
 mod cli;
 mod dedup;
+mod deploy;
 mod docker;
 mod pipes;
 mod props;

@@ -155,9 +155,15 @@ impl Selector {
 
 impl DockerConfig {
     /// Whether to follow `c`, and its role: the `trainwatch.role` label, else the including
-    /// selector's role, else `other`. trainwatch's own container is never followed.
+    /// selector's role, else `other`. trainwatch's own container, and any container labelled
+    /// `trainwatch.follow=false`, is never followed.
     pub fn select(&self, c: &ContainerInfo) -> Option<String> {
-        if is_self(&c.id) || self.exclude.iter().any(|s| s.matches(c)) {
+        if is_self(&c.id)
+            || c.labels
+                .get("trainwatch.follow")
+                .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+            || self.exclude.iter().any(|s| s.matches(c))
+        {
             return None;
         }
         let rule = if self.include.is_empty() {
@@ -175,9 +181,37 @@ impl DockerConfig {
     }
 }
 
-/// Inside a container, `HOSTNAME` is the container's short id.
+/// Whether `id` is the container trainwatch itself runs in.
 fn is_self(id: &str) -> bool {
-    std::env::var("HOSTNAME").is_ok_and(|h| h.len() >= 12 && id.starts_with(&h))
+    static SELF: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let own = SELF.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| own_container_id(&m))
+            // A container's default hostname is its short id (a compose `hostname:` changes it).
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| h.len() >= 12))
+    });
+    own.as_deref().is_some_and(|own| id.starts_with(own))
+}
+
+/// The container id in the mount table of a process inside a Docker container: the daemon
+/// bind-mounts `/etc/hostname` (and `resolv.conf`, `hosts`) from
+/// `<data-root>/containers/<64 hex id>/`.
+pub fn own_container_id(mountinfo: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let mut f = line.split(' ');
+        let root = f.nth(3)?;
+        let mount_point = f.next()?;
+        if !matches!(
+            mount_point,
+            "/etc/hostname" | "/etc/resolv.conf" | "/etc/hosts"
+        ) {
+            return None;
+        }
+        let (_, rest) = root.rsplit_once("/containers/")?;
+        let id = rest.split('/').next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
 }
 
 /// Exponential backoff with a cap, reset on success.
@@ -923,6 +957,46 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn own_container_from_mountinfo() {
+        let id = "4f1c0a5e3b2d".repeat(5) + "abcd";
+        let m = format!(
+            "612 611 0:52 / / rw,relatime - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/X\n\
+             640 612 8:1 /var/lib/docker/containers/{id}/resolv.conf /etc/resolv.conf rw,relatime - ext4 /dev/sda1 rw\n\
+             641 612 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n"
+        );
+        assert_eq!(own_container_id(&m), Some(id.clone()));
+        // A host process: no such mounts.
+        let host = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    23 22 0:21 / /proc rw - proc proc rw\n";
+        assert_eq!(own_container_id(host), None);
+        // A bind mount of some other container's directory elsewhere is not ours.
+        let other =
+            format!("50 22 8:1 /var/lib/docker/containers/{id} /mnt/c rw - ext4 /dev/sda1 rw\n");
+        assert_eq!(own_container_id(&other), None);
+    }
+
+    #[test]
+    fn follow_label_false_is_never_followed() {
+        let cfg = DockerConfig::default();
+        assert_eq!(
+            cfg.select(&info(
+                "tw",
+                "trainwatch:0.1.0",
+                &[("trainwatch.follow", "false")]
+            )),
+            None
+        );
+        assert_eq!(
+            cfg.select(&info(
+                "yolo",
+                "ultralytics",
+                &[("trainwatch.follow", "true")]
+            )),
+            Some("other".into())
+        );
     }
 
     #[test]

@@ -113,3 +113,29 @@ pub fn cursors(
         .filter_map(|(s, o, k)| Some(((Stream::parse(&s)?, o), k)))
         .collect())
 }
+
+/// The running ingestor's last sign of life: when, its process id, and when it started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Heartbeat {
+    pub at: String,
+    pub pid: i64,
+    pub started_at: String,
+}
+
+/// The heartbeat row, if an ingestor (`watch`) ever ran on this database.
+pub fn heartbeat(conn: &Connection) -> Result<Option<Heartbeat>, StoreError> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT at, pid, started_at FROM heartbeat WHERE id = 1",
+        [],
+        |r| {
+            Ok(Heartbeat {
+                at: r.get(0)?,
+                pid: r.get(1)?,
+                started_at: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(StoreError::sql("read heartbeat"))
+}
