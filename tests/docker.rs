@@ -1107,3 +1107,99 @@ fn a_silent_training_container_raises_log_stream_silent_until_it_prints() {
     );
     lab.stop_watch();
 }
+
+/// Docker stats of real containers: a busy loop shows CPU, a container holding 150 MB in its
+/// shared memory shows memory and its limit, an idle one shows neither; on the status page's
+/// data, `status` and `/metrics`.
+#[test]
+fn docker_stats_show_a_busy_loop_and_a_memory_hog() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new(
+        "stats",
+        "[probes]\ninterval = \"1s\"\nnvidia_smi = \"\"\ndata_root = \"\"\n",
+    );
+    lab.start_watch(&[]);
+    let busy = lab.run("busy", false, "while :; do :; done");
+    let hog = lab.run_with(
+        "hog",
+        false,
+        &[],
+        &["--memory", "300m", "--shm-size", "256m"],
+        "/busybox head -c 150000000 /dev/zero > /dev/shm/hog; echo held; /busybox sleep 3600",
+    );
+    let idle = lab.run("idle", false, "/busybox sleep 3600");
+    let max = |c: &str, name: &str| -> Option<f64> {
+        trainwatch::store::open_ro(&lab.db.path)
+            .ok()
+            .and_then(|conn| {
+                conn.query_row(
+                    "SELECT max(value) FROM metric_samples WHERE container = ?1 AND name = ?2",
+                    [c, name],
+                    |r| r.get::<_, Option<f64>>(0),
+                )
+                .ok()
+                .flatten()
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let busy_cpu = max(&busy, "container_cpu_pct").unwrap_or(0.0);
+        let hog_mem = max(&hog, "container_memory_used_bytes").unwrap_or(0.0);
+        let idle_n = lab.db.path.exists().then(|| {
+            lab.db.count(&format!("SELECT count(*) FROM metric_samples WHERE container = '{idle}' AND name = 'container_cpu_pct'"))
+        });
+        if busy_cpu > 50.0 && hog_mem > 150e6 && idle_n.unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "busy cpu {busy_cpu}, hog memory {hog_mem}, idle samples {idle_n:?}; log:\n{}",
+            lab.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The limit as given; the idle container neither busy nor big.
+    assert_eq!(
+        max(&hog, "container_memory_limit_bytes"),
+        Some(300.0 * 1024.0 * 1024.0)
+    );
+    let idle_cpu = max(&idle, "container_cpu_pct").unwrap();
+    assert!(idle_cpu < 5.0, "idle cpu {idle_cpu}");
+    let idle_mem = max(&idle, "container_memory_used_bytes").unwrap();
+    assert!(idle_mem < 20e6, "idle memory {idle_mem}");
+    assert!(max(&busy, "container_cpu_pct").unwrap() < 110.0 * 2.0);
+    assert!(max(&idle, "container_pids") >= Some(1.0));
+    // status and /metrics show them per container.
+    let o = crate::util::bin(&["status"], &lab.db.path);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains(&busy))
+        .unwrap_or_else(|| panic!("no row for {busy}:\n{text}"));
+    assert!(row.contains("CPU") && row.contains('%'), "{row}");
+    lab.stop_watch();
+    let conn = lab.db.conn();
+    let now = trainwatch::time::now_ns();
+    let s = trainwatch::output::status::collect(&conn, now, 600 * 1_000_000_000).unwrap();
+    let k = s.containers.iter().find(|k| k.container == hog).unwrap();
+    assert_eq!(k.role.as_deref(), Some("other"));
+    assert_eq!(k.memory_limit_bytes, Some(300.0 * 1024.0 * 1024.0));
+    let metrics = trainwatch::output::serve::metrics_text(&s);
+    for want in [
+        format!("container_cpu_pct{{container=\"{busy}\"}}"),
+        format!("container_memory_limit_bytes{{container=\"{hog}\"}} 314572800"),
+        format!("container_network_rx_bytes_total{{container=\"{idle}\"}}"),
+    ] {
+        assert!(metrics.contains(&want), "{want} not in\n{metrics}");
+    }
+    // The page: one CPU and one memory chart for the role, a row per container.
+    let html = trainwatch::output::page::build(&conn, &s, now, None).unwrap();
+    assert!(
+        html.contains("CPU % of other containers, last 6 h"),
+        "{html}"
+    );
+    assert!(html.contains("Memory MiB of other containers"));
+    assert!(html.contains(&format!("<td>{busy}</td>")));
+}

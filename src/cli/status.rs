@@ -140,6 +140,25 @@ pub fn run(args: StatusArgs, db: &Path) -> anyhow::Result<()> {
             opt(g.memory_total_mb, 0, " MiB")
         )?;
     }
+    if s.containers.is_empty() {
+        writeln!(o, "Containers no Docker stats")?;
+    }
+    let bytes = |v: Option<f64>| v.map(status::human_bytes).unwrap_or_else(|| "–".into());
+    for c in &s.containers {
+        writeln!(
+            o,
+            "Container  {} ({})  CPU {}  memory {} / {}  net in {} out {}  disk read {} write {}",
+            c.container,
+            c.role.as_deref().unwrap_or("?"),
+            opt(c.cpu_pct, 1, " %"),
+            bytes(c.memory_used_bytes),
+            bytes(c.memory_limit_bytes),
+            bytes(c.network_rx_bytes),
+            bytes(c.network_tx_bytes),
+            bytes(c.block_read_bytes),
+            bytes(c.block_write_bytes),
+        )?;
+    }
     match &s.disk {
         Some(d) => writeln!(
             o,

@@ -128,6 +128,15 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         tasks.close();
         // The daemon may be down at start: connect retries until it answers or we stop.
         if let Some(docker) = docker::connect(&sender, &dcfg, &shutdown).await {
+            if dcfg.stats {
+                tasks.spawn(docker::stats::run(
+                    docker.clone(),
+                    dcfg.clone(),
+                    cfg.probes.interval.as_duration(),
+                    sender.clone(),
+                    shutdown.clone(),
+                ));
+            }
             let shared = Shared {
                 docker,
                 parser,

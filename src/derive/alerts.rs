@@ -453,7 +453,7 @@ impl Engine {
                 self.advance(ts, out);
                 self.on_run(&r.key, r.status, ts, out);
             }
-            Op::Cursor(_) => {}
+            Op::Cursor(_) | Op::Container(..) => {}
             Op::Tick(now) => {
                 self.clock = self.clock.max(*now);
                 self.evaluate(out);

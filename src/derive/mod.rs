@@ -177,4 +177,6 @@ pub enum Op {
     Tick(i64),
     /// A fact for the alert rules that is not a row (ns, signal). Stores nothing.
     Signal(i64, alerts::Signal),
+    /// A followed container and its role, as the Docker source found it (ns).
+    Container(i64, Arc<str>, String),
 }

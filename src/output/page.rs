@@ -35,6 +35,16 @@ pub struct Charts {
     pub gpu_util: Vec<Series>,
     pub disk: Vec<Series>,
     pub queue: Vec<Series>,
+    /// Per role: its containers' CPU % and memory (MiB) series.
+    pub containers: Vec<RoleCharts>,
+}
+
+/// The Docker stats charts of the containers of one role.
+#[derive(Clone, Debug, Default)]
+pub struct RoleCharts {
+    pub role: String,
+    pub cpu: Vec<Series>,
+    pub memory: Vec<Series>,
 }
 
 const PALETTE: [&str; 6] = [
@@ -205,6 +215,43 @@ pub fn charts(conn: &Connection, status: &Status, now: i64) -> Result<Charts, St
             faint: false,
         });
     }
+    for (i, k) in status.containers.iter().enumerate() {
+        let role = k.role.clone().unwrap_or_else(|| "other".into());
+        let at = match c.containers.iter().position(|r| r.role == role) {
+            Some(at) => at,
+            None => {
+                c.containers.push(RoleCharts {
+                    role,
+                    ..RoleCharts::default()
+                });
+                c.containers.len() - 1
+            }
+        };
+        let color = PALETTE[i % PALETTE.len()];
+        let since = now - HOST_WINDOW_NS;
+        let r = &mut c.containers[at];
+        r.cpu.push(Series {
+            name: k.container.clone(),
+            points: samples(conn, &k.container, "container_cpu_pct", since, now)?,
+            color,
+            faint: false,
+        });
+        r.memory.push(Series {
+            name: k.container.clone(),
+            points: samples(
+                conn,
+                &k.container,
+                "container_memory_used_bytes",
+                since,
+                now,
+            )?
+            .into_iter()
+            .map(|(x, y)| (x, y / (1024.0 * 1024.0)))
+            .collect(),
+            color,
+            faint: false,
+        });
+    }
     for q in &status.queues {
         for (name, label, color) in [
             ("queue_messages_processed", "processed", PALETTE[2]),
@@ -348,6 +395,11 @@ fn hours(v: Option<f64>) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
+fn bytes(v: Option<f64>) -> String {
+    v.map(super::status::human_bytes)
+        .unwrap_or_else(|| "–".into())
+}
+
 fn opt(v: Option<f64>, unit: &str) -> String {
     v.map(|v| format!("{}{unit}", fmt_num(v)))
         .unwrap_or_else(|| "–".into())
@@ -455,6 +507,28 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                         p { "Last checkpoint: " (cp.kind) " at " (cp.ts) " in " (cp.container) ": " (cp.message.lines().next().unwrap_or("")) }
                     }
                 }
+                section #containers {
+                    h2 { "Containers" }
+                    @if s.containers.is_empty() {
+                        p.muted { "No Docker stats yet (they are sampled by watch at the probe interval)." }
+                    } @else {
+                        table {
+                            tr { th { "container" } th { "role" } th { "CPU" } th { "memory" } th { "network in / out" } th { "block read / write" } }
+                            @for k in &s.containers {
+                                tr { td { (k.container) } td { (k.role.as_deref().unwrap_or("?")) } td { (opt(k.cpu_pct, " %")) }
+                                     td { (bytes(k.memory_used_bytes)) " / " (bytes(k.memory_limit_bytes)) }
+                                     td { (bytes(k.network_rx_bytes)) " / " (bytes(k.network_tx_bytes)) }
+                                     td { (bytes(k.block_read_bytes)) " / " (bytes(k.block_write_bytes)) } }
+                            }
+                        }
+                        div.grid {
+                            @for r in &c.containers {
+                                div.card { (chart(&format!("CPU % of {} containers, last 6 h", r.role), "hours", &r.cpu, &[])) }
+                                div.card { (chart(&format!("Memory MiB of {} containers, last 6 h", r.role), "hours", &r.memory, &[])) }
+                            }
+                        }
+                    }
+                }
                 section #queue {
                     h2 { "Annotation queue" }
                     @if s.queues.is_empty() { p.muted { "No queue counters recorded yet." } }
@@ -503,6 +577,7 @@ mod tests {
             training: None,
             queues: vec![],
             gpus: vec![],
+            containers: vec![],
             disk: None,
             last_checkpoint: None,
             alerts_firing: vec![crate::store::alerts::AlertRow {

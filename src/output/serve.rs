@@ -61,6 +61,20 @@ fn help(name: &str) -> &'static str {
         "disk_total_azaion_gb" => "Size of the data root's file system in bytes",
         "disk_usage_datasets_gb" => "Size of datasets/ under the data root in bytes",
         "disk_usage_models_gb" => "Size of models/ under the data root in bytes",
+        "container_cpu_pct" => {
+            "Container CPU use in percent of one CPU, as docker stats computes it"
+        }
+        "container_memory_used_bytes" => "Container memory used without the inactive file cache",
+        "container_memory_limit_bytes" => "Container memory limit (the host's memory without one)",
+        "container_network_rx_bytes" => "Bytes the container received since it started",
+        "container_network_tx_bytes" => "Bytes the container sent since it started",
+        "container_block_read_bytes" => {
+            "Bytes the container read from block devices since it started"
+        }
+        "container_block_write_bytes" => {
+            "Bytes the container wrote to block devices since it started"
+        }
+        "container_pids" => "Processes and threads in the container",
         _ => "Latest value recorded by trainwatch",
     }
 }
@@ -77,6 +91,11 @@ pub fn exposition_name(name: &str) -> Option<(String, f64, bool)> {
         "queue_messages_processed" => ("queue_messages_processed_total".into(), 1.0, true),
         "queue_messages_failed" => ("queue_messages_failed_total".into(), 1.0, true),
         "gpu_memory_used_mb" => ("gpu_memory_used_bytes".into(), MIB, false),
+        // Docker's cumulative byte counts (reset when the container restarts, as counters may).
+        "container_network_rx_bytes"
+        | "container_network_tx_bytes"
+        | "container_block_read_bytes"
+        | "container_block_write_bytes" => (format!("{name}_total"), 1.0, true),
         "gpu_memory_total_mb" => ("gpu_memory_total_bytes".into(), MIB, false),
         n if n.ends_with("_gb") => (format!("{}_bytes", &n[..n.len() - 3]), 1e9, false),
         n => {

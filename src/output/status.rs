@@ -146,6 +146,24 @@ pub struct Gpu {
     pub memory_total_mb: Option<f64>,
 }
 
+/// One followed container's latest Docker stats.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContainerStats {
+    pub container: String,
+    /// `training`, `queue`, ... (`null` when live follow has not recorded it).
+    pub role: Option<String>,
+    pub cpu_pct: Option<f64>,
+    pub memory_used_bytes: Option<f64>,
+    pub memory_limit_bytes: Option<f64>,
+    pub network_rx_bytes: Option<f64>,
+    pub network_tx_bytes: Option<f64>,
+    pub block_read_bytes: Option<f64>,
+    pub block_write_bytes: Option<f64>,
+    pub pids: Option<f64>,
+    /// When the newest of these was sampled.
+    pub sampled_at: String,
+}
+
 /// The data root's disk.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Disk {
@@ -188,6 +206,8 @@ pub struct Status {
     pub training: Option<Training>,
     pub queues: Vec<Queue>,
     pub gpus: Vec<Gpu>,
+    /// Docker stats of the containers sampled within `max_age`, by role then name.
+    pub containers: Vec<ContainerStats>,
     pub disk: Option<Disk>,
     pub last_checkpoint: Option<Checkpoint>,
     pub alerts_firing: Vec<AlertRow>,
@@ -408,6 +428,59 @@ fn gpus(all: &[Gauge]) -> Vec<Gpu> {
         .collect()
 }
 
+/// Bytes for people, in binary units as `docker stats` prints them: `512.0 KiB`, `1.21 GiB`.
+pub fn human_bytes(v: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = v.max(0.0);
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{v:.0} B"),
+        _ if v >= 100.0 => format!("{v:.0} {}", UNITS[unit]),
+        _ if v >= 10.0 => format!("{v:.1} {}", UNITS[unit]),
+        _ => format!("{v:.2} {}", UNITS[unit]),
+    }
+}
+
+fn containers(
+    conn: &Connection,
+    all: &[Gauge],
+    now: i64,
+    max_age_ns: i64,
+) -> Result<Vec<ContainerStats>, StoreError> {
+    let roles = crate::store::queries::container_roles(conn)?;
+    let mut newest: Vec<(&str, &str)> = Vec::new();
+    for g in all.iter().filter(|g| g.name.starts_with("container_")) {
+        match newest.iter_mut().find(|(c, _)| *c == g.container) {
+            Some(n) if n.1 < g.ts.as_str() => n.1 = &g.ts,
+            Some(_) => {}
+            None => newest.push((&g.container, &g.ts)),
+        }
+    }
+    let mut out: Vec<ContainerStats> = newest
+        .into_iter()
+        .filter(|(_, ts)| parse_rfc3339(ts).is_some_and(|t| now - t <= max_age_ns))
+        .map(|(c, ts)| ContainerStats {
+            container: c.to_string(),
+            role: roles.get(c).cloned(),
+            cpu_pct: gauge(all, c, "container_cpu_pct"),
+            memory_used_bytes: gauge(all, c, "container_memory_used_bytes"),
+            memory_limit_bytes: gauge(all, c, "container_memory_limit_bytes"),
+            network_rx_bytes: gauge(all, c, "container_network_rx_bytes"),
+            network_tx_bytes: gauge(all, c, "container_network_tx_bytes"),
+            block_read_bytes: gauge(all, c, "container_block_read_bytes"),
+            block_write_bytes: gauge(all, c, "container_block_write_bytes"),
+            pids: gauge(all, c, "container_pids"),
+            sampled_at: ts.to_string(),
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.role, &a.container).cmp(&(&b.role, &b.container)));
+    Ok(out)
+}
+
 fn disk(all: &[Gauge]) -> Option<Disk> {
     let d = Disk {
         used_pct: gauge(all, "host", "disk_usage_azaion_pct"),
@@ -598,6 +671,7 @@ pub fn collect(conn: &Connection, now: i64, max_age_ns: i64) -> Result<Status, S
         training: training(conn, None, now)?,
         queues: queues(conn, &all, now)?,
         gpus: gpus(&all),
+        containers: containers(conn, &all, now, max_age_ns)?,
         disk: disk(&all),
         last_checkpoint: last_checkpoint(conn)?,
         alerts_firing: store_alerts::list(conn, false, 1000)?,
@@ -710,6 +784,7 @@ mod tests {
                 offset_age_seconds: None,
             }],
             gpus: vec![],
+            containers: vec![],
             disk: Some(Disk {
                 used_pct: Some(71.2),
                 used_gb: None,

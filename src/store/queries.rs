@@ -139,3 +139,48 @@ pub fn heartbeat(conn: &Connection) -> Result<Option<Heartbeat>, StoreError> {
     .optional()
     .map_err(StoreError::sql("read heartbeat"))
 }
+
+/// The role of every container live follow has found (`containers`).
+pub fn container_roles(conn: &Connection) -> Result<HashMap<String, String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT container, role FROM containers")
+        .map_err(StoreError::sql("read container roles"))?;
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|it| it.collect())
+        .map_err(StoreError::sql("read container roles"))
+}
+
+/// One stored line, as evidence in a notification.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evidence {
+    pub ts: String,
+    pub level: String,
+    pub message: String,
+}
+
+/// The last `limit` events of `container` at or before `until` (RFC 3339), oldest first.
+pub fn evidence(
+    conn: &Connection,
+    container: &str,
+    until: &str,
+    limit: usize,
+) -> Result<Vec<Evidence>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT ts, level, message FROM event_log WHERE container = ?1 AND ts <= ?2
+             ORDER BY ts DESC, id DESC LIMIT ?3",
+        )
+        .map_err(StoreError::sql("read evidence"))?;
+    let mut rows: Vec<Evidence> = stmt
+        .query_map(params![container, until, limit as i64], |r| {
+            Ok(Evidence {
+                ts: r.get(0)?,
+                level: r.get(1)?,
+                message: r.get(2)?,
+            })
+        })
+        .and_then(|it| it.collect())
+        .map_err(StoreError::sql("read evidence"))?;
+    rows.reverse();
+    Ok(rows)
+}

@@ -142,6 +142,11 @@ const HEARTBEAT: &str = "INSERT INTO heartbeat (id, at, pid, started_at) VALUES 
      ON CONFLICT (id) DO UPDATE SET at = excluded.at, pid = excluded.pid,
         started_at = excluded.started_at";
 
+const UPSERT_CONTAINER: &str =
+    "INSERT INTO containers (container, role, seen_at) VALUES (?1, ?2, ?3)
+     ON CONFLICT (container) DO UPDATE SET role = excluded.role, seen_at = excluded.seen_at
+     WHERE excluded.seen_at >= containers.seen_at";
+
 const SELECT_RUN_ID: &str = "SELECT run_id FROM runs WHERE container = ?1 AND start_stream = ?2 AND start_key_ts = ?3 AND start_seq = ?4";
 
 impl Writer {
@@ -272,6 +277,11 @@ impl Writer {
                             .map_err(StoreError::sql("write heartbeat"))?;
                     }
                     Op::Signal(..) => {}
+                    Op::Container(ts, name, role) => {
+                        tx.prepare_cached(UPSERT_CONTAINER)
+                            .and_then(|mut s| s.execute(params![&**name, role, format_ns(*ts)]))
+                            .map_err(StoreError::sql("write container"))?;
+                    }
                     Op::Run(r) => {
                         let id = upsert_run(&tx, r)?;
                         if self.run_ids.insert(r.key.clone(), id).is_none() {

@@ -37,6 +37,8 @@ use crate::parse::{Level, Parser};
 use crate::pipeline::BATCH_OPS;
 use crate::source::partial::Merger;
 
+pub mod stats;
+
 /// A container selector in the config: every given field must match.
 ///
 /// ```toml
@@ -87,6 +89,14 @@ pub struct DockerConfig {
     /// Report `docker_unreachable` when the daemon has been unreachable this long (seconds).
     #[serde(default = "default_unreachable_secs")]
     pub unreachable_after_secs: u64,
+    /// Sample the followed containers' CPU, memory, network and block I/O (Docker stats) at
+    /// the probe interval.
+    #[serde(default = "default_stats")]
+    pub stats: bool,
+}
+
+fn default_stats() -> bool {
+    true
 }
 
 fn default_flush_ms() -> u64 {
@@ -115,6 +125,7 @@ impl Default for DockerConfig {
             silent_alert_after_secs: default_silent_alert_secs(),
             silent_alert_roles: default_silent_alert_roles(),
             unreachable_after_secs: default_unreachable_secs(),
+            stats: default_stats(),
         }
     }
 }
@@ -126,6 +137,24 @@ pub struct ContainerInfo {
     pub name: String,
     pub image: String,
     pub labels: HashMap<String, String>,
+}
+
+impl ContainerInfo {
+    /// From an entry of `GET /containers/json`; `None` without an id.
+    pub fn from_summary(c: &bollard::models::ContainerSummary) -> Option<ContainerInfo> {
+        let id = c.id.clone()?;
+        Some(ContainerInfo {
+            name: c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| id.chars().take(12).collect()),
+            image: c.image.clone().unwrap_or_default(),
+            labels: c.labels.clone().unwrap_or_default(),
+            id,
+        })
+    }
 }
 
 fn glob_match(pattern: &str, value: &str) -> bool {
@@ -406,18 +435,10 @@ pub async fn run(shared: Shared) {
         let mut states = Vec::new();
         let now = crate::time::now_ns();
         for c in list {
-            let Some(id) = c.id.clone() else { continue };
-            let info = ContainerInfo {
-                id: id.clone(),
-                name: c
-                    .names
-                    .as_ref()
-                    .and_then(|n| n.first())
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_else(|| id.chars().take(12).collect()),
-                image: c.image.clone().unwrap_or_default(),
-                labels: c.labels.clone().unwrap_or_default(),
+            let Some(info) = ContainerInfo::from_summary(&c) else {
+                continue;
             };
+            let id = info.id.clone();
             if let Some(role) = shared.cfg.select(&info) {
                 let running = c
                     .state
@@ -439,6 +460,11 @@ pub async fn run(shared: Shared) {
                 {
                     since = t;
                 }
+                states.push(Op::Container(
+                    now,
+                    Arc::from(info.name.as_str()),
+                    role.clone(),
+                ));
                 states.push(Op::Signal(
                     since,
                     Signal::Container {
@@ -547,6 +573,14 @@ async fn handle_event(
     let op = match action.as_str() {
         "start" => {
             ensure_follower(shared, tracker, following, info.clone());
+            let _ = shared
+                .writer
+                .send(vec![Op::Container(
+                    ts,
+                    Arc::from(info.name.as_str()),
+                    role.clone(),
+                )])
+                .await;
             Some(daemon_event(
                 &info.name,
                 ts,
