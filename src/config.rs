@@ -215,6 +215,32 @@ mod tests {
     }
 
     #[test]
+    fn an_smtp_receiver_is_checked_when_the_config_loads() {
+        let ok = "[notify]\npage_url = 'http://gpu-server-1:9750/'\n\
+                  [[notify.receivers]]\nname = 'mail'\nkind = 'smtp'\n\
+                  url = 'smtp://mail.example.com:587'\nfrom = 'trainwatch <tw@example.com>'\n\
+                  to = ['oncall@example.com', 'Ops <ops@example.com>']\n\
+                  username = 'tw'\npassword_env = 'TRAINWATCH_SMTP_PASSWORD'\n";
+        let c = Config::parse(ok, Path::new("t.toml")).unwrap();
+        let r = &c.notify.receivers[0];
+        assert_eq!(r.to.len(), 2);
+        assert_eq!(c.notify.page_url.as_deref(), Some("http://gpu-server-1:9750/"));
+        let err = |text: &str| {
+            Config::parse(text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&ok.replace("to = [", "to = ['nobody', "));
+        assert!(e.contains("\"nobody\""), "{e}");
+        let e = err(&ok.replace("smtp://", "smtp://tw:s3cret@"));
+        assert!(e.contains("password_env") && !e.contains("s3cret"), "{e}");
+        let e = err(&format!("{ok}tls = 'none'\n"));
+        assert!(e.contains("without TLS"), "{e}");
+        let e = err(&format!("{ok}ca_file = '/nonexistent/ca.pem'\n"));
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
     fn bad_durations_are_named() {
         let e = Config::parse("[alerts]\nqueue_down_for = 'soon'\n", Path::new("t.toml"))
             .unwrap_err()

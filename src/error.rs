@@ -82,4 +82,6 @@ pub enum OutputError {
     Store(#[from] StoreError),
     #[error("cannot set up the HTTP client: {0}")]
     Http(String),
+    #[error("cannot set up e-mail: {0}")]
+    Mail(String),
 }

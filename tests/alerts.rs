@@ -17,7 +17,7 @@ use trainwatch::time::{Age, Clock};
 
 use crate::util::{Db, fixture_str};
 
-fn live_writer(
+pub(crate) fn live_writer(
     db: &Db,
     receivers: &[&str],
     wake: Option<Arc<tokio::sync::Notify>>,
@@ -195,9 +195,11 @@ fn notify_cfg(kind: ReceiverKind, url: &str) -> NotifyConfig {
             bearer_token: Some("s3cret-token".into()),
             bearer_token_env: None,
             timeout: Age::secs(5),
+            ..ReceiverConfig::default()
         }],
         alertmanager_resend: Age::secs(60),
         instance: Some("gpu-server-1".into()),
+        page_url: None,
     }
 }
 
@@ -225,7 +227,7 @@ async fn notify_until(
 }
 
 /// Feeds a fire and a resolve of `GpuTemperatureHigh` through a live writer.
-fn fire_and_resolve(db: &Db) {
+pub(crate) fn fire_and_resolve(db: &Db) {
     let writer = live_writer(db, &["oncall"], None);
     let now = trainwatch::time::now_ns();
     writer.send(vec![gpu_temp(95.0, now)]).unwrap();

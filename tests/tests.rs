@@ -11,6 +11,7 @@
 //! - `cli`: the binary's commands and their output formats.
 //! - `docker`: `watch` against the real Docker daemon (busybox containers from a scratch image).
 //! - `deploy`: the container image built by `packaging/build-image.sh`, run as compose runs it.
+//! - `mail`: e-mail alerts through a real SMTP server (aiosmtpd): outage, TLS, login.
 //! - `pipes`: inputs read only once: `<(...)`, standard input, a named FIFO, gzip on a pipe.
 //! - `props`: property tests: the parsers never panic.
 //! - `users`: logs users keep and run (relative resume paths, multi-line exception messages,
@@ -26,6 +27,7 @@ mod cli;
 mod dedup;
 mod deploy;
 mod docker;
+mod mail;
 mod pipes;
 mod props;
 mod queue;

@@ -2,7 +2,7 @@
 //! receiver, retried with backoff until the receiver takes them (a receiver that is down or
 //! answers 5xx loses nothing; a trainwatch restart sends what was still queued).
 //!
-//! Two receiver kinds:
+//! Three receiver kinds:
 //! - `webhook`: a POST of one JSON object per notification (see [`webhook_body`]); its
 //!   `notification_id` lets a receiver drop the rare duplicate (a delivery whose success could
 //!   not be recorded before a crash is sent again).
@@ -10,6 +10,7 @@
 //!   `startsAt`, `endsAt`. Like Prometheus, firing alerts are also re-sent every
 //!   `alertmanager_resend` with `endsAt` a few intervals ahead, so Alertmanager keeps them
 //!   active while trainwatch runs and resolves them if it stops telling.
+//! - `smtp`: an e-mail per notification (see [`super::mail`]).
 //!
 //! Receiver URLs and tokens never reach a log line: receivers are named by `name`, and HTTP
 //! errors are logged without their URL.
@@ -36,6 +37,8 @@ pub struct NotifyConfig {
     pub alertmanager_resend: Age,
     /// The `instance` label sent to Alertmanager (default: this host's name).
     pub instance: Option<String>,
+    /// The status page's address, linked from e-mails.
+    pub page_url: Option<String>,
 }
 
 impl Default for NotifyConfig {
@@ -44,6 +47,7 @@ impl Default for NotifyConfig {
             receivers: Vec::new(),
             alertmanager_resend: Age::secs(60),
             instance: None,
+            page_url: None,
         }
     }
 }
@@ -59,6 +63,7 @@ impl NotifyConfig {
 pub enum ReceiverKind {
     Webhook,
     Alertmanager,
+    Smtp,
 }
 
 /// One `[[notify.receivers]]`.
@@ -68,7 +73,8 @@ pub struct ReceiverConfig {
     /// How logs and the outbox name this receiver.
     pub name: String,
     pub kind: ReceiverKind,
-    /// The webhook URL, or Alertmanager's base URL (`http://alertmanager:9093`).
+    /// The webhook URL, Alertmanager's base URL (`http://alertmanager:9093`), or the mail
+    /// server (`smtp://mail.example.com:587`, `smtps://mail.example.com:465`).
     pub url: String,
     /// Sent as `Authorization: Bearer ...`; prefer `bearer_token_env`.
     #[serde(default)]
@@ -79,10 +85,52 @@ pub struct ReceiverConfig {
     /// Per-request timeout.
     #[serde(default = "default_timeout")]
     pub timeout: Age,
+    /// smtp: the sender, `"trainwatch <trainwatch@example.com>"`.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// smtp: the recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// smtp: the user to log in as (with `password_env`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// smtp: the password; prefer `password_env`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// smtp: the name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// smtp: `tls` (from the first byte), `starttls` (required), or `none`; default from
+    /// the url's scheme.
+    #[serde(default)]
+    pub tls: Option<super::mail::SmtpTls>,
+    /// smtp: a PEM file of the CA that signed the mail server's certificate (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_timeout() -> Age {
     Age::secs(10)
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            name: String::new(),
+            kind: ReceiverKind::Webhook,
+            url: String::new(),
+            bearer_token: None,
+            bearer_token_env: None,
+            timeout: default_timeout(),
+            from: None,
+            to: Vec::new(),
+            username: None,
+            password: None,
+            password_env: None,
+            tls: None,
+            ca_file: None,
+        }
+    }
 }
 
 // Never print the URL or the token.
@@ -98,7 +146,7 @@ impl std::fmt::Debug for ReceiverConfig {
 impl ReceiverConfig {
     fn endpoint(&self) -> String {
         match self.kind {
-            ReceiverKind::Webhook => self.url.clone(),
+            ReceiverKind::Webhook | ReceiverKind::Smtp => self.url.clone(),
             ReceiverKind::Alertmanager => {
                 let base = self.url.trim_end_matches('/');
                 if base.ends_with("/api/v2/alerts") {
@@ -134,6 +182,9 @@ fn with_bearer(mut req: reqwest::Request, token: Option<&str>) -> reqwest::Reque
 impl ReceiverConfig {
     /// What is wrong with this receiver, if anything (checked when the config loads).
     pub fn problem(&self) -> Option<String> {
+        if self.kind == ReceiverKind::Smtp {
+            return super::mail::Mailer::new(self).err();
+        }
         match reqwest::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => None,
             Ok(u) => Some(format!(
@@ -221,6 +272,8 @@ pub fn backoff(attempts: u32) -> Duration {
 /// The delivery task.
 pub struct Notifier {
     cfg: NotifyConfig,
+    /// The `smtp` receivers' transports, by receiver name.
+    mailers: std::collections::HashMap<String, super::mail::Mailer>,
     health: crate::store::StoreHealth,
     client: reqwest::Client,
     conn: Arc<Mutex<Connection>>,
@@ -240,7 +293,17 @@ impl Notifier {
             .build()
             .map_err(|e| crate::error::OutputError::Http(e.to_string()))?;
         let instance = cfg.instance.clone().unwrap_or_else(hostname);
+        let mut mailers = std::collections::HashMap::new();
+        for r in cfg
+            .receivers
+            .iter()
+            .filter(|r| r.kind == ReceiverKind::Smtp)
+        {
+            let m = super::mail::Mailer::new(r).map_err(crate::error::OutputError::Mail)?;
+            mailers.insert(r.name.clone(), m);
+        }
         Ok(Notifier {
+            mailers,
             cfg,
             health,
             client,
@@ -308,6 +371,7 @@ impl Notifier {
             });
         };
         let body = match r.kind {
+            ReceiverKind::Smtp => return self.mail(r, p).await,
             ReceiverKind::Webhook => webhook_body(p, &self.instance),
             ReceiverKind::Alertmanager => {
                 let ends_in = self.alertmanager_ends_in();
@@ -320,6 +384,36 @@ impl Notifier {
             }
         };
         self.post(r, &body).await
+    }
+
+    /// Mails notification `p` to the `smtp` receiver `r`, with the container's last lines.
+    async fn mail(&self, r: &ReceiverConfig, p: &Pending) -> Result<(), Failure> {
+        let Some(mailer) = self.mailers.get(&r.name) else {
+            return Err(Failure {
+                message: "receiver not set up".into(),
+                permanent: true,
+            });
+        };
+        let evidence = match p.alert.labels.get("container").and_then(|c| c.as_str()) {
+            Some(c) if p.id > 0 => {
+                let (c, until) = (c.to_string(), p.alert.started_at.clone());
+                self.db(move |conn| crate::store::queries::evidence(conn, &c, &until, 8))
+                    .await
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        let mail = super::mail::compose(
+            p,
+            &self.instance,
+            self.cfg.page_url.as_deref(),
+            &evidence,
+            now_ns(),
+        );
+        mailer
+            .send(&mail)
+            .await
+            .map_err(|(message, permanent)| Failure { message, permanent })
     }
 
     /// Sends every due notification; returns when the next one is due (if any is waiting).
@@ -438,18 +532,23 @@ impl Notifier {
         let alert = crate::store::outage_alert(o);
         let mut all = true;
         for r in &self.cfg.receivers {
+            let pending = Pending {
+                id: 0,
+                receiver: r.name.clone(),
+                event: "firing".into(),
+                attempts: 0,
+                next_attempt_at: 0,
+                alert: alert.clone(),
+            };
             let body = match r.kind {
-                ReceiverKind::Webhook => webhook_body(
-                    &Pending {
-                        id: 0,
-                        receiver: r.name.clone(),
-                        event: "firing".into(),
-                        attempts: 0,
-                        next_attempt_at: 0,
-                        alert: alert.clone(),
-                    },
-                    &self.instance,
-                ),
+                ReceiverKind::Smtp => {
+                    if let Err(f) = self.mail(r, &pending).await {
+                        tracing::warn!(receiver = %r.name, error = %f.message, "Cannot deliver StoreNotWritable.");
+                        all = false;
+                    }
+                    continue;
+                }
+                ReceiverKind::Webhook => webhook_body(&pending, &self.instance),
                 ReceiverKind::Alertmanager => {
                     let ends_in = self.alertmanager_ends_in();
                     json!([alertmanager_alert(
@@ -541,9 +640,7 @@ mod tests {
             name: "ops".into(),
             kind: ReceiverKind::Webhook,
             url: url.into(),
-            bearer_token: None,
-            bearer_token_env: None,
-            timeout: default_timeout(),
+            ..ReceiverConfig::default()
         }
     }
 
