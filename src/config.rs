@@ -224,7 +224,10 @@ mod tests {
         let c = Config::parse(ok, Path::new("t.toml")).unwrap();
         let r = &c.notify.receivers[0];
         assert_eq!(r.to.len(), 2);
-        assert_eq!(c.notify.page_url.as_deref(), Some("http://gpu-server-1:9750/"));
+        assert_eq!(
+            c.notify.page_url.as_deref(),
+            Some("http://gpu-server-1:9750/")
+        );
         let err = |text: &str| {
             Config::parse(text, Path::new("t.toml"))
                 .unwrap_err()

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ContainerInfo, DockerConfig};
 use crate::derive::{MetricRow, Op};
+use crate::source::probes::Health;
 
 /// One container's CPU counters at a reading.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -161,8 +162,16 @@ pub fn ops(container: &Arc<str>, ts: i64, s: &Sample, cpu_pct: Option<f64>, out:
     }
 }
 
-/// One stats document; `two` asks the daemon for two readings (about a second).
-async fn fetch(docker: &Docker, id: &str, two: bool) -> Result<ContainerStatsResponse, String> {
+/// How the probe's logs name it.
+const PROBE: &str = "docker_stats";
+
+/// One stats document; `two` asks the daemon for two readings (about a second). `Ok(None)`:
+/// the container is gone (it was removed between the list and this request).
+async fn fetch(
+    docker: &Docker,
+    id: &str,
+    two: bool,
+) -> Result<Option<ContainerStatsResponse>, String> {
     let opts = StatsOptionsBuilder::default()
         .stream(false)
         .one_shot(!two)
@@ -171,8 +180,12 @@ async fn fetch(docker: &Docker, id: &str, two: bool) -> Result<ContainerStatsRes
     match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
         Err(_) => Err("timed out after 10s".into()),
         Ok(None) => Err("no stats document".into()),
+        Ok(Some(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }))) => Ok(None),
         Ok(Some(Err(e))) => Err(e.to_string()),
-        Ok(Some(Ok(doc))) => Ok(doc),
+        Ok(Some(Ok(doc))) => Ok(Some(doc)),
     }
 }
 
@@ -187,7 +200,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut prev: HashMap<String, CpuReading> = HashMap::new();
-    let mut failing: Option<String> = None;
+    let mut health = Health::default();
     let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -201,11 +214,7 @@ pub async fn run(
         let list = match listed {
             Ok(l) => l,
             Err(e) => {
-                let e = e.to_string();
-                if failing.as_ref() != Some(&e) {
-                    tracing::warn!(error = %e, "Docker stats: listing containers failed; will retry.");
-                    failing = Some(e);
-                }
+                health.set(PROBE, Health::Failing(format!("listing containers: {e}")));
                 continue;
             }
         };
@@ -216,25 +225,29 @@ pub async fn run(
             .map(|i| (i.id, i.name))
             .collect();
         // Several containers at once, each bounded by its own timeout.
-        let fetched: Vec<(String, String, Result<ContainerStatsResponse, String>)> =
-            futures_util::stream::iter(running.into_iter().map(|(id, name)| {
-                let docker = docker.clone();
-                let two = !prev.contains_key(&id);
-                async move {
-                    let res = fetch(&docker, &id, two).await;
-                    (id, name, res)
-                }
-            }))
-            .buffer_unordered(4)
-            .collect()
-            .await;
+        let fetched: Vec<(
+            String,
+            String,
+            Result<Option<ContainerStatsResponse>, String>,
+        )> = futures_util::stream::iter(running.into_iter().map(|(id, name)| {
+            let docker = docker.clone();
+            let two = !prev.contains_key(&id);
+            async move {
+                let res = fetch(&docker, &id, two).await;
+                (id, name, res)
+            }
+        }))
+        .buffer_unordered(4)
+        .collect()
+        .await;
         let ts = crate::time::now_ns();
         let mut out = Vec::new();
         let mut errors = Vec::new();
         let mut seen = HashMap::new();
         for (id, name, res) in fetched {
             let doc = match res {
-                Ok(d) => d,
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
                 Err(e) => {
                     errors.push(format!("{name}: {e}"));
                     continue;
@@ -253,14 +266,13 @@ pub async fn run(
         }
         // Containers that stopped start again from a fresh reading.
         prev = seen;
-        match errors.first() {
-            Some(e) if failing.as_ref() != Some(e) => {
-                tracing::warn!(error = %e, failed = errors.len(), "Docker stats: a container's stats failed; will retry.");
-                failing = Some(e.clone());
-            }
-            None if failing.take().is_some() => tracing::info!("Docker stats work again."),
-            _ => {}
-        }
+        health.set(
+            PROBE,
+            match errors.first() {
+                Some(e) => Health::Failing(e.clone()),
+                None => Health::Ok,
+            },
+        );
         if !out.is_empty() && writer.send(out).await.is_err() {
             return;
         }

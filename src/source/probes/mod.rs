@@ -66,7 +66,7 @@ fn metric(out: &mut Vec<Op>, ts: i64, container: &Arc<str>, name: &'static str, 
 
 /// What a probe is doing, so each state is logged once rather than every tick.
 #[derive(Debug, Default, PartialEq)]
-enum Health {
+pub(crate) enum Health {
     #[default]
     Unknown,
     Ok,
@@ -75,7 +75,7 @@ enum Health {
 }
 
 impl Health {
-    fn set(&mut self, probe: &str, new: Health) {
+    pub(crate) fn set(&mut self, probe: &str, new: Health) {
         if *self == new {
             return;
         }
