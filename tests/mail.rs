@@ -79,14 +79,6 @@ impl Sink {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn smtp(url: &str, tls: Option<SmtpTls>) -> NotifyConfig {
     NotifyConfig {
         receivers: vec![ReceiverConfig {
@@ -136,7 +128,7 @@ async fn a_mail_server_down_then_up_gets_each_mail_once() {
         return;
     }
     let db = Db::new();
-    let port = free_port();
+    let port = crate::util::free_port();
     let cfg = smtp(&format!("smtp://127.0.0.1:{port}"), Some(SmtpTls::None));
     tokio::task::block_in_place(|| fire_and_resolve(&db));
     // Nobody listens: attempts fail and are retried, nothing is lost.
@@ -315,7 +307,7 @@ async fn starttls_and_implicit_tls_with_a_private_ca_and_a_login() {
     ] {
         let db = Db::new();
         tokio::task::block_in_place(|| oom(&db));
-        let port = free_port();
+        let port = crate::util::free_port();
         let out = db.dir.path().join("mails.jsonl");
         let sink = Sink::start(
             port,
@@ -356,29 +348,10 @@ async fn starttls_and_implicit_tls_with_a_private_ca_and_a_login() {
         );
         assert!(a < b && b < c, "{body}");
         // The password is in no table.
-        let conn = db.conn();
-        let tables: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        for t in tables {
-            let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
-            let n = stmt.column_count();
-            let mut rows = stmt.query([]).unwrap();
-            while let Some(row) = rows.next().unwrap() {
-                for i in 0..n {
-                    if let Ok(rusqlite::types::ValueRef::Text(b)) = row.get_ref(i) {
-                        assert!(
-                            !String::from_utf8_lossy(b).contains(password),
-                            "the password is in table {t}"
-                        );
-                    }
-                }
-            }
-        }
+        assert!(
+            !crate::util::dump_all(&db).contains(password),
+            "the password is stored"
+        );
         // A wrong password is refused by the server (535, a permanent answer): the attempt is
         // recorded with the server's answer and without the password.
         let db2 = Db::new();

@@ -121,33 +121,6 @@ fn config_patterns_add_kinds() {
     );
 }
 
-/// Every text value of every table (and view) of the store, one per line.
-fn dump_all(db: &Db) -> String {
-    let conn = db.conn();
-    let names: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let mut out = String::new();
-    for name in names {
-        let mut st = conn.prepare(&format!("SELECT * FROM \"{name}\"")).unwrap();
-        let n = st.column_count();
-        let mut rows = st.query([]).unwrap();
-        while let Some(r) = rows.next().unwrap() {
-            for i in 0..n {
-                if let Ok(Some(v)) = r.get::<_, Option<String>>(i) {
-                    out.push_str(&v);
-                    out.push('\n');
-                }
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn every_secret_shape_is_redacted_in_every_table() {
     // fixtures/secrets/shapes.jsonl (also the redaction unit test's table), as Python logging
@@ -178,7 +151,7 @@ fn every_secret_shape_is_redacted_in_every_table() {
     std::fs::write(&p, log).unwrap();
     let s = db.replay(&[p.to_string_lossy().into()], Some("queue"));
     assert!(s.records >= 2 * shapes.len() as u64, "{s:?}");
-    let dump = dump_all(&db);
+    let dump = crate::util::dump_all(&db);
     assert!(
         db.count("SELECT count(*) FROM events WHERE kind = 'error'") >= shapes.len() as i64,
         "{dump}"

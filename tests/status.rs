@@ -351,18 +351,10 @@ impl Drop for Kill {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `watch --listen` on a free port, probes off and no Docker daemon, with `extra` config;
 /// its log goes to `watch.log` beside the database. Returns the process and the port.
 fn watch_listen(db: &Db, extra: &str) -> (Kill, u16) {
-    let port = free_port();
+    let port = crate::util::free_port();
     let config = db.dir.path().join("tw.toml");
     std::fs::write(
         &config,
@@ -474,7 +466,7 @@ async fn watch_listen_serves_metrics_that_promtool_and_a_real_prometheus_accept(
         format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: trainwatch\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"),
     )
     .unwrap();
-    let pport = free_port();
+    let pport = crate::util::free_port();
     let _prom = Kill(
         Command::new("/usr/bin/prometheus")
             .arg(format!("--config.file={}", pcfg.display()))

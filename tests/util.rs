@@ -133,3 +133,39 @@ pub fn bin(args: &[&str], db: &Path) -> std::process::Output {
         .output()
         .expect("run trainwatch")
 }
+
+/// Every text value of every table (and view) of the store, one per line.
+pub fn dump_all(db: &Db) -> String {
+    let conn = db.conn();
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut out = String::new();
+    for name in names {
+        let mut st = conn.prepare(&format!("SELECT * FROM \"{name}\"")).unwrap();
+        let n = st.column_count();
+        let mut rows = st.query([]).unwrap();
+        while let Some(r) = rows.next().unwrap() {
+            for i in 0..n {
+                if let Ok(Some(v)) = r.get::<_, Option<String>>(i) {
+                    out.push_str(&v);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A loopback port nobody listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
