@@ -229,8 +229,14 @@ impl SetRun<'_> {
         if self.ops.is_empty() && !last {
             return Ok(());
         }
-        self.state.flush_metrics(self.ops);
+        // A queue sample of the current second stays held across batches (it is part of the
+        // state committed with the cursor), so where a batch ends changes no row; the input's
+        // end emits it.
+        if last {
+            self.state.flush_metrics(self.ops);
+        }
         self.emitted.cursor_ops(self.state.container(), self.ops);
+        self.ops.push(self.state.snapshot_op());
         let batch = std::mem::replace(self.ops, self.writer.empty_batch(BATCH_OPS + 64));
         self.writer.send(batch)?;
         Ok(())

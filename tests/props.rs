@@ -20,6 +20,9 @@ fn arb_line() -> impl Strategy<Value = String> {
     ]
 }
 
+/// 2026-03-28T14:30:00Z, ns.
+const T0: i64 = 1_774_708_200 * 1_000_000_000;
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -104,42 +107,14 @@ proptest! {
     /// resolve only what fired.
     #[test]
     fn alert_rules_keep_their_invariants(
-        steps in proptest::collection::vec((0u8..8, 0u8..3, 0i64..7200, 0u32..120), 1..120)
+        steps in proptest::collection::vec(arb_alert_step(), 1..120)
     ) {
         use std::collections::HashSet;
-        use trainwatch::derive::alerts::{Change, Engine, Rules, Signal};
-        use trainwatch::derive::{EpochRow, EventRow, Op, RunKey};
-        const S: i64 = 1_000_000_000;
-        let t0 = 1_774_708_200 * S;
+        use trainwatch::derive::alerts::{Change, Engine, Rules};
         let mut e = Engine::new(Rules::default(), true, "/azaion");
         let mut firing: HashSet<String> = HashSet::new();
         let mut out = Vec::new();
-        let mut t = t0;
-        for (what, who, dt, v) in steps {
-            t += dt * S;
-            let c = ["yolo", "annotation-queue", "gpu0"][who as usize];
-            let op = match what {
-                0 => Op::metric(t, "gpu0", "gpu_temperature_c", 60.0 + v as f64 / 2.0),
-                1 => Op::metric(t, "host", "disk_usage_azaion_pct", v as f64),
-                2 => Op::metric(t, c, "queue_offset", (v % 3) as f64),
-                3 => Op::Tick(t),
-                4 => Op::Signal(t, Signal::Container { name: c.into(), role: "queue".into(), running: v % 2 == 0 }),
-                5 => Op::Event(EventRow {
-                    ts: t, container: c.into(), stream: "stdout", seq: 0, key_ts: t,
-                    level: trainwatch::parse::Level::Error,
-                    kind: ["loss_non_finite", "gpu_oom", "checkpoint_save_failed", "checkpoint_saved"][v as usize % 4],
-                    message: "m".into(), context: "{}".into(),
-                }),
-                _ => Op::Epoch(
-                    RunKey { container: c.into(), stream: trainwatch::event::Stream::Stdout, ts: t0 + (v / 40) as i64, seq: 0 },
-                    EpochRow {
-                        epoch: v % 40,
-                        ended_at: t,
-                        losses: Some(vec![("box_loss".into(), if v % 17 == 0 { f64::NAN } else { v as f64 / 10.0 })]),
-                        ..Default::default()
-                    },
-                ),
-            };
+        for op in alert_ops(&steps, T0) {
             e.observe(&op, &mut out);
             for ch in out.drain(..) {
                 match ch {
@@ -159,4 +134,156 @@ proptest! {
         let now: HashSet<String> = e.firing().into_iter().map(|a| a.fingerprint).collect();
         prop_assert_eq!(now, firing);
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// A crash between two commits loses nothing of the rules' state: evaluating a prefix,
+    /// keeping the engine's snapshot, resuming a new engine from it and evaluating the rest
+    /// gives the same changes, and the same state, as evaluating the whole at once; for
+    /// `replay` as for `watch` (within the grace period: ticks here are at most 2 h apart,
+    /// the clock is the ops' own).
+    #[test]
+    fn alert_rules_resume_exactly_from_a_snapshot(
+        steps in proptest::collection::vec(arb_alert_step(), 1..150),
+        cuts in proptest::collection::vec(0usize..150, 1..4),
+        live in any::<bool>(),
+    ) {
+        use trainwatch::derive::alerts::{Engine, Rules};
+        let ops = alert_ops(&steps, T0);
+        let engine = || Engine::new(Rules::default(), live, "/azaion");
+        let mut whole = engine();
+        let mut expected = Vec::new();
+        for op in &ops {
+            whole.observe(op, &mut expected);
+        }
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(ops.len())).collect();
+        cuts.sort_unstable();
+        let mut got = Vec::new();
+        let mut e = engine();
+        let mut from = 0;
+        for cut in cuts.into_iter().chain([ops.len()]) {
+            for op in &ops[from..cut] {
+                e.observe(op, &mut got);
+            }
+            from = cut;
+            let snapshot = e.snapshot();
+            e = engine();
+            prop_assert_eq!(e.resume(&snapshot), Ok(()));
+            prop_assert_eq!(e.snapshot(), snapshot);
+        }
+        prop_assert_eq!(got, expected);
+        prop_assert_eq!(e.snapshot(), whole.snapshot());
+        prop_assert_eq!(e.firing(), whole.firing());
+    }
+}
+
+/// One op for the alert rules: (what, which container, seconds later, a value).
+pub(crate) fn arb_alert_step() -> impl Strategy<Value = (u8, u8, i64, u32)> {
+    (0u8..9, 0u8..3, 0i64..7200, 0u32..120)
+}
+
+/// The ops of `steps`, in time order from `t0` (ns).
+pub(crate) fn alert_ops(steps: &[(u8, u8, i64, u32)], t0: i64) -> Vec<trainwatch::derive::Op> {
+    use trainwatch::derive::alerts::Signal;
+    use trainwatch::derive::{EpochRow, EventRow, Op, RunKey, RunRow, RunStatus};
+    const S: i64 = 1_000_000_000;
+    let mut t = t0;
+    let key = |c: &str, v: u32| RunKey {
+        container: c.into(),
+        stream: trainwatch::event::Stream::Stdout,
+        ts: t0 + (v / 40) as i64,
+        seq: 0,
+    };
+    let mut started = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for &(what, who, dt, v) in steps {
+        out.push({
+            t += dt * S;
+            let c = ["yolo", "annotation-queue", "gpu0"][who as usize];
+            match what {
+                0 => Op::metric(t, "gpu0", "gpu_temperature_c", 60.0 + v as f64 / 2.0),
+                1 => Op::metric(t, "host", "disk_usage_azaion_pct", v as f64),
+                2 => Op::metric(t, c, "queue_offset", (v % 3) as f64),
+                3 => Op::Tick(t),
+                4 => Op::Signal(
+                    t,
+                    Signal::Container {
+                        name: c.into(),
+                        role: "queue".into(),
+                        running: v % 2 == 0,
+                    },
+                ),
+                5 => Op::Event(EventRow {
+                    ts: t,
+                    container: c.into(),
+                    stream: "stdout",
+                    seq: 0,
+                    key_ts: t,
+                    level: trainwatch::parse::Level::Error,
+                    kind: [
+                        "loss_non_finite",
+                        "gpu_oom",
+                        "checkpoint_save_failed",
+                        "checkpoint_saved",
+                    ][v as usize % 4],
+                    message: "m".into(),
+                    context: "{}".into(),
+                }),
+                6 => Op::Run(RunRow {
+                    key: key(c, v),
+                    started_at: t0,
+                    ended_at: (v % 2 == 1).then_some(t),
+                    status: if v % 2 == 1 {
+                        RunStatus::Failed
+                    } else {
+                        RunStatus::Running
+                    },
+                    epochs_total: Some(40),
+                    best_epoch_reported: None,
+                    save_dir: None,
+                    model: None,
+                    loss_names: vec!["box_loss".into()],
+                }),
+                _ => Op::Epoch(
+                    key(c, v),
+                    EpochRow {
+                        epoch: v % 40,
+                        ended_at: t,
+                        losses: Some(vec![(
+                            "box_loss".into(),
+                            if v % 17 == 0 {
+                                f64::NAN
+                            } else {
+                                v as f64 / 10.0
+                            },
+                        )]),
+                        ..Default::default()
+                    },
+                ),
+            }
+        });
+        // A run's row comes before its epochs, as derivation emits them.
+        if let Some(Op::Epoch(key, e)) = out.last()
+            && started.insert(key.clone())
+        {
+            let (key, ended_at) = (key.clone(), e.ended_at);
+            out.insert(
+                out.len() - 1,
+                Op::Run(RunRow {
+                    key,
+                    started_at: ended_at,
+                    ended_at: None,
+                    status: RunStatus::Running,
+                    epochs_total: Some(40),
+                    best_epoch_reported: None,
+                    save_dir: None,
+                    model: None,
+                    loss_names: vec!["box_loss".into()],
+                }),
+            );
+        }
+    }
+    out
 }

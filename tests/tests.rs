@@ -4,6 +4,8 @@
 //! - `replay`: real Ultralytics captures (fixtures/ultralytics) against their results.csv.
 //! - `replay_tqdm`: the same for real captures of the older, tqdm-bar Ultralytics
 //!   (fixtures/ultralytics-8.3, fixtures/ultralytics-older: 8.3.40, 8.2.103, 8.0.200).
+//! - `crash`: replays killed with kill -9 again and again, then completed, equal one clean
+//!   replay in every view, alerts included.
 //! - `dedup`: replaying twice, overlapping rotated sets, resuming after a partial replay.
 //! - `bad_input`: invalid UTF-8, truncated JSON, 1 MiB lines, NaN, control characters, clock
 //!   skew, truncated gzip, missing files.
@@ -13,7 +15,8 @@
 //! - `deploy`: the container image built by `packaging/build-image.sh`, run as compose runs it.
 //! - `mail`: e-mail alerts through a real SMTP server (aiosmtpd): outage, TLS, login.
 //! - `pipes`: inputs read only once: `<(...)`, standard input, a named FIFO, gzip on a pipe.
-//! - `props`: property tests: the parsers never panic.
+//! - `props`: property tests: the parsers never panic; the alert rules keep their invariants
+//!   and resume exactly from a snapshot.
 //! - `users`: logs users keep and run (relative resume paths, multi-line exception messages,
 //!   YOLOv5, pasted/notebook/CRLF/cut consoles) against the values they print.
 //! - `status`: `health` exit codes, `status`, the page in headless Chromium, `/metrics` checked
@@ -24,12 +27,13 @@ mod util;
 mod alerts;
 mod bad_input;
 mod cli;
+mod crash;
 mod dedup;
 mod deploy;
 mod docker;
 mod mail;
 mod pipes;
-mod props;
+pub(crate) mod props;
 mod queue;
 mod replay;
 mod replay_tqdm;

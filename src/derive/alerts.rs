@@ -6,7 +6,10 @@
 //! The [`Engine`] is a plain state machine without I/O or clock of its own: the store's writer
 //! feeds it each op it commits and persists the [`Change`]s it returns in the same
 //! transaction, so alerts follow exactly the data that was stored, during `replay` (with the
-//! log's times) as during `watch` (where [`Op::Tick`] brings the wall clock).
+//! log's times, each container's rules on that container's own) as during `watch` (where
+//! [`Op::Tick`] brings the wall clock). Everything it has learnt is one serializable value,
+//! committed with each batch ([`Engine::snapshot`], [`Engine::resume`]): a restart after a
+//! crash continues as if it had never stopped.
 //!
 //! The rules and their defaults (all configurable in `[alerts]`):
 //!
@@ -25,7 +28,7 @@
 //! | `LogStreamSilent` | medium | a running container's stream silent too long | data flows again |
 //! | `StoreNotWritable` | critical | a batch cannot be committed | a batch commits |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -228,6 +231,33 @@ pub struct Alert {
     pub resolved_at: Option<i64>,
 }
 
+/// An [`Alert`] as read back from a snapshot: its name becomes the name's static string.
+#[derive(Deserialize)]
+struct StoredAlert {
+    fingerprint: String,
+    alertname: String,
+    severity: Severity,
+    labels: Labels,
+    summary: String,
+    started_at: i64,
+    resolved_at: Option<i64>,
+}
+
+fn stored_alert<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Alert, D::Error> {
+    let a = StoredAlert::deserialize(d)?;
+    let name = AlertName::parse(&a.alertname)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown alertname {:?}", a.alertname)))?;
+    Ok(Alert {
+        fingerprint: a.fingerprint,
+        alertname: name.as_str(),
+        severity: a.severity,
+        labels: a.labels,
+        summary: a.summary,
+        started_at: a.started_at,
+        resolved_at: a.resolved_at,
+    })
+}
+
 /// What the store must record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -256,16 +286,18 @@ pub enum Signal {
     },
 }
 
-#[derive(Clone, Debug)]
-enum State {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Phase {
     Pending { since: i64 },
     Firing,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Active {
+    #[serde(deserialize_with = "stored_alert")]
     alert: Alert,
-    state: State,
+    state: Phase,
     /// When it was last notified (or, if never, when it fired).
     last_notified: i64,
     /// Whether notifications go out for it (live and recent).
@@ -276,14 +308,14 @@ struct Active {
     last_seen: i64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct ContainerFacts {
     role: String,
     running: bool,
     since: i64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct LossTrack {
     run: Option<RunKey>,
     /// (epoch, total training loss) in epoch order.
@@ -297,14 +329,67 @@ pub struct Engine {
     live: bool,
     /// The data root the disk probe measures: the `mount` label.
     mount: String,
+    st: EngineState,
+}
+
+/// Everything the engine has learnt from the ops it saw: what it is a fold of. The writer
+/// stores it with every batch it commits ([`Engine::snapshot`]), so that a restart after a
+/// crash continues from exactly what was committed ([`Engine::resume`]), as if never stopped.
+/// Ordered maps, so that evaluation (and the order of its changes) and the snapshot are
+/// deterministic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct EngineState {
+    /// Format of the snapshot; another version is not resumed.
+    version: u32,
+    /// The newest time seen: ticks (the wall clock, in `watch`) and log times.
     clock: i64,
     next_eval: i64,
-    active: HashMap<String, Active>,
-    containers: HashMap<Arc<str>, ContainerFacts>,
-    offsets: HashMap<Arc<str>, (f64, i64)>,
-    losses: HashMap<Arc<str>, LossTrack>,
+    /// The newest tick (the wall clock).
+    wall: i64,
+    /// Each container's own newest log time (`replay`).
+    clocks: BTreeMap<Arc<str>, Clock>,
+    active: BTreeMap<String, Active>,
+    containers: BTreeMap<Arc<str>, ContainerFacts>,
+    /// Each queue's latest offset and when it took that value.
+    offsets: BTreeMap<Arc<str>, (f64, i64)>,
+    losses: BTreeMap<Arc<str>, LossTrack>,
     /// When each container's latest run ended (absent while it runs).
-    run_ended: HashMap<Arc<str>, i64>,
+    run_ended: BTreeMap<Arc<str>, i64>,
+    /// When the last instance of each fingerprint resolved: the next one starts after it.
+    resolved: BTreeMap<String, i64>,
+}
+
+/// Fingerprints whose last resolution is kept (the oldest are forgotten beyond).
+const RESOLVED_KEPT: usize = 4096;
+
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// The time-based rules are evaluated once per second of (log) time.
+const EVAL_EVERY_NS: i64 = 1_000_000_000;
+
+/// A container's own clock in `replay`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct Clock {
+    at: i64,
+    next_eval: i64,
+}
+
+impl Default for EngineState {
+    fn default() -> Self {
+        EngineState {
+            version: SNAPSHOT_VERSION,
+            clock: i64::MIN,
+            next_eval: i64::MIN,
+            wall: i64::MIN,
+            clocks: BTreeMap::new(),
+            active: BTreeMap::new(),
+            containers: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            losses: BTreeMap::new(),
+            run_ended: BTreeMap::new(),
+            resolved: BTreeMap::new(),
+        }
+    }
 }
 
 /// When a condition holds: since when, how long it must hold before firing, and the time of
@@ -342,13 +427,7 @@ impl Engine {
             rules,
             live,
             mount: mount.into(),
-            clock: i64::MIN,
-            next_eval: i64::MIN,
-            active: HashMap::new(),
-            containers: HashMap::new(),
-            offsets: HashMap::new(),
-            losses: HashMap::new(),
-            run_ended: HashMap::new(),
+            st: EngineState::default(),
         }
     }
 
@@ -357,10 +436,10 @@ impl Engine {
     pub fn restore(&mut self, loaded: Vec<Loaded>) {
         for l in loaded {
             let seen = l.last_notified.unwrap_or(l.alert.started_at);
-            self.active.insert(
+            self.st.active.insert(
                 l.alert.fingerprint.clone(),
                 Active {
-                    state: State::Firing,
+                    state: Phase::Firing,
                     last_notified: seen,
                     notify: self.live && l.live,
                     run: None,
@@ -371,11 +450,78 @@ impl Engine {
         }
     }
 
+    /// The engine's state, for the store to commit with each batch: the one thing a restart
+    /// needs to continue exactly ([`Engine::resume`]).
+    pub fn snapshot(&self) -> String {
+        // Nothing in the state is a map with non-string keys or a non-finite number (only
+        // finite losses and offsets are kept), so this cannot fail.
+        serde_json::to_string(&self.st).unwrap_or_default()
+    }
+
+    /// The log (or, live, wall-clock) time the engine has reached, ns.
+    pub fn clock(&self) -> i64 {
+        self.st.clock
+    }
+
+    /// Continues from a [`Engine::snapshot`] committed by an earlier run of the same kind
+    /// (`watch` or `replay`): pending clocks, the last recurrence of event alerts, the run each
+    /// loss alert is about, container states, offsets, the loss history. An unreadable
+    /// snapshot (another version) is refused and the engine left as it was.
+    pub fn resume(&mut self, snapshot: &str) -> Result<(), String> {
+        let st: EngineState = serde_json::from_str(snapshot).map_err(|e| e.to_string())?;
+        if st.version != SNAPSHOT_VERSION {
+            return Err(format!(
+                "snapshot version {} (known: {SNAPSHOT_VERSION})",
+                st.version
+            ));
+        }
+        self.st = st;
+        let live = self.live;
+        for a in self.st.active.values_mut() {
+            a.notify &= live;
+        }
+        Ok(())
+    }
+
+    /// After [`Engine::resume`]: agrees with the alerts the store holds as firing. One that
+    /// another engine closed since (a replay into the same database) is forgotten, one that
+    /// another engine fired is taken on as [`Engine::restore`] does.
+    pub fn reconcile(&mut self, firing: Vec<Loaded>) {
+        let same = |a: &Active, l: &Loaded| a.alert.started_at == l.alert.started_at;
+        self.st.active.retain(|fp, a| {
+            !matches!(a.state, Phase::Firing)
+                || firing
+                    .iter()
+                    .any(|l| l.alert.fingerprint == *fp && same(a, l))
+        });
+        let unknown = firing
+            .into_iter()
+            .filter(|l| {
+                !self
+                    .st
+                    .active
+                    .get(&l.alert.fingerprint)
+                    .is_some_and(|a| same(a, l))
+            })
+            .collect();
+        self.restore(unknown);
+    }
+
+    /// After a stop longer than [`FOR_GRACE_NS`] at `now`, nobody knows what held meanwhile:
+    /// the `for` durations that were running start again (as in Prometheus).
+    pub fn expire_pending(&mut self, now: i64) {
+        if now - self.st.clock > FOR_GRACE_NS {
+            self.st
+                .active
+                .retain(|_, a| !matches!(a.state, Phase::Pending { .. }));
+        }
+    }
+
     /// Restores each container's queue offset and when it last changed (ns), so that a
     /// restart does not start the staleness clock again.
     pub fn restore_offsets(&mut self, offsets: Vec<(Arc<str>, f64, i64)>) {
         for (container, value, changed) in offsets {
-            self.offsets.insert(container, (value, changed));
+            self.st.offsets.insert(container, (value, changed));
         }
     }
 
@@ -411,7 +557,7 @@ impl Engine {
             .rposition(|w| w[1].ts - w[0].ts > FOR_GRACE_NS)
             .map_or(0, |i| i + 1);
         for m in &samples[from..] {
-            self.clock = self.clock.max(m.ts);
+            self.st.clock = self.st.clock.max(m.ts);
             self.on_metric(m, out);
         }
     }
@@ -424,9 +570,10 @@ impl Engine {
     /// The firing alerts, most severe first.
     pub fn firing(&self) -> Vec<Alert> {
         let mut v: Vec<Alert> = self
+            .st
             .active
             .values()
-            .filter(|a| matches!(a.state, State::Firing))
+            .filter(|a| matches!(a.state, Phase::Firing))
             .map(|a| a.alert.clone())
             .collect();
         v.sort_by_key(|a| (a.severity, a.started_at));
@@ -437,29 +584,40 @@ impl Engine {
     pub fn observe(&mut self, op: &Op, out: &mut Vec<Change>) {
         match op {
             Op::Event(e) => {
-                self.advance(e.ts, out);
+                self.advance(e.ts, Some(&e.container), out);
                 self.on_event(e, out);
             }
             Op::Metric(m) => {
-                self.advance(m.ts, out);
+                self.advance(m.ts, Some(&m.container), out);
                 self.on_metric(m, out);
             }
             Op::Epoch(key, e) => {
-                self.advance(e.ended_at, out);
+                self.advance(e.ended_at, Some(&key.container), out);
                 self.on_epoch(key, e, out);
             }
             Op::Run(r) => {
                 let ts = r.ended_at.unwrap_or(r.started_at);
-                self.advance(ts, out);
+                self.advance(ts, Some(&r.key.container), out);
                 self.on_run(&r.key, r.status, ts, out);
             }
-            Op::Cursor(_) | Op::Container(..) => {}
+            Op::Cursor(_) | Op::Container(..) | Op::State(..) => {}
             Op::Tick(now) => {
-                self.clock = self.clock.max(*now);
-                self.evaluate(out);
+                // Like any op, a tick evaluates once a second of time has passed: a tick that
+                // brings no new time (a restart's first) changes nothing, so where a restart
+                // falls does not move the evaluations.
+                self.st.clock = self.st.clock.max(*now);
+                self.st.wall = self.st.wall.max(*now);
+                if self.st.clock >= self.st.next_eval {
+                    self.evaluate(None, out);
+                }
             }
             Op::Signal(ts, s) => {
-                self.advance(*ts, out);
+                let scope = match s {
+                    Signal::Container { name, .. } => Some(name),
+                    Signal::StreamSilent { container, .. } => Some(container),
+                    Signal::DockerReachable => None,
+                };
+                self.advance(*ts, scope, out);
                 self.on_signal(*ts, s, out);
             }
         }
@@ -467,7 +625,7 @@ impl Engine {
 
     /// The store could not commit (`Err`) or committed again (`Ok`).
     pub fn store_health(&mut self, now: i64, error: Option<&str>, out: &mut Vec<Change>) {
-        self.clock = self.clock.max(now);
+        self.st.clock = self.st.clock.max(now);
         let labels = labels(AlertName::StoreNotWritable, &[]);
         match error {
             Some(e) => {
@@ -492,29 +650,52 @@ impl Engine {
         }
     }
 
-    fn advance(&mut self, ts: i64, out: &mut Vec<Change>) {
-        if ts > self.clock {
-            self.clock = ts;
-        }
-        if self.clock >= self.next_eval {
-            self.evaluate(out);
+    /// The time it is for the alerts about `container`. In `watch`, one clock for all: the
+    /// wall clock of the ticks, or a newer log time. In `replay`, each container's own log
+    /// time: archives of several containers are replayed one after another, and the hour a
+    /// queue's offset has not moved is an hour of the queue's log, not of the training's.
+    fn now_for(&self, container: Option<&str>) -> i64 {
+        now_in(&self.st, self.live, container)
+    }
+
+    fn advance(&mut self, ts: i64, container: Option<&Arc<str>>, out: &mut Vec<Change>) {
+        self.st.clock = self.st.clock.max(ts);
+        match container {
+            Some(c) if !self.live => {
+                let clock = self.st.clocks.entry(c.clone()).or_insert(Clock {
+                    at: ts,
+                    next_eval: i64::MIN,
+                });
+                clock.at = clock.at.max(ts);
+                if clock.at >= clock.next_eval {
+                    clock.next_eval = clock.at.saturating_add(EVAL_EVERY_NS);
+                    self.evaluate(Some(&c.clone()), out);
+                }
+            }
+            _ if self.st.clock >= self.st.next_eval => self.evaluate(None, out),
+            _ => {}
         }
     }
 
-    /// Evaluates the time-based rules at the engine's clock.
-    fn evaluate(&mut self, out: &mut Vec<Change>) {
-        let now = self.clock;
-        self.next_eval = now.saturating_add(1_000_000_000);
+    /// Evaluates the time-based rules, each at the time of the container it is about
+    /// ([`Engine::now_for`]): those of `scope` only, or all.
+    fn evaluate(&mut self, scope: Option<&Arc<str>>, out: &mut Vec<Change>) {
+        if scope.is_none() {
+            self.st.next_eval = self.st.clock.saturating_add(EVAL_EVERY_NS);
+        }
+        let in_scope = |c: &str| scope.is_none_or(|s| **s == *c);
         // Evaluated once per second of log time: the lists below stay empty (and allocate
         // nothing) unless something is down, stale, or active.
         // Queue containers that are down.
         let down: Vec<(Arc<str>, i64)> = self
+            .st
             .containers
             .iter()
-            .filter(|(_, f)| f.role == "queue" && !f.running)
+            .filter(|(n, f)| f.role == "queue" && !f.running && in_scope(n))
             .map(|(n, f)| (n.clone(), f.since))
             .collect();
         for (name, since) in down {
+            let now = self.now_for(Some(&name));
             let l = labels(AlertName::QueueContainerDown, &[("container", &name)]);
             let summary = format!(
                 "Annotation queue container {name} is not running (since {})",
@@ -529,29 +710,34 @@ impl Engine {
                     for_ns: self.rules.queue_down_for.0,
                     evidence: now,
                 },
+                now,
                 out,
             );
         }
         if self.any_active(AlertName::QueueContainerDown) {
             let running: Vec<Arc<str>> = self
+                .st
                 .containers
                 .iter()
-                .filter(|(_, f)| f.role == "queue" && f.running)
+                .filter(|(n, f)| f.role == "queue" && f.running && in_scope(n))
                 .map(|(n, _)| n.clone())
                 .collect();
             for name in running {
+                let now = self.now_for(Some(&name));
                 self.resolve_named(AlertName::QueueContainerDown, &name, now, out);
             }
         }
         // Offsets that stopped moving while the queue runs.
         let stale_after = self.rules.queue_offset_stale_after.0;
         let stale: Vec<(Arc<str>, f64, i64)> = self
+            .st
             .offsets
             .iter()
-            .filter(|(c, (_, t))| self.offset_stale(c, *t, now))
+            .filter(|(c, (_, t))| in_scope(c) && self.offset_stale(c, *t))
             .map(|(c, (v, t))| (c.clone(), *v, *t))
             .collect();
         for (container, value, changed) in stale {
+            let now = self.now_for(Some(&container));
             let l = labels(AlertName::QueueOffsetStale, &[("container", &container)]);
             let summary = format!(
                 "Queue offset of {container} stuck at {value} for {}",
@@ -566,49 +752,70 @@ impl Engine {
                     for_ns: 0,
                     evidence: now,
                 },
+                now,
                 out,
             );
         }
         if self.any_active(AlertName::QueueOffsetStale) {
             let moving: Vec<Arc<str>> = self
+                .st
                 .offsets
                 .iter()
-                .filter(|(c, (_, t))| !self.offset_stale(c, *t, now))
+                .filter(|(c, (_, t))| in_scope(c) && !self.offset_stale(c, *t))
                 .map(|(c, _)| c.clone())
                 .collect();
             for c in moving {
+                let now = self.now_for(Some(&c));
                 self.resolve_named(AlertName::QueueOffsetStale, &c, now, out);
             }
         }
-        // Event alerts that did not recur; repeats of firing alerts.
+        // Event alerts that did not recur (resolved when the hour without another ended);
+        // repeats of firing alerts.
         let ttl = self.rules.event_resolve_after.0;
         let repeat = self.rules.repeat_interval.0;
         let mut expired = Vec::new();
-        for a in self.active.values_mut() {
+        let nows: Vec<(String, i64)> = self
+            .st
+            .active
+            .iter()
+            .filter_map(|(fp, a)| {
+                let container = a.alert.labels.get("container").map(String::as_str);
+                match container {
+                    Some(c) if in_scope(c) => Some((fp.clone(), self.now_for(Some(c)))),
+                    None if scope.is_none() => Some((fp.clone(), self.now_for(None))),
+                    _ => None,
+                }
+            })
+            .collect();
+        for (fp, now) in nows {
+            let Some(a) = self.st.active.get_mut(&fp) else {
+                continue;
+            };
             let event_alert =
                 matches!(a.alert.alertname, "GpuOutOfMemory" | "CheckpointSaveFailed");
             if event_alert && now - a.last_seen > ttl {
-                expired.push(a.alert.labels.clone());
+                expired.push((a.alert.labels.clone(), a.last_seen.saturating_add(ttl)));
                 continue;
             }
-            if matches!(a.state, State::Firing) && a.notify && now - a.last_notified >= repeat {
+            if matches!(a.state, Phase::Firing) && a.notify && now - a.last_notified >= repeat {
                 a.last_notified = now;
                 out.push(Change::Repeat {
                     alert: a.alert.clone(),
                 });
             }
         }
-        for l in expired {
-            self.resolve(&l, now, out);
+        for (l, at) in expired {
+            self.resolve(&l, at, out);
         }
     }
 
     fn queue_running(&self, container: &str) -> bool {
-        if let Some(f) = self.containers.get(container) {
+        if let Some(f) = self.st.containers.get(container) {
             return f.running;
         }
         // Without knowledge of the container (e.g. in replay), assume it runs.
         let mut queues = self
+            .st
             .containers
             .values()
             .filter(|f| f.role == "queue")
@@ -616,9 +823,10 @@ impl Engine {
         queues.peek().is_none() || queues.any(|f| f.running)
     }
 
-    /// Whether `container`'s offset, unchanged since `changed`, counts as stale at `now`.
-    fn offset_stale(&self, container: &str, changed: i64, now: i64) -> bool {
-        now - changed > self.rules.queue_offset_stale_after.0 && self.queue_running(container)
+    /// Whether `container`'s offset, unchanged since `changed`, counts as stale now.
+    fn offset_stale(&self, container: &str, changed: i64) -> bool {
+        self.now_for(Some(container)) - changed > self.rules.queue_offset_stale_after.0
+            && self.queue_running(container)
     }
 
     fn on_signal(&mut self, ts: i64, s: &Signal, out: &mut Vec<Change>) {
@@ -647,11 +855,16 @@ impl Engine {
                 }
             }
         }
-        self.evaluate(out);
+        match s {
+            Signal::Container { name, .. } => self.evaluate(Some(name), out),
+            Signal::StreamSilent { container, .. } => self.evaluate(Some(container), out),
+            Signal::DockerReachable => self.evaluate(None, out),
+        }
     }
 
     fn container_state(&mut self, name: &Arc<str>, role: &str, running: bool, ts: i64) {
         let f = self
+            .st
             .containers
             .entry(name.clone())
             .or_insert_with(|| ContainerFacts {
@@ -670,7 +883,7 @@ impl Engine {
         let c: &str = &e.container;
         match e.kind {
             // The message a run dies with (`NaN persisted`) once it has ended is no news.
-            "loss_non_finite" if self.run_ended.get(c).is_some_and(|t| e.ts <= *t) => {}
+            "loss_non_finite" if self.st.run_ended.get(c).is_some_and(|t| e.ts <= *t) => {}
             "loss_non_finite" => {
                 let ctx: Value = serde_json::from_str(&e.context).unwrap_or(Value::Null);
                 let epoch = ctx.get("epoch").and_then(Value::as_u64);
@@ -678,7 +891,7 @@ impl Engine {
                     Some(ep) => format!("Training loss is NaN/inf in {c} at epoch {ep}"),
                     None => format!("Training loss is NaN/inf in {c}"),
                 };
-                let run = self.losses.get(c).and_then(|t| t.run.clone());
+                let run = self.st.losses.get(c).and_then(|t| t.run.clone());
                 self.fire_now(
                     AlertName::TrainingLossNonFinite,
                     labels(AlertName::TrainingLossNonFinite, &[("container", c)]),
@@ -728,7 +941,7 @@ impl Engine {
                     .to_string();
                 let running = e.kind == "container_started";
                 self.container_state(&e.container, &role, running, e.ts);
-                self.evaluate(out);
+                self.evaluate(Some(&e.container), out);
             }
             _ => {}
         }
@@ -746,7 +959,8 @@ impl Engine {
                     );
                     let f = self.rules.gpu_temperature_for.0;
                     let when = When::sample(m.ts, f);
-                    self.condition(AlertName::GpuTemperatureHigh, l, summary, when, out);
+                    let now = self.now_for(Some(&m.container));
+                    self.condition(AlertName::GpuTemperatureHigh, l, summary, when, now, out);
                 } else {
                     self.resolve(&l, m.ts, out);
                 }
@@ -762,7 +976,8 @@ impl Engine {
                         let summary =
                             format!("Disk {mount} is {:.1} % full (limit {limit} %)", m.value);
                         let f = self.rules.disk_for.0;
-                        self.condition(name, l, summary, When::sample(m.ts, f), out);
+                        let now = self.now_for(Some(&m.container));
+                        self.condition(name, l, summary, When::sample(m.ts, f), now, out);
                     } else {
                         self.resolve(&l, m.ts, out);
                     }
@@ -770,6 +985,7 @@ impl Engine {
             }
             "queue_offset" => {
                 let e = self
+                    .st
                     .offsets
                     .entry(m.container.clone())
                     .or_insert((m.value, m.ts));
@@ -809,7 +1025,7 @@ impl Engine {
         }
         self.resolve_named(AlertName::TrainingLossNonFinite, cs, e.ended_at, out);
         let d = self.rules.diverging.clone();
-        let track = self.losses.entry(c.clone()).or_default();
+        let track = self.st.losses.entry(c.clone()).or_default();
         if track.run.as_ref() != Some(key) {
             track.run = Some(key.clone());
             track.epochs.clear();
@@ -843,9 +1059,9 @@ impl Engine {
     fn on_run(&mut self, key: &RunKey, status: RunStatus, ts: i64, out: &mut Vec<Change>) {
         let c: &str = &key.container;
         if status == RunStatus::Running {
-            self.run_ended.remove(c);
+            self.st.run_ended.remove(c);
         } else {
-            self.run_ended.insert(key.container.clone(), ts);
+            self.st.run_ended.insert(key.container.clone(), ts);
         }
         for name in [
             AlertName::TrainingLossNonFinite,
@@ -857,6 +1073,7 @@ impl Engine {
             let l = labels(name, &[("container", c)]);
             let ended_here = status != RunStatus::Running;
             let other_run = self
+                .st
                 .active
                 .get(&fingerprint(&l))
                 .and_then(|a| a.run.as_ref())
@@ -865,7 +1082,7 @@ impl Engine {
                 self.resolve(&l, ts, out);
             }
         }
-        if let Some(t) = self.losses.get_mut(c)
+        if let Some(t) = self.st.losses.get_mut(c)
             && t.run.as_ref() != Some(key)
         {
             t.run = Some(key.clone());
@@ -880,6 +1097,7 @@ impl Engine {
         labels: Labels,
         summary: String,
         when: When,
+        now: i64,
         out: &mut Vec<Change>,
     ) {
         let When {
@@ -888,8 +1106,14 @@ impl Engine {
             evidence,
         } = when;
         let fp = fingerprint(&labels);
-        let now = self.clock;
-        let a = self.active.entry(fp.clone()).or_insert_with(|| Active {
+        // An instance that fires again after it resolved (a queue that stopped and runs again
+        // with its offset still stuck) is a new one, begun after the last one ended: it never
+        // reopens or shares the stored row of the old one.
+        let since = match self.st.resolved.get(&fp) {
+            Some(&ended) if since <= ended && !self.st.active.contains_key(&fp) => ended + 1,
+            _ => since,
+        };
+        let a = self.st.active.entry(fp.clone()).or_insert_with(|| Active {
             alert: Alert {
                 fingerprint: fp,
                 alertname: name.as_str(),
@@ -899,16 +1123,16 @@ impl Engine {
                 started_at: since,
                 resolved_at: None,
             },
-            state: State::Pending { since },
+            state: Phase::Pending { since },
             last_notified: now,
             notify: false,
             run: None,
             last_seen: since,
         });
-        if let State::Pending { since } = a.state {
+        if let Phase::Pending { since } = a.state {
             a.alert.summary = summary;
             if now.max(since) - since >= for_ns {
-                a.state = State::Firing;
+                a.state = Phase::Firing;
                 a.last_notified = now;
                 // In `watch` the clock is the wall clock (ticks): an alert whose newest
                 // evidence is old (found in a container's old logs) is recorded without
@@ -933,9 +1157,10 @@ impl Engine {
         out: &mut Vec<Change>,
     ) {
         let fp = fingerprint(&labels);
-        let recurring = self.active.contains_key(&fp);
-        self.condition(name, labels, summary, When::sample(ts, 0), out);
-        if let Some(a) = self.active.get_mut(&fp) {
+        let recurring = self.st.active.contains_key(&fp);
+        let now = self.now_for(labels.get("container").map(String::as_str));
+        self.condition(name, labels, summary, When::sample(ts, 0), now, out);
+        if let Some(a) = self.st.active.get_mut(&fp) {
             a.last_seen = a.last_seen.max(ts);
             if run.is_some() && (!recurring || a.run.is_none()) {
                 a.run = run;
@@ -945,7 +1170,8 @@ impl Engine {
 
     /// Whether an alert of `name` is pending or firing (a cheap test before building labels).
     fn any_active(&self, name: AlertName) -> bool {
-        self.active
+        self.st
+            .active
             .values()
             .any(|a| a.alert.alertname == name.as_str())
     }
@@ -957,19 +1183,51 @@ impl Engine {
         }
     }
 
+    /// Resolves the active instance of `labels` with evidence from `at`. Evidence older than
+    /// the instance (a line whose time stepped back) is about an earlier one: it resolves
+    /// nothing.
     fn resolve(&mut self, labels: &Labels, at: i64, out: &mut Vec<Change>) {
         let fp = fingerprint(labels);
-        let Some(a) = self.active.remove(&fp) else {
+        if self
+            .st
+            .active
+            .get(&fp)
+            .is_none_or(|a| at < a.alert.started_at)
+        {
+            return;
+        }
+        let Some(a) = self.st.active.remove(&fp) else {
             return;
         };
-        if let State::Firing = a.state {
+        if let Phase::Firing = a.state {
             let mut alert = a.alert;
-            alert.resolved_at = Some(at.max(alert.started_at));
+            let at = at.max(alert.started_at);
+            alert.resolved_at = Some(at);
+            if self.st.resolved.len() >= RESOLVED_KEPT
+                && !self.st.resolved.contains_key(&fp)
+                && let Some(oldest) = self
+                    .st
+                    .resolved
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(k, _)| k.clone())
+            {
+                self.st.resolved.remove(&oldest);
+            }
+            self.st.resolved.insert(fp, at);
             out.push(Change::Resolved {
                 alert,
                 notify: a.notify,
             });
         }
+    }
+}
+
+/// [`Engine::now_for`] on the state alone.
+fn now_in(st: &EngineState, live: bool, container: Option<&str>) -> i64 {
+    match container.and_then(|c| st.clocks.get(c)) {
+        Some(c) if !live => c.at.max(st.wall),
+        _ => st.clock,
     }
 }
 
@@ -1198,6 +1456,63 @@ mod tests {
                 running,
             },
         )
+    }
+
+    #[test]
+    fn evidence_older_than_an_alert_does_not_resolve_it() {
+        let mut e = Engine::new(Rules::default(), false, "/azaion");
+        let t = |s: i64, v: f64| metric("gpu0", "gpu_temperature_c", T0 + s * S, v);
+        assert_eq!(
+            names(&feed(&mut e, &[t(10, 95.0)])),
+            ["fired GpuTemperatureHigh"]
+        );
+        // A sample stamped before the alert began (its line's time stepped back).
+        assert!(feed(&mut e, &[t(5, 60.0)]).is_empty());
+        let c = feed(&mut e, &[t(11, 60.0)]);
+        assert!(
+            matches!(&c[..], [Change::Resolved { alert, .. }] if alert.resolved_at == Some(T0 + 11 * S)),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn an_alert_that_fires_again_after_resolving_is_a_new_one() {
+        // The queue stops (the stuck offset is not its fault), runs again with the offset
+        // still stuck: a second QueueOffsetStale, begun after the first ended.
+        let mut e = Engine::new(Rules::default(), false, "/azaion");
+        let off = |ts, v| metric("annotation-queue", "queue_offset", ts, v);
+        feed(&mut e, &[queue(true, T0), off(T0, 100.0)]);
+        let c = feed(&mut e, &[off(T0 + 3601 * S, 100.0)]);
+        assert_eq!(names(&c), ["fired QueueOffsetStale"]);
+        let first = match &c[0] {
+            Change::Fired { alert, .. } => alert.started_at,
+            _ => unreachable!(),
+        };
+        let c = feed(
+            &mut e,
+            &[queue(false, T0 + 3700 * S), Op::Tick(T0 + 3701 * S)],
+        );
+        assert_eq!(names(&c), ["resolved QueueOffsetStale"]);
+        let Change::Resolved { alert, .. } = &c[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            (alert.started_at, alert.resolved_at),
+            (first, Some(T0 + 3700 * S))
+        );
+        let c = feed(
+            &mut e,
+            &[queue(true, T0 + 3702 * S), Op::Tick(T0 + 3703 * S)],
+        );
+        assert_eq!(names(&c), ["fired QueueOffsetStale"]);
+        let Change::Fired { alert, .. } = &c[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            alert.started_at,
+            T0 + 3700 * S + 1,
+            "just after the first ended"
+        );
     }
 
     #[test]

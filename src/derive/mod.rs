@@ -100,7 +100,7 @@ pub struct EventRow {
 }
 
 /// A training run's current state, upserted by its natural key.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunRow {
     pub key: RunKey,
     pub started_at: i64,
@@ -179,4 +179,6 @@ pub enum Op {
     Signal(i64, alerts::Signal),
     /// A followed container and its role, as the Docker source found it (ns).
     Container(i64, Arc<str>, String),
+    /// A container's derivation state (JSON), committed with its cursor.
+    State(Arc<str>, String),
 }

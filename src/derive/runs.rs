@@ -28,7 +28,9 @@ use crate::redact;
 
 /// A run's natural key: the container and the position of the line that started it. Replaying
 /// the same log finds the same key, so the run is updated, never duplicated.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct RunKey {
     pub container: Arc<str>,
     pub stream: Stream,
@@ -36,7 +38,8 @@ pub struct RunKey {
     pub seq: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
     Completed,
@@ -77,9 +80,12 @@ pub struct Resume {
     /// Earlier runs' save_dir -> key, for resumes of older runs.
     pub save_dirs: Vec<(String, RunRow)>,
     pub counters: Vec<(String, f64)>,
+    /// The state committed with the last batch ([`ContainerState::snapshot_op`]): when it can
+    /// be read, it is resumed exactly and the rest is not needed.
+    pub snapshot: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Run {
     row: RunRow,
     /// The latest epoch ended, as printed (`None` before the first).
@@ -159,16 +165,44 @@ fn truthy(v: &str) -> bool {
     !matches!(v.trim(), "" | "False" | "false" | "None" | "null" | "0")
 }
 
+/// A [`ContainerState`] as committed with each batch (next to its cursor), so that a restart
+/// continues the derivation exactly where the committed rows end: a run between its settings
+/// line and its first epoch, an open epoch header, a queue sample of the current second.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    version: u32,
+    loss_names: Vec<String>,
+    run: Option<Run>,
+    by_save_dir: Vec<(String, RunRow)>,
+    final_validation: bool,
+    counters: Vec<(String, f64)>,
+    /// Samples held for their second: (ts, name, value).
+    pending: Vec<(i64, String, f64)>,
+}
+
+const SAVED_VERSION: u32 = 1;
+
+/// Finished runs a snapshot keeps for resumes (the most recent), as the row-based rebuild does.
+const SAVED_SAVE_DIRS: usize = 50;
+
 fn intern_counter(name: &str) -> &'static str {
     match name {
         "queue_messages_processed" => "queue_messages_processed",
         "queue_messages_failed" => "queue_messages_failed",
+        "queue_offset" => "queue_offset",
         other => Box::leak(other.to_string().into_boxed_str()),
     }
 }
 
 impl ContainerState {
     pub fn new(container: Arc<str>, resume: Resume) -> Self {
+        if let Some(st) = resume
+            .snapshot
+            .as_deref()
+            .and_then(|s| ContainerState::resumed(container.clone(), s))
+        {
+            return st;
+        }
         let mut st = ContainerState {
             container,
             loss_names: DEFAULT_LOSS_NAMES.iter().map(|s| s.to_string()).collect(),
@@ -204,6 +238,72 @@ impl ContainerState {
 
     pub fn container(&self) -> &Arc<str> {
         &self.container
+    }
+
+    /// The state as committed with a batch: the op that stores it.
+    pub fn snapshot_op(&self) -> Op {
+        let mut by_save_dir: Vec<(String, RunRow)> = self
+            .by_save_dir
+            .iter()
+            .map(|(d, r)| (d.clone(), r.clone()))
+            .collect();
+        by_save_dir.sort_by(|a, b| (b.1.started_at, &b.0).cmp(&(a.1.started_at, &a.0)));
+        by_save_dir.truncate(SAVED_SAVE_DIRS);
+        let saved = Saved {
+            version: SAVED_VERSION,
+            loss_names: self.loss_names.clone(),
+            run: self.run.as_ref().map(|r| Run {
+                row: r.row.clone(),
+                ..*r
+            }),
+            by_save_dir,
+            final_validation: self.final_validation,
+            counters: self
+                .counters
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            pending: self
+                .pending
+                .iter()
+                .map(|m| (m.ts, m.name.to_string(), m.value))
+                .collect(),
+        };
+        // Only strings, integers and finite numbers (non-finite values are never kept).
+        Op::State(
+            self.container.clone(),
+            serde_json::to_string(&saved).unwrap_or_default(),
+        )
+    }
+
+    /// The state a [`ContainerState::snapshot_op`] committed, if it can be read (this version).
+    pub fn resumed(container: Arc<str>, snapshot: &str) -> Option<Self> {
+        let saved: Saved = serde_json::from_str(snapshot).ok()?;
+        if saved.version != SAVED_VERSION {
+            return None;
+        }
+        Some(ContainerState {
+            loss_names: saved.loss_names,
+            run: saved.run,
+            by_save_dir: saved.by_save_dir.into_iter().collect(),
+            final_validation: saved.final_validation,
+            counters: saved
+                .counters
+                .into_iter()
+                .map(|(k, v)| (intern_counter(&k), v))
+                .collect(),
+            pending: saved
+                .pending
+                .into_iter()
+                .map(|(ts, name, value)| MetricRow {
+                    ts,
+                    container: container.clone(),
+                    name: intern_counter(&name),
+                    value,
+                })
+                .collect(),
+            container,
+        })
     }
 
     fn event(

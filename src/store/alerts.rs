@@ -119,6 +119,33 @@ pub fn apply(
     Ok(n)
 }
 
+/// Commits the rule engine's state (of `origin`, `watch` or `replay`) with a batch.
+pub fn save_engine(
+    tx: &Transaction<'_>,
+    origin: &str,
+    state: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO alert_engine (origin, state, saved_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (origin) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at",
+    )
+    .and_then(|mut s| s.execute(params![origin, state, format_ns(now)]))
+    .map_err(StoreError::sql("save alert engine state"))?;
+    Ok(())
+}
+
+/// The rule engine's state last committed by an engine of `origin`, if any.
+pub fn load_engine(conn: &Connection, origin: &str) -> Result<Option<String>, StoreError> {
+    conn.query_row(
+        "SELECT state FROM alert_engine WHERE origin = ?1",
+        [origin],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(StoreError::sql("load alert engine state"))
+}
+
 /// The samples of `names` taken at or after `since` (ns), oldest first.
 pub fn load_samples_since(
     conn: &Connection,

@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_epoch_metrics.sql"),
     include_str!("../../migrations/0004_zero_based_epochs.sql"),
     include_str!("../../migrations/0005_containers.sql"),
+    include_str!("../../migrations/0006_resume_state.sql"),
 ];
 
 /// Brings the schema up to the latest version.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::derive::{Resume, RunKey, RunRow, RunStatus};
 use crate::error::StoreError;
@@ -51,7 +51,17 @@ pub fn resume_state(conn: &Connection, container: &Arc<str>) -> Result<Resume, S
         .query_map(params![&**container], |r| run_from_row(container, r))
         .and_then(|it| it.collect())
         .map_err(q)?;
-    let mut resume = Resume::default();
+    let mut resume = Resume {
+        snapshot: conn
+            .query_row(
+                "SELECT state FROM derive_state WHERE container = ?1",
+                [&**container],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(StoreError::sql("load derivation state"))?,
+        ..Resume::default()
+    };
     let mut first = true;
     for (id, row) in runs {
         if first {

@@ -147,6 +147,10 @@ const UPSERT_CONTAINER: &str =
      ON CONFLICT (container) DO UPDATE SET role = excluded.role, seen_at = excluded.seen_at
      WHERE excluded.seen_at >= containers.seen_at";
 
+const UPSERT_DERIVE_STATE: &str =
+    "INSERT INTO derive_state (container, state, saved_at) VALUES (?1, ?2, ?3)
+     ON CONFLICT (container) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at";
+
 const SELECT_RUN_ID: &str = "SELECT run_id FROM runs WHERE container = ?1 AND start_stream = ?2 AND start_key_ts = ?3 AND start_seq = ?4";
 
 impl Writer {
@@ -163,18 +167,39 @@ impl Writer {
     /// Evaluates alert rules on everything written, continuing the alerts the store holds
     /// as firing.
     pub fn with_alerts(mut self, mut sink: AlertSink) -> Result<Self, StoreError> {
-        sink.engine
-            .restore(crate::store::alerts::load_firing(&self.conn)?);
-        sink.engine
-            .restore_offsets(crate::store::alerts::load_offsets(&self.conn)?);
-        if sink.engine.is_live() {
-            let now = crate::time::now_ns();
-            if let Some((names, window)) = sink.engine.pending_window() {
-                let samples =
-                    crate::store::alerts::load_samples_since(&self.conn, &names, now - window)?;
+        use crate::store::alerts as stored;
+        let live = sink.engine.is_live();
+        let now = crate::time::now_ns();
+        let firing = stored::load_firing(&self.conn)?;
+        // The state committed with the last batch continues exactly; without one (a new
+        // database, or one written before states were kept), the alerts, offsets and pending
+        // samples are rebuilt from the rows as well as they can be.
+        let resumed = match stored::load_engine(&self.conn, origin(live))? {
+            Some(snapshot) => match sink.engine.resume(&snapshot) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "alert engine state not resumed; rebuilt from the stored alerts");
+                    false
+                }
+            },
+            None => false,
+        };
+        if resumed {
+            sink.engine.reconcile(firing);
+            if live {
+                sink.engine.expire_pending(now);
+            }
+        } else {
+            sink.engine.restore(firing);
+            sink.engine
+                .restore_offsets(stored::load_offsets(&self.conn)?);
+            if live && let Some((names, window)) = sink.engine.pending_window() {
+                let samples = stored::load_samples_since(&self.conn, &names, now - window)?;
                 sink.engine
                     .restore_pending(&samples, now, &mut sink.pending);
             }
+        }
+        if live {
             sink.engine.observe(&Op::Tick(now), &mut sink.pending);
         }
         self.alerts = Some(sink);
@@ -277,6 +302,17 @@ impl Writer {
                             .map_err(StoreError::sql("write heartbeat"))?;
                     }
                     Op::Signal(..) => {}
+                    Op::State(container, state) => {
+                        tx.prepare_cached(UPSERT_DERIVE_STATE)
+                            .and_then(|mut s| {
+                                s.execute(params![
+                                    &**container,
+                                    state,
+                                    format_ns(crate::time::now_ns())
+                                ])
+                            })
+                            .map_err(StoreError::sql("save derivation state"))?;
+                    }
                     Op::Container(ts, name, role) => {
                         tx.prepare_cached(UPSERT_CONTAINER)
                             .and_then(|mut s| s.execute(params![&**name, role, format_ns(*ts)]))
@@ -341,15 +377,13 @@ impl Writer {
         }
         let mut queued = 0;
         if let Some(a) = self.alerts.as_ref() {
-            let origin = if a.engine.is_live() {
-                "watch"
-            } else {
-                "replay"
-            };
+            let origin = origin(a.engine.is_live());
             let now = crate::time::now_ns();
             for c in &a.pending {
                 queued += crate::store::alerts::apply(&tx, c, &a.receivers, origin, now)?;
             }
+            // What the engine knows after this batch, committed with it.
+            crate::store::alerts::save_engine(&tx, origin, &a.engine.snapshot(), now)?;
         }
         tx.commit().map_err(StoreError::sql("commit batch"))?;
         self.stats.batches += 1;
@@ -381,6 +415,11 @@ impl Writer {
             .map_err(StoreError::sql("checkpoint WAL"))?;
         Ok(self.stats)
     }
+}
+
+/// The `origin` of the alerts an engine records, and of its committed state.
+fn origin(live: bool) -> &'static str {
+    if live { "watch" } else { "replay" }
 }
 
 /// A row of one of the two logs, inserted [`CHUNK`] per statement.

@@ -738,6 +738,7 @@ impl Follower {
         }
         self.stored
             .cursor_ops(self.state.container(), &mut self.ops);
+        self.ops.push(self.state.snapshot_op());
         let batch = std::mem::take(&mut self.ops);
         writer.send(batch).await.is_ok()
     }
