@@ -389,27 +389,66 @@ fn kill_9_mid_stream_then_restart_stores_every_line_once() {
     if !docker_ready() {
         return;
     }
-    let mut lab = Lab::new("k9", "");
+    // A receiver nobody answers: its notifications stay queued in the outbox, to be counted.
+    let port = crate::util::free_port();
+    let mut lab = Lab::new(
+        "k9",
+        &format!(
+            "[[notify.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/\"\n"
+        ),
+    );
     lab.start_watch(&[]);
     let n = 600;
-    let c = lab.run("writer", false, &format!("i=1; while [ $i -le {n} ]; do echo \"WARNING:q:line $i\"; i=$((i+1)); /busybox usleep 5000; done"));
+    // Every fortieth line is a CUDA OOM (the first before the kill): one GpuOutOfMemory
+    // alert, recurring while firing.
+    let c = lab.run("writer", false, &format!("i=1; while [ $i -le {n} ]; do if [ $((i % 40)) -eq 0 ]; then echo \"torch.OutOfMemoryError: CUDA out of memory (line $i)\"; else echo \"WARNING:q:line $i\"; fi; i=$((i+1)); /busybox usleep 5000; done"));
     // Let some lines land, then kill -9 mid-stream.
     lab.wait_for(
-        &format!("SELECT count(*) > 50 FROM events WHERE container = '{c}' AND kind = 'warning'"),
+        &format!(
+            "SELECT (SELECT count(*) > 50 FROM events WHERE container = '{c}' AND kind = 'warning')
+            AND EXISTS (SELECT 1 FROM alerts WHERE alertname = 'GpuOutOfMemory')"
+        ),
         1,
     );
     lab.kill9_watch();
     std::thread::sleep(Duration::from_millis(500));
     lab.start_watch(&[]);
     lab.wait_exit(&c);
-    lab.wait_for(&format!("SELECT count(DISTINCT message) FROM events WHERE container = '{c}' AND kind = 'warning'"), n);
+    let warnings = n - n / 40;
+    lab.wait_for(&format!("SELECT count(DISTINCT message) FROM events WHERE container = '{c}' AND kind = 'warning'"), warnings);
     lab.stop_watch();
     assert_eq!(
         lab.db.count(&format!(
             "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'warning'"
         )),
-        n,
+        warnings,
         "every line exactly once"
+    );
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'gpu_oom'"
+        )),
+        (n / 40) as i64
+    );
+    // One alert across the kill, firing, and one firing notification queued for it: none
+    // lost, none twice.
+    let oom = format!(
+        "FROM alerts WHERE alertname = 'GpuOutOfMemory' AND labels ->> 'container' = '{c}'"
+    );
+    assert_eq!(
+        lab.db
+            .text(&format!("SELECT group_concat(status) {oom}"))
+            .as_deref(),
+        Some("firing"),
+        "{}",
+        lab.log_text()
+    );
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT count(*) FROM outbox WHERE receiver = 'hook' AND event = 'firing'
+             AND alert_id IN (SELECT id {oom})"
+        )),
+        1
     );
     // And a third start reads nothing new.
     lab.start_watch(&[]);
@@ -419,7 +458,7 @@ fn kill_9_mid_stream_then_restart_stores_every_line_once() {
         lab.db.count(&format!(
             "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'warning'"
         )),
-        n
+        warnings
     );
 }
 
