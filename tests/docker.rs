@@ -428,7 +428,7 @@ fn kill_9_mid_stream_then_restart_stores_every_line_once() {
         lab.db.count(&format!(
             "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'gpu_oom'"
         )),
-        (n / 40) as i64
+        n / 40
     );
     // One alert across the kill, firing, and one firing notification queued for it: none
     // lost, none twice.
