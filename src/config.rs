@@ -27,7 +27,7 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::parse::patterns::{PatternConfig, Patterns};
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -55,7 +55,7 @@ pub struct Config {
     pub listen: crate::output::serve::Limits,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     #[serde(default = "default_events_age")]
@@ -162,6 +162,19 @@ impl Config {
     pub fn patterns(&self) -> Result<Patterns, ConfigError> {
         Patterns::new(&self.patterns, self.replace_default_patterns)
     }
+}
+
+/// A secret of the config as `config check` prints it: whether it is set, never its value.
+pub(crate) fn secret<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// A value that may carry credentials (a URL's user info or token), redacted.
+pub(crate) fn redacted_text<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::redact::text(v))
 }
 
 #[cfg(test)]

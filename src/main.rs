@@ -43,6 +43,8 @@ enum Command {
     Sql(cli::sql::SqlArgs),
     /// Delete events, metric samples and resolved alerts older than the retention age.
     Prune(cli::prune::PruneArgs),
+    /// `config check [FILE]`: validate a config file and print the effective settings.
+    Config(cli::config::ConfigArgs),
 }
 
 /// trainwatch's own logs, in the service JSON format: on stdout for the ingestor (`watch`), on
@@ -105,10 +107,11 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Watch(a) => cli::watch::run(a, &cli.db, cli.config.as_deref()),
         Command::Replay(a) => cli::replay::run(a, &cli.db, cli.config.as_deref()),
-        Command::History(a) => cli::history::run(a, &cli.db),
-        Command::Alerts(a) => cli::alerts::run(a, &cli.db),
-        Command::Status(a) => cli::status::run(a, &cli.db),
-        Command::Health(a) => match cli::health::run(a, &cli.db) {
+        Command::History(a) => cli::history::run(a, &cli.db, cli.config.as_deref()),
+        Command::Alerts(a) => cli::alerts::run(a, &cli.db, cli.config.as_deref()),
+        Command::Status(a) => cli::status::run(a, &cli.db, cli.config.as_deref()),
+        Command::Config(a) => cli::config::run(a, cli.config.as_deref()),
+        Command::Health(a) => match cli::health::run(a, &cli.db, cli.config.as_deref()) {
             Ok(code) => return ExitCode::from(code),
             Err(e) => {
                 report(&e);
@@ -116,7 +119,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Sql(a) => cli::sql::run(a, &cli.db),
+        Command::Sql(a) => cli::sql::run(a, &cli.db, cli.config.as_deref()),
         Command::Prune(a) => cli::prune::run(a, &cli.db, cli.config.as_deref()),
     };
     match r {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::assemble::Assembler;
-use crate::derive::alerts::{Engine, Rules};
+use crate::derive::alerts::{Engine, Rules, Signal};
 use crate::derive::{ContainerState, Op, Position};
 use crate::error::{SourceError, StoreError};
 use crate::event::{Key, Record, Stream};
@@ -234,6 +234,14 @@ impl SetRun<'_> {
         // end emits it.
         if last {
             self.state.flush_metrics(self.ops);
+            // The archive ends here: the rules that need the container to be watched while it
+            // runs learn that it no longer is.
+            self.ops.push(Op::Signal(
+                i64::MIN,
+                Signal::LogEnded {
+                    container: self.state.container().clone(),
+                },
+            ));
         }
         self.emitted.cursor_ops(self.state.container(), self.ops);
         self.ops.push(self.state.snapshot_op());

@@ -196,6 +196,34 @@ impl Age {
     }
 }
 
+/// Written back as the config would say it: the largest unit that divides it (`90s`, `5m`,
+/// `30d`), so that what `config check` prints reads back as the same value.
+impl serde::Serialize for Age {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl std::fmt::Display for Age {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ns = self.0;
+        for (unit, size) in [
+            ("d", 86_400 * NS),
+            ("h", 3600 * NS),
+            ("m", 60 * NS),
+            ("s", NS),
+        ] {
+            if ns != 0 && ns % size == 0 {
+                return write!(f, "{}{unit}", ns / size);
+            }
+        }
+        if ns == 0 {
+            return f.write_str("0s");
+        }
+        write!(f, "{}ms", ns / 1_000_000)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Age {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Age, D::Error> {
         let s = String::deserialize(d)?;

@@ -317,3 +317,84 @@ fn read_commands_work_on_a_database_in_a_directory_they_cannot_write() {
     );
     assert!(!ro.join("tw.db-shm").exists());
 }
+
+/// Every command reads `--config` alike: a missing or malformed file is an error for the read
+/// commands too (for `health`, exit 2: it cannot tell), `[status] max_age` sets their default
+/// age, and `config check` validates a file and prints the effective settings, secrets
+/// redacted.
+#[test]
+fn read_commands_honour_the_config_and_config_check_prints_it() {
+    let db = Db::new();
+    db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("gpu"));
+    let dir = db.dir.path();
+    let missing = dir.join("missing.toml");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[status]\nmax_age = \"soon\"\n").unwrap();
+    for cfg in [&missing, &bad] {
+        let cfg = cfg.to_str().unwrap();
+        for cmd in [
+            &["history"][..],
+            &["alerts"],
+            &["status"],
+            &["sql", "SELECT 1"],
+            &["config", "check"],
+        ] {
+            let args: Vec<&str> = ["--config", cfg].iter().chain(cmd).copied().collect();
+            let o = bin(&args, &db.path);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{cmd:?} with {cfg}");
+            assert!(err.contains(cfg), "{cmd:?}: {err}");
+        }
+        let o = bin(&["--config", cfg, "health"], &db.path);
+        assert_eq!(o.status.code(), Some(2));
+    }
+    let err = String::from_utf8_lossy(
+        &bin(&["--config", bad.to_str().unwrap(), "history"], &db.path).stderr,
+    )
+    .into_owned();
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+
+    // The replayed run is months old: stale for the default 10 minutes, fresh for 100 weeks.
+    let o = bin(&["health"], &db.path);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    let lenient = dir.join("lenient.toml");
+    std::fs::write(
+        &lenient,
+        "[status]\nmax_age = \"100w\"\n\n[[notify.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nbearer_token = \"s3cr3t-t0ken\"\n",
+    )
+    .unwrap();
+    let lenient = lenient.to_str().unwrap();
+    let o = bin(&["--config", lenient, "health"], &db.path);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let o = bin(
+        &["--config", lenient, "health", "--max-age", "10m"],
+        &db.path,
+    );
+    assert_eq!(o.status.code(), Some(2), "the flag wins: {}", out(&o));
+    let o = bin(&["--config", lenient, "status"], &db.path);
+    assert!(o.status.success());
+    assert!(!out(&o).contains("stale"), "{}", out(&o));
+
+    let o = bin(&["config", "check", lenient], &db.path);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = out(&o);
+    assert!(text.contains("OK"), "{text}");
+    // The effective settings: what the file says, and every default.
+    let body: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    let v: toml::Table = body.parse().unwrap();
+    assert_eq!(v["status"]["max_age"].as_str(), Some("700d"));
+    assert_eq!(v["alerts"]["gpu_temperature_c"].as_float(), Some(90.0));
+    assert_eq!(v["alerts"]["queue_offset_stale_after"].as_str(), Some("1h"));
+    assert_eq!(
+        v["notify"]["receivers"][0]["bearer_token"].as_str(),
+        Some("<redacted>")
+    );
+    assert!(!text.contains("s3cr3t"), "{text}");
+    // And what it prints is a config that checks again to the same settings.
+    let again = dir.join("again.toml");
+    std::fs::write(&again, &body).unwrap();
+    let o = bin(&["config", "check", again.to_str().unwrap()], &db.path);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let body2: String = out(&o).lines().skip(1).map(|l| format!("{l}\n")).collect();
+    assert_eq!(body2, body);
+}

@@ -1242,3 +1242,86 @@ fn docker_stats_show_a_busy_loop_and_a_memory_hog() {
     assert!(html.contains("Memory MiB of other containers"));
     assert!(html.contains(&format!("<td>{busy}</td>")));
 }
+
+/// A training container killed mid-run (`docker kill`, exit 137) ends its run as failed and
+/// fires `TrainingContainerDied`; started again, the alert resolves.
+#[test]
+fn a_killed_training_container_ends_its_run_and_fires_training_container_died() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("killed", "");
+    lab.start_watch(&[]);
+    let play = lab.db.dir.path().join("play");
+    std::fs::create_dir(&play).unwrap();
+    let capture = std::fs::read_to_string(fixture("ultralytics/normal-json.log")).unwrap();
+    // Up to the end of epoch 5 of 10 (its bar's last frame), then the process hangs on.
+    let mut n = 0;
+    for line in capture.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let text = v["log"].as_str().unwrap();
+        n += 1;
+        std::fs::write(play.join(format!("{n:05}")), text).unwrap();
+        if text.contains("5/10") {
+            break;
+        }
+    }
+    let mount = format!("{}:/play:ro", play.display());
+    let c = lab.run_with(
+        "train",
+        false,
+        &[],
+        &["-v", &mount],
+        "for f in /play/*; do /busybox cat $f; done; /busybox sleep 3600",
+    );
+    lab.wait_for(
+        &format!("SELECT count(*) >= 4 FROM training_epochs WHERE container = '{c}'"),
+        1,
+    );
+    assert_eq!(
+        lab.db
+            .text(&format!(
+                "SELECT status FROM training_runs WHERE container = '{c}'"
+            ))
+            .as_deref(),
+        Some("running")
+    );
+    let o = lab.docker().args(["kill", &c]).output().unwrap();
+    assert!(o.status.success());
+    lab.wait_for(
+        &format!(
+            "SELECT count(*) FROM alerts WHERE alertname = 'TrainingContainerDied' AND status = 'firing' AND labels ->> 'container' = '{c}'"
+        ),
+        1,
+    );
+    assert_eq!(
+        lab.db
+            .text(&format!(
+                "SELECT status FROM training_runs WHERE container = '{c}'"
+            ))
+            .as_deref(),
+        Some("failed")
+    );
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT json_extract(context, '$.exit_code') FROM events WHERE container = '{c}' AND kind = 'training_container_died'"
+        )),
+        137
+    );
+    let summary = lab
+        .db
+        .text("SELECT summary FROM alerts WHERE alertname = 'TrainingContainerDied'")
+        .unwrap();
+    assert!(
+        summary.contains("exited with code 137 (SIGKILL) after epoch 5/10"),
+        "{summary}"
+    );
+    // Started again, it trains again: the alert resolves.
+    let o = lab.docker().args(["start", &c]).output().unwrap();
+    assert!(o.status.success());
+    lab.wait_for(
+        "SELECT count(*) FROM alerts WHERE alertname = 'TrainingContainerDied' AND status = 'resolved'",
+        1,
+    );
+    lab.stop_watch();
+}

@@ -23,7 +23,9 @@ pub struct AlertsArgs {
     pub format: OutputFormat,
 }
 
-pub fn run(args: AlertsArgs, db: &Path) -> anyhow::Result<()> {
+pub fn run(args: AlertsArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    // Read for its errors: a missing or malformed config fails every command alike.
+    super::load_config(config)?;
     let conn = super::open_ro(db)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

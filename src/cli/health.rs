@@ -25,8 +25,9 @@ pub enum HealthFormat {
 pub struct HealthArgs {
     /// Data older than this (now minus the newest of the ingestor's heartbeat and the newest
     /// stored record) is critical.
-    #[arg(long, default_value = "10m", value_parser = parse_age)]
-    pub max_age: i64,
+    /// Default: `[status] max_age` (10m).
+    #[arg(long, value_parser = parse_age)]
+    pub max_age: Option<i64>,
     #[arg(long, value_enum, default_value_t = HealthFormat::Text)]
     pub format: HealthFormat,
     /// Only check that the ingestor (`watch`) is alive: exit 0 when its heartbeat is newer
@@ -41,7 +42,9 @@ pub fn parse_age(s: &str) -> Result<i64, String> {
 }
 
 /// Returns the exit code.
-pub fn run(args: HealthArgs, db: &Path) -> anyhow::Result<u8> {
+pub fn run(args: HealthArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<u8> {
+    let cfg = super::load_config(config)?;
+    let max_age = args.max_age.unwrap_or(cfg.status.max_age.0);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if !db.exists() {
@@ -55,9 +58,9 @@ pub fn run(args: HealthArgs, db: &Path) -> anyhow::Result<u8> {
     let conn = super::open_ro(db)?;
     let now = trainwatch::time::now_ns();
     if args.ingestor {
-        return ingestor(&mut out, &conn, now, args.max_age);
+        return ingestor(&mut out, &conn, now, max_age);
     }
-    let s = status::collect(&conn, now, args.max_age).context("reading the status")?;
+    let s = status::collect(&conn, now, max_age).context("reading the status")?;
     match args.format {
         HealthFormat::Text => writeln!(out, "{}", s.health.line)?,
         HealthFormat::Json => out.write_all(&status::to_json(&s))?,

@@ -41,7 +41,9 @@ const EPOCHS: &str =
         precision, recall, map50, map50_95, gpu_mem_gb, non_finite, metrics
     FROM training_epochs WHERE run_id = ?1 ORDER BY epoch";
 
-pub fn run(args: HistoryArgs, db: &Path) -> anyhow::Result<()> {
+pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    // Read for its errors: a missing or malformed config fails every command alike.
+    super::load_config(config)?;
     let conn = super::open_ro(db)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -2,6 +2,7 @@
 //! and renders. Errors get `anyhow` context here, at the edge.
 
 pub mod alerts;
+pub mod config;
 pub mod health;
 pub mod history;
 pub mod prune;

@@ -16,7 +16,9 @@ pub struct SqlArgs {
     pub query: String,
 }
 
-pub fn run(args: SqlArgs, db: &Path) -> anyhow::Result<()> {
+pub fn run(args: SqlArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    // Read for its errors: a missing or malformed config fails every command alike.
+    super::load_config(config)?;
     let conn = super::open_ro(db)?;
     // A second guard besides the read-only open: no statement may write.
     conn.pragma_update(None, "query_only", "ON")?;

@@ -15,9 +15,9 @@ pub struct StatusArgs {
     /// Write the HTML status page to FILE (atomically) instead of printing.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
-    /// Data older than this counts as stale.
-    #[arg(long, default_value = "10m", value_parser = super::health::parse_age)]
-    pub max_age: i64,
+    /// Data older than this counts as stale (default: `[status] max_age`, 10m).
+    #[arg(long, value_parser = super::health::parse_age)]
+    pub max_age: Option<i64>,
 }
 
 fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
@@ -46,10 +46,12 @@ pub fn bar(done: i64, total: i64, width: usize) -> String {
     )
 }
 
-pub fn run(args: StatusArgs, db: &Path) -> anyhow::Result<()> {
+pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = super::load_config(config)?;
+    let max_age = args.max_age.unwrap_or(cfg.status.max_age.0);
     let conn = super::open_ro(db)?;
     let now = trainwatch::time::now_ns();
-    let s = status::collect(&conn, now, args.max_age).context("reading the status")?;
+    let s = status::collect(&conn, now, max_age).context("reading the status")?;
     if let Some(path) = args.html {
         let html = page::build(&conn, &s, now, None).context("building the status page")?;
         status::write_atomic(&path, html.as_bytes())

@@ -27,6 +27,8 @@
 //! | `DockerUnreachable` | critical | `docker_unreachable` | the daemon answers again |
 //! | `LogStreamSilent` | medium | a running container's stream silent too long | data flows again |
 //! | `StoreNotWritable` | critical | a batch cannot be committed | a batch commits |
+//! | `TrainingContainerDied` | high | a container stopped (non-zero exit, OOM kill) while its run was running | it starts again, or a new run starts |
+//! | `TrainingStalled` | high | no epoch completed for max(3x the median epoch time, 15 min) while the run runs | an epoch completes, the run ends, or its log ends (replay) |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,10 +85,12 @@ pub enum AlertName {
     DockerUnreachable,
     LogStreamSilent,
     StoreNotWritable,
+    TrainingContainerDied,
+    TrainingStalled,
 }
 
 impl AlertName {
-    pub const ALL: [AlertName; 12] = [
+    pub const ALL: [AlertName; 14] = [
         AlertName::GpuTemperatureHigh,
         AlertName::QueueContainerDown,
         AlertName::DiskUsageCritical,
@@ -99,6 +103,8 @@ impl AlertName {
         AlertName::DockerUnreachable,
         AlertName::LogStreamSilent,
         AlertName::StoreNotWritable,
+        AlertName::TrainingContainerDied,
+        AlertName::TrainingStalled,
     ];
 
     /// The name with this `alertname` label.
@@ -120,6 +126,8 @@ impl AlertName {
             AlertName::DockerUnreachable => "DockerUnreachable",
             AlertName::LogStreamSilent => "LogStreamSilent",
             AlertName::StoreNotWritable => "StoreNotWritable",
+            AlertName::TrainingContainerDied => "TrainingContainerDied",
+            AlertName::TrainingStalled => "TrainingStalled",
         }
     }
 
@@ -128,7 +136,11 @@ impl AlertName {
         match self {
             GpuTemperatureHigh | QueueContainerDown | DiskUsageCritical | DockerUnreachable
             | StoreNotWritable => Severity::Critical,
-            TrainingLossNonFinite | TrainingLossDiverging | GpuOutOfMemory => Severity::High,
+            TrainingLossNonFinite
+            | TrainingLossDiverging
+            | GpuOutOfMemory
+            | TrainingContainerDied
+            | TrainingStalled => Severity::High,
             DiskUsageHigh | QueueOffsetStale | LogStreamSilent => Severity::Medium,
             CheckpointSaveFailed => Severity::Low,
         }
@@ -140,7 +152,7 @@ impl AlertName {
 /// training loss (the sum of its loss columns) is above `factor` x its running minimum since
 /// the warm-up for `above_for_epochs` consecutive epochs, or has risen `rising_epochs` epochs
 /// in a row.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Diverging {
     pub warmup_epochs: u32,
@@ -165,7 +177,7 @@ impl Default for Diverging {
 pub const FOR_GRACE_NS: i64 = 10 * 60 * 1_000_000_000;
 
 /// Thresholds and durations of the rules (`[alerts]` in the config).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Rules {
     pub gpu_temperature_c: f64,
@@ -183,6 +195,11 @@ pub struct Rules {
     /// container's old logs for the first time must not page anyone for last week.
     pub notify_backlog: Age,
     pub diverging: Diverging,
+    /// `TrainingStalled`: no epoch completed for this many times the run's median epoch
+    /// time...
+    pub training_stalled_factor: f64,
+    /// ... and at least this long.
+    pub training_stalled_min: Age,
 }
 
 impl Default for Rules {
@@ -199,6 +216,8 @@ impl Default for Rules {
             repeat_interval: Age::secs(4 * 3600),
             notify_backlog: Age::secs(3600),
             diverging: Diverging::default(),
+            training_stalled_factor: 3.0,
+            training_stalled_min: Age::secs(15 * 60),
         }
     }
 }
@@ -284,6 +303,12 @@ pub enum Signal {
         container: Arc<str>,
         silent: bool,
     },
+    /// `replay` read a container's archived log to its end: what needs the container to be
+    /// watched while it runs (a stuck queue offset, a stalled run) is no longer known, and
+    /// resolves at the log's last time.
+    LogEnded {
+        container: Arc<str>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -357,6 +382,35 @@ struct EngineState {
     run_ended: BTreeMap<Arc<str>, i64>,
     /// When the last instance of each fingerprint resolved: the next one starts after it.
     resolved: BTreeMap<String, i64>,
+    /// The pace of each container's running run, for `TrainingStalled`.
+    #[serde(default)]
+    pace: BTreeMap<Arc<str>, Pace>,
+}
+
+/// How a running run has been completing its epochs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Pace {
+    run: RunKey,
+    /// The latest epoch completed, and when (the run's start before the first).
+    epoch: Option<u32>,
+    at: i64,
+    /// The latest epochs' durations (ns), at most [`PACE_KEPT`].
+    durations: Vec<i64>,
+}
+
+const PACE_KEPT: usize = 64;
+
+impl Pace {
+    /// How long without a completed epoch counts as stalled, once an epoch's time is known.
+    fn limit(&self, factor: f64, min: i64) -> Option<i64> {
+        let mut d = self.durations.clone();
+        if d.is_empty() {
+            return None;
+        }
+        d.sort_unstable();
+        let median = d[d.len() / 2];
+        Some(((median as f64 * factor) as i64).max(min))
+    }
 }
 
 /// Fingerprints whose last resolution is kept (the oldest are forgotten beyond).
@@ -388,6 +442,7 @@ impl Default for EngineState {
             losses: BTreeMap::new(),
             run_ended: BTreeMap::new(),
             resolved: BTreeMap::new(),
+            pace: BTreeMap::new(),
         }
     }
 }
@@ -611,10 +666,20 @@ impl Engine {
                     self.evaluate(None, out);
                 }
             }
+            Op::Signal(_, Signal::LogEnded { container }) => {
+                let at = self.now_for(Some(container));
+                for name in [AlertName::QueueOffsetStale, AlertName::TrainingStalled] {
+                    self.resolve_named(name, container, at, out);
+                }
+                self.st.offsets.remove(container);
+                self.st.pace.remove(container);
+            }
             Op::Signal(ts, s) => {
                 let scope = match s {
                     Signal::Container { name, .. } => Some(name),
-                    Signal::StreamSilent { container, .. } => Some(container),
+                    Signal::StreamSilent { container, .. } | Signal::LogEnded { container } => {
+                        Some(container)
+                    }
                     Signal::DockerReachable => None,
                 };
                 self.advance(*ts, scope, out);
@@ -769,6 +834,37 @@ impl Engine {
                 self.resolve_named(AlertName::QueueOffsetStale, &c, now, out);
             }
         }
+        // Runs that stopped completing epochs.
+        let (factor, min) = (
+            self.rules.training_stalled_factor,
+            self.rules.training_stalled_min.0,
+        );
+        let stalled: Vec<(Arc<str>, i64, i64, Option<u32>)> = self
+            .st
+            .pace
+            .iter()
+            .filter(|(c, _)| in_scope(c))
+            .filter_map(|(c, p)| {
+                let limit = p.limit(factor, min)?;
+                (self.now_for(Some(c)) - p.at > limit).then(|| (c.clone(), p.at, limit, p.epoch))
+            })
+            .collect();
+        for (container, at, limit, epoch) in stalled {
+            let now = self.now_for(Some(&container));
+            let l = labels(AlertName::TrainingStalled, &[("container", &container)]);
+            let after = epoch.map_or_else(String::new, |e| format!(" since epoch {e}"));
+            let summary = format!(
+                "Training in {container} has completed no epoch for {}{after} (limit {})",
+                human_duration(now - at),
+                human_duration(limit)
+            );
+            let when = When {
+                since: at + limit,
+                for_ns: 0,
+                evidence: now,
+            };
+            self.condition(AlertName::TrainingStalled, l, summary, when, now, out);
+        }
         // Event alerts that did not recur (resolved when the hour without another ended);
         // repeats of firing alerts.
         let ttl = self.rules.event_resolve_after.0;
@@ -839,6 +935,8 @@ impl Engine {
             Signal::DockerReachable => {
                 self.resolve(&labels(AlertName::DockerUnreachable, &[]), ts, out);
             }
+            // Handled in `observe`, without moving any clock.
+            Signal::LogEnded { .. } => {}
             Signal::StreamSilent { container, silent } => {
                 let l = labels(AlertName::LogStreamSilent, &[("container", container)]);
                 if *silent {
@@ -857,7 +955,9 @@ impl Engine {
         }
         match s {
             Signal::Container { name, .. } => self.evaluate(Some(name), out),
-            Signal::StreamSilent { container, .. } => self.evaluate(Some(container), out),
+            Signal::StreamSilent { container, .. } | Signal::LogEnded { container } => {
+                self.evaluate(Some(container), out)
+            }
             Signal::DockerReachable => self.evaluate(None, out),
         }
     }
@@ -917,6 +1017,14 @@ impl Engine {
                 None,
                 out,
             ),
+            "training_container_died" => self.fire_now(
+                AlertName::TrainingContainerDied,
+                labels(AlertName::TrainingContainerDied, &[("container", c)]),
+                first_line(&e.message).to_string(),
+                e.ts,
+                None,
+                out,
+            ),
             "checkpoint_saved" => {
                 let l = labels(AlertName::CheckpointSaveFailed, &[("container", c)]);
                 self.resolve(&l, e.ts, out);
@@ -940,6 +1048,9 @@ impl Engine {
                     .unwrap_or("other")
                     .to_string();
                 let running = e.kind == "container_started";
+                if running {
+                    self.resolve_named(AlertName::TrainingContainerDied, c, e.ts, out);
+                }
                 self.container_state(&e.container, &role, running, e.ts);
                 self.evaluate(Some(&e.container), out);
             }
@@ -999,6 +1110,22 @@ impl Engine {
     }
 
     fn on_epoch(&mut self, key: &RunKey, e: &super::EpochRow, out: &mut Vec<Change>) {
+        // Any row of a new epoch is progress (the training and validation rows of one epoch
+        // count once).
+        if let Some(p) = self.st.pace.get_mut(&key.container)
+            && p.run == *key
+            && p.epoch != Some(e.epoch)
+        {
+            if e.ended_at > p.at {
+                if p.durations.len() == PACE_KEPT {
+                    p.durations.remove(0);
+                }
+                p.durations.push(e.ended_at - p.at);
+            }
+            p.epoch = Some(e.epoch);
+            p.at = p.at.max(e.ended_at);
+            self.resolve_named(AlertName::TrainingStalled, &key.container, e.ended_at, out);
+        }
         // Only the training row of an epoch carries losses; validation rows do not.
         let total = match (&e.losses, e.loss) {
             (Some(l), _) if !l.is_empty() => l.iter().map(|(_, v)| v).sum::<f64>(),
@@ -1060,8 +1187,25 @@ impl Engine {
         let c: &str = &key.container;
         if status == RunStatus::Running {
             self.st.run_ended.remove(c);
+            if self.st.pace.get(c).is_none_or(|p| p.run != *key) {
+                // A new run: the container that died is training again.
+                self.st.pace.insert(
+                    key.container.clone(),
+                    Pace {
+                        run: key.clone(),
+                        epoch: None,
+                        at: ts,
+                        durations: Vec::new(),
+                    },
+                );
+                self.resolve_named(AlertName::TrainingContainerDied, c, ts, out);
+            }
         } else {
             self.st.run_ended.insert(key.container.clone(), ts);
+            if self.st.pace.get(c).is_some_and(|p| p.run == *key) {
+                self.st.pace.remove(c);
+            }
+            self.resolve_named(AlertName::TrainingStalled, c, ts, out);
         }
         for name in [
             AlertName::TrainingLossNonFinite,
@@ -1513,6 +1657,88 @@ mod tests {
             T0 + 3700 * S + 1,
             "just after the first ended"
         );
+    }
+
+    fn run_op(key: &RunKey, status: RunStatus, ts: i64) -> Op {
+        Op::Run(super::super::RunRow {
+            key: key.clone(),
+            started_at: key.ts,
+            ended_at: (status != RunStatus::Running).then_some(ts),
+            status,
+            epochs_total: Some(10),
+            best_epoch_reported: None,
+            save_dir: None,
+            model: None,
+            loss_names: vec![],
+        })
+    }
+
+    #[test]
+    fn a_run_that_stops_completing_epochs_is_stalled() {
+        let mut e = Engine::new(Rules::default(), false, "/azaion");
+        let k = run_key("yolo", T0);
+        let min = 60 * S;
+        // Epochs every 10 minutes: the limit is max(3 x 10 min, 15 min) = 30 min.
+        let mut ops = vec![run_op(&k, RunStatus::Running, T0)];
+        for ep in 1..=3 {
+            ops.push(epoch(&k, ep, T0 + ep as i64 * 10 * min, 1.0));
+        }
+        assert!(feed(&mut e, &ops).is_empty());
+        let line = |ts| event("yolo", "log", ts, "{}");
+        assert!(feed(&mut e, &[line(T0 + 60 * min)]).is_empty());
+        let c = feed(&mut e, &[line(T0 + 60 * min + S)]);
+        assert_eq!(names(&c), ["fired TrainingStalled"]);
+        let Change::Fired { alert, .. } = &c[0] else {
+            unreachable!()
+        };
+        assert_eq!(alert.started_at, T0 + 60 * min, "30 min after epoch 3");
+        assert!(alert.summary.contains("since epoch 3"), "{}", alert.summary);
+        let c = feed(&mut e, &[epoch(&k, 4, T0 + 70 * min, 1.0)]);
+        assert_eq!(names(&c), ["resolved TrainingStalled"]);
+        // The run ends: nothing more to wait for, however long the log goes on.
+        feed(&mut e, &[run_op(&k, RunStatus::Completed, T0 + 71 * min)]);
+        assert!(feed(&mut e, &[line(T0 + 600 * min)]).is_empty());
+    }
+
+    #[test]
+    fn a_replayed_archive_that_ends_resolves_what_needs_it_running() {
+        let mut e = Engine::new(Rules::default(), false, "/azaion");
+        let off = |ts, v| metric("q", "queue_offset", ts, v);
+        feed(&mut e, &[off(T0, 5.0)]);
+        let c = feed(&mut e, &[off(T0 + 3601 * S, 5.0)]);
+        assert_eq!(names(&c), ["fired QueueOffsetStale"]);
+        let c = feed(
+            &mut e,
+            &[Op::Signal(
+                i64::MIN,
+                Signal::LogEnded {
+                    container: "q".into(),
+                },
+            )],
+        );
+        assert!(
+            matches!(&c[..], [Change::Resolved { alert, .. }] if alert.resolved_at == Some(T0 + 3601 * S)),
+            "{c:?}"
+        );
+        assert!(e.firing().is_empty());
+    }
+
+    #[test]
+    fn a_training_container_that_dies_fires_until_it_trains_again() {
+        let mut e = Engine::new(Rules::default(), false, "/azaion");
+        let k = run_key("yolo", T0);
+        feed(&mut e, &[run_op(&k, RunStatus::Running, T0)]);
+        let c = feed(
+            &mut e,
+            &[
+                run_op(&k, RunStatus::Failed, T0 + 60 * S),
+                event("yolo", "training_container_died", T0 + 60 * S, "{}"),
+            ],
+        );
+        assert_eq!(names(&c), ["fired TrainingContainerDied"]);
+        let k2 = run_key("yolo", T0 + 120 * S);
+        let c = feed(&mut e, &[run_op(&k2, RunStatus::Running, T0 + 120 * S)]);
+        assert_eq!(names(&c), ["resolved TrainingContainerDied"]);
     }
 
     #[test]

@@ -185,6 +185,20 @@ const SAVED_VERSION: u32 = 1;
 /// Finished runs a snapshot keeps for resumes (the most recent), as the row-based rebuild does.
 const SAVED_SAVE_DIRS: usize = 50;
 
+/// ` (SIGKILL)` for an exit code of 128 + a signal's number, as shells report it.
+fn signal_name(code: i64) -> &'static str {
+    match code {
+        129 => " (SIGHUP)",
+        130 => " (SIGINT)",
+        134 => " (SIGABRT)",
+        135 => " (SIGBUS)",
+        137 => " (SIGKILL)",
+        139 => " (SIGSEGV)",
+        143 => " (SIGTERM)",
+        _ => "",
+    }
+}
+
 fn intern_counter(name: &str) -> &'static str {
     match name {
         "queue_messages_processed" => "queue_messages_processed",
@@ -442,6 +456,79 @@ impl ContainerState {
         {
             self.by_save_dir.insert(dir.clone(), run.row);
         }
+    }
+
+    /// The container stopped and its log was read to the end (at `ts`, its `FinishedAt`): a
+    /// run still running ended with it, as `interrupted` when the process was stopped on
+    /// purpose (exit 0, or SIGINT / SIGTERM: 130, 143), else as `failed` (another code, or the
+    /// kernel's OOM killer), and a `training_container_died` event tells how.
+    pub fn container_exited(
+        &mut self,
+        ts: i64,
+        exit_code: Option<i64>,
+        oom_killed: bool,
+        out: &mut Vec<Op>,
+    ) {
+        let Some(run) = self
+            .run
+            .as_mut()
+            .filter(|r| r.row.status == RunStatus::Running)
+        else {
+            return;
+        };
+        let stopped = !oom_killed && matches!(exit_code, Some(0 | 130 | 143));
+        run.row.status = if stopped {
+            RunStatus::Interrupted
+        } else {
+            RunStatus::Failed
+        };
+        let ended = ts.max(run.last_ts);
+        run.row.ended_at = Some(ended);
+        out.push(Op::Run(run.row.clone()));
+        if exit_code == Some(0) && !oom_killed {
+            return;
+        }
+        let epoch = match (run.last_epoch, run.row.epochs_total) {
+            (Some(e), Some(n)) => format!(" after epoch {e}/{n}"),
+            (Some(e), None) => format!(" after epoch {e}"),
+            (None, _) => " before its first epoch".into(),
+        };
+        let how = if oom_killed {
+            "was killed by the kernel's OOM killer".to_string()
+        } else {
+            match exit_code {
+                Some(c) => format!("exited with code {c}{}", signal_name(c)),
+                None => "stopped (exit code unknown)".into(),
+            }
+        };
+        let message = format!(
+            "Training container {} {how}{epoch} while its run was running; the run is {}",
+            self.container,
+            run.row.status.as_str()
+        );
+        let context = json!({
+            "exit_code": exit_code,
+            "oom_killed": oom_killed,
+            "epoch": run.last_epoch,
+            "epochs_total": run.row.epochs_total,
+            "status": run.row.status.as_str(),
+        });
+        out.push(Op::Event(EventRow {
+            ts: ended,
+            container: self.container.clone(),
+            stream: "docker",
+            // The daemon's own `container_died` is at seq 0 of its event time.
+            seq: 1,
+            key_ts: ended,
+            level: if oom_killed {
+                Level::Critical
+            } else {
+                Level::Error
+            },
+            kind: "training_container_died",
+            message,
+            context: context.to_string(),
+        }));
     }
 
     fn new_run(

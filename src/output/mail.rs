@@ -22,7 +22,7 @@ use crate::store::queries::Evidence;
 use crate::time::{format_ns, human_duration, parse_rfc3339};
 
 /// How the connection to the mail server is protected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
     /// TLS from the first byte (`smtps://`, port 465).

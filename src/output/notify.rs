@@ -29,7 +29,7 @@ use crate::store::alerts::{self as store_alerts, AlertRow, Pending};
 use crate::time::{Age, format_ns, now_ns};
 
 /// `[notify]` in the config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
     pub receivers: Vec<ReceiverConfig>,
@@ -58,7 +58,7 @@ impl NotifyConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReceiverKind {
     Webhook,
@@ -67,7 +67,7 @@ pub enum ReceiverKind {
 }
 
 /// One `[[notify.receivers]]`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverConfig {
     /// How logs and the outbox name this receiver.
@@ -75,9 +75,10 @@ pub struct ReceiverConfig {
     pub kind: ReceiverKind,
     /// The webhook URL, Alertmanager's base URL (`http://alertmanager:9093`), or the mail
     /// server (`smtp://mail.example.com:587`, `smtps://mail.example.com:465`).
+    #[serde(serialize_with = "crate::config::redacted_text")]
     pub url: String,
     /// Sent as `Authorization: Bearer ...`; prefer `bearer_token_env`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::config::secret")]
     pub bearer_token: Option<String>,
     /// The name of an environment variable holding the bearer token.
     #[serde(default)]
@@ -95,7 +96,7 @@ pub struct ReceiverConfig {
     #[serde(default)]
     pub username: Option<String>,
     /// smtp: the password; prefer `password_env`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::config::secret")]
     pub password: Option<String>,
     /// smtp: the name of an environment variable holding the password.
     #[serde(default)]

@@ -337,7 +337,7 @@ pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Limits of [`serve_with`]: config section `[listen]`.
-#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Connections served at once.

@@ -15,7 +15,7 @@ use crate::store::alerts::{self as store_alerts, AlertRow};
 use crate::time::{Age, format_ns, human_duration, parse_rfc3339};
 
 /// `[status]` in the config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatusConfig {
     /// The status file `watch` rewrites (default: `trainwatch-status.json` beside the

@@ -23,7 +23,7 @@ use crate::words::AnyCase;
 /// add = "count"                          # optional: named capture to add instead of 1
 /// level = "INFO"                         # optional: overrides the line's level
 /// ```
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatternConfig {
     pub regex: String,

@@ -50,7 +50,7 @@ pub mod stats;
 /// [[docker.exclude]]
 /// image = "portainer/*"
 /// ```
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     #[serde(default)]
@@ -65,7 +65,7 @@ pub struct Selector {
 }
 
 /// The `[docker]` config section.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerConfig {
     /// Containers to follow; empty means all.
@@ -647,6 +647,29 @@ fn forget_cursors(db: &std::path::Path, id: &str) {
     }
 }
 
+/// How a container stopped.
+struct Exited {
+    finished_at: i64,
+    exit_code: Option<i64>,
+    oom_killed: bool,
+}
+
+impl Exited {
+    fn of(state: &bollard::models::ContainerState) -> Exited {
+        Exited {
+            // Docker's zero time (`0001-01-01T00:00:00Z`) when it never ran.
+            finished_at: state
+                .finished_at
+                .as_deref()
+                .and_then(crate::time::parse_rfc3339)
+                .filter(|t| *t > 0)
+                .unwrap_or_else(crate::time::now_ns),
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed.unwrap_or(false),
+        }
+    }
+}
+
 /// State of one container's follower between reconnects.
 struct Follower {
     state: ContainerState,
@@ -831,6 +854,8 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     // 20.10) ends a follow stream when the container stops even if the reader is behind, so a
     // fast, short-lived container would otherwise lose its last lines.
     let mut draining = false;
+    // How it stopped, as the inspect that found it stopped tells.
+    let mut exited: Option<Exited> = None;
     // `LogStreamSilent`: a running container of a watched role (training prints all the
     // time; an idle queue may not) silent across re-attaches for longer than the limit.
     let alert_silence = shared.cfg.silent_alert_after_secs;
@@ -935,11 +960,16 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
             }
         };
         if draining && ended.is_ok() {
-            // The non-follow read of a stopped container reached the end of its log.
+            // The non-follow read of a stopped container reached the end of its log: a run
+            // still running ended with the container.
             merger.finish();
             f.take_lines(&mut merger, &mut grouper, &mut recs);
             grouper.finish(&mut recs);
             f.process(&shared.parser, &mut recs);
+            if let Some(e) = &exited {
+                f.state
+                    .container_exited(e.finished_at, e.exit_code, e.oom_killed, &mut f.ops);
+            }
             f.flush(&shared.writer).await;
             tracing::info!(container = %container, "Container stopped; its logs were read to the end.");
             return;
@@ -951,7 +981,14 @@ async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
             .inspect_container(&info.id, None::<InspectContainerOptions>)
             .await
         {
-            Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
+            Ok(i) => {
+                let state = i.state.unwrap_or_default();
+                let running = state.running.unwrap_or(false);
+                if !running {
+                    exited = Some(Exited::of(&state));
+                }
+                running
+            }
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => {

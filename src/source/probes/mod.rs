@@ -24,7 +24,7 @@ use crate::derive::{MetricRow, Op};
 use crate::time::Age;
 
 /// `[probes]` in the config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
     pub interval: Age,
