@@ -398,3 +398,62 @@ fn read_commands_honour_the_config_and_config_check_prints_it() {
     let body2: String = out(&o).lines().skip(1).map(|l| format!("{l}\n")).collect();
     assert_eq!(body2, body);
 }
+
+/// `history` for a person: the newest run first, within 120 columns, losses rounded as the
+/// console prints them, times in human units; empty where nothing is known.
+#[test]
+fn history_table_lists_the_newest_run_first_within_120_columns() {
+    let db = Db::new();
+    db.replay(
+        &[
+            fixture_str("ultralytics/normal-json.log"),
+            fixture_str("ultralytics/crash-json.log"),
+        ],
+        Some("a-training-container-with-a-long-name"),
+    );
+    let o = bin(&["history"], &db.path);
+    assert!(o.status.success());
+    let text = out(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 4, "{text}");
+    for l in &lines {
+        assert!(
+            l.chars().count() <= 120,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&bin(&["history", "--format", "json"], &db.path).stdout).unwrap();
+    let runs = json.as_array().unwrap();
+    assert!(runs.len() >= 2);
+    let newest = runs
+        .iter()
+        .max_by_key(|r| r["started_at"].as_str().unwrap().to_string())
+        .unwrap();
+    assert_eq!(runs[0]["run_id"], newest["run_id"], "json: newest first");
+    let first: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(first[0], newest["run_id"].to_string(), "{text}");
+    assert!(
+        first[1].ends_with('…') && first[1].chars().count() == 20,
+        "{text}"
+    );
+    // The completed run's row: its loss to 4 decimals, its duration in seconds.
+    let done = lines
+        .iter()
+        .find(|l| l.contains("completed"))
+        .expect("the completed run");
+    let loss = format!(
+        "{:.4}",
+        runs.iter().find(|r| r["status"] == "completed").unwrap()["final_loss"]
+            .as_f64()
+            .unwrap()
+    );
+    assert!(done.contains(&loss), "{loss} in {done}");
+    assert!(!done.contains("10.5140000"), "{done}");
+    assert!(
+        done.split_whitespace()
+            .any(|w| w.ends_with('s') && w[..w.len() - 1].parse::<u32>().is_ok()),
+        "{done}"
+    );
+}

@@ -34,7 +34,33 @@ const RUNS: &str = "SELECT r.run_id, r.container, r.status, r.epochs_done, r.epo
     FROM training_runs r
     LEFT JOIN epochs l ON l.run_id = r.run_id
         AND l.epoch = (SELECT max(epoch) FROM epochs WHERE run_id = r.run_id)
-    WHERE (?1 IS NULL OR r.container = ?1) ORDER BY r.started_at, r.run_id";
+    WHERE (?1 IS NULL OR r.container = ?1) ORDER BY r.started_at DESC, r.run_id DESC";
+
+// The same runs for a person, within 120 columns: rounded as the console prints them (losses
+// to 4 decimals, mAP to 3), durations and times in human units (UTC, to the minute), long
+// container names shortened.
+const RUNS_TABLE: &str = "WITH h AS (SELECT r.*, l.loss AS l_loss, l.map50 AS l_map50,
+        l.map50_95 AS l_map50_95,
+        CAST(round((julianday(COALESCE(r.ended_at, l.ended_at, r.started_at))
+                    - julianday(r.started_at)) * 86400) AS INTEGER) AS s
+    FROM training_runs r
+    LEFT JOIN epochs l ON l.run_id = r.run_id
+        AND l.epoch = (SELECT max(epoch) FROM epochs WHERE run_id = r.run_id)
+    WHERE (?1 IS NULL OR r.container = ?1))
+    SELECT run_id AS run,
+        CASE WHEN length(container) > 20 THEN substr(container, 1, 19) || '…' ELSE container END
+            AS container,
+        status, epochs_done || '/' || COALESCE(epochs_total, '?') AS epochs,
+        best_epoch AS best, iif(best_map50_95 IS NULL, NULL, printf('%.3f', best_map50_95)) AS best_map,
+        CASE WHEN s >= 86400 THEN printf('%dd%02dh', s / 86400, s % 86400 / 3600)
+             WHEN s >= 3600 THEN printf('%dh%02dm', s / 3600, s % 3600 / 60)
+             WHEN s >= 60 THEN printf('%dm%02ds', s / 60, s % 60)
+             ELSE s || 's' END AS time,
+        iif(l_loss IS NULL, NULL, printf('%.4f', l_loss)) AS loss,
+        iif(l_map50 IS NULL, NULL, printf('%.3f', l_map50)) AS map50,
+        iif(l_map50_95 IS NULL, NULL, printf('%.3f', l_map50_95)) AS map50_95,
+        substr(replace(started_at, 'T', ' '), 1, 16) AS started_utc
+    FROM h ORDER BY started_at DESC, run_id DESC";
 
 const EPOCHS: &str =
     "SELECT epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss, loss, losses,
@@ -49,7 +75,12 @@ pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Resul
     let mut out = stdout.lock();
     match args.run {
         None => {
-            let rows = Rows::query(&conn, RUNS, &[&args.container]).context("listing runs")?;
+            let sql = if args.format == OutputFormat::Table {
+                RUNS_TABLE
+            } else {
+                RUNS
+            };
+            let rows = Rows::query(&conn, sql, &[&args.container]).context("listing runs")?;
             render::write(&mut out, &rows, args.format)?;
         }
         Some(id) => {
