@@ -204,11 +204,13 @@ impl SetRun<'_> {
             self.summary.records += 1;
             let p = self.parser.parse(&rec);
             if let Some(skip) = p.skip {
-                let reason = match skip {
-                    crate::parse::json::JsonSkip::Invalid => "invalid_service_json",
-                    crate::parse::json::JsonSkip::NotObject => "service_json_not_object",
-                };
-                *self.summary.skips.by_reason.entry(reason).or_insert(0) += 1;
+                crate::telemetry::COUNTERS.skip(skip.reason());
+                *self
+                    .summary
+                    .skips
+                    .by_reason
+                    .entry(skip.reason())
+                    .or_insert(0) += 1;
             }
             let before = self.ops.len();
             self.state.apply(&rec, p, self.ops);

@@ -433,6 +433,10 @@ async fn watch_listen_serves_metrics_that_promtool_and_a_real_prometheus_accept(
         "trainwatch_events_stored_total",
         "trainwatch_notifications_failed_total",
         "# TYPE queue_messages_processed_total counter",
+        // Every skip reason has a series, also those that never happened.
+        "trainwatch_parse_skips_total{reason=\"truncated_gzip\"}",
+        "trainwatch_parse_skips_total{reason=\"service_json_not_object\"}",
+        "trainwatch_parse_skips_total{reason=\"bad_stream\"}",
     ] {
         assert!(metrics.contains(want), "missing {want}:\n{metrics}");
     }

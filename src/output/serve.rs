@@ -237,6 +237,9 @@ pub fn metrics_text(s: &status::Status) -> String {
         ),
         &["reason"],
     ) {
+        for reason in crate::source::SKIP_REASONS {
+            skips.with_label_values(&[reason]);
+        }
         for (reason, n) in COUNTERS.skips() {
             skips.with_label_values(&[reason]).inc_by(n);
         }

@@ -30,6 +30,16 @@ pub enum JsonSkip {
     NotObject,
 }
 
+impl JsonSkip {
+    /// The skip reason it is counted under (`trainwatch_parse_skips_total`, replay's summary).
+    pub fn reason(self) -> &'static str {
+        match self {
+            JsonSkip::Invalid => "invalid_service_json",
+            JsonSkip::NotObject => "service_json_not_object",
+        }
+    }
+}
+
 /// The keys a service line's time is read from, first found wins (the aliases of
 /// `Fast::timestamp` are the same list).
 pub const TIME_KEYS: [&str; 5] = ["timestamp", "time", "@timestamp", "ts", "asctime"];

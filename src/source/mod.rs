@@ -30,6 +30,23 @@ pub fn utf8_string(bytes: Vec<u8>) -> Result<String, Vec<u8>> {
     Ok(unsafe { String::from_utf8_unchecked(bytes) })
 }
 
+/// Every reason input is skipped (or a record kept with a note) for: `/metrics` shows each,
+/// at 0 until it happens, so a dashboard or an alert on one has a series from the start.
+pub const SKIP_REASONS: &[&str] = &[
+    "bad_stream",
+    "bad_time",
+    "clock_skew",
+    "file_unreadable",
+    "invalid_json",
+    "invalid_service_json",
+    "invalid_utf8_replaced",
+    "line_too_long",
+    "merge_capped",
+    "read_error",
+    "service_json_not_object",
+    "truncated_gzip",
+];
+
 /// Counted, logged skips by reason. Good records around a bad one are never lost.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Skips {

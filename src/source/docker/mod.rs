@@ -683,6 +683,10 @@ impl Follower {
     fn process(&mut self, parser: &Parser, recs: &mut Vec<Record>) {
         for rec in recs.drain(..) {
             let p = parser.parse(&rec);
+            // Counted as replay counts them.
+            if let Some(skip) = p.skip {
+                crate::telemetry::COUNTERS.skip(skip.reason());
+            }
             self.state.apply(&rec, p, &mut self.ops);
             self.stored.advance(&rec);
         }
