@@ -233,13 +233,22 @@ fn sql_refuses_writes_with_the_reason_and_creates_no_file() {
     for q in [
         format!("VACUUM INTO '{}'", target.display()),
         "DELETE FROM event_log".to_string(),
+        // A view: SQLite cannot even prepare it, and would say so, not that it writes.
+        "delete from events".to_string(),
         "PRAGMA journal_mode = DELETE".to_string(),
+        // Sets nothing, and writes.
+        "PRAGMA optimize".to_string(),
+        "ANALYZE".to_string(),
     ] {
         let o = bin(&["sql", &q], &db.path);
         assert!(!o.status.success(), "{q}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("is read-only"), "{q}: {err}");
         assert!(!err.contains("disk I/O error"), "{q}: {err}");
+        assert!(
+            !err.contains("readonly database") && !err.contains("view"),
+            "{q}: {err}"
+        );
     }
     assert!(!target.exists(), "VACUUM INTO left a file");
     // Reads, PRAGMA reads included, still run.

@@ -25,6 +25,18 @@ pub fn run(args: SqlArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()
     // A third, before anything runs: a statement that would write (or create a file, as
     // `VACUUM INTO` does before it fails) is refused with the reason, not with SQLite's
     // "attempt to write a readonly database" or "disk I/O error".
+    let refused = || {
+        anyhow::anyhow!(
+            "`trainwatch sql` is read-only: this statement would write or create a file ({}). Run queries (SELECT, WITH, EXPLAIN, PRAGMA reads); copy the database with `sqlite3 {} \".backup copy.db\"`.",
+            args.query,
+            db.display()
+        )
+    };
+    // A statement that writes may not even prepare (`DELETE FROM events`: a view): its verb
+    // says what it is.
+    if writes_by_verb(&args.query) {
+        return Err(refused());
+    }
     let readonly = conn
         .prepare(&args.query)
         .map(|st| st.readonly())
@@ -36,15 +48,47 @@ pub fn run(args: SqlArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()
         q.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("pragma")) && !q.contains('=')
     };
     if !readonly && !pragma_read {
-        anyhow::bail!(
-            "`trainwatch sql` is read-only: this statement would write or create a file ({}). Run queries (SELECT, WITH, EXPLAIN, PRAGMA reads); copy the database with `sqlite3 {} \".backup copy.db\"`.",
-            args.query,
-            db.display()
-        );
+        return Err(refused());
     }
-    let rows = Rows::query(&conn, &args.query, &[])
-        .with_context(|| format!("running query: {}", args.query))?;
+    let rows = match Rows::query(&conn, &args.query, &[]) {
+        // A PRAGMA that writes although it sets nothing (`PRAGMA optimize`).
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::SystemIoFailure
+            ) =>
+        {
+            return Err(refused());
+        }
+        r => r.with_context(|| format!("running query: {}", args.query))?,
+    };
     let stdout = std::io::stdout();
     render::write(&mut stdout.lock(), &rows, args.format)?;
     Ok(())
+}
+
+/// Whether the statement's first word is one that writes.
+fn writes_by_verb(sql: &str) -> bool {
+    let verb: String = sql
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    matches!(
+        verb.as_str(),
+        "INSERT"
+            | "UPDATE"
+            | "DELETE"
+            | "REPLACE"
+            | "UPSERT"
+            | "CREATE"
+            | "DROP"
+            | "ALTER"
+            | "VACUUM"
+            | "REINDEX"
+            | "ANALYZE"
+            | "ATTACH"
+            | "DETACH"
+    )
 }
