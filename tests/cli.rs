@@ -466,3 +466,21 @@ fn history_table_lists_the_newest_run_first_within_120_columns() {
         "{done}"
     );
 }
+
+/// `replay --db` into a directory that does not exist says it creates it, then does.
+#[test]
+fn replay_into_a_new_directory_says_it_creates_it() {
+    let db = Db::new();
+    let path = db.dir.path().join("new/sub/tw.db");
+    let o = bin(&["replay", &fixture_str("queue/queue.log")], &path);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not exist; creating it") && err.contains("new/sub"),
+        "{err}"
+    );
+    assert!(path.exists());
+    // The second time there is nothing to say.
+    let o = bin(&["replay", &fixture_str("queue/queue.log")], &path);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("creating"));
+}

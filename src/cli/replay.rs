@@ -24,6 +24,18 @@ pub struct ReplayArgs {
 pub fn run(args: ReplayArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let cfg = super::load_config(config)?;
     let parser = Parser::new(cfg.patterns()?);
+    // A new database in a new directory (a typo, or a first run): say so, on stderr.
+    if let Some(dir) = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: {} does not exist; creating it for the new database {}",
+            dir.display(),
+            db.display()
+        );
+    }
     let start = std::time::Instant::now();
     let s = pipeline::replay(
         &args.files,
