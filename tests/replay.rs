@@ -416,3 +416,38 @@ fn bars_off_counts_epochs_by_their_headers() {
         *csv.epochs().last().unwrap() as i64
     );
 }
+
+/// results.csv's `time` is Ultralytics' own: the seconds from `Starting training for N
+/// epochs...` to each epoch's end. The stored `train_time_s` (and so `history --format csv`)
+/// agrees with it to the log lines' precision, for the bar layouts of 8.4 and of 8.3.
+#[test]
+fn epoch_times_are_ultralytics_results_csv_time() {
+    for dir in ["ultralytics", "ultralytics-8.3"] {
+        for run in ["normal", "earlystop"] {
+            let db = Db::new();
+            db.replay(
+                &[fixture_str(&format!("{dir}/{run}-json.log"))],
+                Some("gpu"),
+            );
+            let csv = ResultsCsv::load(&fixture(&format!("{dir}/{run}.results.csv")));
+            let conn = db.conn();
+            let mut st = conn
+                .prepare("SELECT epoch, train_time_s FROM training_epochs ORDER BY epoch")
+                .unwrap();
+            let rows: Vec<(u32, Option<f64>)> = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(!rows.is_empty());
+            for (epoch, t) in rows {
+                let got = t.unwrap_or_else(|| panic!("{dir}/{run} epoch {epoch}: no time"));
+                let want = csv.get(epoch, "time");
+                assert!(
+                    (got - want).abs() <= 0.05 + want * 0.01,
+                    "{dir}/{run} epoch {epoch}: {got} s stored, {want} s in results.csv"
+                );
+            }
+        }
+    }
+}

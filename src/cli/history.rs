@@ -64,7 +64,7 @@ const RUNS_TABLE: &str = "WITH h AS (SELECT r.*, l.loss AS l_loss, l.map50 AS l_
 
 const EPOCHS: &str =
     "SELECT epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss, loss, losses,
-        precision, recall, map50, map50_95, gpu_mem_gb, non_finite, metrics
+        precision, recall, map50, map50_95, gpu_mem_gb, non_finite, metrics, train_time_s
     FROM training_epochs WHERE run_id = ?1 ORDER BY epoch";
 
 pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
@@ -103,7 +103,8 @@ pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Resul
     Ok(())
 }
 
-/// Rebuilds results.csv's columns: epoch, time (seconds since the run started),
+/// Rebuilds results.csv's columns: epoch, time (seconds since training started, as
+/// Ultralytics counts it),
 /// train/<loss> for each loss column, metrics/precision(B) ... metrics/mAP50-95(B), and for
 /// segmentation and pose runs the same four of their second group, `(M)` or `(P)`; for
 /// classification runs metrics/accuracy_top1 and metrics/accuracy_top5 instead of the box four;
@@ -194,8 +195,11 @@ fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow:
     let mut out = Vec::new();
     for (r, extra) in rows.rows.iter().zip(&metrics) {
         let mut row = vec![r[idx("epoch")].clone()];
-        let t = match &r[idx("ended_at")] {
-            Value::Text(s) => trainwatch::time::parse_rfc3339(s)
+        // Ultralytics' own: seconds since training started (again after a resume); for
+        // epochs stored before that was kept, since the run's first line.
+        let t = match (&r[idx("train_time_s")], &r[idx("ended_at")]) {
+            (Value::Real(t), _) => Some(Value::Real((t * 1e3).round() / 1e3)),
+            (_, Value::Text(s)) => trainwatch::time::parse_rfc3339(s)
                 .map(|e| Value::Real(((e - start) as f64 / 1e9 * 1e3).round() / 1e3)),
             _ => None,
         };

@@ -133,6 +133,8 @@ pub struct EpochRow {
     /// The validation row's second metric group (segmentation masks, pose keypoints), as the
     /// JSON object stored in `epochs.metrics`.
     pub metrics: Option<String>,
+    /// Seconds from the start of training to this row (results.csv's `time`).
+    pub train_time_s: Option<f64>,
 }
 
 /// One metric sample (view `metric_samples`).

@@ -102,6 +102,9 @@ struct Run {
     /// (`YOLO_VERBOSE=False` with the logger still at INFO) the header and the validation
     /// `all` row are all an epoch prints: the row then ends the epoch after `last_epoch`.
     header_open: bool,
+    /// When training (re)started: its `Starting training for N epochs...` line.
+    #[serde(default)]
+    train_start: Option<i64>,
 }
 
 impl Run {
@@ -242,6 +245,7 @@ impl ContainerState {
                 last_ts,
                 starting: false,
                 header_open: false,
+                train_start: None,
             });
         }
         for (name, v) in resume.counters {
@@ -566,6 +570,7 @@ impl ContainerState {
             last_ts: rec.ts,
             starting,
             header_open: false,
+            train_start: None,
         });
     }
 
@@ -595,6 +600,7 @@ impl ContainerState {
                 last_ts: rec.ts,
                 starting: false,
                 header_open: false,
+                train_start: None,
             });
         }
         let run = self.run.as_mut().expect("run set above");
@@ -639,7 +645,26 @@ impl ContainerState {
     }
 
     /// Feeds one parsed record (taken by value: its context moves into the event).
-    pub fn apply(&mut self, rec: &Record, mut p: Parsed, out: &mut Vec<Op>) {
+    pub fn apply(&mut self, rec: &Record, p: Parsed, out: &mut Vec<Op>) {
+        let from = out.len();
+        self.apply_record(rec, p, out);
+        // results.csv's `time`: seconds since training started (the run's start before its
+        // `Starting training` line is seen).
+        if let Some(run) = &self.run {
+            let start = run.train_start.unwrap_or(run.row.started_at);
+            for op in &mut out[from..] {
+                if let Op::Epoch(key, e) = op
+                    && *key == run.row.key
+                    && e.train_time_s.is_none()
+                    && e.ended_at >= start
+                {
+                    e.train_time_s = Some((e.ended_at - start) as f64 / 1e9);
+                }
+            }
+        }
+    }
+
+    fn apply_record(&mut self, rec: &Record, mut p: Parsed, out: &mut Vec<Op>) {
         if let Some(run) = self.run.as_mut()
             && run.row.status == RunStatus::Running
         {
@@ -667,12 +692,16 @@ impl ContainerState {
                 if starting {
                     let run = self.run.as_mut().expect("checked");
                     run.starting = false;
+                    run.train_start = Some(rec.ts);
                     if epochs.is_some() && run.row.epochs_total != *epochs {
                         run.row.epochs_total = *epochs;
                         out.push(Op::Run(run.row.clone()));
                     }
                 } else {
                     self.new_run(rec, *epochs, None, None, false, out);
+                    if let Some(run) = self.run.as_mut() {
+                        run.train_start = Some(rec.ts);
+                    }
                     out.push(self.event(
                         rec,
                         Level::Info,
@@ -1006,6 +1035,7 @@ impl ContainerState {
                 map50_95,
                 gpu_mem_gb: None,
                 metrics: None,
+                train_time_s: None,
             },
         ));
         if same {

@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_zero_based_epochs.sql"),
     include_str!("../../migrations/0005_containers.sql"),
     include_str!("../../migrations/0006_resume_state.sql"),
+    include_str!("../../migrations/0007_epoch_train_time.sql"),
 ];
 
 /// Brings the schema up to the latest version.

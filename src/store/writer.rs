@@ -109,8 +109,10 @@ const UPSERT_RUN: &str =
 // them as they are. A re-run epoch (resume, NaN recovery) overwrites with its latest values.
 const UPSERT_EPOCH: &str =
     "INSERT INTO epochs (run_id, epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss,
-        loss, losses, non_finite, precision, recall, map50, map50_95, gpu_mem_gb, metrics)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, COALESCE(?10, 0), ?11, ?12, ?13, ?14, ?15, ?17)
+        loss, losses, non_finite, precision, recall, map50, map50_95, gpu_mem_gb, metrics,
+        train_time_s)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, COALESCE(?10, 0), ?11, ?12, ?13, ?14, ?15, ?17,
+        ?18)
      ON CONFLICT (run_id, epoch) DO UPDATE SET
         epochs_total = COALESCE(excluded.epochs_total, epochs_total),
         ended_at = max(excluded.ended_at, ended_at),
@@ -125,7 +127,8 @@ const UPSERT_EPOCH: &str =
         map50 = COALESCE(excluded.map50, map50),
         map50_95 = COALESCE(excluded.map50_95, map50_95),
         gpu_mem_gb = COALESCE(excluded.gpu_mem_gb, gpu_mem_gb),
-        metrics = COALESCE(excluded.metrics, metrics)";
+        metrics = COALESCE(excluded.metrics, metrics),
+        train_time_s = COALESCE(excluded.train_time_s, train_time_s)";
 
 const UPSERT_CURSOR: &str =
     "INSERT INTO cursors (container, stream, origin, key_ts, seq, updated_at)
@@ -626,7 +629,8 @@ fn upsert_epoch(
                 e.map50_95,
                 e.gpu_mem_gb,
                 e.losses.is_some(),
-                e.metrics
+                e.metrics,
+                e.train_time_s
             ])
         })
         .map_err(StoreError::sql("upsert epoch"))?;
