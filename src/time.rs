@@ -235,6 +235,16 @@ impl<'de> serde::Deserialize<'de> for Age {
     }
 }
 
+/// How long before `now` the RFC 3339 time `ts` was, for people: `12s ago`, `2h10m ago`;
+/// `just now` for a time ahead of the clock (skew), `never` when there is none.
+pub fn ago(now: i64, ts: Option<&str>) -> String {
+    match ts.and_then(parse_rfc3339) {
+        None => "never".into(),
+        Some(t) if t >= now => "just now".into(),
+        Some(t) => format!("{} ago", human_duration(now - t)),
+    }
+}
+
 /// A duration for people: `3h12m`, `5m`, `40s`.
 pub fn human_duration(ns: i64) -> String {
     if ns > 0 && ns < 10 * NS {

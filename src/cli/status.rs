@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use trainwatch::output::{page, status};
-use trainwatch::time::human_duration;
+use trainwatch::time::{ago, human_duration};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -61,12 +61,16 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     let stdout = std::io::stdout();
     let mut o = stdout.lock();
     writeln!(o, "{}", s.health.line)?;
+    // Ages, not timestamps (`--format json` of `health` has those).
     writeln!(
         o,
         "updated {}; heartbeat {}; newest record {}",
-        s.generated_at,
-        s.heartbeat_at.as_deref().unwrap_or("never"),
-        s.newest_record_at.as_deref().unwrap_or("none")
+        s.generated_at
+            .get(..19)
+            .map(|t| format!("{} UTC", t.replace('T', " ")))
+            .unwrap_or_default(),
+        ago(now, s.heartbeat_at.as_deref()),
+        ago(now, s.newest_record_at.as_deref())
     )?;
     writeln!(o)?;
     match &s.training {
@@ -85,14 +89,7 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
                     .unwrap_or_else(|| "?".into()),
                 bar(t.epoch, total, 24)
             )?;
-            let losses = match &t.losses {
-                serde_json::Value::Object(m) => m
-                    .iter()
-                    .map(|(k, v)| format!("{} {}", k.trim_end_matches("_loss"), v))
-                    .collect::<Vec<_>>()
-                    .join("  "),
-                _ => opt(t.loss, 4, ""),
-            };
+            let losses = page::losses_text(&t.losses).unwrap_or_else(|| opt(t.loss, 4, ""));
             writeln!(o, "           last losses  {losses}")?;
             let summary = t.metrics_summary();
             // A classification run has no box metrics: its accuracy line stands instead.
@@ -116,17 +113,32 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
                 };
                 writeln!(o, "           {m}{best}")?;
             }
+            let eta = if t.eta_stale {
+                "stale (the run has not moved)".to_string()
+            } else {
+                dur(t.eta_seconds)
+            };
             writeln!(
                 o,
-                "           epoch time {}  ETA {}",
+                "           epoch time {}  last epoch {}  ETA {eta}",
                 dur(t.epoch_seconds),
-                dur(t.eta_seconds)
+                ago(now, t.last_epoch_at.as_deref()),
             )?;
         }
     }
     match &s.last_checkpoint {
-        Some(c) => writeln!(o, "Checkpoint {} {} ({})", c.kind, c.ts, c.container)?,
-        None => writeln!(o, "Checkpoint none recorded")?,
+        Some(c) => writeln!(
+            o,
+            "Checkpoint {} {}: {}",
+            if c.kind == "checkpoint_save_failed" {
+                "save FAILED"
+            } else {
+                "saved"
+            },
+            ago(now, Some(&c.ts)),
+            c.message.lines().next().unwrap_or("")
+        )?,
+        None => writeln!(o, "Checkpoint none recorded for this run")?,
     }
     if s.gpus.is_empty() {
         writeln!(o, "GPU        no samples")?;
@@ -193,8 +205,11 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     for a in &s.alerts_firing {
         writeln!(
             o,
-            "Alert      {:<8} {} since {}: {}",
-            a.severity, a.alertname, a.started_at, a.summary
+            "Alert      {:<8} {} for {}: {}",
+            a.severity,
+            a.alertname,
+            ago(now, Some(&a.started_at)).trim_end_matches(" ago"),
+            a.summary
         )?;
     }
     Ok(())

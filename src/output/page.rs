@@ -405,8 +405,48 @@ fn opt(v: Option<f64>, unit: &str) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
+/// `%.4g`, as Ultralytics prints losses: 4 significant digits, trailing zeros dropped.
+fn sig4(f: f64) -> String {
+    if f == 0.0 || !f.is_finite() {
+        return format!("{f}");
+    }
+    let decimals = (3 - f.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    let s = format!("{f:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// `box 0.2109  cls 0.3334  dfl 0.1759`: the loss columns by name, to 4 significant digits as
+/// the console prints them, `nan` as it is.
+pub fn losses_text(losses: &serde_json::Value) -> Option<String> {
+    let serde_json::Value::Object(m) = losses else {
+        return None;
+    };
+    let parts: Vec<String> = m
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::Number(n) => {
+                    n.as_f64().map_or_else(|| n.to_string(), sig4)
+                }
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{} {v}", k.trim_end_matches("_loss"))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("  "))
+}
+
 /// Renders the page. `refresh_secs` adds a meta refresh (for the page `watch` serves).
 pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
+    // Times on screen are ages at the page's own time; the timestamps are in `title`s.
+    let now = crate::time::parse_rfc3339(&s.generated_at).unwrap_or(0);
+    let ago = |t: Option<&str>| crate::time::ago(now, t);
+    let since = |t: &str| ago(Some(t)).trim_end_matches(" ago").to_string();
     let level_class = match s.health.code {
         0 => "ok",
         1 => "warn",
@@ -428,7 +468,8 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                 h1 { "trainwatch " span class=(level_class) { (s.health.level) } }
                 p.muted {
                     "Updated " span #age data-generated=(s.generated_at) { (s.generated_at) }
-                    @if let Some(h) = &s.heartbeat_at { " · ingestor heartbeat " (h) }
+                    @if let Some(h) = &s.heartbeat_at { " · ingestor heartbeat " span title=(h) { (ago(Some(h))) } }
+                    @if let Some(r) = &s.newest_record_at { " · newest record " span title=(r) { (ago(Some(r))) } }
                 }
                 p { (s.health.line) }
                 section #alerts {
@@ -436,7 +477,7 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                     @if s.alerts_firing.is_empty() { p.muted { "None." } }
                     @for a in &s.alerts_firing {
                         div class=(format!("alert sev-{}", a.severity)) {
-                            strong { (a.alertname) } " · " (a.severity) " · since " (a.started_at)
+                            strong { (a.alertname) } " · " (a.severity) " · firing for " span title=(a.started_at) { (since(&a.started_at)) }
                             br; (a.summary)
                         }
                     }
@@ -445,7 +486,7 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                             summary.muted { "Last resolved" }
                             @for a in &s.alerts_resolved_recently {
                                 div class=(format!("alert resolved sev-{}", a.severity)) {
-                                    strong { (a.alertname) } " · " (a.started_at) " → " (a.resolved_at.as_deref().unwrap_or(""))
+                                    strong { (a.alertname) } " · began " span title=(a.started_at) { (ago(Some(&a.started_at))) } ", resolved " span title=(a.resolved_at.as_deref().unwrap_or("")) { (ago(a.resolved_at.as_deref())) }
                                     br; (a.summary)
                                 }
                             }
@@ -466,10 +507,12 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                                     div.bar { div style=(format!("width:{:.1}%", (t.epoch as f64 * 100.0 / n as f64).min(100.0))) {} }
                                 }
                                 p {
-                                    "Epoch time " (hours(t.epoch_seconds)) " · ETA " (hours(t.eta_seconds))
+                                    "Epoch time " (hours(t.epoch_seconds))
+                                    " · last epoch " span title=(t.last_epoch_at.as_deref().unwrap_or("")) { (ago(t.last_epoch_at.as_deref())) }
+                                    " · ETA " @if t.eta_stale { strong { "stale" } " (the run has not moved)" } @else { (hours(t.eta_seconds)) }
                                     " · best mAP50-95 " (opt(t.best_map50_95, "")) @if let Some(e) = t.best_epoch { " (epoch " (e) ")" }
                                 }
-                                p.muted { "Last losses: " (t.losses.to_string()) }
+                                p.muted { "Last losses: " (losses_text(&t.losses).unwrap_or_else(|| opt(t.loss, ""))) }
                                 @if let Some(m) = t.metrics_summary() {
                                     p.muted { "Last metrics: " (m) }
                                 }
@@ -504,7 +547,8 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                             ") · datasets " (opt(d.datasets_gb, " GB")) " · models " (opt(d.models_gb, " GB")) }
                     }
                     @if let Some(cp) = &s.last_checkpoint {
-                        p { "Last checkpoint: " (cp.kind) " at " (cp.ts) " in " (cp.container) ": " (cp.message.lines().next().unwrap_or("")) }
+                        p { "Last checkpoint of this run: " (if cp.kind == "checkpoint_save_failed" { "save FAILED" } else { "saved" }) " "
+                            span title=(cp.ts) { (ago(Some(&cp.ts))) } ": " (cp.message.lines().next().unwrap_or("")) }
                     }
                 }
                 section #containers {
@@ -561,6 +605,16 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn losses_read_as_the_console_prints_them() {
+        let v = serde_json::json!({"box_loss": 3.00912, "cls_loss": 0.023449, "dfl_loss": "nan", "x_loss": 1234.6});
+        assert_eq!(
+            losses_text(&v).unwrap(),
+            "box 3.009  cls 0.02345  dfl nan  x 1235"
+        );
+        assert_eq!(losses_text(&serde_json::Value::Null), None);
+    }
 
     #[test]
     fn text_from_logs_is_escaped() {

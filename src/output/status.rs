@@ -82,8 +82,14 @@ pub struct Training {
     pub last_epoch_at: Option<String>,
     /// Median duration of the last (up to 5) epochs.
     pub epoch_seconds: Option<f64>,
-    /// Time left for the whole run at that pace (while it runs).
+    /// Time left for the whole run at that pace (while it runs), counted down from the last
+    /// epoch's end.
     pub eta_seconds: Option<f64>,
+    /// How long ago the last epoch ended.
+    pub last_epoch_age_seconds: Option<f64>,
+    /// The run is running but has not completed an epoch for max(3x the epoch time, 15 min)
+    /// (the `TrainingStalled` rule): the ETA means nothing.
+    pub eta_stale: bool,
     /// Loss columns of the last epoch by name (`"nan"` when not finite).
     pub losses: serde_json::Value,
     pub loss: Option<f64>,
@@ -276,6 +282,8 @@ pub fn training(
                     last_epoch_at: None,
                     epoch_seconds: None,
                     eta_seconds: None,
+                    last_epoch_age_seconds: None,
+                    eta_stale: false,
                     losses: serde_json::Value::Null,
                     loss: None,
                     map50: None,
@@ -357,7 +365,13 @@ pub fn training(
             .map(|l| (now - l) as f64 / 1e9)
             .unwrap_or(0.0);
         t.eta_seconds = Some((left - since_last.min(per)).max(0.0));
+        t.eta_stale = since_last > (3.0 * per).max(15.0 * 60.0);
     }
+    t.last_epoch_age_seconds = t
+        .last_epoch_at
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .map(|l| ((now - l) as f64 / 1e9).max(0.0));
     Ok(Some(t))
 }
 
@@ -492,16 +506,26 @@ fn disk(all: &[Gauge]) -> Option<Disk> {
     (d.used_pct.is_some() || d.datasets_gb.is_some()).then_some(d)
 }
 
-fn last_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, StoreError> {
+/// The current run's last checkpoint (saved or failed): of its container, since it started;
+/// never another container's or an earlier run's.
+fn last_checkpoint(
+    conn: &Connection,
+    run: Option<&Training>,
+) -> Result<Option<Checkpoint>, StoreError> {
+    let Some(run) = run else {
+        return Ok(None);
+    };
     conn.query_row(
         "SELECT ts, container, kind, message FROM (
             SELECT ts, container, kind, message FROM event_log WHERE kind = 'checkpoint_saved'
+                AND container = ?1 AND ts >= ?2
             ORDER BY ts DESC LIMIT 1)
          UNION ALL SELECT * FROM (
             SELECT ts, container, kind, message FROM event_log WHERE kind = 'checkpoint_save_failed'
+                AND container = ?1 AND ts >= ?2
             ORDER BY ts DESC LIMIT 1)
          ORDER BY ts DESC LIMIT 1",
-        [],
+        rusqlite::params![run.container, run.started_at],
         |r| {
             Ok(Checkpoint {
                 ts: r.get(0)?,
@@ -590,8 +614,15 @@ pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
                     t.run_id, t.status, t.epoch
                 )
             };
-            if let Some(eta) = t.eta_seconds {
-                p.push_str(&format!(", ETA {}", human_duration((eta * 1e9) as i64)));
+            match (t.eta_stale, t.last_epoch_age_seconds, t.eta_seconds) {
+                (true, Some(age), _) => p.push_str(&format!(
+                    ", no epoch for {} (stalled?)",
+                    human_duration((age * 1e9) as i64)
+                )),
+                (_, _, Some(eta)) => {
+                    p.push_str(&format!(", ETA {}", human_duration((eta * 1e9) as i64)))
+                }
+                _ => {}
             }
             parts.push(p);
         }
@@ -673,11 +704,12 @@ pub fn collect(conn: &Connection, now: i64, max_age_ns: i64) -> Result<Status, S
         gpus: gpus(&all),
         containers: containers(conn, &all, now, max_age_ns)?,
         disk: disk(&all),
-        last_checkpoint: last_checkpoint(conn)?,
+        last_checkpoint: None,
         alerts_firing: store_alerts::list(conn, false, 1000)?,
         alerts_resolved_recently: store_alerts::recently_resolved(conn, 10)?,
         gauges: all,
     };
+    s.last_checkpoint = last_checkpoint(conn, s.training.as_ref())?;
     s.health = health(&s, max_age_ns, now);
     Ok(s)
 }
@@ -766,6 +798,8 @@ mod tests {
                 last_epoch_at: Some(format_ns(NOW)),
                 epoch_seconds: Some(150.0),
                 eta_seconds: Some(75.0 * 150.0),
+                last_epoch_age_seconds: Some(0.0),
+                eta_stale: false,
                 losses: serde_json::Value::Null,
                 loss: None,
                 map50: None,
