@@ -1316,6 +1316,23 @@ fn a_killed_training_container_ends_its_run_and_fires_training_container_died() 
         summary.contains("exited with code 137 (SIGKILL) after epoch 5/10"),
         "{summary}"
     );
+    // `status` tells the same: the run failed, the container exited 137, its last line's age.
+    lab.wait_for(
+        &format!("SELECT count(*) FROM containers WHERE container = '{c}' AND state = 'exited' AND exit_code = 137"),
+        1,
+    );
+    let text =
+        String::from_utf8_lossy(&crate::util::bin(&["status"], &lab.db.path).stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Container") && l.contains(&c))
+        .unwrap_or_else(|| panic!("no line for {c}:\n{text}"));
+    assert!(
+        line.contains("exited 137") && line.contains("last line") && line.contains(" ago"),
+        "{line}"
+    );
+    assert!(text.contains("failed  epoch 5/10"), "{text}");
+    assert!(text.contains("ETA –"), "a failed run has no ETA:\n{text}");
     // Started again, it trains again: the alert resolves.
     let o = lab.docker().args(["start", &c]).output().unwrap();
     assert!(o.status.success());

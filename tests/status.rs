@@ -78,7 +78,7 @@ fn health_exit_codes_follow_alerts_and_the_age_of_the_data() {
     assert_eq!(code, 1, "{line}");
     assert_eq!(
         line,
-        "WARNING: training run 1 completed at epoch 10/10; disk 85 %; 1 alerts firing: DiskUsageHigh"
+        "WARNING: training run 1 completed at epoch 10/10; disk 85 %; 1 alert firing: DiskUsageHigh"
     );
     write_live(
         &db,

@@ -154,14 +154,39 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             opt(g.memory_total_mb, 0, " MiB")
         )?;
     }
+    // The followed containers, one line each (a server runs a handful; more are summed).
+    const SHOWN: usize = 8;
+    for f in s.followed.iter().take(SHOWN) {
+        writeln!(
+            o,
+            "Container  {:<28} {:<9} {:<16} last line {}",
+            f.container,
+            f.role,
+            f.state_text(),
+            ago(now, f.last_line_at.as_deref())
+        )?;
+    }
+    if s.followed.len() > SHOWN {
+        let down = s
+            .followed
+            .iter()
+            .skip(SHOWN)
+            .filter(|f| f.is_down())
+            .count();
+        writeln!(
+            o,
+            "Container  ... and {} more ({down} not running)",
+            s.followed.len() - SHOWN
+        )?;
+    }
     if s.containers.is_empty() {
-        writeln!(o, "Containers no Docker stats")?;
+        writeln!(o, "Stats      no Docker stats")?;
     }
     let bytes = |v: Option<f64>| v.map(status::human_bytes).unwrap_or_else(|| "–".into());
     for c in &s.containers {
         writeln!(
             o,
-            "Container  {} ({})  CPU {}  memory {} / {}  net in {} out {}  disk read {} write {}",
+            "Stats      {} ({})  CPU {}  memory {} / {}  net in {} out {}  disk read {} write {}",
             c.container,
             c.role.as_deref().unwrap_or("?"),
             opt(c.cpu_pct, 1, " %"),
@@ -191,8 +216,9 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     for q in &s.queues {
         writeln!(
             o,
-            "Queue      {}: processed {}  failed {}  offset {} (unchanged for {})",
+            "Queue      {}{}: processed {}  failed {}  offset {} (unchanged for {})",
             q.container,
+            if q.down { " DOWN" } else { "" },
             opt(q.processed, 0, ""),
             opt(q.failed, 0, ""),
             opt(q.offset, 0, ""),

@@ -183,4 +183,16 @@ pub enum Op {
     Container(i64, Arc<str>, String),
     /// A container's derivation state (JSON), committed with its cursor.
     State(Arc<str>, String),
+    /// A followed container's state as the daemon reports it (ns).
+    ContainerState(i64, Arc<str>, ContainerRun),
+}
+
+/// What the daemon says a container is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerRun {
+    Running,
+    /// Stopped, with its exit code when known.
+    Exited(Option<i64>),
+    /// The kernel's OOM killer hit it (its `die` follows).
+    OomKilled,
 }

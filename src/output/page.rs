@@ -355,6 +355,7 @@ fn chart(title: &str, x_label: &str, series: &[Series], hlines: &[(f64, &'static
 const CSS: &str = "
 :root{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#111827;background:#f9fafb}
 body{margin:0 auto;max-width:1100px;padding:12px}
+tr.down td{color:#b91c1c}
 h1{font-size:1.3rem;margin:.2rem 0}h2{font-size:1.05rem;margin:1rem 0 .4rem}
 .muted{color:#6b7280;font-size:.85rem}
 p,.alert{overflow-wrap:anywhere}
@@ -429,9 +430,7 @@ pub fn losses_text(losses: &serde_json::Value) -> Option<String> {
         .iter()
         .map(|(k, v)| {
             let v = match v {
-                serde_json::Value::Number(n) => {
-                    n.as_f64().map_or_else(|| n.to_string(), sig4)
-                }
+                serde_json::Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), sig4),
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
@@ -553,6 +552,18 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                 }
                 section #containers {
                     h2 { "Containers" }
+                    @if !s.followed.is_empty() {
+                        table #followed {
+                            tr { th { "container" } th { "role" } th { "state" } th { "last line" } }
+                            @for f in &s.followed {
+                                tr class=(if f.is_down() { "down" } else { "" }) {
+                                    td { (f.container) } td { (f.role) }
+                                    td { (f.state_text()) }
+                                    td title=(f.last_line_at.as_deref().unwrap_or("")) { (ago(f.last_line_at.as_deref())) }
+                                }
+                            }
+                        }
+                    }
                     @if s.containers.is_empty() {
                         p.muted { "No Docker stats yet (they are sampled by watch at the probe interval)." }
                     } @else {
@@ -577,7 +588,7 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                     h2 { "Annotation queue" }
                     @if s.queues.is_empty() { p.muted { "No queue counters recorded yet." } }
                     @for q in &s.queues {
-                        p { strong { (q.container) } ": processed " (opt(q.processed, "")) ", failed " (opt(q.failed, ""))
+                        p { strong { (q.container) } @if q.down { " " span.crit { "DOWN" } } ": processed " (opt(q.processed, "")) ", failed " (opt(q.failed, ""))
                             ", offset " (opt(q.offset, "")) " (unchanged for " (hours(q.offset_age_seconds)) ")" }
                     }
                     div.grid {
@@ -634,6 +645,7 @@ mod tests {
             containers: vec![],
             disk: None,
             last_checkpoint: None,
+            followed: vec![],
             alerts_firing: vec![crate::store::alerts::AlertRow {
                 id: 1,
                 fingerprint: "f".into(),

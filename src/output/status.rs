@@ -140,6 +140,8 @@ pub struct Queue {
     /// When the offset last changed (the first sample with its current value).
     pub offset_changed_at: Option<String>,
     pub offset_age_seconds: Option<f64>,
+    /// Its container is followed and not running.
+    pub down: bool,
 }
 
 /// One GPU.
@@ -216,6 +218,8 @@ pub struct Status {
     pub containers: Vec<ContainerStats>,
     pub disk: Option<Disk>,
     pub last_checkpoint: Option<Checkpoint>,
+    /// The followed containers: role, state (running, exited 137, OOM-killed), newest line.
+    pub followed: Vec<crate::store::queries::FollowedContainer>,
     pub alerts_firing: Vec<AlertRow>,
     pub alerts_resolved_recently: Vec<AlertRow>,
     pub gauges: Vec<Gauge>,
@@ -418,6 +422,7 @@ fn queues(conn: &Connection, all: &[Gauge], now: i64) -> Result<Vec<Queue>, Stor
                 .and_then(parse_rfc3339)
                 .map(|t| (now - t).max(0) as f64 / 1e9),
             offset_changed_at: changed,
+            down: false,
         });
     }
     Ok(out)
@@ -585,7 +590,9 @@ fn firing_summary(firing: &[AlertRow]) -> String {
     if names.len() > FIRING_NAMES_SHOWN {
         shown.push(format!("and {} more", names.len() - FIRING_NAMES_SHOWN));
     }
-    format!("{} alerts firing: {}", firing.len(), shown.join(", "))
+    let n = firing.len();
+    let noun = if n == 1 { "alert" } else { "alerts" };
+    format!("{n} {noun} firing: {}", shown.join(", "))
 }
 
 pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
@@ -705,11 +712,18 @@ pub fn collect(conn: &Connection, now: i64, max_age_ns: i64) -> Result<Status, S
         containers: containers(conn, &all, now, max_age_ns)?,
         disk: disk(&all),
         last_checkpoint: None,
+        followed: crate::store::queries::followed_containers(conn, 1000)?,
         alerts_firing: store_alerts::list(conn, false, 1000)?,
         alerts_resolved_recently: store_alerts::recently_resolved(conn, 10)?,
         gauges: all,
     };
     s.last_checkpoint = last_checkpoint(conn, s.training.as_ref())?;
+    for q in &mut s.queues {
+        q.down = s
+            .followed
+            .iter()
+            .any(|f| f.container == q.container && f.is_down());
+    }
     s.health = health(&s, max_age_ns, now);
     Ok(s)
 }
@@ -816,6 +830,7 @@ mod tests {
                 offset: Some(10.0),
                 offset_changed_at: None,
                 offset_age_seconds: None,
+                down: false,
             }],
             gpus: vec![],
             containers: vec![],
@@ -827,6 +842,7 @@ mod tests {
                 models_gb: None,
             }),
             last_checkpoint: None,
+            followed: vec![],
             alerts_firing: vec![],
             alerts_resolved_recently: vec![],
             gauges: vec![],
@@ -856,7 +872,7 @@ mod tests {
         let h = health(&s, 600 * S, NOW);
         assert_eq!((h.code, h.level), (1, "WARNING"));
         assert!(
-            h.line.ends_with("1 alerts firing: DiskUsageHigh"),
+            h.line.ends_with("1 alert firing: DiskUsageHigh"),
             "{}",
             h.line
         );

@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0005_containers.sql"),
     include_str!("../../migrations/0006_resume_state.sql"),
     include_str!("../../migrations/0007_epoch_train_time.sql"),
+    include_str!("../../migrations/0008_container_state.sql"),
 ];
 
 /// Brings the schema up to the latest version.

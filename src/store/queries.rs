@@ -160,6 +160,64 @@ pub fn container_roles(conn: &Connection) -> Result<HashMap<String, String>, Sto
         .map_err(StoreError::sql("read container roles"))
 }
 
+/// A followed container as live follow last saw it (table `containers`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FollowedContainer {
+    pub container: String,
+    pub role: String,
+    /// `running` or `exited` (`None` before the daemon said).
+    pub state: Option<String>,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub state_at: Option<String>,
+    pub last_line_at: Option<String>,
+}
+
+impl FollowedContainer {
+    /// `running`, `exited 137`, `OOM-killed (137)`, `unknown`.
+    pub fn state_text(&self) -> String {
+        match (self.state.as_deref(), self.oom_killed, self.exit_code) {
+            (Some("running"), _, _) => "running".into(),
+            (Some(_), true, Some(c)) => format!("OOM-killed ({c})"),
+            (Some(_), true, None) => "OOM-killed".into(),
+            (Some(_), false, Some(c)) => format!("exited {c}"),
+            (Some(s), false, None) => s.to_string(),
+            (None, _, _) => "unknown".into(),
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.state.as_deref() == Some("exited")
+    }
+}
+
+/// The containers live follow has seen, by role then name; at most `limit`.
+pub fn followed_containers(
+    conn: &Connection,
+    limit: usize,
+) -> Result<Vec<FollowedContainer>, StoreError> {
+    let q = StoreError::sql("read followed containers");
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT container, role, state, exit_code, oom_killed, state_at, last_line_at
+             FROM containers ORDER BY role, container LIMIT ?1",
+        )
+        .map_err(q)?;
+    stmt.query_map([limit as i64], |r| {
+        Ok(FollowedContainer {
+            container: r.get(0)?,
+            role: r.get(1)?,
+            state: r.get(2)?,
+            exit_code: r.get(3)?,
+            oom_killed: r.get::<_, i64>(4)? != 0,
+            state_at: r.get(5)?,
+            last_line_at: r.get(6)?,
+        })
+    })
+    .and_then(|it| it.collect())
+    .map_err(StoreError::sql("read followed containers"))
+}
+
 /// One stored line, as evidence in a notification.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Evidence {

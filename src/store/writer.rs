@@ -150,6 +150,19 @@ const UPSERT_CONTAINER: &str =
      ON CONFLICT (container) DO UPDATE SET role = excluded.role, seen_at = excluded.seen_at
      WHERE excluded.seen_at >= containers.seen_at";
 
+// A container's state, in log order: an older report does not undo a newer one.
+const CONTAINER_RUNNING: &str = "UPDATE containers SET state = 'running', exit_code = NULL,
+        oom_killed = 0, state_at = ?2
+     WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2) AND ?3 IS NULL";
+const CONTAINER_EXITED: &str = "UPDATE containers SET state = 'exited', exit_code = ?3,
+        state_at = ?2
+     WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2)";
+const CONTAINER_OOM: &str = "UPDATE containers SET oom_killed = 1
+     WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2) AND ?3 IS NULL";
+/// The log time of a container's newest line (the daemon's own events are not lines).
+const CONTAINER_LAST_LINE: &str = "UPDATE containers SET last_line_at = ?2
+     WHERE container = ?1 AND (last_line_at IS NULL OR last_line_at < ?2)";
+
 const UPSERT_DERIVE_STATE: &str =
     "INSERT INTO derive_state (container, state, saved_at) VALUES (?1, ?2, ?3)
      ON CONFLICT (container) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at";
@@ -316,6 +329,17 @@ impl Writer {
                             })
                             .map_err(StoreError::sql("save derivation state"))?;
                     }
+                    Op::ContainerState(ts, name, run) => {
+                        use crate::derive::ContainerRun;
+                        let (sql, code) = match run {
+                            ContainerRun::Running => (CONTAINER_RUNNING, None),
+                            ContainerRun::Exited(code) => (CONTAINER_EXITED, *code),
+                            ContainerRun::OomKilled => (CONTAINER_OOM, None),
+                        };
+                        tx.prepare_cached(sql)
+                            .and_then(|mut s| s.execute(params![&**name, format_ns(*ts), code]))
+                            .map_err(StoreError::sql("write container state"))?;
+                    }
                     Op::Container(ts, name, role) => {
                         tx.prepare_cached(UPSERT_CONTAINER)
                             .and_then(|mut s| s.execute(params![&**name, role, format_ns(*ts)]))
@@ -367,6 +391,19 @@ impl Writer {
                             .map_err(StoreError::sql("update cursor"))?;
                     }
                 }
+            }
+            // Newest line per container in this batch: a handful of containers per batch.
+            let mut newest: Vec<(&str, i64)> = Vec::new();
+            for e in events.iter().filter(|e| e.stream != "docker") {
+                match newest.iter_mut().find(|(c, _)| *c == &*e.container) {
+                    Some(n) => n.1 = n.1.max(e.ts),
+                    None => newest.push((&e.container, e.ts)),
+                }
+            }
+            for (container, ts) in newest {
+                tx.prepare_cached(CONTAINER_LAST_LINE)
+                    .and_then(|mut s| s.execute(params![container, format_ns(ts)]))
+                    .map_err(StoreError::sql("write a container's last line"))?;
             }
             let inserted = insert_rows(&tx, &events)?;
             self.stats.events_inserted += inserted;

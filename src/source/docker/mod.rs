@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::assemble::Assembler;
 use crate::derive::alerts::Signal;
-use crate::derive::{ContainerState, EventRow, Op, Position};
+use crate::derive::{ContainerRun, ContainerState, EventRow, Op, Position};
 use crate::event::{Key, Record, Stream};
 use crate::parse::{Level, Parser};
 use crate::pipeline::BATCH_OPS;
@@ -465,6 +465,17 @@ pub async fn run(shared: Shared) {
                     Arc::from(info.name.as_str()),
                     role.clone(),
                 ));
+                // `Exited (137) 5 minutes ago`: the summary's status carries the exit code.
+                let run = if running {
+                    ContainerRun::Running
+                } else {
+                    ContainerRun::Exited(c.status.as_deref().and_then(exit_code_of_status))
+                };
+                states.push(Op::ContainerState(
+                    since,
+                    Arc::from(info.name.as_str()),
+                    run,
+                ));
                 states.push(Op::Signal(
                     since,
                     Signal::Container {
@@ -581,6 +592,14 @@ async fn handle_event(
                     role.clone(),
                 )])
                 .await;
+            let _ = shared
+                .writer
+                .send(vec![Op::ContainerState(
+                    ts,
+                    Arc::from(info.name.as_str()),
+                    ContainerRun::Running,
+                )])
+                .await;
             Some(daemon_event(
                 &info.name,
                 ts,
@@ -592,6 +611,14 @@ async fn handle_event(
         }
         "die" => {
             let code: Option<i64> = attrs.get("exitCode").and_then(|c| c.parse().ok());
+            let _ = shared
+                .writer
+                .send(vec![Op::ContainerState(
+                    ts,
+                    Arc::from(info.name.as_str()),
+                    ContainerRun::Exited(code),
+                )])
+                .await;
             let level = if code == Some(0) {
                 Level::Info
             } else {
@@ -611,17 +638,27 @@ async fn handle_event(
                 ctx(serde_json::json!({ "exit_code": code })),
             ))
         }
-        "oom" => Some(daemon_event(
-            &info.name,
-            ts,
-            "container_oom_killed",
-            Level::Critical,
-            format!(
-                "Container {} was killed by the kernel OOM killer",
-                info.name
-            ),
-            ctx(serde_json::json!({})),
-        )),
+        "oom" => {
+            let _ = shared
+                .writer
+                .send(vec![Op::ContainerState(
+                    ts,
+                    Arc::from(info.name.as_str()),
+                    ContainerRun::OomKilled,
+                )])
+                .await;
+            Some(daemon_event(
+                &info.name,
+                ts,
+                "container_oom_killed",
+                Level::Critical,
+                format!(
+                    "Container {} was killed by the kernel OOM killer",
+                    info.name
+                ),
+                ctx(serde_json::json!({})),
+            ))
+        }
         "destroy" => {
             // The container is gone for good: its cursors are no longer needed.
             let db = shared.db.clone();
@@ -645,6 +682,12 @@ fn forget_cursors(db: &std::path::Path, id: &str) {
         }
         Err(e) => tracing::warn!(error = %e, "Could not open the database to forget cursors."),
     }
+}
+
+/// The exit code in a container summary's status: `Exited (137) 5 minutes ago` -> 137.
+fn exit_code_of_status(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest[..rest.find(')')?].parse().ok()
 }
 
 /// How a container stopped.
