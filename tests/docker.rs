@@ -1215,9 +1215,15 @@ fn docker_stats_show_a_busy_loop_and_a_memory_hog() {
     let text = String::from_utf8_lossy(&o.stdout);
     let row = text
         .lines()
-        .find(|l| l.contains(&busy))
-        .unwrap_or_else(|| panic!("no row for {busy}:\n{text}"));
+        .find(|l| l.starts_with("Stats") && l.contains(&busy))
+        .unwrap_or_else(|| panic!("no stats row for {busy}:\n{text}"));
     assert!(row.contains("CPU") && row.contains('%'), "{row}");
+    // And its line in the table of followed containers.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("Container") && l.contains(&busy) && l.contains("running")),
+        "{text}"
+    );
     lab.stop_watch();
     let conn = lab.db.conn();
     let now = trainwatch::time::now_ns();

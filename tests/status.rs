@@ -320,6 +320,32 @@ fn status_page_renders_in_a_real_browser_with_charts_and_escaped_log_text() {
             body.contains(r#"data-overflow="false""#),
             "{name}: wider than the screen: {body}"
         );
+        // Every chart's labels are drawn at one size, at most the 14 px they are written in
+        // (every grid has the same column width, and a chart is never drawn wider than its
+        // view box).
+        let px = body
+            .split(r#"data-label-px=""#)
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("{name}: no label size: {body}"));
+        let (lo, hi) = px.split_once('-').unwrap();
+        let (lo, hi): (f64, f64) = (lo.parse().unwrap(), hi.parse().unwrap());
+        assert!(
+            hi <= 14.01 && hi - lo < 0.05,
+            "{name}: chart labels {px} px"
+        );
+        assert!(lo >= 7.0, "{name}: chart labels too small to read: {px} px");
+        // Time axes read as ages.
+        let labels: Vec<&str> = dom
+            .split("</text>")
+            .filter_map(|t| t.rsplit('>').next())
+            .collect();
+        assert!(
+            labels.iter().filter(|l| l.ends_with(" ago")).count() >= 8
+                && !labels.iter().any(|l| l.starts_with('-')),
+            "{name}: time axes: {labels:?}"
+        );
+        assert!(!dom.contains(">hours<"), "{name}");
         assert!(dom.contains("GpuOutOfMemory"));
         assert!(
             dom.contains("&lt;script&gt;document.body"),

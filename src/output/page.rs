@@ -278,8 +278,28 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-/// A line chart as inline SVG. `hlines` are dashed threshold lines.
-fn chart(title: &str, x_label: &str, series: &[Series], hlines: &[(f64, &'static str)]) -> Markup {
+/// What a chart's x values are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum XAxis {
+    /// Epoch numbers.
+    Epoch,
+    /// Hours relative to now (negative): labelled as ages, `6h ago` ... `now`.
+    Ago,
+}
+
+/// An end of a time axis: `now`, or how long ago.
+fn ago_label(hours: f64) -> String {
+    let ns = (-hours * 3.6e12) as i64;
+    if ns < 60_000_000_000 {
+        "now".into()
+    } else {
+        format!("{} ago", human_duration(ns))
+    }
+}
+
+/// A line chart as inline SVG. `hlines` are dashed threshold lines. Its labels are 14 px at
+/// most and the same in every chart: the SVG is never drawn wider than its view box.
+fn chart(title: &str, x: XAxis, series: &[Series], hlines: &[(f64, &'static str)]) -> Markup {
     let (w, h) = (480.0, 200.0);
     let (l, r, t, b) = (44.0, 10.0, 10.0, 26.0);
     let pts = series.iter().flat_map(|s| s.points.iter());
@@ -316,11 +336,16 @@ fn chart(title: &str, x_label: &str, series: &[Series], hlines: &[(f64, &'static
             svg.chart viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(title) preserveAspectRatio="xMidYMid meet" {
                 @for y in &ticks {
                     line x1=(l) x2=(w - r) y1=(sy(*y)) y2=(sy(*y)) stroke="#e5e7eb" {}
-                    text x=(l - 4.0) y=(sy(*y) + 4.0) text-anchor="end" font-size="12" fill="#6b7280" { (fmt_num(*y)) }
+                    text x=(l - 4.0) y=(sy(*y) + 4.0) text-anchor="end" font-size="14" fill="#6b7280" { (fmt_num(*y)) }
                 }
-                text x=(l) y=(h - 8.0) font-size="12" fill="#6b7280" { (fmt_num(x0)) }
-                text x=(w - r) y=(h - 8.0) font-size="12" fill="#6b7280" text-anchor="end" { (fmt_num(x1)) }
-                text x=((l + w - r) / 2.0) y=(h - 8.0) font-size="12" fill="#6b7280" text-anchor="middle" { (x_label) }
+                @let (left, right, middle) = match x {
+                    XAxis::Epoch => (fmt_num(x0), fmt_num(x1), "epoch".to_string()),
+                    XAxis::Ago if empty => (String::new(), String::new(), "time".to_string()),
+                    XAxis::Ago => (ago_label(x0), ago_label(x1), "time".to_string()),
+                };
+                text x=(l) y=(h - 8.0) font-size="14" fill="#6b7280" { (left) }
+                text x=(w - r) y=(h - 8.0) font-size="14" fill="#6b7280" text-anchor="end" { (right) }
+                text x=((l + w - r) / 2.0) y=(h - 8.0) font-size="14" fill="#6b7280" text-anchor="middle" { (middle) }
                 @for (y, color) in hlines {
                     line x1=(l) x2=(w - r) y1=(sy(*y)) y2=(sy(*y)) stroke=(color) stroke-dasharray="4 3" {}
                 }
@@ -340,7 +365,7 @@ fn chart(title: &str, x_label: &str, series: &[Series], hlines: &[(f64, &'static
                     }
                 }
                 @if empty {
-                    text x=(w / 2.0) y=(h / 2.0) text-anchor="middle" fill="#9ca3af" font-size="12" { "no data yet" }
+                    text x=(w / 2.0) y=(h / 2.0) text-anchor="middle" fill="#9ca3af" font-size="14" { "no data yet" }
                 }
             }
             ul.legend {
@@ -359,7 +384,7 @@ tr.down td{color:#b91c1c}
 h1{font-size:1.3rem;margin:.2rem 0}h2{font-size:1.05rem;margin:1rem 0 .4rem}
 .muted{color:#6b7280;font-size:.85rem}
 p,.alert{overflow-wrap:anywhere}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
 .card{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:10px 12px}
 .alert{border-left:6px solid;padding:6px 10px;margin:4px 0;background:#fff;border-radius:4px}
 .sev-critical{border-color:#b91c1c;background:#fef2f2}.sev-high{border-color:#ea580c;background:#fff7ed}
@@ -368,7 +393,7 @@ p,.alert{overflow-wrap:anywhere}
 .bar{height:14px;background:#e5e7eb;border-radius:7px;overflow:hidden}
 .bar>div{height:100%;background:#2563eb}
 figure.chart{margin:0}figcaption{font-weight:600;font-size:.9rem}
-svg.chart{width:100%;height:auto;display:block}
+svg.chart{width:100%;max-width:480px;height:auto;display:block}
 ul.legend{list-style:none;padding:0;margin:2px 0;display:flex;flex-wrap:wrap;gap:10px;font-size:.8rem}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
 table{border-collapse:collapse;font-size:.85rem}td,th{padding:2px 8px 2px 0;text-align:left}
@@ -385,7 +410,11 @@ const SCRIPT: &str = "
   function tick(){var s=Math.max(0,Math.round((Date.now()-t)/1000));
     el.textContent=s<120?s+' s ago':Math.round(s/60)+' min ago';}
   tick();setInterval(tick,5000);
-  document.body.setAttribute('data-charts',String(document.querySelectorAll('svg.chart').length));
+  var charts=document.querySelectorAll('svg.chart');
+  document.body.setAttribute('data-charts',String(charts.length));
+  // The drawn size of the charts' 14-unit labels, smallest and largest (tests read it).
+  var px=[].map.call(charts,function(c){return 14*c.getBoundingClientRect().width/c.viewBox.baseVal.width;});
+  if(px.length){document.body.setAttribute('data-label-px',Math.min.apply(null,px).toFixed(2)+'-'+Math.max.apply(null,px).toFixed(2));}
   document.body.setAttribute('data-overflow',String(document.documentElement.scrollWidth>window.innerWidth+1));
   document.body.setAttribute('data-ready','1');
 })();
@@ -517,8 +546,8 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                                 }
                             }
                             div.grid {
-                                div.card { (chart(&format!("Losses per epoch, {}{}", c.run_label, c.previous_label.as_ref().map(|p| format!(" (faint: {p})")).unwrap_or_default()), "epoch", &c.losses, &[])) }
-                                div.card { (chart("mAP50 and mAP50-95 per epoch", "epoch", &c.maps, &[])) }
+                                div.card { (chart(&format!("Losses per epoch, {}{}", c.run_label, c.previous_label.as_ref().map(|p| format!(" (faint: {p})")).unwrap_or_default()), XAxis::Epoch, &c.losses, &[])) }
+                                div.card { (chart("mAP50 and mAP50-95 per epoch", XAxis::Epoch, &c.maps, &[])) }
                             }
                         }
                     }
@@ -526,9 +555,9 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                 section #host {
                     h2 { "GPU and disk" }
                     div.grid {
-                        div.card { (chart("GPU temperature °C, last 6 h", "hours", &c.gpu_temp, &[(90.0, "#b91c1c")])) }
-                        div.card { (chart("GPU utilisation %, last 6 h", "hours", &c.gpu_util, &[])) }
-                        div.card { (chart("Disk used %, last 6 h", "hours", &c.disk, &[(80.0, "#ca8a04"), (95.0, "#b91c1c")])) }
+                        div.card { (chart("GPU temperature °C, last 6 h", XAxis::Ago, &c.gpu_temp, &[(90.0, "#b91c1c")])) }
+                        div.card { (chart("GPU utilisation %, last 6 h", XAxis::Ago, &c.gpu_util, &[])) }
+                        div.card { (chart("Disk used %, last 6 h", XAxis::Ago, &c.disk, &[(80.0, "#ca8a04"), (95.0, "#b91c1c")])) }
                     }
                     @if s.gpus.is_empty() {
                         p.muted { "No GPU samples (nvidia-smi not found or not run yet)." }
@@ -578,8 +607,8 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                         }
                         div.grid {
                             @for r in &c.containers {
-                                div.card { (chart(&format!("CPU % of {} containers, last 6 h", r.role), "hours", &r.cpu, &[])) }
-                                div.card { (chart(&format!("Memory MiB of {} containers, last 6 h", r.role), "hours", &r.memory, &[])) }
+                                div.card { (chart(&format!("CPU % of {} containers, last 6 h", r.role), XAxis::Ago, &r.cpu, &[])) }
+                                div.card { (chart(&format!("Memory MiB of {} containers, last 6 h", r.role), XAxis::Ago, &r.memory, &[])) }
                             }
                         }
                     }
@@ -592,7 +621,7 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                             ", offset " (opt(q.offset, "")) " (unchanged for " (hours(q.offset_age_seconds)) ")" }
                     }
                     div.grid {
-                        div.card { (chart("Queue counters, last 24 h", "hours", &c.queue, &[])) }
+                        div.card { (chart("Queue counters, last 24 h", XAxis::Ago, &c.queue, &[])) }
                     }
                 }
                 script { (PreEscaped(SCRIPT)) }
@@ -680,15 +709,34 @@ mod tests {
             color: PALETTE[0],
             faint: false,
         }];
-        let svg = chart("Losses", "epoch", &s, &[(2.5, "#b91c1c")]).into_string();
+        let svg = chart("Losses", XAxis::Epoch, &s, &[(2.5, "#b91c1c")]).into_string();
         assert!(
             svg.contains(r#"<polyline class="series" points="44.0,10.0 257.0,"#),
             "{svg}"
         );
         assert!(svg.contains("stroke-dasharray=\"4 3\""));
         assert!(svg.contains("<title>box_loss</title>"));
-        let none = chart("Empty", "hours", &[], &[]).into_string();
+        let none = chart("Empty", XAxis::Ago, &[], &[]).into_string();
         assert!(none.contains("no data yet"));
+        // A time axis reads as ages, never as fractions of an hour.
+        let recent = vec![Series {
+            name: "used %".into(),
+            points: vec![(-0.043, 70.0), (-0.0001, 71.0)],
+            color: PALETTE[0],
+            faint: false,
+        }];
+        let svg = chart("Disk", XAxis::Ago, &recent, &[]).into_string();
+        assert!(svg.contains(">2m ago<") && svg.contains(">now<"), "{svg}");
+        assert!(!svg.contains("-0.0") && !svg.contains("hours"), "{svg}");
+        let day = vec![Series {
+            points: vec![(-24.0, 1.0), (-1.5, 2.0)],
+            ..recent[0].clone()
+        }];
+        let svg = chart("Queue", XAxis::Ago, &day, &[]).into_string();
+        assert!(
+            svg.contains(">1d0h ago<") && svg.contains(">1h30m ago<"),
+            "{svg}"
+        );
     }
 
     #[test]
