@@ -358,7 +358,7 @@ async fn start_alertmanager() -> Option<Alertmanager> {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("prometheus-alertmanager is not installed (.ci/run installs it)");
         }
-        eprintln!("skipping: prometheus-alertmanager is not installed");
+        crate::util::skip("skipping: prometheus-alertmanager is not installed");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -277,7 +277,7 @@ fn read_commands_work_on_a_database_in_a_directory_they_cannot_write() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("this test runs as root with setpriv in CI");
         }
-        eprintln!("skipping: needs root and setpriv to act as another user");
+        crate::util::skip("skipping: needs root and setpriv to act as another user");
         return;
     }
     use std::os::unix::fs::PermissionsExt;

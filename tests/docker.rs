@@ -70,7 +70,7 @@ pub(crate) fn docker_ready() -> bool {
             panic!("Docker is required in CI: {reason}")
         }
         Err(reason) => {
-            eprintln!("skipping Docker test: {reason}");
+            crate::util::skip(&format!("skipping Docker test: {reason}"));
             false
         }
     }
@@ -1066,7 +1066,9 @@ fn daemon_restart_mid_stream_loses_and_doubles_nothing() {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("cannot start a second dockerd for the daemon-restart test:\n{why}");
             }
-            eprintln!("skipping: cannot start a second dockerd here:\n{why}");
+            crate::util::skip(&format!(
+                "skipping: cannot start a second dockerd here:\n{why}"
+            ));
             return;
         }
     };

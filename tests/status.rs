@@ -203,7 +203,7 @@ fn chromium() -> Option<&'static str> {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("chromium is not installed (.ci/run installs it)");
         }
-        eprintln!("skipping: chromium is not installed");
+        crate::util::skip("skipping: chromium is not installed");
     }
     found
 }
@@ -417,7 +417,7 @@ async fn watch_listen_serves_metrics_that_promtool_and_a_real_prometheus_accept(
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("prometheus/promtool are not installed (.ci/run installs them)");
         }
-        eprintln!("skipping: prometheus is not installed");
+        crate::util::skip("skipping: prometheus is not installed");
         return;
     }
     let db = Db::new();

@@ -169,3 +169,19 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Says a test is skipped where `cargo test` shows it without `--nocapture`: the harness
+/// captures `print!` and `eprint!`, so this writes to the process's stderr itself. (Under CI
+/// the callers fail instead of skipping.)
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("a test");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {name}: {}",
+        reason
+            .trim_start_matches("skipping: ")
+            .trim_start_matches("skipping ")
+    );
+}
