@@ -484,3 +484,38 @@ fn replay_into_a_new_directory_says_it_creates_it() {
     let o = bin(&["replay", &fixture_str("queue/queue.log")], &path);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("creating"));
 }
+
+/// A database an older trainwatch wrote (schema 7: no container states yet) is brought up to
+/// date by the read commands, as `watch` and `replay` do: `status` and `health` work on it.
+#[test]
+fn read_commands_upgrade_a_database_an_older_trainwatch_wrote() {
+    let db = Db::new();
+    db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("gpu"));
+    {
+        let conn = rusqlite::Connection::open(&db.path).unwrap();
+        for col in [
+            "state",
+            "exit_code",
+            "oom_killed",
+            "state_at",
+            "last_line_at",
+        ] {
+            conn.execute_batch(&format!("ALTER TABLE containers DROP COLUMN {col}"))
+                .unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+    }
+    let o = bin(&["status"], &db.path);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out(&o).contains("run 1 (gpu) completed"), "{}", out(&o));
+    let conn = db.conn();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, trainwatch::store::migrate::MIGRATIONS.len() as i64);
+    assert_eq!(
+        db.count("SELECT count(*) FROM pragma_table_info('containers') WHERE name = 'state'"),
+        1
+    );
+    assert_ne!(bin(&["health"], &db.path).status.code(), None);
+}

@@ -34,5 +34,23 @@ pub fn open_ro(db: &Path) -> anyhow::Result<rusqlite::Connection> {
             db.display()
         );
     }
+    let conn =
+        trainwatch::store::open_ro(db).with_context(|| format!("opening {}", db.display()))?;
+    // A database an older trainwatch wrote lacks what this one reads: brought up to date first
+    // (the migrations only add), as `watch` and `replay` would at their start.
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .with_context(|| format!("reading the schema version of {}", db.display()))?;
+    let latest = trainwatch::store::migrate::MIGRATIONS.len() as i64;
+    if version >= latest {
+        return Ok(conn);
+    }
+    drop(conn);
+    trainwatch::store::open_rw(db).with_context(|| {
+        format!(
+            "{} was written by an older trainwatch (schema {version}, this one reads {latest}) and cannot be upgraded here; run this trainwatch's `watch` or `replay` on it once",
+            db.display()
+        )
+    })?;
     trainwatch::store::open_ro(db).with_context(|| format!("opening {}", db.display()))
 }
