@@ -21,7 +21,8 @@ use trainwatch::config::Config;
 /// Loads the config file if one was given, else the defaults.
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     match path {
-        Some(p) => Config::load(p).with_context(|| format!("loading config {}", p.display())),
+        // Its errors name the file and the cause, once.
+        Some(p) => Ok(Config::load(p)?),
         None => Ok(Config::default()),
     }
 }
