@@ -352,7 +352,11 @@ fn read_commands_honour_the_config_and_config_check_prints_it() {
             let o = bin(&args, &db.path);
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(!o.status.success(), "{cmd:?} with {cfg}");
-            assert_eq!(err.matches(cfg).count(), 1, "{cmd:?}: the file named once: {err}");
+            assert_eq!(
+                err.matches(cfg).count(),
+                1,
+                "{cmd:?}: the file named once: {err}"
+            );
         }
         let o = bin(&["--config", cfg, "health"], &db.path);
         assert_eq!(o.status.code(), Some(2));

@@ -581,73 +581,51 @@ async fn handle_event(
         }
         c
     };
-    let op = match action.as_str() {
+    // What the event says, as one batch: the container's role and state, and its event.
+    let name: Arc<str> = Arc::from(info.name.as_str());
+    let ops = match action.as_str() {
         "start" => {
             ensure_follower(shared, tracker, following, info.clone());
-            let _ = shared
-                .writer
-                .send(vec![Op::Container(
+            vec![
+                Op::Container(ts, name.clone(), role.clone()),
+                Op::ContainerState(ts, name.clone(), ContainerRun::Running),
+                daemon_event(
+                    &info.name,
                     ts,
-                    Arc::from(info.name.as_str()),
-                    role.clone(),
-                )])
-                .await;
-            let _ = shared
-                .writer
-                .send(vec![Op::ContainerState(
-                    ts,
-                    Arc::from(info.name.as_str()),
-                    ContainerRun::Running,
-                )])
-                .await;
-            Some(daemon_event(
-                &info.name,
-                ts,
-                "container_started",
-                Level::Info,
-                format!("Container {} started", info.name),
-                ctx(serde_json::json!({})),
-            ))
+                    "container_started",
+                    Level::Info,
+                    format!("Container {} started", info.name),
+                    ctx(serde_json::json!({})),
+                ),
+            ]
         }
         "die" => {
             let code: Option<i64> = attrs.get("exitCode").and_then(|c| c.parse().ok());
-            let _ = shared
-                .writer
-                .send(vec![Op::ContainerState(
-                    ts,
-                    Arc::from(info.name.as_str()),
-                    ContainerRun::Exited(code),
-                )])
-                .await;
             let level = if code == Some(0) {
                 Level::Info
             } else {
                 Level::Error
             };
-            Some(daemon_event(
-                &info.name,
-                ts,
-                "container_died",
-                level,
-                format!(
-                    "Container {} exited with code {}",
-                    info.name,
-                    code.map(|c| c.to_string())
-                        .unwrap_or_else(|| "unknown".into())
-                ),
-                ctx(serde_json::json!({ "exit_code": code })),
-            ))
-        }
-        "oom" => {
-            let _ = shared
-                .writer
-                .send(vec![Op::ContainerState(
+            vec![
+                Op::ContainerState(ts, name.clone(), ContainerRun::Exited(code)),
+                daemon_event(
+                    &info.name,
                     ts,
-                    Arc::from(info.name.as_str()),
-                    ContainerRun::OomKilled,
-                )])
-                .await;
-            Some(daemon_event(
+                    "container_died",
+                    level,
+                    format!(
+                        "Container {} exited with code {}",
+                        info.name,
+                        code.map(|c| c.to_string())
+                            .unwrap_or_else(|| "unknown".into())
+                    ),
+                    ctx(serde_json::json!({ "exit_code": code })),
+                ),
+            ]
+        }
+        "oom" => vec![
+            Op::ContainerState(ts, name.clone(), ContainerRun::OomKilled),
+            daemon_event(
                 &info.name,
                 ts,
                 "container_oom_killed",
@@ -657,19 +635,19 @@ async fn handle_event(
                     info.name
                 ),
                 ctx(serde_json::json!({})),
-            ))
-        }
+            ),
+        ],
         "destroy" => {
             // The container is gone for good: its cursors are no longer needed.
             let db = shared.db.clone();
             let id2 = id.clone();
             let _ = tokio::task::spawn_blocking(move || forget_cursors(&db, &id2)).await;
-            None
+            Vec::new()
         }
-        _ => None,
+        _ => Vec::new(),
     };
-    if let Some(op) = op {
-        let _ = shared.writer.send(vec![op]).await;
+    if !ops.is_empty() {
+        let _ = shared.writer.send(ops).await;
     }
 }
 
