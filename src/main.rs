@@ -85,12 +85,13 @@ fn causes(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for c in e.chain() {
         let c = c.to_string();
-        // SQLite's errors repeat their message as `Error code N: message`.
-        let bare = c
+        // SQLite's errors repeat their message as `Error code N: message`, or add only the
+        // code's generic name (`Error code 1: SQL logic error`) under a precise one.
+        let sqlite_code = c
             .strip_prefix("Error code ")
-            .and_then(|r| r.split_once(": "))
-            .map_or(c.as_str(), |(_, m)| m);
-        if out.contains(&c) || out.ends_with(bare) {
+            .and_then(|r| r.split_once(": "));
+        let bare = sqlite_code.map_or(c.as_str(), |(_, m)| m);
+        if out.contains(&c) || out.ends_with(bare) || (sqlite_code.is_some() && !out.is_empty()) {
             continue;
         }
         if !out.is_empty() {

@@ -103,6 +103,14 @@ fn errors_name_the_problem() {
     assert_eq!(err.matches("no such file or directory").count(), 1, "{err}");
     let o = bin(&["prune", "--older-than", "soon"], &db.path);
     assert!(!o.status.success());
+    // SQLite's own words, once, without its generic code name.
+    db.replay(&[fixture_str("queue/queue.log")], Some("q"));
+    let o = bin(&["sql", "SELEC 1"], &db.path);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success());
+    assert!(err.contains("syntax error"), "{err}");
+    assert_eq!(err.matches("SELEC 1").count(), 1, "{err}");
+    assert!(!err.contains("Error code"), "{err}");
     for cmd in ["replay", "history", "sql", "prune"] {
         let o = bin(&[cmd, "--help"], &db.path);
         assert!(

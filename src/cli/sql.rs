@@ -40,7 +40,7 @@ pub fn run(args: SqlArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()
     let readonly = conn
         .prepare(&args.query)
         .map(|st| st.readonly())
-        .with_context(|| format!("running query: {}", args.query))?;
+        .context("running the query")?;
     // SQLite counts a few PRAGMA reads (`PRAGMA journal_mode`) as writes; a PRAGMA that sets
     // nothing runs, under the two guards above.
     let pragma_read = {
@@ -60,7 +60,7 @@ pub fn run(args: SqlArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()
         {
             return Err(refused());
         }
-        r => r.with_context(|| format!("running query: {}", args.query))?,
+        r => r.context("running the query")?,
     };
     let stdout = std::io::stdout();
     render::write(&mut stdout.lock(), &rows, args.format)?;
