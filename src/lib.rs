@@ -24,13 +24,15 @@
 //! - [`redact`]: secret and payload redaction before anything is stored or logged.
 //! - [`telemetry`]: trainwatch's own logs in the service JSON format.
 //! - [`words`]: fixed words found in any case with a SIMD searcher (redaction, pattern gate).
-//! - [`config`], [`time`], [`event`], [`error`]: shared pieces.
+//! - [`config`], [`time`], [`event`], [`error`], [`hash`]: shared pieces, below everything
+//!   that uses them.
 
 pub mod assemble;
 pub mod config;
 pub mod derive;
 pub mod error;
 pub mod event;
+pub mod hash;
 pub mod output;
 pub mod parse;
 pub mod pipeline;

@@ -234,7 +234,7 @@ pub fn fingerprint(labels: &Labels) -> String {
         bytes.extend_from_slice(v.as_bytes());
         bytes.push(0);
     }
-    format!("{:016x}", crate::source::text::fnv1a(&bytes))
+    format!("{:016x}", crate::hash::fnv1a(&bytes))
 }
 
 /// An alert as stored and notified.

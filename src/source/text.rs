@@ -17,21 +17,11 @@ use crate::event::{Key, RawLine, Stream};
 pub const MAX_LINE: usize = 4 * 1024 * 1024;
 const FINGERPRINT_BYTES: usize = 4096;
 
-/// FNV-1a, enough to tell log files apart (not a security boundary).
-pub(crate) fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
 /// The fingerprint of a file whose first bytes (up to 4 KiB) are `head`.
 pub fn fingerprint_head(head: &[u8]) -> String {
     format!(
         "txt:{:016x}",
-        fnv1a(&head[..head.len().min(FINGERPRINT_BYTES)])
+        crate::hash::fnv1a(&head[..head.len().min(FINGERPRINT_BYTES)])
     )
 }
 
