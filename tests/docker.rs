@@ -905,11 +905,16 @@ fn a_removed_container_is_let_go() {
     }
     let mut lab = Lab::new("removed", "");
     lab.start_watch(&[]);
-    let c = lab.run("gone", false, "echo 'INFO:app:up'; sleep 600");
+    let c = lab.run("gone", false, "echo 'WARNING:app:up'; sleep 600");
     lab.wait_for(
         &format!(
             "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'container_started'"
         ),
+        1,
+    );
+    // Its line is stored, and with it its cursor.
+    lab.wait_for(
+        &format!("SELECT count(*) > 0 FROM cursors WHERE container = '{c}'"),
         1,
     );
     let o = Command::new("docker")
@@ -917,6 +922,11 @@ fn a_removed_container_is_let_go() {
         .output()
         .unwrap();
     assert!(o.status.success());
+    // Gone for good: its cursors go too.
+    lab.wait_for(
+        &format!("SELECT count(*) FROM cursors WHERE container = '{c}'"),
+        0,
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !lab
         .log_text()

@@ -655,7 +655,11 @@ impl Engine {
                 self.advance(ts, Some(&r.key.container), out);
                 self.on_run(&r.key, r.status, ts, out);
             }
-            Op::Cursor(_) | Op::Container(..) | Op::State(..) | Op::ContainerState(..) => {}
+            Op::Cursor(_)
+            | Op::Container(..)
+            | Op::State(..)
+            | Op::ContainerState(..)
+            | Op::ForgetOrigin(_) => {}
             Op::Tick(now) => {
                 // Like any op, a tick evaluates once a second of time has passed: a tick that
                 // brings no new time (a restart's first) changes nothing, so where a restart

@@ -185,6 +185,8 @@ pub enum Op {
     State(Arc<str>, String),
     /// A followed container's state as the daemon reports it (ns).
     ContainerState(i64, Arc<str>, ContainerRun),
+    /// A source that is gone for good (a destroyed container's id): its cursors are removed.
+    ForgetOrigin(Arc<str>),
 }
 
 /// What the daemon says a container is doing.

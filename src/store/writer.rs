@@ -329,6 +329,11 @@ impl Writer {
                             })
                             .map_err(StoreError::sql("save derivation state"))?;
                     }
+                    Op::ForgetOrigin(origin) => {
+                        tx.prepare_cached("DELETE FROM cursors WHERE origin = ?1")
+                            .and_then(|mut s| s.execute([&**origin]))
+                            .map_err(StoreError::sql("forget cursors"))?;
+                    }
                     Op::ContainerState(ts, name, run) => {
                         use crate::derive::ContainerRun;
                         let (sql, code) = match run {

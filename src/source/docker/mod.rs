@@ -637,28 +637,13 @@ async fn handle_event(
                 ctx(serde_json::json!({})),
             ),
         ],
-        "destroy" => {
-            // The container is gone for good: its cursors are no longer needed.
-            let db = shared.db.clone();
-            let id2 = id.clone();
-            let _ = tokio::task::spawn_blocking(move || forget_cursors(&db, &id2)).await;
-            Vec::new()
-        }
+        // The container is gone for good: its cursors are no longer needed (removed by the
+        // writer, the one connection that writes).
+        "destroy" => vec![Op::ForgetOrigin(Arc::from(id.as_str()))],
         _ => Vec::new(),
     };
     if !ops.is_empty() {
         let _ = shared.writer.send(ops).await;
-    }
-}
-
-fn forget_cursors(db: &std::path::Path, id: &str) {
-    match crate::store::open_rw(db) {
-        Ok(conn) => {
-            if let Err(e) = conn.execute("DELETE FROM cursors WHERE origin = ?1", [id]) {
-                tracing::warn!(error = %e, "Could not forget the cursors of a destroyed container.");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "Could not open the database to forget cursors."),
     }
 }
 
