@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::Args;
 
 use super::render::{self, OutputFormat, Rows};
-use trainwatch::store::alerts::SEVERITY_ORDER;
 
 #[derive(Args, Debug)]
 pub struct AlertsArgs {
@@ -36,19 +35,7 @@ pub fn run(args: AlertsArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
         writeln!(out)?;
         return Ok(());
     }
-    // Labels other than alertname and severity, as `k=v` pairs.
-    let sql = format!(
-        "SELECT id, severity, alertname, status,
-            (SELECT group_concat(key || '=' || value, ' ') FROM json_each(labels)
-             WHERE key NOT IN ('alertname', 'severity')) AS labels,
-            started_at, resolved_at, last_notified_at, summary
-         FROM alerts {} LIMIT ?1",
-        if args.all {
-            "ORDER BY started_at DESC, id DESC".to_string()
-        } else {
-            format!("WHERE status = 'firing' ORDER BY {SEVERITY_ORDER}, started_at")
-        }
-    );
+    let sql = trainwatch::store::queries::alerts_table_sql(args.all);
     let rows = Rows::query(&conn, &sql, &[&(args.limit as i64)]).context("listing alerts")?;
     if rows.rows.is_empty() && args.format == OutputFormat::Table {
         writeln!(

@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use rusqlite::types::Value;
 
+use trainwatch::store::queries;
+
 use super::render::{self, OutputFormat, Rows};
 
 #[derive(Args, Debug)]
@@ -22,51 +24,6 @@ pub struct HistoryArgs {
     pub format: OutputFormat,
 }
 
-// One row per run, comparable side by side: progress, best epoch, how long it took, and the
-// last epoch's metrics. Every subquery is a primary-key lookup on `epochs`.
-const RUNS: &str = "SELECT r.run_id, r.container, r.status, r.epochs_done, r.epochs_total,
-        r.best_epoch, round(r.best_map50_95, 5) AS best_map50_95,
-        CAST(round((julianday(COALESCE(r.ended_at, l.ended_at, r.started_at))
-                    - julianday(r.started_at)) * 86400) AS INTEGER) AS duration_s,
-        round(l.loss, 5) AS final_loss, round(l.map50, 5) AS final_map50,
-        round(l.map50_95, 5) AS final_map50_95,
-        r.started_at, r.ended_at, r.save_dir
-    FROM training_runs r
-    LEFT JOIN epochs l ON l.run_id = r.run_id
-        AND l.epoch = (SELECT max(epoch) FROM epochs WHERE run_id = r.run_id)
-    WHERE (?1 IS NULL OR r.container = ?1) ORDER BY r.started_at DESC, r.run_id DESC";
-
-// The same runs for a person, within 120 columns: rounded as the console prints them (losses
-// to 4 decimals, mAP to 3), durations and times in human units (UTC, to the minute), long
-// container names shortened.
-const RUNS_TABLE: &str = "WITH h AS (SELECT r.*, l.loss AS l_loss, l.map50 AS l_map50,
-        l.map50_95 AS l_map50_95,
-        CAST(round((julianday(COALESCE(r.ended_at, l.ended_at, r.started_at))
-                    - julianday(r.started_at)) * 86400) AS INTEGER) AS s
-    FROM training_runs r
-    LEFT JOIN epochs l ON l.run_id = r.run_id
-        AND l.epoch = (SELECT max(epoch) FROM epochs WHERE run_id = r.run_id)
-    WHERE (?1 IS NULL OR r.container = ?1))
-    SELECT run_id AS run,
-        CASE WHEN length(container) > 20 THEN substr(container, 1, 19) || '…' ELSE container END
-            AS container,
-        status, epochs_done || '/' || COALESCE(epochs_total, '?') AS epochs,
-        best_epoch AS best, iif(best_map50_95 IS NULL, NULL, printf('%.3f', best_map50_95)) AS best_map,
-        CASE WHEN s >= 86400 THEN printf('%dd%02dh', s / 86400, s % 86400 / 3600)
-             WHEN s >= 3600 THEN printf('%dh%02dm', s / 3600, s % 3600 / 60)
-             WHEN s >= 60 THEN printf('%dm%02ds', s / 60, s % 60)
-             ELSE s || 's' END AS time,
-        iif(l_loss IS NULL, NULL, printf('%.4f', l_loss)) AS loss,
-        iif(l_map50 IS NULL, NULL, printf('%.3f', l_map50)) AS map50,
-        iif(l_map50_95 IS NULL, NULL, printf('%.3f', l_map50_95)) AS map50_95,
-        substr(replace(started_at, 'T', ' '), 1, 16) AS started_utc
-    FROM h ORDER BY started_at DESC, run_id DESC";
-
-const EPOCHS: &str =
-    "SELECT epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss, loss, losses,
-        precision, recall, map50, map50_95, gpu_mem_gb, non_finite, metrics, train_time_s
-    FROM training_epochs WHERE run_id = ?1 ORDER BY epoch";
-
 pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     // Read for its errors: a missing or malformed config fails every command alike.
     super::load_config(config)?;
@@ -76,22 +33,18 @@ pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Resul
     match args.run {
         None => {
             let sql = if args.format == OutputFormat::Table {
-                RUNS_TABLE
+                queries::HISTORY_RUNS_TABLE
             } else {
-                RUNS
+                queries::HISTORY_RUNS
             };
             let rows = Rows::query(&conn, sql, &[&args.container]).context("listing runs")?;
             render::write(&mut out, &rows, args.format)?;
         }
         Some(id) => {
-            let exists: i64 =
-                conn.query_row("SELECT count(*) FROM runs WHERE run_id = ?1", [id], |r| {
-                    r.get(0)
-                })?;
-            if exists == 0 {
+            if !queries::run_exists(&conn, id)? {
                 anyhow::bail!("no training run with id {id} (see `trainwatch history`)");
             }
-            let rows = Rows::query(&conn, EPOCHS, &[&id])
+            let rows = Rows::query(&conn, queries::HISTORY_EPOCHS, &[&id])
                 .with_context(|| format!("listing epochs of run {id}"))?;
             if args.format == OutputFormat::Csv {
                 render::write(&mut out, &results_csv(&conn, id, &rows)?, OutputFormat::Csv)?;
@@ -111,11 +64,7 @@ pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Resul
 /// for YOLOv5 runs YOLOv5's own columns (epoch, train/box_loss, train/obj_loss, train/cls_loss,
 /// metrics/precision, metrics/recall, metrics/mAP_0.5, metrics/mAP_0.5:0.95).
 fn results_csv(conn: &rusqlite::Connection, run_id: i64, rows: &Rows) -> anyhow::Result<Rows> {
-    let (names, started): (String, String) = conn.query_row(
-        "SELECT loss_names, started_at FROM runs WHERE run_id = ?1",
-        [run_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (names, started) = queries::run_loss_names_and_start(conn, run_id)?;
     let mut names: Vec<String> = serde_json::from_str(&names).unwrap_or_default();
     let idx = |c: &str| {
         rows.columns

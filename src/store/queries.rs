@@ -252,3 +252,94 @@ pub fn evidence(
     rows.reverse();
     Ok(rows)
 }
+
+/// `history`: one row per run, newest first (`?1`: a container, or NULL for all),
+/// comparable side by side: progress, best epoch, how long it took, and the
+// last epoch's metrics. Every subquery is a primary-key lookup on `epochs`.
+pub const HISTORY_RUNS: &str =
+    "SELECT r.run_id, r.container, r.status, r.epochs_done, r.epochs_total,
+        r.best_epoch, round(r.best_map50_95, 5) AS best_map50_95,
+        CAST(round((julianday(COALESCE(r.ended_at, l.ended_at, r.started_at))
+                    - julianday(r.started_at)) * 86400) AS INTEGER) AS duration_s,
+        round(l.loss, 5) AS final_loss, round(l.map50, 5) AS final_map50,
+        round(l.map50_95, 5) AS final_map50_95,
+        r.started_at, r.ended_at, r.save_dir
+    FROM training_runs r
+    LEFT JOIN epochs l ON l.run_id = r.run_id
+        AND l.epoch = (SELECT max(epoch) FROM epochs WHERE run_id = r.run_id)
+    WHERE (?1 IS NULL OR r.container = ?1) ORDER BY r.started_at DESC, r.run_id DESC";
+
+// The same runs for a person, within 120 columns: rounded as the console prints them (losses
+// to 4 decimals, mAP to 3), durations and times in human units (UTC, to the minute), long
+// container names shortened.
+pub const HISTORY_RUNS_TABLE: &str = "WITH h AS (SELECT r.*, l.loss AS l_loss, l.map50 AS l_map50,
+        l.map50_95 AS l_map50_95,
+        CAST(round((julianday(COALESCE(r.ended_at, l.ended_at, r.started_at))
+                    - julianday(r.started_at)) * 86400) AS INTEGER) AS s
+    FROM training_runs r
+    LEFT JOIN epochs l ON l.run_id = r.run_id
+        AND l.epoch = (SELECT max(epoch) FROM epochs WHERE run_id = r.run_id)
+    WHERE (?1 IS NULL OR r.container = ?1))
+    SELECT run_id AS run,
+        CASE WHEN length(container) > 20 THEN substr(container, 1, 19) || '…' ELSE container END
+            AS container,
+        status, epochs_done || '/' || COALESCE(epochs_total, '?') AS epochs,
+        best_epoch AS best, iif(best_map50_95 IS NULL, NULL, printf('%.3f', best_map50_95)) AS best_map,
+        CASE WHEN s >= 86400 THEN printf('%dd%02dh', s / 86400, s % 86400 / 3600)
+             WHEN s >= 3600 THEN printf('%dh%02dm', s / 3600, s % 3600 / 60)
+             WHEN s >= 60 THEN printf('%dm%02ds', s / 60, s % 60)
+             ELSE s || 's' END AS time,
+        iif(l_loss IS NULL, NULL, printf('%.4f', l_loss)) AS loss,
+        iif(l_map50 IS NULL, NULL, printf('%.3f', l_map50)) AS map50,
+        iif(l_map50_95 IS NULL, NULL, printf('%.3f', l_map50_95)) AS map50_95,
+        substr(replace(started_at, 'T', ' '), 1, 16) AS started_utc
+    FROM h ORDER BY started_at DESC, run_id DESC";
+
+pub const HISTORY_EPOCHS: &str =
+    "SELECT epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss, loss, losses,
+        precision, recall, map50, map50_95, gpu_mem_gb, non_finite, metrics, train_time_s
+    FROM training_epochs WHERE run_id = ?1 ORDER BY epoch";
+
+/// Whether a run with this id is stored.
+pub fn run_exists(conn: &Connection, run_id: i64) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT count(*) FROM runs WHERE run_id = ?1",
+        [run_id],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(StoreError::sql("find run"))
+}
+
+/// A run's loss column names (JSON) and start, for its results.csv.
+pub fn run_loss_names_and_start(
+    conn: &Connection,
+    run_id: i64,
+) -> Result<(String, String), StoreError> {
+    conn.query_row(
+        "SELECT loss_names, started_at FROM runs WHERE run_id = ?1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .map_err(StoreError::sql("read run"))
+}
+
+/// `alerts` as a table: labels other than alertname and severity as `k=v` pairs; every alert
+/// newest first (`all`), or the firing ones most severe first. `?1`: the limit.
+pub fn alerts_table_sql(all: bool) -> String {
+    format!(
+        "SELECT id, severity, alertname, status,
+            (SELECT group_concat(key || '=' || value, ' ') FROM json_each(labels)
+             WHERE key NOT IN ('alertname', 'severity')) AS labels,
+            started_at, resolved_at, last_notified_at, summary
+         FROM alerts {} LIMIT ?1",
+        if all {
+            "ORDER BY started_at DESC, id DESC".to_string()
+        } else {
+            format!(
+                "WHERE status = 'firing' ORDER BY {}, started_at",
+                crate::store::alerts::SEVERITY_ORDER
+            )
+        }
+    )
+}
