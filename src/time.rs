@@ -245,6 +245,16 @@ pub fn ago(now: i64, ts: Option<&str>) -> String {
     }
 }
 
+/// How long from the RFC 3339 time `ts` to `now`, for people: [`ago`] without its `ago`
+/// (`2h10m`): how long an alert has been firing.
+pub fn since(now: i64, ts: &str) -> String {
+    match parse_rfc3339(ts) {
+        None => "never".into(),
+        Some(t) if t >= now => "just now".into(),
+        Some(t) => human_duration(now - t),
+    }
+}
+
 /// A duration for people: `3h12m`, `5m`, `40s`.
 pub fn human_duration(ns: i64) -> String {
     if ns > 0 && ns < 10 * NS {

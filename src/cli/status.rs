@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use trainwatch::output::{page, status};
-use trainwatch::time::{ago, human_duration};
+use trainwatch::time::{ago, human_duration, since};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -130,11 +130,7 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
         Some(c) => writeln!(
             o,
             "Checkpoint {} {}: {}",
-            if c.kind == "checkpoint_save_failed" {
-                "save FAILED"
-            } else {
-                "saved"
-            },
+            c.outcome(),
             ago(now, Some(&c.ts)),
             c.message.lines().next().unwrap_or("")
         )?,
@@ -234,7 +230,7 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             "Alert      {:<8} {} for {}: {}",
             a.severity,
             a.alertname,
-            ago(now, Some(&a.started_at)).trim_end_matches(" ago"),
+            since(now, &a.started_at),
             a.summary
         )?;
     }

@@ -513,11 +513,6 @@ impl Engine {
         serde_json::to_string(&self.st).unwrap_or_default()
     }
 
-    /// The log (or, live, wall-clock) time the engine has reached, ns.
-    pub fn clock(&self) -> i64 {
-        self.st.clock
-    }
-
     /// Continues from a [`Engine::snapshot`] committed by an earlier run of the same kind
     /// (`watch` or `replay`): pending clocks, the last recurrence of event alerts, the run each
     /// loss alert is about, container states, offsets, the loss history. An unreadable
@@ -724,7 +719,10 @@ impl Engine {
     /// time: archives of several containers are replayed one after another, and the hour a
     /// queue's offset has not moved is an hour of the queue's log, not of the training's.
     fn now_for(&self, container: Option<&str>) -> i64 {
-        now_in(&self.st, self.live, container)
+        match container.and_then(|c| self.st.clocks.get(c)) {
+            Some(c) if !self.live => c.at.max(self.st.wall),
+            _ => self.st.clock,
+        }
     }
 
     fn advance(&mut self, ts: i64, container: Option<&Arc<str>>, out: &mut Vec<Change>) {
@@ -1368,14 +1366,6 @@ impl Engine {
                 notify: a.notify,
             });
         }
-    }
-}
-
-/// [`Engine::now_for`] on the state alone.
-fn now_in(st: &EngineState, live: bool, container: Option<&str>) -> i64 {
-    match container.and_then(|c| st.clocks.get(c)) {
-        Some(c) if !live => c.at.max(st.wall),
-        _ => st.clock,
     }
 }
 

@@ -85,7 +85,7 @@ pub struct Resume {
     pub snapshot: Option<String>,
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Run {
     row: RunRow,
     /// The latest epoch ended, as printed (`None` before the first).
@@ -270,10 +270,7 @@ impl ContainerState {
         let saved = Saved {
             version: SAVED_VERSION,
             loss_names: self.loss_names.clone(),
-            run: self.run.as_ref().map(|r| Run {
-                row: r.row.clone(),
-                ..*r
-            }),
+            run: self.run.clone(),
             by_save_dir,
             final_validation: self.final_validation,
             counters: self

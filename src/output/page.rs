@@ -474,7 +474,7 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
     // Times on screen are ages at the page's own time; the timestamps are in `title`s.
     let now = crate::time::parse_rfc3339(&s.generated_at).unwrap_or(0);
     let ago = |t: Option<&str>| crate::time::ago(now, t);
-    let since = |t: &str| ago(Some(t)).trim_end_matches(" ago").to_string();
+    let since = |t: &str| crate::time::since(now, t);
     let level_class = match s.health.code {
         0 => "ok",
         1 => "warn",
@@ -575,7 +575,7 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                             ") · datasets " (opt(d.datasets_gb, " GB")) " · models " (opt(d.models_gb, " GB")) }
                     }
                     @if let Some(cp) = &s.last_checkpoint {
-                        p { "Last checkpoint of this run: " (if cp.kind == "checkpoint_save_failed" { "save FAILED" } else { "saved" }) " "
+                        p { "Last checkpoint of this run: " (cp.outcome()) " "
                             span title=(cp.ts) { (ago(Some(&cp.ts))) } ": " (cp.message.lines().next().unwrap_or("")) }
                     }
                 }

@@ -191,6 +191,17 @@ pub struct Checkpoint {
     pub message: String,
 }
 
+impl Checkpoint {
+    /// `saved`, or `save FAILED`.
+    pub fn outcome(&self) -> &'static str {
+        if self.kind == "checkpoint_save_failed" {
+            "save FAILED"
+        } else {
+            "saved"
+        }
+    }
+}
+
 /// The verdict for cron: 0 ok, 1 warning, 2 critical.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Health {

@@ -153,12 +153,12 @@ const UPSERT_CONTAINER: &str =
 // A container's state, in log order: an older report does not undo a newer one.
 const CONTAINER_RUNNING: &str = "UPDATE containers SET state = 'running', exit_code = NULL,
         oom_killed = 0, state_at = ?2
-     WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2) AND ?3 IS NULL";
+     WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2)";
 const CONTAINER_EXITED: &str = "UPDATE containers SET state = 'exited', exit_code = ?3,
         state_at = ?2
      WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2)";
 const CONTAINER_OOM: &str = "UPDATE containers SET oom_killed = 1
-     WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2) AND ?3 IS NULL";
+     WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2)";
 /// The log time of a container's newest line (the daemon's own events are not lines).
 const CONTAINER_LAST_LINE: &str = "UPDATE containers SET last_line_at = ?2
      WHERE container = ?1 AND (last_line_at IS NULL OR last_line_at < ?2)";
@@ -336,14 +336,20 @@ impl Writer {
                     }
                     Op::ContainerState(ts, name, run) => {
                         use crate::derive::ContainerRun;
-                        let (sql, code) = match run {
-                            ContainerRun::Running => (CONTAINER_RUNNING, None),
-                            ContainerRun::Exited(code) => (CONTAINER_EXITED, *code),
-                            ContainerRun::OomKilled => (CONTAINER_OOM, None),
-                        };
-                        tx.prepare_cached(sql)
-                            .and_then(|mut s| s.execute(params![&**name, format_ns(*ts), code]))
-                            .map_err(StoreError::sql("write container state"))?;
+                        let at = format_ns(*ts);
+                        let name: &str = name;
+                        match run {
+                            ContainerRun::Running => tx
+                                .prepare_cached(CONTAINER_RUNNING)
+                                .and_then(|mut s| s.execute(params![name, at])),
+                            ContainerRun::Exited(code) => tx
+                                .prepare_cached(CONTAINER_EXITED)
+                                .and_then(|mut s| s.execute(params![name, at, code])),
+                            ContainerRun::OomKilled => tx
+                                .prepare_cached(CONTAINER_OOM)
+                                .and_then(|mut s| s.execute(params![name, at])),
+                        }
+                        .map_err(StoreError::sql("write container state"))?;
                     }
                     Op::Container(ts, name, role) => {
                         tx.prepare_cached(UPSERT_CONTAINER)
