@@ -505,6 +505,14 @@ fn read_commands_upgrade_a_database_an_older_trainwatch_wrote() {
     db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("gpu"));
     {
         let conn = rusqlite::Connection::open(&db.path).unwrap();
+        // Undo 0009 (the view of 0004 back, then its tables and columns) and 0008.
+        conn.execute_batch(trainwatch::store::migrate::MIGRATIONS[3])
+            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE mlflow_epochs; DROP TABLE mlflow_runs;
+             ALTER TABLE runs DROP COLUMN params; ALTER TABLE runs DROP COLUMN ultralytics_version;",
+        )
+        .unwrap();
         for col in [
             "state",
             "exit_code",

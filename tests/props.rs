@@ -245,6 +245,8 @@ pub(crate) fn alert_ops(steps: &[(u8, u8, i64, u32)], t0: i64) -> Vec<trainwatch
                     save_dir: None,
                     model: None,
                     loss_names: vec!["box_loss".into()],
+                    params: None,
+                    ultralytics_version: None,
                 }),
                 _ => Op::Epoch(
                     key(c, v),
@@ -281,6 +283,8 @@ pub(crate) fn alert_ops(steps: &[(u8, u8, i64, u32)], t0: i64) -> Vec<trainwatch
                     save_dir: None,
                     model: None,
                     loss_names: vec!["box_loss".into()],
+                    params: None,
+                    ultralytics_version: None,
                 }),
             );
         }

@@ -451,3 +451,48 @@ fn epoch_times_are_ultralytics_results_csv_time() {
         }
     }
 }
+
+/// A run keeps every setting of the trainer line that started it, as printed, and the version
+/// of the banner before it: the values are read back out of the capture itself.
+#[test]
+fn a_run_keeps_its_settings_and_ultralytics_version() {
+    for dir in ["ultralytics", "ultralytics-8.3"] {
+        let db = replay_capture(dir, "normal");
+        let text = std::fs::read_to_string(fixture(&format!("{dir}/normal-json.log"))).unwrap();
+        let version = text
+            .split("Ultralytics ")
+            .skip(1)
+            .filter_map(|s| s.split(' ').next())
+            .find(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            .unwrap();
+        assert_eq!(
+            db.text("SELECT ultralytics_version FROM training_runs")
+                .as_deref(),
+            Some(version),
+            "{dir}"
+        );
+        let params: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&db.text("SELECT params FROM training_runs").unwrap()).unwrap();
+        // The settings line, as the JSON log escaped it, split the way the trainer joined it.
+        let line = text
+            .lines()
+            .find(|l| l.contains("mode=train"))
+            .unwrap()
+            .split("\\u001b[0m")
+            .nth(1)
+            .unwrap()
+            .split("\\n")
+            .next()
+            .unwrap()
+            .to_string();
+        let printed: Vec<(&str, &str)> = line
+            .split(", ")
+            .map(|kv| kv.split_once('=').unwrap())
+            .collect();
+        assert!(printed.len() > 50, "{dir}: {}", printed.len());
+        assert_eq!(params.len(), printed.len(), "{dir}");
+        for (k, v) in printed {
+            assert_eq!(params[k], serde_json::Value::String(v.into()), "{dir}: {k}");
+        }
+    }
+}

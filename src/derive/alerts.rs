@@ -1664,6 +1664,8 @@ mod tests {
             save_dir: None,
             model: None,
             loss_names: vec![],
+            params: None,
+            ultralytics_version: None,
         })
     }
 
@@ -1930,6 +1932,8 @@ mod tests {
                 save_dir: None,
                 model: None,
                 loss_names: vec![],
+                params: None,
+                ultralytics_version: None,
             })],
         );
         assert_eq!(names(&c), ["resolved TrainingLossDiverging"]);

@@ -112,6 +112,13 @@ pub struct RunRow {
     pub save_dir: Option<String>,
     pub model: Option<String>,
     pub loss_names: Vec<String>,
+    /// Every `key=value` of the settings line that started the run, as printed (redacted), as
+    /// JSON object text; a resume's settings line does not change it.
+    #[serde(default)]
+    pub params: Option<String>,
+    /// The Ultralytics version its banner (`Ultralytics 8.3.40 🚀 ...`) printed before the run.
+    #[serde(default)]
+    pub ultralytics_version: Option<String>,
 }
 
 /// Values of one epoch, merged into the stored row: `None` leaves a column as it is, so the

@@ -129,6 +129,8 @@ pub struct ContainerState {
     /// Finished runs by save_dir, so `resume` finds the run it continues.
     by_save_dir: HashMap<String, RunRow>,
     final_validation: bool,
+    /// The version the latest `Ultralytics 8.x 🚀` banner printed, for the next run.
+    banner: Option<String>,
     counters: HashMap<&'static str, f64>,
     /// The latest sample of each queue metric within the current second, not yet emitted: one
     /// sample per metric per second is kept (the last), like a scrape interval, so a queue
@@ -178,6 +180,8 @@ struct Saved {
     run: Option<Run>,
     by_save_dir: Vec<(String, RunRow)>,
     final_validation: bool,
+    #[serde(default)]
+    banner: Option<String>,
     counters: Vec<(String, f64)>,
     /// Samples held for their second: (ts, name, value).
     pending: Vec<(i64, String, f64)>,
@@ -226,6 +230,7 @@ impl ContainerState {
             run: None,
             by_save_dir: HashMap::new(),
             final_validation: false,
+            banner: None,
             counters: HashMap::new(),
             pending: Vec::new(),
         };
@@ -273,6 +278,7 @@ impl ContainerState {
             run: self.run.clone(),
             by_save_dir,
             final_validation: self.final_validation,
+            banner: self.banner.clone(),
             counters: self
                 .counters
                 .iter()
@@ -302,6 +308,7 @@ impl ContainerState {
             run: saved.run,
             by_save_dir: saved.by_save_dir.into_iter().collect(),
             final_validation: saved.final_validation,
+            banner: saved.banner,
             counters: saved
                 .counters
                 .into_iter()
@@ -538,6 +545,7 @@ impl ContainerState {
         epochs: Option<u32>,
         save_dir: Option<String>,
         model: Option<String>,
+        params: Option<String>,
         starting: bool,
         out: &mut Vec<Op>,
     ) {
@@ -557,6 +565,8 @@ impl ContainerState {
             save_dir,
             model,
             loss_names: self.loss_names.clone(),
+            params,
+            ultralytics_version: self.banner.clone(),
         };
         out.push(Op::Run(row.clone()));
         self.final_validation = false;
@@ -637,7 +647,7 @@ impl ContainerState {
                     && !matches!(r.row.status, RunStatus::Completed | RunStatus::EarlyStopped))
         });
         if !usable || self.final_validation {
-            self.new_run(rec, Some(epochs), None, None, false, out);
+            self.new_run(rec, Some(epochs), None, None, None, false, out);
         }
     }
 
@@ -668,7 +678,8 @@ impl ContainerState {
             run.last_ts = rec.ts;
         }
         match &p.detail {
-            Detail::None | Detail::Banner(_) => {}
+            Detail::None => {}
+            Detail::Banner(v) => self.banner = Some(v.clone()),
             Detail::Header(names) => {
                 self.loss_names = names.clone();
                 if let Some(run) = self.run.as_mut() {
@@ -695,7 +706,7 @@ impl ContainerState {
                         out.push(Op::Run(run.row.clone()));
                     }
                 } else {
-                    self.new_run(rec, *epochs, None, None, false, out);
+                    self.new_run(rec, *epochs, None, None, None, false, out);
                     if let Some(run) = self.run.as_mut() {
                         run.train_start = Some(rec.ts);
                     }
@@ -715,7 +726,15 @@ impl ContainerState {
             } => {
                 let dir = checkpoint_dir(model);
                 if !self.continue_run(rec, dir.as_deref(), Some(*epochs), out) {
-                    self.new_run(rec, Some(*epochs), dir, Some(model.clone()), true, out);
+                    self.new_run(
+                        rec,
+                        Some(*epochs),
+                        dir,
+                        Some(model.clone()),
+                        None,
+                        true,
+                        out,
+                    );
                 }
                 out.push(self.event(
                     rec,
@@ -865,19 +884,27 @@ impl ContainerState {
                 ctx.insert(k.into(), Value::String(v.to_string()));
             }
         }
+        // Every setting as printed, for the run's parameters (an MLflow export logs them).
+        let mut params = Value::Object(
+            kv.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        );
+        redact::json(&mut params);
+        let params = Some(params.to_string());
         if resume.is_some() {
             // The `Resuming training ... from epoch K` line that follows is the
             // training_resumed event; here the run is only picked up (or, when its start is not
             // in the store, opened).
             if !self.continue_run(rec, save_dir.as_deref(), epochs, out) {
-                self.new_run(rec, epochs, save_dir, model, true, out);
+                self.new_run(rec, epochs, save_dir, model, params, true, out);
             }
             if yolov5 && let Some(run) = self.run.as_mut() {
                 run.zero_based = true;
             }
             return;
         }
-        self.new_run(rec, epochs, save_dir, model, true, out);
+        self.new_run(rec, epochs, save_dir, model, params, true, out);
         if yolov5 && let Some(run) = self.run.as_mut() {
             run.zero_based = true;
         }

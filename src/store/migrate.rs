@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_resume_state.sql"),
     include_str!("../../migrations/0007_epoch_train_time.sql"),
     include_str!("../../migrations/0008_container_state.sql"),
+    include_str!("../../migrations/0009_run_params.sql"),
 ];
 
 /// Brings the schema up to the latest version.

@@ -12,7 +12,7 @@ use crate::event::{Key, Stream};
 
 const RUN_COLUMNS: &str =
     "run_id, start_stream, start_key_ts, start_seq, started_at, ended_at, status,
-    epochs_total, best_epoch_reported, save_dir, model, loss_names";
+    epochs_total, best_epoch_reported, save_dir, model, loss_names, params, ultralytics_version";
 
 fn run_from_row(container: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, RunRow)> {
     let parse_ts = |s: Option<String>| s.and_then(|s| crate::time::parse_rfc3339(&s));
@@ -34,6 +34,8 @@ fn run_from_row(container: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result
             save_dir: r.get(9)?,
             model: r.get(10)?,
             loss_names: serde_json::from_str(&names).unwrap_or_default(),
+            params: r.get(12)?,
+            ultralytics_version: r.get(13)?,
         },
     ))
 }

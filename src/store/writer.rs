@@ -95,14 +95,16 @@ const METRIC_UPSERT: &str =
 
 const UPSERT_RUN: &str =
     "INSERT INTO runs (container, start_stream, start_key_ts, start_seq, started_at, ended_at,
-        status, epochs_total, best_epoch_reported, save_dir, model, loss_names)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+        status, epochs_total, best_epoch_reported, save_dir, model, loss_names, params,
+        ultralytics_version)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
      ON CONFLICT (container, start_stream, start_key_ts, start_seq) DO UPDATE SET
         ended_at = excluded.ended_at, status = excluded.status,
         epochs_total = COALESCE(excluded.epochs_total, epochs_total),
         best_epoch_reported = COALESCE(excluded.best_epoch_reported, best_epoch_reported),
         save_dir = COALESCE(excluded.save_dir, save_dir), model = COALESCE(excluded.model, model),
-        loss_names = excluded.loss_names
+        loss_names = excluded.loss_names, params = COALESCE(params, excluded.params),
+        ultralytics_version = COALESCE(ultralytics_version, excluded.ultralytics_version)
      RETURNING run_id";
 
 // ?16 says whether this row carries the loss columns (a training row); validation rows leave
@@ -623,7 +625,9 @@ fn upsert_run(tx: &rusqlite::Transaction<'_>, r: &RunRow) -> Result<i64, StoreEr
                     r.best_epoch_reported,
                     r.save_dir,
                     r.model,
-                    names
+                    names,
+                    r.params,
+                    r.ultralytics_version
                 ],
                 |row| row.get(0),
             )
@@ -740,6 +744,8 @@ mod tests {
             save_dir: None,
             model: None,
             loss_names: Vec::new(),
+            params: None,
+            ultralytics_version: None,
         };
         let epoch = EpochRow {
             epoch: 1,
