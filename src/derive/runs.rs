@@ -173,6 +173,16 @@ fn truthy(v: &str) -> bool {
 /// A [`ContainerState`] as committed with each batch (next to its cursor), so that a restart
 /// continues the derivation exactly where the committed rows end: a run between its settings
 /// line and its first epoch, an open epoch header, a queue sample of the current second.
+/// What a run is opened with, as far as the line that opens it tells.
+#[derive(Default)]
+struct Opening {
+    epochs: Option<u32>,
+    save_dir: Option<String>,
+    model: Option<String>,
+    /// The settings line's `key=value`s as a JSON object (redacted).
+    params: Option<String>,
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Saved {
     version: u32,
@@ -539,16 +549,13 @@ impl ContainerState {
         }));
     }
 
-    fn new_run(
-        &mut self,
-        rec: &Record,
-        epochs: Option<u32>,
-        save_dir: Option<String>,
-        model: Option<String>,
-        params: Option<String>,
-        starting: bool,
-        out: &mut Vec<Op>,
-    ) {
+    fn new_run(&mut self, rec: &Record, opening: Opening, starting: bool, out: &mut Vec<Op>) {
+        let Opening {
+            epochs,
+            save_dir,
+            model,
+            params,
+        } = opening;
         self.interrupt_current(out);
         let row = RunRow {
             key: RunKey {
@@ -647,7 +654,15 @@ impl ContainerState {
                     && !matches!(r.row.status, RunStatus::Completed | RunStatus::EarlyStopped))
         });
         if !usable || self.final_validation {
-            self.new_run(rec, Some(epochs), None, None, None, false, out);
+            self.new_run(
+                rec,
+                Opening {
+                    epochs: Some(epochs),
+                    ..Opening::default()
+                },
+                false,
+                out,
+            );
         }
     }
 
@@ -706,7 +721,15 @@ impl ContainerState {
                         out.push(Op::Run(run.row.clone()));
                     }
                 } else {
-                    self.new_run(rec, *epochs, None, None, None, false, out);
+                    self.new_run(
+                        rec,
+                        Opening {
+                            epochs: *epochs,
+                            ..Opening::default()
+                        },
+                        false,
+                        out,
+                    );
                     if let Some(run) = self.run.as_mut() {
                         run.train_start = Some(rec.ts);
                     }
@@ -726,15 +749,13 @@ impl ContainerState {
             } => {
                 let dir = checkpoint_dir(model);
                 if !self.continue_run(rec, dir.as_deref(), Some(*epochs), out) {
-                    self.new_run(
-                        rec,
-                        Some(*epochs),
-                        dir,
-                        Some(model.clone()),
-                        None,
-                        true,
-                        out,
-                    );
+                    let opening = Opening {
+                        epochs: Some(*epochs),
+                        save_dir: dir,
+                        model: Some(model.clone()),
+                        params: None,
+                    };
+                    self.new_run(rec, opening, true, out);
                 }
                 out.push(self.event(
                     rec,
@@ -892,19 +913,25 @@ impl ContainerState {
         );
         redact::json(&mut params);
         let params = Some(params.to_string());
+        let opening = Opening {
+            epochs,
+            save_dir,
+            model,
+            params,
+        };
         if resume.is_some() {
             // The `Resuming training ... from epoch K` line that follows is the
             // training_resumed event; here the run is only picked up (or, when its start is not
             // in the store, opened).
-            if !self.continue_run(rec, save_dir.as_deref(), epochs, out) {
-                self.new_run(rec, epochs, save_dir, model, params, true, out);
+            if !self.continue_run(rec, opening.save_dir.as_deref(), epochs, out) {
+                self.new_run(rec, opening, true, out);
             }
             if yolov5 && let Some(run) = self.run.as_mut() {
                 run.zero_based = true;
             }
             return;
         }
-        self.new_run(rec, epochs, save_dir, model, params, true, out);
+        self.new_run(rec, opening, true, out);
         if yolov5 && let Some(run) = self.run.as_mut() {
             run.zero_based = true;
         }
