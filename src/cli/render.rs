@@ -12,32 +12,7 @@ pub enum OutputFormat {
     Json,
 }
 
-/// A result set: column names and rows of SQLite values.
-pub struct Rows {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Value>>,
-}
-
-impl Rows {
-    /// Runs `sql` with `params` and collects the result.
-    pub fn query(
-        conn: &rusqlite::Connection,
-        sql: &str,
-        params: &[&dyn rusqlite::ToSql],
-    ) -> rusqlite::Result<Rows> {
-        let mut stmt = conn.prepare(sql)?;
-        let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
-        let n = columns.len();
-        let rows = stmt
-            .query_map(params, |r| {
-                (0..n)
-                    .map(|i| r.get::<_, Value>(i))
-                    .collect::<rusqlite::Result<Vec<Value>>>()
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Rows { columns, rows })
-    }
-}
+pub use trainwatch::store::queries::Rows;
 
 fn text(v: &Value) -> String {
     match v {
@@ -46,6 +21,16 @@ fn text(v: &Value) -> String {
         Value::Real(f) => format_real(*f),
         Value::Text(s) => s.clone(),
         Value::Blob(b) => format!("<{} bytes>", b.len()),
+    }
+}
+
+/// A cell for CSV, read by tools: reals in their shortest form that reads back the same value
+/// (a whole number keeps its `.0`).
+fn csv_text(v: &Value) -> String {
+    match v {
+        Value::Real(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{f:.1}"),
+        Value::Real(f) => f.to_string(),
+        other => text(other),
     }
 }
 
@@ -95,7 +80,7 @@ pub fn write(out: &mut dyn Write, rows: &Rows, format: OutputFormat) -> std::io:
             let mut w = csv::Writer::from_writer(out);
             w.write_record(&rows.columns)?;
             for r in &rows.rows {
-                w.write_record(r.iter().map(text))?;
+                w.write_record(r.iter().map(csv_text))?;
             }
             w.flush()
         }

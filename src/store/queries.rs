@@ -345,3 +345,30 @@ pub fn alerts_table_sql(all: bool) -> String {
         }
     )
 }
+
+/// A result set: column names and rows of SQLite values.
+pub struct Rows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<rusqlite::types::Value>>,
+}
+
+impl Rows {
+    /// Runs `sql` with `params` and collects the result.
+    pub fn query(
+        conn: &Connection,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> rusqlite::Result<Rows> {
+        let mut stmt = conn.prepare(sql)?;
+        let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+        let n = columns.len();
+        let rows = stmt
+            .query_map(params, |r| {
+                (0..n)
+                    .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                    .collect::<rusqlite::Result<Vec<rusqlite::types::Value>>>()
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Rows { columns, rows })
+    }
+}
