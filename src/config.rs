@@ -53,6 +53,9 @@ pub struct Config {
     /// Connection limits of `watch --listen`.
     #[serde(default)]
     pub listen: crate::output::serve::Limits,
+    /// Training history exported to an MLflow tracking server (off unless `tracking_uri`).
+    #[serde(default)]
+    pub mlflow: crate::output::mlflow::MlflowConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
@@ -131,6 +134,9 @@ impl Config {
                     r.name
                 )));
             }
+        }
+        if let Some(p) = cfg.mlflow.problem() {
+            return Err(invalid(p));
         }
         for (what, v) in [
             ("retention.events", &cfg.retention.events),

@@ -85,3 +85,37 @@ pub enum OutputError {
     #[error("cannot set up e-mail: {0}")]
     Mail(String),
 }
+
+/// A request to an MLflow tracking server that did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MlflowError {
+    /// No answer: connection refused or reset, timeout, DNS.
+    #[error("the tracking server did not answer: {0}")]
+    Unreachable(String),
+    /// An answer other than 2xx, with MLflow's `error_code` and `message`.
+    #[error("the tracking server answered HTTP {status} {code}: {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MlflowError {
+    /// Whether trying again later can help: no answer, 5xx, 408 and 429 (and a store that
+    /// could not be read or written); other 4xx refuse the data itself.
+    pub fn transient(&self) -> bool {
+        match self {
+            MlflowError::Unreachable(_) | MlflowError::Store(_) => true,
+            MlflowError::Refused { status, .. } => *status >= 500 || matches!(status, 408 | 429),
+        }
+    }
+
+    /// MLflow's `RESOURCE_DOES_NOT_EXIST`.
+    pub fn not_found(&self) -> bool {
+        matches!(self, MlflowError::Refused { code, .. } if code == "RESOURCE_DOES_NOT_EXIST")
+    }
+}

@@ -18,7 +18,7 @@ struct Cli {
     /// SQLite database file.
     #[arg(long, global = true, env = "TRAINWATCH_DB", default_value = trainwatch::store::DEFAULT_DB)]
     db: PathBuf,
-    /// TOML config file (patterns, retention, docker, alerts, notify, probes, status).
+    /// TOML config file (patterns, retention, docker, alerts, notify, probes, status, mlflow).
     #[arg(long, global = true, env = "TRAINWATCH_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -43,6 +43,8 @@ enum Command {
     Sql(cli::sql::SqlArgs),
     /// Delete events, metric samples and resolved alerts older than the retention age.
     Prune(cli::prune::PruneArgs),
+    /// `export mlflow`: send the stored training history to an MLflow tracking server.
+    Export(cli::export::ExportArgs),
     /// `config check [FILE]`: validate a config file and print the effective settings.
     Config(cli::config::ConfigArgs),
 }
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
         },
         Command::Sql(a) => cli::sql::run(a, &cli.db, cli.config.as_deref()),
         Command::Prune(a) => cli::prune::run(a, &cli.db, cli.config.as_deref()),
+        Command::Export(a) => cli::export::run(a, &cli.db, cli.config.as_deref()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

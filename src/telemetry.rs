@@ -96,6 +96,8 @@ pub struct Counters {
     pub batches_committed: std::sync::atomic::AtomicU64,
     pub notifications_delivered: std::sync::atomic::AtomicU64,
     pub notifications_failed: std::sync::atomic::AtomicU64,
+    pub mlflow_points_exported: std::sync::atomic::AtomicU64,
+    pub mlflow_requests_failed: std::sync::atomic::AtomicU64,
     skips: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
@@ -105,6 +107,8 @@ pub static COUNTERS: Counters = Counters {
     batches_committed: std::sync::atomic::AtomicU64::new(0),
     notifications_delivered: std::sync::atomic::AtomicU64::new(0),
     notifications_failed: std::sync::atomic::AtomicU64::new(0),
+    mlflow_points_exported: std::sync::atomic::AtomicU64::new(0),
+    mlflow_requests_failed: std::sync::atomic::AtomicU64::new(0),
     skips: std::sync::Mutex::new(std::collections::BTreeMap::new()),
 };
 

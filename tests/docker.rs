@@ -1360,3 +1360,107 @@ fn a_killed_training_container_ends_its_run_and_fires_training_container_died() 
     );
     lab.stop_watch();
 }
+
+/// `watch` with `[mlflow]` exports a training while it runs: the MLflow run is RUNNING with the
+/// epochs done so far, then FINISHED with every epoch, equal to `history`.
+#[test]
+fn watch_exports_a_live_training_to_a_real_mlflow_server() {
+    if !docker_ready() || !crate::mlflow::mlflow_installed() {
+        return;
+    }
+    let rt = crate::mlflow::runtime();
+    let home = tempfile::tempdir().unwrap();
+    let server = rt.block_on(crate::mlflow::Server::start(
+        home.path(),
+        crate::util::free_port(),
+    ));
+    let url = server.url();
+    let mut lab = Lab::new(
+        "mlflow",
+        &format!("[mlflow]\ntracking_uri = \"{url}\"\nexperiment = \"live\"\ninterval = \"1s\"\n"),
+    );
+    lab.start_watch(&[]);
+    let play = lab.db.dir.path().join("play");
+    std::fs::create_dir(&play).unwrap();
+    let capture = std::fs::read_to_string(fixture("ultralytics-8.3/normal-json.log")).unwrap();
+    for (n, line) in capture.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ext = if v["stream"] == "stderr" {
+            "err"
+        } else {
+            "out"
+        };
+        std::fs::write(
+            play.join(format!("{n:05}.{ext}")),
+            v["log"].as_str().unwrap(),
+        )
+        .unwrap();
+    }
+    let mount = format!("{}:/play:ro", play.display());
+    let c = lab.run_with(
+        "train",
+        false,
+        &[],
+        &["-v", &mount],
+        "for f in /play/*; do case $f in *.err) /busybox cat $f >&2;; *) /busybox cat $f;; esac; /busybox usleep 100000; done",
+    );
+    // While it trains: RUNNING, with some epochs and not all.
+    let seen_running = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(r) = crate::mlflow::server_runs_if_any(&url, "live")
+                .await
+                .into_values()
+                .next()
+                && r["info"]["status"] == "RUNNING"
+            {
+                let id = r["info"]["run_id"].as_str().unwrap();
+                let points = crate::mlflow::history_of(&url, id, "train/box_loss").await;
+                if !points.is_empty() && points.len() < 10 {
+                    return Some(points.len());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    });
+    assert!(
+        seen_running.is_some(),
+        "no RUNNING run with some epochs was seen; watch log:\n{}",
+        lab.log_text()
+    );
+    lab.wait_exit(&c);
+    lab.wait_for(
+        "SELECT count(*) FROM training_runs WHERE status = 'completed'",
+        1,
+    );
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let runs = crate::mlflow::server_runs_if_any(&url, "live").await;
+            if runs
+                .values()
+                .next()
+                .is_some_and(|r| r["info"]["status"] == "FINISHED")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not FINISHED: {runs:?}\n{}",
+                lab.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    lab.stop_watch();
+    rt.block_on(crate::mlflow::assert_server_equals_history(
+        &url, "live", &lab.db,
+    ));
+    assert!(
+        lab.log_text()
+            .contains("Training history exported to MLflow."),
+        "{}",
+        lab.log_text()
+    );
+}

@@ -14,6 +14,8 @@
 //! - `docker`: `watch` against the real Docker daemon (busybox containers from a scratch image).
 //! - `deploy`: the container image built by `packaging/build-image.sh`, run as compose runs it.
 //! - `mail`: e-mail alerts through a real SMTP server (aiosmtpd): outage, TLS, login.
+//! - `mlflow`: the training history exported to a real MLflow tracking server, killed and
+//!   restarted mid-export, against `history`.
 //! - `pipes`: inputs read only once: `<(...)`, standard input, a named FIFO, gzip on a pipe.
 //! - `props`: property tests: the parsers never panic; the alert rules keep their invariants
 //!   and resume exactly from a snapshot.
@@ -32,6 +34,7 @@ mod dedup;
 mod deploy;
 mod docker;
 mod mail;
+mod mlflow;
 mod pipes;
 pub(crate) mod props;
 mod queue;

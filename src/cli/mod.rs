@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod export;
 pub mod health;
 pub mod history;
 pub mod prune;

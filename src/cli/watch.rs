@@ -10,6 +10,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use trainwatch::derive::alerts::Engine;
+use trainwatch::output::mlflow::Exporter;
 use trainwatch::output::notify::Notifier;
 use trainwatch::output::status::{self, StatusConfig};
 use trainwatch::output::{page, serve};
@@ -52,6 +53,14 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
     .with_context(|| format!("opening {}", db.display()))?;
     let notifier = Notifier::new(cfg.notify.clone(), db.to_path_buf(), store_health.clone())
         .with_context(|| format!("opening {} for alert delivery", db.display()))?;
+    let exporter = if cfg.mlflow.enabled() {
+        Some(
+            Exporter::new(cfg.mlflow.clone(), db.to_path_buf())
+                .with_context(|| format!("opening {} for the MLflow export", db.display()))?,
+        )
+    } else {
+        None
+    };
     // One thread runs every follower: the work per line is small, and a task hopping between
     // workers cost more in wake-ups than it gained (bench/watch.py); SQLite has its own thread.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -95,6 +104,9 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
             shutdown.clone(),
         ));
         tasks.spawn(notifier.run(wake, shutdown.clone()));
+        if let Some(exporter) = exporter {
+            tasks.spawn(exporter.run(shutdown.clone()));
+        }
         tasks.spawn(retention(dbp.clone(), cfg.clone(), shutdown.clone()));
         let files = StatusFiles {
             json: cfg.status.path(&dbp),

@@ -224,6 +224,16 @@ pub fn metrics_text(s: &status::Status) -> String {
             "Alert notification attempts that failed (retried)",
             &COUNTERS.notifications_failed,
         ),
+        (
+            "trainwatch_mlflow_points_exported_total",
+            "Metric points the MLflow tracking server acknowledged",
+            &COUNTERS.mlflow_points_exported,
+        ),
+        (
+            "trainwatch_mlflow_requests_failed_total",
+            "Requests to the MLflow tracking server that failed",
+            &COUNTERS.mlflow_requests_failed,
+        ),
     ] {
         if let Ok(c) = IntCounter::new(name, help) {
             c.inc_by(Counters::get(v));

@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod migrate;
+pub mod mlflow;
 pub mod queries;
 pub mod retention;
 pub mod writer;
