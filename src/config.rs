@@ -14,6 +14,9 @@
 //! history = "keep"    # training runs and epochs: "keep" or an age such as "365d"
 //! every = "24h"       # how often `watch` prunes
 //!
+//! [mlflow]            # training history to an MLflow tracking server (off by default)
+//! tracking_uri = "http://mlflow:5000"
+//!
 //! [docker]            # which containers `watch` follows (default: all)
 //! [[docker.include]]
 //! name = "yolo-*"
@@ -93,6 +96,16 @@ impl Default for Retention {
 }
 
 impl Config {
+    /// `[mlflow]` as used: its `host` tag defaults to `[notify] instance`, the one name of
+    /// this server (in a container the host name is the container's id).
+    pub fn mlflow_settings(&self) -> crate::output::mlflow::MlflowConfig {
+        let mut m = self.mlflow.clone();
+        if m.host.is_none() {
+            m.host = self.notify.instance.clone();
+        }
+        m
+    }
+
     /// Loads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -195,6 +208,37 @@ mod tests {
         assert_eq!(c.retention.history, "keep");
         assert!(Config::parse("[retention]\nevents = 'soon'\n", Path::new("t.toml")).is_err());
         assert!(Config::parse("unknown = 1\n", Path::new("t.toml")).is_err());
+    }
+
+    #[test]
+    fn mlflow_is_off_by_default_and_checked_when_on() {
+        let t = Path::new("t.toml");
+        assert!(!Config::parse("", t).unwrap().mlflow.enabled());
+        let c = Config::parse(
+            "[mlflow]\ntracking_uri = 'http://mlflow:5000'\n[notify]\ninstance = 'gpu-1'\n",
+            t,
+        )
+        .unwrap();
+        let m = c.mlflow_settings();
+        assert!(m.enabled());
+        assert_eq!(m.experiment, "trainwatch");
+        assert_eq!(m.host.as_deref(), Some("gpu-1"));
+        let e = Config::parse("[mlflow]\ntracking_uri = 'http://u:pw@mlflow:5000'\n", t)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("must not hold credentials") && !e.contains("pw@"),
+            "{e}"
+        );
+        // The token is never printed back.
+        let c =
+            Config::parse("[mlflow]\ntracking_uri = 'http://m'\ntoken = 's3cr3t'\n", t).unwrap();
+        let shown = toml::to_string(&c).unwrap();
+        assert!(
+            !shown.contains("s3cr3t") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        assert!(!format!("{:?}", c.mlflow).contains("s3cr3t"));
     }
 
     /// Every TOML example in README.md is a valid config.

@@ -43,7 +43,7 @@ pub struct MlflowArgs {
 
 pub fn run(args: ExportArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let ExportTarget::Mlflow(args) = args.target;
-    let mut cfg = super::load_config(config)?.mlflow;
+    let mut cfg = super::load_config(config)?.mlflow_settings();
     if let Some(u) = args.tracking_uri {
         cfg.tracking_uri = Some(u);
     }

@@ -55,7 +55,7 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         .with_context(|| format!("opening {} for alert delivery", db.display()))?;
     let exporter = if cfg.mlflow.enabled() {
         Some(
-            Exporter::new(cfg.mlflow.clone(), db.to_path_buf())
+            Exporter::new(cfg.mlflow_settings(), db.to_path_buf())
                 .with_context(|| format!("opening {} for the MLflow export", db.display()))?,
         )
     } else {
