@@ -3,13 +3,16 @@
 //! alerts, stored in SQLite.
 //!
 //! ```text
-//!  sources              assemble               parse               derive               store
-//!  ───────              ────────               ─────               ──────               ─────
-//!  json-file (.gz,  ─┐  partial merge (16 KiB) service JSON        runs & epochs        one writer thread,
-//!   rotated sets)    ├─> \r frames, ANSI,   ─> Ultralytics rows ─> metrics (counters, ─> batched transactions,
-//!  plain text logs  ─┘  tracebacks/multiline  Python logging      gauges), events      cursor + natural keys
+//!  sources              assemble               parse               derive               store                outputs
+//!  ───────              ────────               ─────               ──────               ─────                ───────
+//!  Docker logs      ─┐  partial merge (16 KiB) service JSON        runs & epochs        one writer thread,   alert delivery,
+//!  json-file (.gz,   ├─> \r frames, ANSI,   ─> Ultralytics rows ─> metrics (counters, ─> batched         ─> status file & page,
+//!   rotated sets)    │  tracebacks/multiline  Python logging      gauges), events;     transactions,        /metrics, health,
+//!  plain text logs  ─┘                                            alert rules          cursor + natural     MLflow export
+//!  probes (GPU, disk, offset), Docker events and stats ─────────────────────────────>  keys
 //! ```
-//! `replay` feeds archived files through this pipeline; every stage after the source is shared.
+//! `replay` (archived files) and `watch` (the Docker source) hand their lines to one ingest
+//! driver ([`pipeline::ingest`]); every stage after the source is shared.
 //!
 //! # Layout
 //! - [`source`]: live Docker follow, files, json-file reader with partial merge, plain text,
@@ -19,8 +22,10 @@
 //! - [`derive`](mod@derive): the per-container run/epoch state machine and metrics.
 //! - [`derive::alerts`]: the alert rule engine, run by the store's writer on committed rows.
 //! - [`store`]: SQLite schema, writer, queries, alerts and their outbox, retention.
-//! - [`output`]: alert delivery (webhooks, Alertmanager) and the status file.
-//! - [`pipeline`]: the replay driver wiring the stages together.
+//! - [`output`]: alert delivery (webhooks, Alertmanager, e-mail), the status file and page,
+//!   `/metrics`, results.csv and the MLflow export.
+//! - [`pipeline`]: the one ingest driver, and the two inputs that feed it: replay (files) and
+//!   live (a follower per container of the Docker source).
 //! - [`redact`]: secret and payload redaction before anything is stored or logged.
 //! - [`telemetry`]: trainwatch's own logs in the service JSON format.
 //! - [`words`]: fixed words found in any case with a SIMD searcher (redaction, pattern gate).

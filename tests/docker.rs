@@ -86,6 +86,8 @@ struct Lab {
     log: PathBuf,
     /// `DOCKER_HOST` of a daemon of the test's own, else the machine's.
     host: Option<String>,
+    /// More arguments of `watch` (`--listen ADDR`).
+    watch_args: Vec<String>,
 }
 
 impl Lab {
@@ -107,6 +109,7 @@ impl Lab {
             watch: None,
             log,
             host: None,
+            watch_args: Vec::new(),
         }
     }
 
@@ -132,6 +135,7 @@ impl Lab {
             .arg("--config")
             .arg(&self.config)
             .arg("watch")
+            .args(&self.watch_args)
             .envs(env.iter().copied())
             .stdout(stdout)
             .stderr(stderr)
@@ -1463,4 +1467,137 @@ fn watch_exports_a_live_training_to_a_real_mlflow_server() {
         "{}",
         lab.log_text()
     );
+}
+
+/// The same lines through live follow and through a replay of the container's own json-file
+/// log (the same bytes, the same times): identical rows in every view and identical skip
+/// counts, since both go through the one ingest driver.
+#[test]
+fn live_follow_and_replay_of_the_same_log_store_the_same_rows_and_skips() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new(
+        "same",
+        "stats = false\n[probes]\nnvidia_smi = \"\"\ndata_root = \"\"\n",
+    );
+    let port = crate::util::free_port();
+    lab.watch_args = vec!["--listen".into(), format!("127.0.0.1:{port}")];
+    lab.start_watch(&[]);
+    // A real training (bars with \r, ANSI, both streams), then service JSON good and bad and a
+    // traceback.
+    let play = lab.db.dir.path().join("play");
+    std::fs::create_dir(&play).unwrap();
+    let capture = std::fs::read_to_string(fixture("ultralytics-8.3/normal-json.log")).unwrap();
+    let mut n = 0;
+    let mut put = |text: &str, err: bool| {
+        n += 1;
+        let ext = if err { "err" } else { "out" };
+        std::fs::write(play.join(format!("{n:05}.{ext}")), text).unwrap();
+    };
+    for line in capture.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        put(v["log"].as_str().unwrap(), v["stream"] == "stderr");
+    }
+    let extra = [
+        "{\"timestamp\":\"2026-03-28T14:30:00Z\",\"level\":\"INFO\",\"service\":\"training\",\"message\":\"Epoch 45/120 completed\",\"context\":{\"epoch\":45,\"loss\":0.0234,\"mAP50\":0.891}}\n",
+        "{\"level\":\"INFO\",\"message\":\"cut short\n",
+        "{\"level\":\"ERROR\",\"message\":\"loss\",\"context\":{\"loss\":NaN}}\n",
+        "{\"message\":\"again cut\n",
+        "Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n    main()\nRuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n",
+    ];
+    for e in extra {
+        put(e, true);
+    }
+    let mount = format!("{}:/play:ro", play.display());
+    let c = lab.run_with(
+        "train",
+        false,
+        &[],
+        &["-v", &mount],
+        "for f in /play/*; do case $f in *.err) /busybox cat $f >&2;; *) /busybox cat $f;; esac; /busybox usleep 20000; done",
+    );
+    lab.wait_exit(&c);
+    lab.wait_for(
+        "SELECT count(*) FROM events WHERE message LIKE 'RuntimeError: CUDA out of memory%'",
+        1,
+    );
+    lab.wait_for(
+        "SELECT count(*) FROM training_runs WHERE status = 'completed'",
+        1,
+    );
+    // The skips as the live process counted them.
+    let metrics = crate::mlflow::runtime().block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    lab.stop_watch();
+    let live_skips: std::collections::BTreeMap<String, u64> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("trainwatch_parse_skips_total{reason=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(r, v)| (r.to_string(), v.trim().parse().unwrap()))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    assert_eq!(
+        live_skips.get("invalid_service_json"),
+        Some(&2),
+        "{metrics}"
+    );
+
+    // The container's own json-file log, replayed.
+    let o = lab
+        .docker()
+        .args(["inspect", "--format", "{{.LogPath}}", &c])
+        .output()
+        .unwrap();
+    let log = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let copy = lab.db.dir.path().join("copy-json.log");
+    std::fs::copy(&log, &copy).unwrap();
+    let replayed = Db::new();
+    let s = replayed.replay(&[copy.display().to_string()], Some(&c));
+    let replay_skips: std::collections::BTreeMap<String, u64> = s
+        .skips
+        .by_reason
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    assert_eq!(replay_skips, live_skips, "skips: replay vs live");
+
+    for sql in [
+        "SELECT ts, container, stream, level, kind, message, context, key_ts, seq FROM events \
+         WHERE stream != 'docker' ORDER BY key_ts, seq, stream, kind",
+        "SELECT * FROM training_runs ORDER BY run_id",
+        "SELECT * FROM training_epochs ORDER BY run_id, epoch",
+        "SELECT ts, container, name, value FROM metric_samples WHERE container = ?1 ORDER BY ts, name",
+    ] {
+        let rows = |db: &Db| -> Vec<Vec<String>> {
+            let conn = db.conn();
+            let mut st = conn.prepare(sql).unwrap();
+            let n = st.column_count();
+            let params: Vec<&dyn rusqlite::ToSql> =
+                if sql.contains("?1") { vec![&c] } else { vec![] };
+            st.query_map(params.as_slice(), |r| {
+                (0..n)
+                    .map(|i| {
+                        r.get::<_, rusqlite::types::Value>(i)
+                            .map(|v| format!("{v:?}"))
+                    })
+                    .collect()
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        let (live, replay) = (rows(&lab.db), rows(&replayed));
+        assert!(!live.is_empty(), "{sql}: no rows");
+        assert_eq!(live.len(), replay.len(), "{sql}: row counts live vs replay");
+        for (l, r) in live.iter().zip(&replay) {
+            assert_eq!(l, r, "{sql}");
+        }
+    }
 }

@@ -158,7 +158,7 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
                 shutdown,
                 reconnected: Arc::new(tokio::sync::Notify::new()),
             };
-            docker::run(shared).await;
+            trainwatch::pipeline::live::run(shared).await;
         } else {
             drop(sender);
         }

@@ -1,5 +1,6 @@
-//! Live follow of container logs through the Docker Engine API (bollard), feeding the same
-//! assemble -> parse -> derive stages as replay and the same store writer.
+//! The Docker source: the Engine API (bollard) for discovery, daemon events and each
+//! container's log stream. Following a container's lines into the store is
+//! [`crate::pipeline::live`]'s, which [`run`] is given to start a follower per container.
 //!
 //! - Discovery: `GET /containers/json?all=true` at start (containers that exited while
 //!   trainwatch was down are read too), then `GET /events` for `start`, `die`, `oom`,
@@ -21,21 +22,17 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
 };
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::assemble::Assembler;
 use crate::derive::alerts::Signal;
-use crate::derive::{ContainerRun, ContainerState, EventRow, Op, Position};
-use crate::event::{Key, Record, Stream};
+use crate::derive::{ContainerRun, EventRow, Op};
 use crate::parse::{Level, Parser};
-use crate::pipeline::BATCH_OPS;
-use crate::source::partial::Merger;
 
 pub mod stats;
 
@@ -399,7 +396,11 @@ fn daemon_event(
 
 /// Runs discovery and the followers until `shutdown` is cancelled. Never returns early on
 /// daemon errors: it retries.
-pub async fn run(shared: Shared) {
+pub async fn run<F, Fut>(shared: Shared, follow: F)
+where
+    F: Fn(Shared, ContainerInfo, String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let tracker = TaskTracker::new();
     let mut following: HashMap<String, CancellationToken> = HashMap::new();
     // Discovery notices the daemon's return for everyone: it probes at least every 5 s.
@@ -485,7 +486,7 @@ pub async fn run(shared: Shared) {
                     },
                 ));
             }
-            ensure_follower(&shared, &tracker, &mut following, info);
+            ensure_follower(&shared, &tracker, &mut following, info, &follow);
         }
         // What runs and what does not, for the rules on containers that are down.
         if !states.is_empty() && shared.writer.send(states).await.is_err() {
@@ -506,7 +507,7 @@ pub async fn run(shared: Shared) {
                 n = events.next() => n,
             };
             match next {
-                Some(Ok(ev)) => handle_event(&shared, &tracker, &mut following, ev).await,
+                Some(Ok(ev)) => handle_event(&shared, &tracker, &mut following, ev, &follow).await,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Docker events stream failed; reconnecting.");
                     break;
@@ -527,12 +528,16 @@ pub async fn run(shared: Shared) {
     tracker.wait().await;
 }
 
-fn ensure_follower(
+fn ensure_follower<F, Fut>(
     shared: &Shared,
     tracker: &TaskTracker,
     following: &mut HashMap<String, CancellationToken>,
     info: ContainerInfo,
-) {
+    follow: &F,
+) where
+    F: Fn(Shared, ContainerInfo, String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     if following.get(&info.id).is_some_and(|t| !t.is_cancelled()) {
         return;
     }
@@ -542,19 +547,24 @@ fn ensure_follower(
     let done = shared.shutdown.child_token();
     following.insert(info.id.clone(), done.clone());
     let shared = shared.clone();
+    let follow = follow.clone();
     tracker.spawn(async move {
-        follow(&shared, &info, &role).await;
+        follow(shared, info, role).await;
         // Marks the follower finished so a later `start` attaches a new one.
         done.cancel();
     });
 }
 
-async fn handle_event(
+async fn handle_event<F, Fut>(
     shared: &Shared,
     tracker: &TaskTracker,
     following: &mut HashMap<String, CancellationToken>,
     ev: bollard::models::EventMessage,
-) {
+    follow: &F,
+) where
+    F: Fn(Shared, ContainerInfo, String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let action = ev.action.clone().unwrap_or_default();
     let Some(actor) = ev.actor.clone() else {
         return;
@@ -585,7 +595,7 @@ async fn handle_event(
     let name: Arc<str> = Arc::from(info.name.as_str());
     let ops = match action.as_str() {
         "start" => {
-            ensure_follower(shared, tracker, following, info.clone());
+            ensure_follower(shared, tracker, following, info.clone(), follow);
             vec![
                 Op::Container(ts, name.clone(), role.clone()),
                 Op::ContainerState(ts, name.clone(), ContainerRun::Running),
@@ -654,14 +664,14 @@ fn exit_code_of_status(status: &str) -> Option<i64> {
 }
 
 /// How a container stopped.
-struct Exited {
-    finished_at: i64,
-    exit_code: Option<i64>,
-    oom_killed: bool,
+pub struct Exited {
+    pub finished_at: i64,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
 }
 
 impl Exited {
-    fn of(state: &bollard::models::ContainerState) -> Exited {
+    pub fn of(state: &bollard::models::ContainerState) -> Exited {
         Exited {
             // Docker's zero time (`0001-01-01T00:00:00Z`) when it never ran.
             finished_at: state
@@ -676,111 +686,10 @@ impl Exited {
     }
 }
 
-/// State of one container's follower between reconnects.
-struct Follower {
-    state: ContainerState,
-    /// How far lines have been stored (or queued for storing): re-delivered lines it covers
-    /// are dropped.
-    stored: Position,
-    ops: Vec<Op>,
-}
-
-impl Follower {
-    fn process(&mut self, parser: &Parser, recs: &mut Vec<Record>) {
-        for rec in recs.drain(..) {
-            let p = parser.parse(&rec);
-            // Counted as replay counts them.
-            if let Some(skip) = p.skip {
-                crate::telemetry::COUNTERS.skip(skip.reason());
-            }
-            self.state.apply(&rec, p, &mut self.ops);
-            self.stored.advance(&rec);
-        }
-    }
-
-    /// Reports a non-finite loss seen in an unfinished progress line. The event carries the
-    /// key the whole line will have, so when the line ends its own `loss_non_finite` is the
-    /// same row (stored once). The cursor does not move: the line itself is not stored yet.
-    fn live_nonfinite(&mut self, parser: &Parser, stream: Stream, key: Key, frame: String) {
-        let rec = Record {
-            key,
-            ts: key.ts,
-            stream,
-            text: frame.clone(),
-            nonfinite_frame: Some(frame),
-            terminated: false,
-            line_no: 0,
-            lines: 1,
-            last_key: key,
-        };
-        let p = parser.parse(&rec);
-        self.state.apply(&rec, p, &mut self.ops);
-    }
-
-    /// Moves the merger's complete lines into the grouper, dropping those already stored.
-    fn take_lines(&mut self, merger: &mut Merger, grouper: &mut Assembler, recs: &mut Vec<Record>) {
-        while let Some(raw) = merger.pop() {
-            if self.stored.covers(raw.stream, raw.key) {
-                continue;
-            }
-            grouper.push(raw, recs);
-        }
-    }
-
-    /// Takes one message of the logs stream (`timestamps=true`) into assembly.
-    fn ingest(
-        &mut self,
-        parser: &Parser,
-        out: bollard::container::LogOutput,
-        merger: &mut Merger,
-        grouper: &mut Assembler,
-        recs: &mut Vec<Record>,
-        line_no: &mut u64,
-    ) {
-        use bollard::container::LogOutput;
-        let (stream, msg) = match out {
-            LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                (Stream::Stdout, message)
-            }
-            LogOutput::StdErr { message } => (Stream::Stderr, message),
-            LogOutput::StdIn { .. } => return,
-        };
-        let Some((ts, text)) = split_timestamp(&msg) else {
-            return;
-        };
-        *line_no += 1;
-        crate::telemetry::Counters::add(&crate::telemetry::COUNTERS.lines_read, 1);
-        // A bar that has not written its `\n` yet arrives in 16 KiB pieces: a NaN in one of
-        // them is reported now, not when the epoch ends.
-        let live_nan = if text.ends_with('\n') {
-            None
-        } else {
-            crate::assemble::frames::first_nonfinite(&text)
-        };
-        merger.push(stream, ts, text, *line_no);
-        if let (Some(frame), Some(key)) = (live_nan, merger.pending_key(stream)) {
-            self.live_nonfinite(parser, stream, key, frame);
-        }
-        self.take_lines(merger, grouper, recs);
-    }
-
-    async fn flush(&mut self, writer: &Sender<Vec<Op>>) -> bool {
-        self.state.flush_metrics(&mut self.ops);
-        if self.ops.is_empty() {
-            return true;
-        }
-        self.stored
-            .cursor_ops(self.state.container(), &mut self.ops);
-        self.ops.push(self.state.snapshot_op());
-        let batch = std::mem::take(&mut self.ops);
-        writer.send(batch).await.is_ok()
-    }
-}
-
 /// A client whose requests carry `since` to the nanosecond. bollard's `since` is whole
 /// seconds, while dockerd takes `seconds.nanoseconds`: without this, every re-attach re-reads
 /// up to a second of lines (at a busy container's rate, a hundred thousand) only to drop them.
-fn precise_since(docker: &Docker, since_ns: i64) -> Docker {
+pub fn precise_since(docker: &Docker, since_ns: i64) -> Docker {
     if since_ns % 1_000_000_000 == 0 {
         return docker.clone();
     }
@@ -804,225 +713,6 @@ fn with_since_ns(uri: &str, since_ns: i64) -> Option<String> {
     })?;
     let end = at + whole.len();
     Some(format!("{}.{nanos:09}{}", &uri[..end], &uri[end..]))
-}
-
-/// At most this many log messages are taken from a stream per wakeup.
-const READY_CHUNK: usize = 1024;
-
-/// Follows one container until it stops (read to the end) or trainwatch shuts down.
-async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
-    let container: Arc<str> = Arc::from(info.name.as_str());
-    let origin: Arc<str> = Arc::from(info.id.as_str());
-    // The stored state (a read of the store) can fail for a while (no file descriptors left,
-    // a locked or full disk): retried with backoff until it loads or trainwatch shuts down,
-    // never given up, so the container is followed once the cause is gone.
-    let mut retry = Backoff::new();
-    let mut reported = false;
-    let (resume, out_cur, err_cur) = loop {
-        let db = shared.db.clone();
-        let c2 = container.clone();
-        let id = info.id.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<_, crate::error::StoreError> {
-            let conn = crate::store::open_ro(&db)?;
-            let resume = crate::store::queries::resume_state(&conn, &c2)?;
-            let cursors = crate::store::queries::cursors(&conn, &c2)?;
-            Ok((
-                resume,
-                cursors.get(&(Stream::Stdout, id.clone())).copied(),
-                cursors.get(&(Stream::Stderr, id)).copied(),
-            ))
-        })
-        .await;
-        match loaded {
-            Ok(Ok(v)) => break v,
-            Ok(Err(e)) => {
-                if !reported {
-                    tracing::error!(container = %container, error = %e, "Cannot load the container's stored state; retrying before following it.");
-                    reported = true;
-                }
-            }
-            Err(_) => return,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(retry.step()) => {}
-            _ = shared.shutdown.cancelled() => return,
-        }
-    };
-    if reported {
-        tracing::info!(container = %container, "Loaded the container's stored state.");
-    }
-    tracing::info!(container = %container, role, "Following container logs.");
-    let mut f = Follower {
-        state: ContainerState::new(container.clone(), resume),
-        stored: Position::new(origin, out_cur, err_cur),
-        ops: Vec::with_capacity(256),
-    };
-    let mut backoff = Backoff::new();
-    let flush_every = Duration::from_millis(shared.cfg.flush_ms.max(1));
-    let silence = shared.cfg.reattach_after_silence_secs;
-    // Once the container has stopped, the rest is read without `follow`: dockerd (seen with
-    // 20.10) ends a follow stream when the container stops even if the reader is behind, so a
-    // fast, short-lived container would otherwise lose its last lines.
-    let mut draining = false;
-    // How it stopped, as the inspect that found it stopped tells.
-    let mut exited: Option<Exited> = None;
-    // `LogStreamSilent`: a running container of a watched role (training prints all the
-    // time; an idle queue may not) silent across re-attaches for longer than the limit.
-    let alert_silence = shared.cfg.silent_alert_after_secs;
-    let watched_role = shared.cfg.silent_alert_roles.iter().any(|r| r == role);
-    let mut quiet_since = tokio::time::Instant::now();
-    let mut silent = false;
-    loop {
-        let since_ns = f.stored.oldest_ts().unwrap_or(0).max(0);
-        let opts = LogsOptionsBuilder::default()
-            .follow(!draining)
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .since((since_ns / 1_000_000_000) as i32)
-            .build();
-        let mut stream = precise_since(&shared.docker, since_ns).logs(&info.id, Some(opts));
-        // Fresh assembly per connection: pieces and groups not yet stored are re-delivered.
-        let mut merger = Merger::new();
-        let mut grouper = Assembler::new();
-        let mut recs = Vec::new();
-        let mut ticker = tokio::time::interval(flush_every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_data = tokio::time::Instant::now();
-        let mut line_no = 0u64;
-        let ended: Result<(), String> = loop {
-            tokio::select! {
-                _ = shared.shutdown.cancelled() => {
-                    // Stop reading; what was emitted is flushed, open pieces and groups are
-                    // left to the next start (the cursor does not cover them).
-                    f.process(&shared.parser, &mut recs);
-                    f.flush(&shared.writer).await;
-                    return;
-                }
-                _ = ticker.tick() => {
-                    // Let a traceback at the quiet end of a stream out after a while.
-                    grouper.flush_older_than(crate::time::now_ns() - crate::assemble::multiline::MAX_HOLD_NS, &mut recs);
-                    f.process(&shared.parser, &mut recs);
-                    if !f.flush(&shared.writer).await {
-                        return;
-                    }
-                    if alert_silence > 0 && !silent && watched_role
-                        && quiet_since.elapsed() >= Duration::from_secs(alert_silence)
-                    {
-                        silent = true;
-                        let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: true });
-                        let _ = shared.writer.send(vec![op]).await;
-                    }
-                    if silence > 0 && last_data.elapsed() >= Duration::from_secs(silence) {
-                        break Err("stream silent".into());
-                    }
-                }
-                first = stream.next() => {
-                    // Every message that is ready is taken now: one wakeup for many lines.
-                    let mut next = Some(first);
-                    let mut taken = 0;
-                    let mut yielded = false;
-                    let stop: Option<Result<(), String>> = loop {
-                        let item = match next.take() {
-                            Some(item) => item,
-                            None => match stream.next().now_or_never() {
-                                Some(item) => item,
-                                None if !yielded => {
-                                    // hyper hands the body over one chunk at a time: let its
-                                    // connection task decode what it has already read.
-                                    yielded = true;
-                                    tokio::task::yield_now().await;
-                                    continue;
-                                }
-                                None => break None,
-                            },
-                        };
-                        yielded = false;
-                        match item {
-                            None => break Some(Ok(())),
-                            Some(Err(e)) => break Some(Err(e.to_string())),
-                            Some(Ok(out)) => {
-                                f.ingest(&shared.parser, out, &mut merger, &mut grouper, &mut recs, &mut line_no);
-                                taken += 1;
-                            }
-                        }
-                        if taken == READY_CHUNK {
-                            break None;
-                        }
-                    };
-                    if taken > 0 {
-                        last_data = tokio::time::Instant::now();
-                        quiet_since = last_data;
-                        if std::mem::take(&mut silent) {
-                            let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: false });
-                            let _ = shared.writer.send(vec![op]).await;
-                        }
-                        backoff.reset();
-                        f.process(&shared.parser, &mut recs);
-                        if f.ops.len() >= BATCH_OPS && !f.flush(&shared.writer).await {
-                            return;
-                        }
-                    }
-                    if let Some(end) = stop {
-                        break end;
-                    }
-                }
-            }
-        };
-        if draining && ended.is_ok() {
-            // The non-follow read of a stopped container reached the end of its log: a run
-            // still running ended with the container.
-            merger.finish();
-            f.take_lines(&mut merger, &mut grouper, &mut recs);
-            grouper.finish(&mut recs);
-            f.process(&shared.parser, &mut recs);
-            if let Some(e) = &exited {
-                f.state
-                    .container_exited(e.finished_at, e.exit_code, e.oom_killed, &mut f.ops);
-            }
-            f.flush(&shared.writer).await;
-            tracing::info!(container = %container, "Container stopped; its logs were read to the end.");
-            return;
-        }
-        f.process(&shared.parser, &mut recs);
-        f.flush(&shared.writer).await;
-        let running = match shared
-            .docker
-            .inspect_container(&info.id, None::<InspectContainerOptions>)
-            .await
-        {
-            Ok(i) => {
-                let state = i.state.unwrap_or_default();
-                let running = state.running.unwrap_or(false);
-                if !running {
-                    exited = Some(Exited::of(&state));
-                }
-                running
-            }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                // Removed: its log went with it; there is nothing left to read.
-                tracing::info!(container = %container, "Container removed; no longer following it.");
-                return;
-            }
-            Err(_) => true,
-        };
-        if !running && ended.is_ok() {
-            // Pieces and groups still open are re-delivered by the drain (the cursor does not
-            // cover them), which starts with a fresh merger and grouper.
-            draining = true;
-            continue;
-        }
-        if let Err(e) = &ended {
-            tracing::warn!(container = %container, error = %e, "Log stream interrupted; re-attaching from the cursor.");
-        }
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff.step()) => {}
-            _ = shared.reconnected.notified() => backoff.reset(),
-        }
-    }
 }
 
 #[cfg(test)]

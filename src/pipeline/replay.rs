@@ -1,5 +1,5 @@
-//! The replay pipeline: plan -> read -> assemble -> parse -> derive -> store, for archived logs.
-//! The same stages serve the live path; only the source differs.
+//! Replay of archived logs: plan the file sets, read each with its reader, and hand every line
+//! to the one ingest driver ([`super::ingest`]) that live follow uses too.
 //!
 //! Threads: this one reads, assembles, parses and derives; the store's writer thread commits
 //! batches behind a bounded channel, so a slow disk slows reading and nothing is dropped.
@@ -13,11 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::assemble::Assembler;
 use crate::derive::alerts::{Engine, Rules, Signal};
-use crate::derive::{ContainerState, Op, Position};
+use crate::derive::{ContainerState, Op};
 use crate::error::{SourceError, StoreError};
-use crate::event::{Key, Record, Stream};
+use crate::event::{Key, Stream};
 use crate::parse::Parser;
 use crate::source::files::{self, Format};
 use crate::source::jsonfile::JsonFileReader;
@@ -25,8 +24,7 @@ use crate::source::text::{self, TextReader};
 use crate::source::{LineSource, Skips};
 use crate::store::{self, AlertSink, WriteStats, WriterHandle, WriterOptions};
 
-/// Ops per transaction.
-pub const BATCH_OPS: usize = 4_000;
+use super::ingest::{BATCH_OPS, Ingest};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -88,7 +86,6 @@ pub fn replay_with(
     let mut summary = Summary::default();
     let mut states: HashMap<String, ContainerState> = HashMap::new();
     let mut cursors: HashMap<String, HashMap<(Stream, String), Key>> = HashMap::new();
-    let mut ops: Vec<Op> = Vec::with_capacity(BATCH_OPS + 64);
     let read = (|| -> Result<(), ReplayError> {
         for set in sets {
             summary.files += set.files.len();
@@ -104,7 +101,7 @@ pub fn replay_with(
                     store::queries::cursors(&conn, &set.container)?,
                 );
             }
-            let state = states.get_mut(&set.container).expect("inserted above");
+            let state = states.remove(&set.container).expect("inserted above");
             let cur = cursors.get_mut(&set.container).expect("inserted above");
             // A once-only input is read from what planning opened (and read only once).
             let taken = |p: &crate::source::Piped| {
@@ -131,41 +128,54 @@ pub fn replay_with(
                 }
             };
             let origin: Arc<str> = Arc::from(source.origin());
-            // What earlier runs stored: lines it covers are skipped. Compared with the position
-            // at the start, not the advancing one, so a line whose time went backwards within
-            // this run is still read.
-            let stored = Position::new(
+            // What earlier runs stored: lines it covers are skipped.
+            let mut ingest = Ingest::new(
+                parser,
+                state,
                 origin.clone(),
                 cur.get(&(Stream::Stdout, origin.to_string())).copied(),
                 cur.get(&(Stream::Stderr, origin.to_string())).copied(),
             );
-            let mut ctx = SetRun {
-                parser,
-                state,
-                ops: &mut ops,
-                writer: &writer,
-                summary: &mut summary,
-                emitted: Position::new(origin.clone(), None, None),
-            };
-            let mut grouper = Assembler::new();
-            let mut recs: Vec<Record> = Vec::new();
-            for raw in source.by_ref() {
-                ctx.summary.lines += 1;
-                if stored.covers(raw.stream, raw.key) {
-                    ctx.summary.already_stored += 1;
-                    continue;
+            let sent = (|| -> Result<(), ReplayError> {
+                for raw in source.by_ref() {
+                    if ingest.push(raw)
+                        && let Some(batch) =
+                            ingest.batch(false, false, writer.empty_batch(BATCH_OPS + 64))
+                    {
+                        writer.send(batch)?;
+                    }
                 }
-                grouper.push(raw, &mut recs);
-                ctx.process(&mut recs)?;
-            }
-            grouper.finish(&mut recs);
-            ctx.process(&mut recs)?;
-            ctx.flush(true)?;
+                ingest.finish();
+                // A queue sample of the current second is held across batches (it is part of
+                // the state committed with the cursor), so where a batch ends changes no row;
+                // the input's end emits it. The archive ends here: the rules that need the
+                // container to be watched while it runs learn that it no longer is.
+                let container = ingest.container().clone();
+                let (state, ops) = ingest.state_and_ops();
+                state.flush_metrics(ops);
+                ops.push(Op::Signal(i64::MIN, Signal::LogEnded { container }));
+                if let Some(batch) = ingest.batch(false, true, writer.empty_batch(BATCH_OPS + 64)) {
+                    writer.send(batch)?;
+                }
+                Ok(())
+            })();
             for s in Stream::ALL {
-                if let Some(k) = ctx.emitted.key(s) {
+                if let Some(k) = ingest.emitted().key(s) {
                     cur.insert((s, origin.to_string()), k);
                 }
             }
+            let counts = &ingest.counts;
+            summary.lines += counts.lines;
+            summary.already_stored += counts.already_stored;
+            summary.records += counts.records;
+            for (k, v) in &counts.skips {
+                *summary.skips.by_reason.entry(k).or_insert(0) += v;
+            }
+            for (k, v) in &counts.by_kind {
+                *summary.by_kind.entry(k).or_insert(0) += v;
+            }
+            states.insert(set.container.clone(), ingest.into_state());
+            sent?;
             summary.bytes += source.bytes_read();
             summary.skips.merge(source.skips());
         }
@@ -186,69 +196,4 @@ pub fn replay_with(
     }
     summary.write = writer.finish()?;
     Ok(summary)
-}
-
-struct SetRun<'a> {
-    parser: &'a Parser,
-    state: &'a mut ContainerState,
-    ops: &'a mut Vec<Op>,
-    writer: &'a WriterHandle,
-    summary: &'a mut Summary,
-    /// How far records have been handed to the store: the cursor committed with each batch.
-    emitted: Position,
-}
-
-impl SetRun<'_> {
-    fn process(&mut self, recs: &mut Vec<Record>) -> Result<(), ReplayError> {
-        for rec in recs.drain(..) {
-            self.summary.records += 1;
-            let p = self.parser.parse(&rec);
-            if let Some(skip) = p.skip {
-                crate::telemetry::COUNTERS.skip(skip.reason());
-                *self
-                    .summary
-                    .skips
-                    .by_reason
-                    .entry(skip.reason())
-                    .or_insert(0) += 1;
-            }
-            let before = self.ops.len();
-            self.state.apply(&rec, p, self.ops);
-            for op in &self.ops[before..] {
-                if let Op::Event(e) = op {
-                    *self.summary.by_kind.entry(e.kind).or_insert(0) += 1;
-                }
-            }
-            self.emitted.advance(&rec);
-            if self.ops.len() >= BATCH_OPS {
-                self.flush(false)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, last: bool) -> Result<(), ReplayError> {
-        if self.ops.is_empty() && !last {
-            return Ok(());
-        }
-        // A queue sample of the current second stays held across batches (it is part of the
-        // state committed with the cursor), so where a batch ends changes no row; the input's
-        // end emits it.
-        if last {
-            self.state.flush_metrics(self.ops);
-            // The archive ends here: the rules that need the container to be watched while it
-            // runs learn that it no longer is.
-            self.ops.push(Op::Signal(
-                i64::MIN,
-                Signal::LogEnded {
-                    container: self.state.container().clone(),
-                },
-            ));
-        }
-        self.emitted.cursor_ops(self.state.container(), self.ops);
-        self.ops.push(self.state.snapshot_op());
-        let batch = std::mem::replace(self.ops, self.writer.empty_batch(BATCH_OPS + 64));
-        self.writer.send(batch)?;
-        Ok(())
-    }
 }

@@ -1,0 +1,188 @@
+//! The one ingest driver, shared by replay (archived files) and live follow (the Docker
+//! source): position check -> assemble (multi-line grouping) -> parse -> derive -> batch with
+//! the cursor. Both paths count the same things the same way ([`Counts`]).
+//!
+//! Exactly once: `stored` is what earlier runs (or an earlier connection) committed; lines it
+//! covers are dropped before assembly. `emitted` is how far records have been handed to the
+//! store, committed as the cursor with each batch. They are kept apart so that a line whose
+//! time went backwards within one read is still taken.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::assemble::Assembler;
+use crate::derive::{ContainerState, Op, Position};
+use crate::event::{Key, RawLine, Record, Stream};
+use crate::parse::Parser;
+
+/// Ops per transaction.
+pub const BATCH_OPS: usize = 4_000;
+
+/// What one ingest counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Lines offered (after partial merge).
+    pub lines: u64,
+    /// Lines dropped because they were stored before.
+    pub already_stored: u64,
+    /// Records after grouping.
+    pub records: u64,
+    /// Parse skips by reason (also counted process-wide for `/metrics`).
+    pub skips: BTreeMap<&'static str, u64>,
+    /// Events derived, by kind.
+    pub by_kind: BTreeMap<&'static str, u64>,
+}
+
+impl Counts {
+    pub fn merge(&mut self, other: &Counts) {
+        self.lines += other.lines;
+        self.already_stored += other.already_stored;
+        self.records += other.records;
+        for (k, v) in &other.skips {
+            *self.skips.entry(k).or_insert(0) += v;
+        }
+        for (k, v) in &other.by_kind {
+            *self.by_kind.entry(k).or_insert(0) += v;
+        }
+    }
+}
+
+/// One container's ingest from one origin (a file set, a container id).
+pub struct Ingest<'p> {
+    parser: &'p Parser,
+    state: ContainerState,
+    stored: Position,
+    emitted: Position,
+    grouper: Assembler,
+    recs: Vec<Record>,
+    ops: Vec<Op>,
+    pub counts: Counts,
+}
+
+impl<'p> Ingest<'p> {
+    /// Starts at the committed cursor of `origin` (`stdout`, `stderr`).
+    pub fn new(
+        parser: &'p Parser,
+        state: ContainerState,
+        origin: Arc<str>,
+        stdout: Option<Key>,
+        stderr: Option<Key>,
+    ) -> Self {
+        Ingest {
+            parser,
+            state,
+            stored: Position::new(origin.clone(), stdout, stderr),
+            emitted: Position::new(origin, stdout, stderr),
+            grouper: Assembler::new(),
+            recs: Vec::new(),
+            ops: Vec::with_capacity(256),
+            counts: Counts::default(),
+        }
+    }
+
+    pub fn container(&self) -> &Arc<str> {
+        self.state.container()
+    }
+
+    pub fn into_state(self) -> ContainerState {
+        self.state
+    }
+
+    /// How far records have been handed to the store.
+    pub fn emitted(&self) -> &Position {
+        &self.emitted
+    }
+
+    /// Takes one complete line. Returns whether a batch is due.
+    pub fn push(&mut self, raw: RawLine) -> bool {
+        self.counts.lines += 1;
+        if self.stored.covers(raw.stream, raw.key) {
+            self.counts.already_stored += 1;
+            return false;
+        }
+        self.grouper.push(raw, &mut self.recs);
+        self.process();
+        self.ops.len() >= BATCH_OPS
+    }
+
+    /// Lets groups out that have waited since before `ts` (a traceback at a quiet stream's end).
+    pub fn flush_older_than(&mut self, ts: i64) {
+        self.grouper.flush_older_than(ts, &mut self.recs);
+        self.process();
+    }
+
+    /// The input ended: every open group is complete.
+    pub fn finish(&mut self) {
+        self.grouper.finish(&mut self.recs);
+        self.process();
+    }
+
+    /// A new read of the same origin (a re-attach) re-delivers what was not emitted: open
+    /// groups are dropped, and what was emitted counts as stored.
+    pub fn restart(&mut self) {
+        self.grouper = Assembler::new();
+        self.recs.clear();
+        self.stored = self.emitted.clone();
+    }
+
+    /// Reports a non-finite loss seen in an unfinished progress line. The event carries the
+    /// key the whole line will have, so when the line ends its own `loss_non_finite` is the
+    /// same row (stored once). The cursor does not move: the line itself is not stored yet.
+    pub fn unfinished_nonfinite(&mut self, stream: Stream, key: Key, frame: String) {
+        let rec = Record {
+            key,
+            ts: key.ts,
+            stream,
+            text: frame.clone(),
+            nonfinite_frame: Some(frame),
+            terminated: false,
+            line_no: 0,
+            lines: 1,
+            last_key: key,
+        };
+        let p = self.parser.parse(&rec);
+        self.state.apply(&rec, p, &mut self.ops);
+    }
+
+    /// The container's state and the ops of the next batch, for what does not come from a
+    /// line (a container's exit, the end of an archive).
+    pub fn state_and_ops(&mut self) -> (&mut ContainerState, &mut Vec<Op>) {
+        (&mut self.state, &mut self.ops)
+    }
+
+    fn process(&mut self) {
+        for rec in self.recs.drain(..) {
+            self.counts.records += 1;
+            let p = self.parser.parse(&rec);
+            if let Some(skip) = p.skip {
+                crate::telemetry::COUNTERS.skip(skip.reason());
+                *self.counts.skips.entry(skip.reason()).or_insert(0) += 1;
+            }
+            let before = self.ops.len();
+            self.state.apply(&rec, p, &mut self.ops);
+            for op in &self.ops[before..] {
+                if let Op::Event(e) = op {
+                    *self.counts.by_kind.entry(e.kind).or_insert(0) += 1;
+                }
+            }
+            self.emitted.advance(&rec);
+        }
+    }
+
+    /// The batch to commit now, with the cursor and the container's state, `next` taking its
+    /// place: `None` when there is nothing to write and `always` is false. `metrics` emits the
+    /// samples held for their second (live: time has moved on; replay: only at the input's
+    /// end, so where a batch ends changes no row).
+    pub fn batch(&mut self, metrics: bool, always: bool, next: Vec<Op>) -> Option<Vec<Op>> {
+        if metrics {
+            self.state.flush_metrics(&mut self.ops);
+        }
+        if self.ops.is_empty() && !always {
+            return None;
+        }
+        self.emitted
+            .cursor_ops(self.state.container(), &mut self.ops);
+        self.ops.push(self.state.snapshot_op());
+        Some(std::mem::replace(&mut self.ops, next))
+    }
+}

@@ -1,0 +1,306 @@
+//! Live follow: a task per followed container reads its log stream from the Docker source
+//! (`GET /containers/{id}/logs?follow&timestamps&since=<cursor>`) and hands every line to the
+//! one ingest driver ([`super::ingest`]) that replay uses too; batches go to the store writer.
+//!
+//! - Framing: multiplexed stdout/stderr frames carry one Docker message each (a 16 KiB piece has
+//!   no `\n`, merged by [`Merger`]); a TTY container's raw stream arrives split at `\n` and is
+//!   all stdout.
+//! - A stream that ends or breaks is re-attached from the cursor with backoff; a stopped
+//!   container is read to the end without `follow`, then its run ends with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::mpsc::Sender;
+
+use crate::derive::alerts::Signal;
+use crate::derive::{ContainerState, Op};
+use crate::event::Stream;
+use crate::source::docker::{
+    self, Backoff, ContainerInfo, Exited, Shared, precise_since, split_timestamp,
+};
+use crate::source::partial::Merger;
+
+use super::ingest::Ingest;
+
+/// Discovery and events (the Docker source), with a follower per selected container, until
+/// `shutdown`.
+pub async fn run(shared: Shared) {
+    docker::run(
+        shared,
+        |shared: Shared, info: ContainerInfo, role: String| async move {
+            follow(&shared, &info, &role).await
+        },
+    )
+    .await
+}
+
+/// Moves the merger's complete lines into the ingest. Returns whether a batch is due.
+fn take_lines(merger: &mut Merger, ingest: &mut Ingest<'_>) -> bool {
+    let mut due = false;
+    while let Some(raw) = merger.pop() {
+        due |= ingest.push(raw);
+    }
+    due
+}
+
+/// Takes one message of the logs stream (`timestamps=true`) into the ingest. Returns whether
+/// a batch is due.
+fn take_message(
+    ingest: &mut Ingest<'_>,
+    out: bollard::container::LogOutput,
+    merger: &mut Merger,
+    line_no: &mut u64,
+) -> bool {
+    use bollard::container::LogOutput;
+    let (stream, msg) = match out {
+        LogOutput::StdOut { message } | LogOutput::Console { message } => (Stream::Stdout, message),
+        LogOutput::StdErr { message } => (Stream::Stderr, message),
+        LogOutput::StdIn { .. } => return false,
+    };
+    let Some((ts, text)) = split_timestamp(&msg) else {
+        return false;
+    };
+    *line_no += 1;
+    crate::telemetry::Counters::add(&crate::telemetry::COUNTERS.lines_read, 1);
+    // A bar that has not written its `\n` yet arrives in 16 KiB pieces: a NaN in one of
+    // them is reported now, not when the epoch ends.
+    let live_nan = if text.ends_with('\n') {
+        None
+    } else {
+        crate::assemble::frames::first_nonfinite(&text)
+    };
+    merger.push(stream, ts, text, *line_no);
+    if let (Some(frame), Some(key)) = (live_nan, merger.pending_key(stream)) {
+        ingest.unfinished_nonfinite(stream, key, frame);
+    }
+    take_lines(merger, ingest)
+}
+
+/// Sends what is ready (with the cursor); the held samples of past seconds too. Returns
+/// false when the writer is gone.
+async fn send(ingest: &mut Ingest<'_>, writer: &Sender<Vec<Op>>) -> bool {
+    match ingest.batch(true, false, Vec::with_capacity(256)) {
+        Some(batch) => writer.send(batch).await.is_ok(),
+        None => true,
+    }
+}
+
+/// At most this many log messages are taken from a stream per wakeup.
+const READY_CHUNK: usize = 1024;
+
+/// Follows one container until it stops (read to the end) or trainwatch shuts down.
+pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
+    let container: Arc<str> = Arc::from(info.name.as_str());
+    let origin: Arc<str> = Arc::from(info.id.as_str());
+    // The stored state (a read of the store) can fail for a while (no file descriptors left,
+    // a locked or full disk): retried with backoff until it loads or trainwatch shuts down,
+    // never given up, so the container is followed once the cause is gone.
+    let mut retry = Backoff::new();
+    let mut reported = false;
+    let (resume, out_cur, err_cur) = loop {
+        let db = shared.db.clone();
+        let c2 = container.clone();
+        let id = info.id.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<_, crate::error::StoreError> {
+            let conn = crate::store::open_ro(&db)?;
+            let resume = crate::store::queries::resume_state(&conn, &c2)?;
+            let cursors = crate::store::queries::cursors(&conn, &c2)?;
+            Ok((
+                resume,
+                cursors.get(&(Stream::Stdout, id.clone())).copied(),
+                cursors.get(&(Stream::Stderr, id)).copied(),
+            ))
+        })
+        .await;
+        match loaded {
+            Ok(Ok(v)) => break v,
+            Ok(Err(e)) => {
+                if !reported {
+                    tracing::error!(container = %container, error = %e, "Cannot load the container's stored state; retrying before following it.");
+                    reported = true;
+                }
+            }
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry.step()) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    };
+    if reported {
+        tracing::info!(container = %container, "Loaded the container's stored state.");
+    }
+    tracing::info!(container = %container, role, "Following container logs.");
+    let mut f = Ingest::new(
+        &shared.parser,
+        ContainerState::new(container.clone(), resume),
+        origin,
+        out_cur,
+        err_cur,
+    );
+    let mut backoff = Backoff::new();
+    let flush_every = Duration::from_millis(shared.cfg.flush_ms.max(1));
+    let silence = shared.cfg.reattach_after_silence_secs;
+    // Once the container has stopped, the rest is read without `follow`: dockerd (seen with
+    // 20.10) ends a follow stream when the container stops even if the reader is behind, so a
+    // fast, short-lived container would otherwise lose its last lines.
+    let mut draining = false;
+    // How it stopped, as the inspect that found it stopped tells.
+    let mut exited: Option<Exited> = None;
+    // `LogStreamSilent`: a running container of a watched role (training prints all the
+    // time; an idle queue may not) silent across re-attaches for longer than the limit.
+    let alert_silence = shared.cfg.silent_alert_after_secs;
+    let watched_role = shared.cfg.silent_alert_roles.iter().any(|r| r == role);
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut silent = false;
+    loop {
+        // Lines at the cursor's instant are re-delivered and dropped by key.
+        f.restart();
+        let since_ns = f.emitted().oldest_ts().unwrap_or(0).max(0);
+        let opts = LogsOptionsBuilder::default()
+            .follow(!draining)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since((since_ns / 1_000_000_000) as i32)
+            .build();
+        let mut stream = precise_since(&shared.docker, since_ns).logs(&info.id, Some(opts));
+        // Fresh assembly per connection: pieces and groups not yet stored are re-delivered.
+        let mut merger = Merger::new();
+        let mut ticker = tokio::time::interval(flush_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_data = tokio::time::Instant::now();
+        let mut line_no = 0u64;
+        let ended: Result<(), String> = loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => {
+                    // Stop reading; what was emitted is flushed, open pieces and groups are
+                    // left to the next start (the cursor does not cover them).
+                    send(&mut f, &shared.writer).await;
+                    return;
+                }
+                _ = ticker.tick() => {
+                    // Let a traceback at the quiet end of a stream out after a while.
+                    f.flush_older_than(crate::time::now_ns() - crate::assemble::multiline::MAX_HOLD_NS);
+                    if !send(&mut f, &shared.writer).await {
+                        return;
+                    }
+                    if alert_silence > 0 && !silent && watched_role
+                        && quiet_since.elapsed() >= Duration::from_secs(alert_silence)
+                    {
+                        silent = true;
+                        let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: true });
+                        let _ = shared.writer.send(vec![op]).await;
+                    }
+                    if silence > 0 && last_data.elapsed() >= Duration::from_secs(silence) {
+                        break Err("stream silent".into());
+                    }
+                }
+                first = stream.next() => {
+                    // Every message that is ready is taken now: one wakeup for many lines.
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    let mut due = false;
+                    let mut yielded = false;
+                    let stop: Option<Result<(), String>> = loop {
+                        let item = match next.take() {
+                            Some(item) => item,
+                            None => match stream.next().now_or_never() {
+                                Some(item) => item,
+                                None if !yielded => {
+                                    // hyper hands the body over one chunk at a time: let its
+                                    // connection task decode what it has already read.
+                                    yielded = true;
+                                    tokio::task::yield_now().await;
+                                    continue;
+                                }
+                                None => break None,
+                            },
+                        };
+                        yielded = false;
+                        match item {
+                            None => break Some(Ok(())),
+                            Some(Err(e)) => break Some(Err(e.to_string())),
+                            Some(Ok(out)) => {
+                                due |= take_message(&mut f, out, &mut merger, &mut line_no);
+                                taken += 1;
+                            }
+                        }
+                        if taken == READY_CHUNK {
+                            break None;
+                        }
+                    };
+                    if taken > 0 {
+                        last_data = tokio::time::Instant::now();
+                        quiet_since = last_data;
+                        if std::mem::take(&mut silent) {
+                            let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: false });
+                            let _ = shared.writer.send(vec![op]).await;
+                        }
+                        backoff.reset();
+                        if due && !send(&mut f, &shared.writer).await {
+                            return;
+                        }
+                    }
+                    if let Some(end) = stop {
+                        break end;
+                    }
+                }
+            }
+        };
+        if draining && ended.is_ok() {
+            // The non-follow read of a stopped container reached the end of its log: a run
+            // still running ended with the container.
+            merger.finish();
+            take_lines(&mut merger, &mut f);
+            f.finish();
+            if let Some(e) = &exited {
+                let (state, ops) = f.state_and_ops();
+                state.container_exited(e.finished_at, e.exit_code, e.oom_killed, ops);
+            }
+            send(&mut f, &shared.writer).await;
+            tracing::info!(container = %container, "Container stopped; its logs were read to the end.");
+            return;
+        }
+        send(&mut f, &shared.writer).await;
+        let running = match shared
+            .docker
+            .inspect_container(&info.id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(i) => {
+                let state = i.state.unwrap_or_default();
+                let running = state.running.unwrap_or(false);
+                if !running {
+                    exited = Some(Exited::of(&state));
+                }
+                running
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                // Removed: its log went with it; there is nothing left to read.
+                tracing::info!(container = %container, "Container removed; no longer following it.");
+                return;
+            }
+            Err(_) => true,
+        };
+        if !running && ended.is_ok() {
+            // Pieces and groups still open are re-delivered by the drain (the cursor does not
+            // cover them), which starts with a fresh merger and grouper.
+            draining = true;
+            continue;
+        }
+        if let Err(e) = &ended {
+            tracing::warn!(container = %container, error = %e, "Log stream interrupted; re-attaching from the cursor.");
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.step()) => {}
+            _ = shared.reconnected.notified() => backoff.reset(),
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The pipeline: sources -> assemble -> parse -> derive -> store, wired together. One ingest
+//! driver ([`ingest`]) takes the lines of both inputs: archived files ([`replay`]) and the
+//! Docker source's live streams ([`live`]).
+
+pub mod ingest;
+pub mod live;
+pub mod replay;
+
+pub use ingest::{BATCH_OPS, Counts, Ingest};
+pub use replay::{ReplayError, Summary, replay, replay_with};
