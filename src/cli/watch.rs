@@ -1,9 +1,8 @@
 //! `trainwatch watch`: follows the training server's containers live until SIGTERM/SIGINT,
 //! then stops gracefully: stop reading, flush, commit, checkpoint, exit 0.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -12,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use trainwatch::derive::alerts::Engine;
 use trainwatch::output::mlflow::Exporter;
 use trainwatch::output::notify::Notifier;
-use trainwatch::output::status::{self, StatusConfig};
-use trainwatch::output::{page, serve};
+use trainwatch::output::serve;
+use trainwatch::output::status;
 use trainwatch::parse::Parser;
 use trainwatch::source::docker::{self, Shared};
 use trainwatch::source::probes;
@@ -107,13 +106,17 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         if let Some(exporter) = exporter {
             tasks.spawn(exporter.run(shutdown.clone()));
         }
-        tasks.spawn(retention(dbp.clone(), cfg.clone(), shutdown.clone()));
-        let files = StatusFiles {
+        tasks.spawn(trainwatch::store::retention::schedule(
+            sender.clone(),
+            cfg.clone(),
+            shutdown.clone(),
+        ));
+        let files = status::StatusFiles {
             json: cfg.status.path(&dbp),
             html: cfg.status.html_path(&dbp),
         };
         if files.json.is_some() || files.html.is_some() {
-            tasks.spawn(status_files(
+            tasks.spawn(status::write_files(
                 dbp.clone(),
                 files,
                 store_health.clone(),
@@ -175,102 +178,6 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         "Stopped."
     );
     Ok(())
-}
-
-/// Prunes old events, samples, resolved alerts and sent notifications (and training history
-/// when so configured): a minute after start, then every `retention.every`.
-async fn retention(db: PathBuf, cfg: trainwatch::config::Config, shutdown: CancellationToken) {
-    let every = cfg
-        .retention
-        .every
-        .as_duration()
-        .max(Duration::from_secs(1));
-    let mut next = tokio::time::Instant::now() + every.min(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
-        }
-        next = tokio::time::Instant::now() + every;
-        let (db, cfg) = (db.clone(), cfg.clone());
-        let res = tokio::task::spawn_blocking(move || {
-            let conn = trainwatch::store::open_rw(&db).map_err(|e| e.to_string())?;
-            let (events, history) = cfg.retention_cutoffs(trainwatch::time::now_ns());
-            trainwatch::store::retention::prune(&conn, &events, history.as_deref(), false)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        match res {
-            Ok(r) => tracing::info!(
-                events = r.events,
-                metric_samples = r.metric_samples,
-                alerts = r.alerts,
-                notifications = r.notifications,
-                runs = r.runs,
-                freed_pages = r.freed_pages,
-                "Retention pruned old rows."
-            ),
-            Err(e) => tracing::warn!(error = %e, "Retention failed; will try again next time."),
-        }
-    }
-}
-
-struct StatusFiles {
-    json: Option<PathBuf>,
-    html: Option<PathBuf>,
-}
-
-/// Rewrites the status file and page on their interval.
-async fn status_files(
-    db: PathBuf,
-    files: StatusFiles,
-    health: StoreHealth,
-    cfg: StatusConfig,
-    shutdown: CancellationToken,
-) {
-    let files = Arc::new(files);
-    let mut every = tokio::time::interval(cfg.interval.as_duration().max(Duration::from_secs(1)));
-    let refresh = cfg.interval.as_duration().as_secs().max(5);
-    let max_age = cfg.max_age.0;
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let (db, files) = (db.clone(), files.clone());
-        let health = health.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let conn = trainwatch::store::open_ro(&db).map_err(|e| e.to_string())?;
-            let now = trainwatch::time::now_ns();
-            let s =
-                status::collect_live(&conn, now, max_age, &health).map_err(|e| e.to_string())?;
-            if let Some(p) = &files.json {
-                status::write_atomic(p, &status::to_json(&s))
-                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-            }
-            if let Some(p) = &files.html {
-                let html = page::build(&conn, &s, now, Some(refresh)).map_err(|e| e.to_string())?;
-                status::write_atomic(p, html.as_bytes())
-                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        match res {
-            Err(e) if !failing => {
-                tracing::warn!(error = %e, "Cannot write the status file or page; will retry.");
-                failing = true;
-            }
-            Ok(()) if failing => {
-                tracing::info!("Status file and page written again.");
-                failing = false;
-            }
-            _ => {}
-        }
-    }
 }
 
 async fn wait_for_signal() {

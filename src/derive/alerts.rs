@@ -654,7 +654,8 @@ impl Engine {
             | Op::Container(..)
             | Op::State(..)
             | Op::ContainerState(..)
-            | Op::ForgetOrigin(_) => {}
+            | Op::ForgetOrigin(_)
+            | Op::Prune { .. } => {}
             Op::Tick(now) => {
                 // Like any op, a tick evaluates once a second of time has passed: a tick that
                 // brings no new time (a restart's first) changes nothing, so where a restart

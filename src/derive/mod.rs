@@ -194,6 +194,13 @@ pub enum Op {
     ContainerState(i64, Arc<str>, ContainerRun),
     /// A source that is gone for good (a destroyed container's id): its cursors are removed.
     ForgetOrigin(Arc<str>),
+    /// Retention: rows older than the cutoffs (stored time text) are deleted, history only
+    /// when a cutoff is given. Sent alone; the writer runs it between batches, in batches of
+    /// its own ([`crate::store::retention`]).
+    Prune {
+        events: String,
+        history: Option<String>,
+    },
 }
 
 /// What the daemon says a container is doing.

@@ -1,5 +1,8 @@
 //! The SQLite store. One writer owns the write connection and commits batches of [`Op`]s in
-//! transactions ([`writer`]); readers (CLI views, status) open their own read-only connections.
+//! transactions ([`writer`]), retention included; readers (CLI views, status) open their own
+//! read-only connections. The alert notifier and the MLflow exporter record their deliveries
+//! in their own outbox tables on connections of their own (single-row statements, waiting on
+//! `busy_timeout`), as `trainwatch prune` does when run by hand.
 //! Fed by derivation; read by the outputs.
 //!
 //! Connection settings: WAL so readers never block the writer, `synchronous=NORMAL` (durable at
@@ -253,7 +256,9 @@ impl WriterHandle {
             .name("trainwatch-writer".into())
             .spawn(move || {
                 while let Some(mut batch) = rx.blocking_recv() {
-                    if retry {
+                    if let [Op::Prune { events, history }] = batch.as_slice() {
+                        retention::log_pruned(w.prune(events, history.as_deref()));
+                    } else if retry {
                         write_until_done(&mut w, &mut batch, health.as_ref());
                     } else {
                         w.write(&mut batch)?;

@@ -2,8 +2,13 @@
 //! returns free pages with `incremental_vacuum`. Never a full `VACUUM`: on a large database it
 //! blocks every writer for minutes (Uptime Kuma issues #1994, #2470, #4041).
 
-use rusqlite::{Connection, params};
+use std::time::Duration;
 
+use rusqlite::{Connection, params};
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+
+use crate::derive::Op;
 use crate::error::StoreError;
 
 /// Rows per delete batch: small enough that the writer lock is held for milliseconds.
@@ -21,6 +26,52 @@ pub struct PruneReport {
     /// Delivered or abandoned notifications of alerts that are kept.
     pub notifications: u64,
     pub freed_pages: u64,
+}
+
+/// `watch`'s retention: asks the writer to prune a minute after start, then every
+/// `retention.every`, with the config's ages taken back from the time of each prune.
+pub async fn schedule(
+    writer: Sender<Vec<Op>>,
+    cfg: crate::config::Config,
+    shutdown: CancellationToken,
+) {
+    let every = cfg
+        .retention
+        .every
+        .as_duration()
+        .max(Duration::from_secs(1));
+    let mut next = tokio::time::Instant::now() + every.min(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next = tokio::time::Instant::now() + every;
+        let (events, history) = cfg.retention_cutoffs(crate::time::now_ns());
+        if writer
+            .send(vec![Op::Prune { events, history }])
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Logs what a prune run by the writer did.
+pub fn log_pruned(r: Result<PruneReport, StoreError>) {
+    match r {
+        Ok(r) => tracing::info!(
+            events = r.events,
+            metric_samples = r.metric_samples,
+            alerts = r.alerts,
+            notifications = r.notifications,
+            runs = r.runs,
+            freed_pages = r.freed_pages,
+            "Retention pruned old rows."
+        ),
+        Err(e) => tracing::warn!(error = %e, "Retention failed; will try again next time."),
+    }
 }
 
 /// Prunes events and metric samples older than `cutoff` (fixed-width UTC text), and training

@@ -243,6 +243,15 @@ impl Writer {
         }
     }
 
+    /// Runs retention ([`super::retention::prune`]) on the write connection, between batches.
+    pub fn prune(
+        &mut self,
+        events: &str,
+        history: Option<&str>,
+    ) -> Result<super::retention::PruneReport, StoreError> {
+        super::retention::prune(&self.conn, events, history, false)
+    }
+
     /// Applies one batch in one transaction. The batch is left as it was (the caller frees or
     /// reuses it).
     pub fn write(&mut self, batch: &mut [Op]) -> Result<(), StoreError> {
@@ -331,6 +340,8 @@ impl Writer {
                             })
                             .map_err(StoreError::sql("save derivation state"))?;
                     }
+                    // Run on its own by the writer's loop ([`Writer::prune`]).
+                    Op::Prune { .. } => {}
                     Op::ForgetOrigin(origin) => {
                         tx.prepare_cached("DELETE FROM cursors WHERE origin = ?1")
                             .and_then(|mut s| s.execute([&**origin]))
