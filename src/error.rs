@@ -119,3 +119,46 @@ impl MlflowError {
         matches!(self, MlflowError::Refused { code, .. } if code == "RESOURCE_DOES_NOT_EXIST")
     }
 }
+
+/// A request to the Docker daemon, or a log stream, that did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DockerError {
+    /// No answer: the socket is missing or refused, the connection broke, a timeout.
+    #[error("the Docker daemon cannot be reached: {0}")]
+    Unreachable(String),
+    /// An error status from the daemon (404: the container is gone).
+    #[error("the Docker daemon answered {status}: {message}")]
+    Refused { status: u16, message: String },
+    /// A log stream that delivered nothing for this many seconds (re-attached, in case the
+    /// daemon lost it).
+    #[error("the log stream was silent for {0} s")]
+    Silent(u64),
+}
+
+impl DockerError {
+    /// Whether trying again can help: everything but a 4xx answer.
+    pub fn transient(&self) -> bool {
+        !matches!(self, DockerError::Refused { status, .. } if (400..500).contains(status))
+    }
+
+    /// The daemon does not know the container (removed).
+    pub fn not_found(&self) -> bool {
+        matches!(self, DockerError::Refused { status: 404, .. })
+    }
+}
+
+impl From<bollard::errors::Error> for DockerError {
+    fn from(e: bollard::errors::Error) -> Self {
+        match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            } => DockerError::Refused {
+                status: status_code,
+                message,
+            },
+            other => DockerError::Unreachable(other.to_string()),
+        }
+    }
+}

@@ -17,6 +17,7 @@ use tokio::sync::mpsc::Sender;
 
 use crate::derive::alerts::Signal;
 use crate::derive::{ContainerState, Op};
+use crate::error::DockerError;
 use crate::event::Stream;
 use crate::source::docker::{
     self, Backoff, ContainerInfo, Exited, Shared, precise_since, split_timestamp,
@@ -174,7 +175,7 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_data = tokio::time::Instant::now();
         let mut line_no = 0u64;
-        let ended: Result<(), String> = loop {
+        let ended: Result<(), DockerError> = loop {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => {
                     // Stop reading; what was emitted is flushed, open pieces and groups are
@@ -196,7 +197,7 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                         let _ = shared.writer.send(vec![op]).await;
                     }
                     if silence > 0 && last_data.elapsed() >= Duration::from_secs(silence) {
-                        break Err("stream silent".into());
+                        break Err(DockerError::Silent(silence));
                     }
                 }
                 first = stream.next() => {
@@ -205,7 +206,7 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                     let mut taken = 0;
                     let mut due = false;
                     let mut yielded = false;
-                    let stop: Option<Result<(), String>> = loop {
+                    let stop: Option<Result<(), DockerError>> = loop {
                         let item = match next.take() {
                             Some(item) => item,
                             None => match stream.next().now_or_never() {
@@ -223,7 +224,7 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                         yielded = false;
                         match item {
                             None => break Some(Ok(())),
-                            Some(Err(e)) => break Some(Err(e.to_string())),
+                            Some(Err(e)) => break Some(Err(e.into())),
                             Some(Ok(out)) => {
                                 due |= take_message(&mut f, out, &mut merger, &mut line_no);
                                 taken += 1;
@@ -270,6 +271,7 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
             .docker
             .inspect_container(&info.id, None::<InspectContainerOptions>)
             .await
+            .map_err(DockerError::from)
         {
             Ok(i) => {
                 let state = i.state.unwrap_or_default();
@@ -279,13 +281,12 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                 }
                 running
             }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
+            Err(e) if e.not_found() => {
                 // Removed: its log went with it; there is nothing left to read.
                 tracing::info!(container = %container, "Container removed; no longer following it.");
                 return;
             }
+            // The daemon did not answer: it is restarting, or the stream broke with it.
             Err(_) => true,
         };
         if !running && ended.is_ok() {
