@@ -11,6 +11,7 @@ use rusqlite::{Connection, params};
 
 use super::status::Status;
 use crate::error::StoreError;
+use crate::store::queries;
 use crate::time::{format_ns, human_duration, parse_rfc3339};
 
 /// One line of a chart.
@@ -76,9 +77,7 @@ fn epoch_series(
     faint: bool,
 ) -> Result<(Vec<Series>, Vec<Series>), StoreError> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT epoch, losses, map50, map50_95 FROM epochs WHERE run_id = ?1 ORDER BY epoch",
-        )
+        .prepare_cached(queries::CHART_EPOCHS)
         .map_err(StoreError::sql("read epochs for charts"))?;
     type Row = (i64, Option<String>, Option<f64>, Option<f64>);
     let rows: Vec<Row> = stmt
@@ -145,10 +144,7 @@ fn samples(
     now: i64,
 ) -> Result<Vec<(f64, f64)>, StoreError> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT ts, value FROM metric_log WHERE container = ?1 AND name = ?2 AND ts >= ?3
-             ORDER BY ts",
-        )
+        .prepare_cached(queries::CHART_SAMPLES)
         .map_err(StoreError::sql("read samples for charts"))?;
     let rows: Vec<(String, f64)> = stmt
         .query_map(params![container, name, format_ns(since)], |r| {
@@ -169,12 +165,9 @@ pub fn charts(conn: &Connection, status: &Status, now: i64) -> Result<Charts, St
     if let Some(t) = &status.training {
         c.run_label = format!("run {} ({})", t.run_id, t.container);
         let prev: Option<i64> = conn
-            .query_row(
-                "SELECT run_id FROM runs WHERE started_at < (SELECT started_at FROM runs WHERE run_id = ?1)
-                 ORDER BY (container = ?2) DESC, started_at DESC LIMIT 1",
-                params![t.run_id, t.container],
-                |r| r.get(0),
-            )
+            .query_row(queries::PREVIOUS_RUN, params![t.run_id, t.container], |r| {
+                r.get(0)
+            })
             .ok();
         if let Some(p) = prev {
             let (l, m) = epoch_series(conn, p, true)?;

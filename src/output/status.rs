@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::store::alerts::{self as store_alerts, AlertRow};
+use crate::store::queries;
 use crate::time::{Age, format_ns, human_duration, parse_rfc3339};
 
 /// `[status]` in the config.
@@ -238,7 +239,7 @@ pub struct Status {
 
 fn gauges(conn: &Connection) -> Result<Vec<Gauge>, StoreError> {
     let mut stmt = conn
-        .prepare_cached("SELECT container, name, value, ts FROM gauges ORDER BY name, container")
+        .prepare_cached(queries::STATUS_GAUGES)
         .map_err(StoreError::sql("read gauges"))?;
     stmt.query_map([], |r| {
         Ok(Gauge {
@@ -277,45 +278,35 @@ pub fn training(
 ) -> Result<Option<Training>, StoreError> {
     let q = StoreError::sql("read the current run");
     let row = conn
-        .query_row(
-            "SELECT run_id, container, status, epochs_done, epochs_total, started_at, best_epoch,
-                    best_map50_95, save_dir
-             FROM training_runs WHERE run_id = COALESCE(?1,
-                (SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1))",
-            [run_id],
-            |r| {
-                Ok(Training {
-                    run_id: r.get(0)?,
-                    container: r.get(1)?,
-                    status: r.get(2)?,
-                    epoch: r.get(3)?,
-                    epochs_total: r.get(4)?,
-                    started_at: r.get(5)?,
-                    best_epoch: r.get(6)?,
-                    best_map50_95: r.get(7)?,
-                    save_dir: r.get(8)?,
-                    last_epoch_at: None,
-                    epoch_seconds: None,
-                    eta_seconds: None,
-                    last_epoch_age_seconds: None,
-                    eta_stale: false,
-                    losses: serde_json::Value::Null,
-                    loss: None,
-                    map50: None,
-                    map50_95: None,
-                    metrics: serde_json::Value::Null,
-                })
-            },
-        )
+        .query_row(queries::STATUS_RUN, [run_id], |r| {
+            Ok(Training {
+                run_id: r.get(0)?,
+                container: r.get(1)?,
+                status: r.get(2)?,
+                epoch: r.get(3)?,
+                epochs_total: r.get(4)?,
+                started_at: r.get(5)?,
+                best_epoch: r.get(6)?,
+                best_map50_95: r.get(7)?,
+                save_dir: r.get(8)?,
+                last_epoch_at: None,
+                epoch_seconds: None,
+                eta_seconds: None,
+                last_epoch_age_seconds: None,
+                eta_stale: false,
+                losses: serde_json::Value::Null,
+                loss: None,
+                map50: None,
+                map50_95: None,
+                metrics: serde_json::Value::Null,
+            })
+        })
         .optional()
         .map_err(q)?;
     let Some(mut t) = row else { return Ok(None) };
     // The last six epochs: the last one's values, and five durations.
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT epoch, ended_at, losses, loss, map50, map50_95, metrics FROM epochs
-             WHERE run_id = ?1 ORDER BY epoch DESC LIMIT 6",
-        )
+        .prepare_cached(queries::STATUS_LAST_EPOCHS)
         .map_err(StoreError::sql("read the last epochs"))?;
     type Row = (
         i64,
@@ -405,21 +396,13 @@ fn queues(conn: &Connection, all: &[Gauge], now: i64) -> Result<Vec<Queue>, Stor
         if let Some(v) = offset {
             // The newest sample with another value; the first one after it is the change.
             let before: Option<String> = conn
-                .query_row(
-                    "SELECT ts FROM metric_log WHERE container = ?1 AND name = 'queue_offset'
-                     AND value <> ?2 ORDER BY ts DESC LIMIT 1",
-                    params![c, v],
-                    |r| r.get(0),
-                )
+                .query_row(queries::OFFSET_BEFORE, params![c, v], |r| r.get(0))
                 .optional()
                 .map_err(StoreError::sql("read offset history"))?;
             changed = conn
-                .query_row(
-                    "SELECT ts FROM metric_log WHERE container = ?1 AND name = 'queue_offset'
-                     AND ts > COALESCE(?2, '') ORDER BY ts LIMIT 1",
-                    params![c, before],
-                    |r| r.get::<_, String>(0),
-                )
+                .query_row(queries::OFFSET_CHANGED, params![c, before], |r| {
+                    r.get::<_, String>(0)
+                })
                 .optional()
                 .map_err(StoreError::sql("read offset history"))?;
         }
@@ -532,15 +515,7 @@ fn last_checkpoint(
         return Ok(None);
     };
     conn.query_row(
-        "SELECT ts, container, kind, message FROM (
-            SELECT ts, container, kind, message FROM event_log WHERE kind = 'checkpoint_saved'
-                AND container = ?1 AND ts >= ?2
-            ORDER BY ts DESC LIMIT 1)
-         UNION ALL SELECT * FROM (
-            SELECT ts, container, kind, message FROM event_log WHERE kind = 'checkpoint_save_failed'
-                AND container = ?1 AND ts >= ?2
-            ORDER BY ts DESC LIMIT 1)
-         ORDER BY ts DESC LIMIT 1",
+        queries::LAST_CHECKPOINT,
         rusqlite::params![run.container, run.started_at],
         |r| {
             Ok(Checkpoint {
@@ -700,11 +675,11 @@ pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
 /// Reads the status from the store; `max_age_ns` decides staleness.
 pub fn collect(conn: &Connection, now: i64, max_age_ns: i64) -> Result<Status, StoreError> {
     let heartbeat_at: Option<String> = conn
-        .query_row("SELECT at FROM heartbeat WHERE id = 1", [], |r| r.get(0))
+        .query_row(queries::HEARTBEAT_AT, [], |r| r.get(0))
         .optional()
         .map_err(StoreError::sql("read heartbeat"))?;
     let newest_record_at: Option<String> = conn
-        .query_row("SELECT max(ts) FROM event_log", [], |r| r.get(0))
+        .query_row(queries::NEWEST_EVENT_AT, [], |r| r.get(0))
         .map_err(StoreError::sql("read newest record"))?;
     let all = gauges(conn)?;
     let mut s = Status {

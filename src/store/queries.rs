@@ -346,6 +346,65 @@ pub fn alerts_table_sql(all: bool) -> String {
     )
 }
 
+// The status document and page (output::status, output::page).
+
+/// A run's epochs for the page's loss and mAP charts.
+pub const CHART_EPOCHS: &str =
+    "SELECT epoch, losses, map50, map50_95 FROM epochs WHERE run_id = ?1 ORDER BY epoch";
+
+/// One metric of one container since ?3, for a chart.
+pub const CHART_SAMPLES: &str =
+    "SELECT ts, value FROM metric_log WHERE container = ?1 AND name = ?2 AND ts >= ?3
+    ORDER BY ts";
+
+/// The run before ?1, one of the same container (?2) first: the page's faint comparison.
+pub const PREVIOUS_RUN: &str =
+    "SELECT run_id FROM runs WHERE started_at < (SELECT started_at FROM runs WHERE run_id = ?1)
+    ORDER BY (container = ?2) DESC, started_at DESC LIMIT 1";
+
+/// Every gauge's latest value.
+pub const STATUS_GAUGES: &str =
+    "SELECT container, name, value, ts FROM gauges ORDER BY name, container";
+
+/// Run ?1, or the newest run when ?1 is NULL.
+pub const STATUS_RUN: &str =
+    "SELECT run_id, container, status, epochs_done, epochs_total, started_at, best_epoch,
+           best_map50_95, save_dir
+    FROM training_runs WHERE run_id = COALESCE(?1,
+       (SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1))";
+
+/// A run's last six epochs, newest first.
+pub const STATUS_LAST_EPOCHS: &str =
+    "SELECT epoch, ended_at, losses, loss, map50, map50_95, metrics FROM epochs
+    WHERE run_id = ?1 ORDER BY epoch DESC LIMIT 6";
+
+/// The newest queue offset sample of ?1 with another value than ?2.
+pub const OFFSET_BEFORE: &str =
+    "SELECT ts FROM metric_log WHERE container = ?1 AND name = 'queue_offset'
+    AND value <> ?2 ORDER BY ts DESC LIMIT 1";
+
+/// The first queue offset sample of ?1 after ?2: when the offset last changed.
+pub const OFFSET_CHANGED: &str =
+    "SELECT ts FROM metric_log WHERE container = ?1 AND name = 'queue_offset'
+    AND ts > COALESCE(?2, '') ORDER BY ts LIMIT 1";
+
+/// The newest checkpoint saved or failed in container ?1 since ?2.
+pub const LAST_CHECKPOINT: &str = "SELECT ts, container, kind, message FROM (
+       SELECT ts, container, kind, message FROM event_log WHERE kind = 'checkpoint_saved'
+           AND container = ?1 AND ts >= ?2
+       ORDER BY ts DESC LIMIT 1)
+    UNION ALL SELECT * FROM (
+       SELECT ts, container, kind, message FROM event_log WHERE kind = 'checkpoint_save_failed'
+           AND container = ?1 AND ts >= ?2
+       ORDER BY ts DESC LIMIT 1)
+    ORDER BY ts DESC LIMIT 1";
+
+/// The ingestor's heartbeat.
+pub const HEARTBEAT_AT: &str = "SELECT at FROM heartbeat WHERE id = 1";
+
+/// The newest stored event's time.
+pub const NEWEST_EVENT_AT: &str = "SELECT max(ts) FROM event_log";
+
 /// A result set: column names and rows of SQLite values.
 pub struct Rows {
     pub columns: Vec<String>,
