@@ -132,3 +132,131 @@ impl Counters {
         m.iter().map(|(k, v)| (*k, *v)).collect()
     }
 }
+
+/// trainwatch's internal events as values, as Vector's `internal_events`: each one says what
+/// it logs and what it counts in one place, so every site that meets it does both alike.
+pub mod events {
+    use super::{COUNTERS, Counters};
+
+    /// Something that happened inside trainwatch: logged and/or counted by [`emit`](Self::emit).
+    pub trait InternalEvent {
+        fn emit(self);
+    }
+
+    /// Lines read from a live log stream.
+    pub struct LinesRead(pub u64);
+
+    impl InternalEvent for LinesRead {
+        fn emit(self) {
+            Counters::add(&COUNTERS.lines_read, self.0);
+        }
+    }
+
+    /// A record the parser could not read (counted; the record is still stored as text).
+    pub struct ParseSkipped(pub &'static str);
+
+    impl InternalEvent for ParseSkipped {
+        fn emit(self) {
+            COUNTERS.skip(self.0);
+        }
+    }
+
+    /// Part of a file a reader could not use; the first `LOG_FIRST` of a reason per file are
+    /// logged with their place (`nth` counts them).
+    pub struct SourceSkipped<'a> {
+        pub reason: &'static str,
+        pub file: &'a std::path::Path,
+        pub line: u64,
+        pub detail: &'a str,
+        pub nth: u64,
+    }
+
+    const LOG_FIRST: u64 = 5;
+
+    impl InternalEvent for SourceSkipped<'_> {
+        fn emit(self) {
+            COUNTERS.skip(self.reason);
+            if self.nth <= LOG_FIRST {
+                tracing::warn!(
+                    reason = self.reason,
+                    file = %self.file.display(),
+                    line = self.line,
+                    detail = self.detail,
+                    "Skipped part of a log record."
+                );
+            }
+        }
+    }
+
+    /// A batch the store committed, with the events it inserted.
+    pub struct BatchCommitted {
+        pub events: u64,
+    }
+
+    impl InternalEvent for BatchCommitted {
+        fn emit(self) {
+            Counters::add(&COUNTERS.batches_committed, 1);
+            Counters::add(&COUNTERS.events_stored, self.events);
+        }
+    }
+
+    /// An alert notification a receiver took.
+    pub struct NotificationDelivered<'a> {
+        pub receiver: &'a str,
+        pub alertname: &'a str,
+        pub event: &'a str,
+    }
+
+    impl InternalEvent for NotificationDelivered<'_> {
+        fn emit(self) {
+            Counters::add(&COUNTERS.notifications_delivered, 1);
+            tracing::info!(
+                receiver = self.receiver,
+                alertname = self.alertname,
+                event = self.event,
+                "Alert notification delivered."
+            );
+        }
+    }
+
+    /// An attempt to deliver an alert notification that failed.
+    pub struct NotificationFailed<'a> {
+        pub receiver: &'a str,
+        pub alertname: &'a str,
+        pub attempt: u32,
+        pub error: &'a str,
+        pub permanent: bool,
+    }
+
+    impl InternalEvent for NotificationFailed<'_> {
+        fn emit(self) {
+            Counters::add(&COUNTERS.notifications_failed, 1);
+            tracing::warn!(
+                receiver = self.receiver,
+                alertname = self.alertname,
+                attempt = self.attempt,
+                error = self.error,
+                permanent = self.permanent,
+                "Alert notification failed."
+            );
+        }
+    }
+
+    /// A request to the MLflow tracking server that failed (the pass reports why).
+    pub struct MlflowRequestFailed;
+
+    impl InternalEvent for MlflowRequestFailed {
+        fn emit(self) {
+            Counters::add(&COUNTERS.mlflow_requests_failed, 1);
+        }
+    }
+
+    /// Metric points the MLflow tracking server acknowledged.
+    pub struct MlflowPointsExported(pub u64);
+
+    impl InternalEvent for MlflowPointsExported {
+        fn emit(self) {
+            Counters::add(&COUNTERS.mlflow_points_exported, self.0);
+        }
+    }
+}

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{MlflowError, OutputError, StoreError};
 use crate::store::mlflow::{self as store, ExportRun, Exported};
-use crate::telemetry::{COUNTERS, Counters};
+use crate::telemetry::events::{InternalEvent, MlflowPointsExported, MlflowRequestFailed};
 use crate::time::{Age, parse_rfc3339};
 
 /// MLflow's `runs/log-batch` limits: 1000 metrics, 100 params, 100 tags per request.
@@ -263,7 +263,7 @@ impl Exporter {
             req = req.basic_auth(u, Some(p));
         }
         let failed = |e: reqwest::Error| {
-            Counters::add(&COUNTERS.mlflow_requests_failed, 1);
+            MlflowRequestFailed.emit();
             MlflowError::Unreachable(e.without_url().to_string())
         };
         let resp = req.send().await.map_err(failed)?;
@@ -272,7 +272,7 @@ impl Exporter {
         if status.is_success() {
             return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
         }
-        Counters::add(&COUNTERS.mlflow_requests_failed, 1);
+        MlflowRequestFailed.emit();
         let v: Value = serde_json::from_str(&text).unwrap_or_default();
         let message = v["message"].as_str().unwrap_or(&text);
         // The first line: SQL errors follow on the next ones.
@@ -617,7 +617,7 @@ impl Exporter {
             )
             .await?;
             s.points += n;
-            Counters::add(&COUNTERS.mlflow_points_exported, n);
+            MlflowPointsExported(n).emit();
         }
         let (target, m) = (self.target.clone(), std::mem::take(marks));
         self.db(move |c| store::mark_epochs(c, &target, run_id, &m))

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::alerts::{self as store_alerts, AlertRow, Pending};
+use crate::telemetry::events::{InternalEvent, NotificationDelivered, NotificationFailed};
 use crate::time::{Age, format_ns, now_ns};
 
 /// `[notify]` in the config.
@@ -441,16 +442,12 @@ impl Notifier {
                 progressed = true;
                 match self.deliver(&p).await {
                     Ok(()) => {
-                        crate::telemetry::Counters::add(
-                            &crate::telemetry::COUNTERS.notifications_delivered,
-                            1,
-                        );
-                        tracing::info!(
-                            receiver = %p.receiver,
-                            alertname = %p.alert.alertname,
-                            event = %p.event,
-                            "Alert notification delivered."
-                        );
+                        NotificationDelivered {
+                            receiver: &p.receiver,
+                            alertname: &p.alert.alertname,
+                            event: &p.event,
+                        }
+                        .emit();
                         let p2 = p.clone();
                         if let Err(e) = self
                             .db(move |c| store_alerts::mark_delivered(c, &p2, now_ns()))
@@ -460,19 +457,15 @@ impl Notifier {
                         }
                     }
                     Err(f) => {
-                        crate::telemetry::Counters::add(
-                            &crate::telemetry::COUNTERS.notifications_failed,
-                            1,
-                        );
                         let retry_at = now_ns() + backoff(p.attempts).as_nanos() as i64;
-                        tracing::warn!(
-                            receiver = %p.receiver,
-                            alertname = %p.alert.alertname,
-                            attempt = p.attempts + 1,
-                            error = %f.message,
-                            permanent = f.permanent,
-                            "Alert notification failed."
-                        );
+                        NotificationFailed {
+                            receiver: &p.receiver,
+                            alertname: &p.alert.alertname,
+                            attempt: p.attempts + 1,
+                            error: &f.message,
+                            permanent: f.permanent,
+                        }
+                        .emit();
                         let p2 = p.clone();
                         let msg = f.message.clone();
                         let res = if f.permanent {

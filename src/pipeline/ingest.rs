@@ -14,6 +14,7 @@ use crate::assemble::Assembler;
 use crate::derive::{ContainerState, Op, Position};
 use crate::event::{Key, RawLine, Record, Stream};
 use crate::parse::Parser;
+use crate::telemetry::events::{InternalEvent, ParseSkipped};
 
 /// Ops per transaction.
 pub const BATCH_OPS: usize = 4_000;
@@ -155,7 +156,7 @@ impl<'p> Ingest<'p> {
             self.counts.records += 1;
             let p = self.parser.parse(&rec);
             if let Some(skip) = p.skip {
-                crate::telemetry::COUNTERS.skip(skip.reason());
+                ParseSkipped(skip.reason()).emit();
                 *self.counts.skips.entry(skip.reason()).or_insert(0) += 1;
             }
             let before = self.ops.len();

@@ -23,6 +23,7 @@ use crate::source::docker::{
     self, Backoff, ContainerInfo, Exited, Shared, precise_since, split_timestamp,
 };
 use crate::source::partial::Merger;
+use crate::telemetry::events::{InternalEvent, LinesRead};
 
 use super::ingest::Ingest;
 
@@ -65,7 +66,7 @@ fn take_message(
         return false;
     };
     *line_no += 1;
-    crate::telemetry::Counters::add(&crate::telemetry::COUNTERS.lines_read, 1);
+    LinesRead(1).emit();
     // A bar that has not written its `\n` yet arrives in 16 KiB pieces: a NaN in one of
     // them is reported now, not when the epoch ends.
     let live_nan = if text.ends_with('\n') {

@@ -53,18 +53,21 @@ pub struct Skips {
     pub by_reason: BTreeMap<&'static str, u64>,
 }
 
-/// How many skips of one reason per file are logged individually before going quiet.
-const LOG_FIRST: u64 = 5;
+use crate::telemetry::events::{InternalEvent, SourceSkipped};
 
 impl Skips {
     /// Counts a skip and logs the first few of each reason with file and line.
     pub fn record(&mut self, reason: &'static str, path: &Path, line: u64, detail: &str) {
-        crate::telemetry::COUNTERS.skip(reason);
         let n = self.by_reason.entry(reason).or_insert(0);
         *n += 1;
-        if *n <= LOG_FIRST {
-            tracing::warn!(reason, file = %path.display(), line, detail, "Skipped part of a log record.");
+        SourceSkipped {
+            reason,
+            file: path,
+            line,
+            detail,
+            nth: *n,
         }
+        .emit();
     }
 
     pub fn merge(&mut self, other: &Skips) {

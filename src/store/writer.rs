@@ -452,12 +452,11 @@ impl Writer {
         tx.commit().map_err(StoreError::sql("commit batch"))?;
         self.stats.batches += 1;
         {
-            use crate::telemetry::{COUNTERS, Counters};
-            Counters::add(&COUNTERS.batches_committed, 1);
-            Counters::add(
-                &COUNTERS.events_stored,
-                self.stats.events_inserted - events_before,
-            );
+            use crate::telemetry::events::{BatchCommitted, InternalEvent};
+            BatchCommitted {
+                events: self.stats.events_inserted - events_before,
+            }
+            .emit();
         }
         if let Some(a) = self.alerts.as_mut() {
             self.stats.alerts_changed += a.pending.len() as u64;
