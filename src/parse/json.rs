@@ -40,9 +40,7 @@ impl JsonSkip {
     }
 }
 
-/// The keys a service line's time is read from, first found wins (the aliases of
-/// `Fast::timestamp` are the same list).
-pub const TIME_KEYS: [&str; 5] = ["timestamp", "time", "@timestamp", "ts", "asctime"];
+pub use crate::time::{TIME_KEYS, epoch_number_to_ns};
 
 /// The shape of almost every service line: only known keys, string level and message. Read
 /// with borrowed strings and the context left as raw text; anything else (extra fields,
@@ -216,24 +214,6 @@ fn quote_non_finite(text: &str) -> Option<String> {
     }
     out.push_str(&text[last..]);
     Some(out)
-}
-
-/// An epoch timestamp given as a number, by magnitude: seconds (zap, Python `time.time()`),
-/// milliseconds (JavaScript, pino), microseconds or nanoseconds.
-pub fn epoch_number_to_ns(v: f64) -> Option<i64> {
-    if !v.is_finite() || v <= 0.0 {
-        return None;
-    }
-    let ns = if v < 1e11 {
-        v * 1e9
-    } else if v < 1e14 {
-        v * 1e6
-    } else if v < 1e17 {
-        v * 1e3
-    } else {
-        v
-    };
-    (ns < i64::MAX as f64).then_some(ns as i64)
 }
 
 /// A number from a context value: JSON numbers, and the strings `NaN`, `Infinity`,

@@ -43,7 +43,7 @@ pub fn fingerprint(path: &Path) -> std::io::Result<String> {
 
 use std::io::Read;
 
-use crate::parse::json::{TIME_KEYS, epoch_number_to_ns};
+use crate::time::{TIME_KEYS, epoch_number_to_ns};
 
 /// The value of JSON key `key` in `line` as a time: a string the loose parser reads, or an
 /// epoch number (seconds, milliseconds, ...). Found by its quoted name followed by `:`, without
