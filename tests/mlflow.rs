@@ -524,6 +524,16 @@ fn a_refused_run_is_reported_and_sent_again_on_request() {
 }
 
 async fn refused(db: Db) {
+    // No server at all: an error that says why, and nothing recorded as sent.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let o = export(&db.path, &down, &["--retry-for", "0s"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("did not answer") && err.contains("Connection refused"),
+        "{err}"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM mlflow_runs"), 0);
     let home = tempfile::tempdir().unwrap();
     let server = Server::start(home.path(), free_port()).await;
     let url = server.url();

@@ -264,7 +264,7 @@ impl Exporter {
         }
         let failed = |e: reqwest::Error| {
             MlflowRequestFailed.emit();
-            MlflowError::Unreachable(e.without_url().to_string())
+            MlflowError::Unreachable(with_causes(&e.without_url()))
         };
         let resp = req.send().await.map_err(failed)?;
         let status = resp.status();
@@ -840,6 +840,21 @@ fn metric_value(v: f64) -> Value {
     } else {
         json!(v)
     }
+}
+
+/// An error and its causes (reqwest's own text is only `error sending request`).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !out.contains(&c_text) {
+            out.push_str(": ");
+            out.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 fn ms(ts: &str) -> i64 {
