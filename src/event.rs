@@ -1,8 +1,11 @@
 //! The values that flow through the pipeline, from a source's raw line to the rows the store
-//! writes. Sources produce [`RawLine`]s, assembly turns them into [`Record`]s, the parsers give a
-//! [`crate::parse::Parsed`], and derivation emits [`crate::derive::Op`]s for the store.
+//! writes. Sources produce [`RawLine`]s and [`Notice`]s, assembly turns lines into [`Record`]s,
+//! the parsers give a [`crate::parse::Parsed`], and derivation emits [`crate::derive::Op`]s for
+//! the store. The plain rows and facts every floor shares ([`Level`], [`EventRow`],
+//! [`MetricRow`], [`ContainerRun`]) live here, below all of them.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Which of a container's output streams a line came from.
 #[derive(
@@ -96,4 +99,111 @@ pub struct Record {
     /// The key of the last physical line grouped into this record: once the record is
     /// stored, the source is stored up to here.
     pub last_key: Key,
+}
+
+/// Severity of a record, from its own level field or prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Level {
+    /// A level name in any case (compared in place: this runs for every service line).
+    pub fn parse(s: &str) -> Option<Level> {
+        const NAMES: [(&str, Level); 10] = [
+            ("INFO", Level::Info),
+            ("DEBUG", Level::Debug),
+            ("WARNING", Level::Warning),
+            ("ERROR", Level::Error),
+            ("CRITICAL", Level::Critical),
+            ("WARN", Level::Warning),
+            ("TRACE", Level::Debug),
+            ("NOTICE", Level::Info),
+            ("ERR", Level::Error),
+            ("FATAL", Level::Critical),
+        ];
+        let s = s.trim();
+        NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|&(_, level)| level)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warning => "WARNING",
+            Level::Error => "ERROR",
+            Level::Critical => "CRITICAL",
+        }
+    }
+}
+
+/// One event row (view `events`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    pub ts: i64,
+    pub container: Arc<str>,
+    /// `stdout`, `stderr`, or `docker` for the daemon's own events.
+    pub stream: &'static str,
+    pub seq: u32,
+    pub key_ts: i64,
+    pub level: Level,
+    pub kind: &'static str,
+    pub message: String,
+    /// JSON object text.
+    pub context: String,
+}
+
+/// One metric sample (view `metric_samples`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricRow {
+    pub ts: i64,
+    pub container: Arc<str>,
+    pub name: &'static str,
+    pub value: f64,
+}
+
+/// What the daemon says a container is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerRun {
+    Running,
+    /// Stopped, with its exit code when known.
+    Exited(Option<i64>),
+    /// The kernel's OOM killer hit it (its `die` follows).
+    OomKilled,
+}
+
+/// What a source reports besides log lines: samples, the clock, and what the Docker daemon
+/// says about containers. Sources yield these; the pipeline turns them into store operations
+/// (`derive::Op`), so no source depends on derivation or the store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// One sample of a gauge or counter (host probes, Docker stats).
+    Sample(MetricRow),
+    /// The wall clock in `watch` (ns): time-based rules are evaluated.
+    Tick(i64),
+    /// A followed container and its role, as discovery found it (ns).
+    Container(i64, Arc<str>, String),
+    /// A followed container's state as the daemon reports it (ns).
+    State(i64, Arc<str>, ContainerRun),
+    /// Whether a selected container (name, role) runs (ns), for the rules on containers that
+    /// are down.
+    Up {
+        ts: i64,
+        name: Arc<str>,
+        role: String,
+        running: bool,
+    },
+    /// Something the daemon did or suffered, stored as an event of stream `docker`.
+    Daemon(EventRow),
+    /// The daemon answers again after an outage that was reported (ns).
+    DaemonReachable(i64),
+    /// A source gone for good (a destroyed container's id): its cursors can go.
+    Gone(Arc<str>),
 }

@@ -61,10 +61,13 @@ fn queue_container_down_waits_five_minutes_of_clock_ticks() {
                 .await
                 .unwrap();
             let stop = CancellationToken::new();
-            let ticks = tokio::spawn(probes::clock(tx.clone(), probes::TICK, clock, stop.clone()));
+            let (notices, notices_rx) = tokio::sync::mpsc::channel(64);
+            let forward = tokio::spawn(trainwatch::pipeline::live::forward(notices_rx, tx.clone()));
+            let ticks = tokio::spawn(probes::clock(notices, probes::TICK, clock, stop.clone()));
             tokio::time::sleep(Duration::from_secs(wait_secs)).await;
             stop.cancel();
             ticks.await.unwrap();
+            forward.await.unwrap();
             // The clock as it stands now, whatever ticks the channel let through.
             tx.send(vec![Op::Tick(clock.now_ns())]).await.unwrap();
         });

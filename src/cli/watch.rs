@@ -14,6 +14,7 @@ use trainwatch::output::notify::Notifier;
 use trainwatch::output::serve;
 use trainwatch::output::status;
 use trainwatch::parse::Parser;
+use trainwatch::pipeline::live;
 use trainwatch::source::docker::{self, Shared};
 use trainwatch::source::probes;
 use trainwatch::store::{AlertSink, StoreHealth, WriterHandle, WriterOptions};
@@ -91,15 +92,18 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
             stop.cancel();
         });
         let tasks = tokio_util::task::TaskTracker::new();
+        // The sources' notices reach the writer through the pipeline, which makes them ops.
+        let (notices, notices_rx) = tokio::sync::mpsc::channel(64);
+        tasks.spawn(live::forward(notices_rx, sender.clone()));
         tasks.spawn(probes::clock(
-            sender.clone(),
+            notices.clone(),
             probes::TICK,
             Clock::new(),
             shutdown.clone(),
         ));
         tasks.spawn(probes::run(
             cfg.probes.clone(),
-            sender.clone(),
+            notices.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(notifier.run(wake, shutdown.clone()));
@@ -142,28 +146,31 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         }
         tasks.close();
         // The daemon may be down at start: connect retries until it answers or we stop.
-        if let Some(docker) = docker::connect(&sender, &dcfg, &shutdown).await {
+        if let Some(docker) = docker::connect(&notices, &dcfg, &shutdown).await {
             if dcfg.stats {
                 tasks.spawn(docker::stats::run(
                     docker.clone(),
                     dcfg.clone(),
                     cfg.probes.interval.as_duration(),
-                    sender.clone(),
+                    notices.clone(),
                     shutdown.clone(),
                 ));
             }
             let shared = Shared {
                 docker,
-                parser,
-                writer: sender,
-                db: dbp,
+                notices,
                 cfg: dcfg,
                 shutdown,
                 reconnected: Arc::new(tokio::sync::Notify::new()),
             };
-            trainwatch::pipeline::live::run(shared).await;
+            let followers = live::Live {
+                parser,
+                writer: sender,
+                db: dbp,
+            };
+            live::run(shared, followers).await;
         } else {
-            drop(sender);
+            drop((sender, notices));
         }
         tasks.wait().await;
     });

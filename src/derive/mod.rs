@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use crate::event::{ContainerRun, EventRow, MetricRow};
 use crate::event::{Key, Record, Stream};
-use crate::parse::Level;
 
 /// A JSON number, or the text `nan`/`inf`/`-inf` when not finite (SQLite and JSON would
 /// otherwise turn it into NULL and hide it).
@@ -83,22 +83,6 @@ impl Position {
     }
 }
 
-/// One event row (view `events`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct EventRow {
-    pub ts: i64,
-    pub container: Arc<str>,
-    /// `stdout`, `stderr`, or `docker` for the daemon's own events.
-    pub stream: &'static str,
-    pub seq: u32,
-    pub key_ts: i64,
-    pub level: Level,
-    pub kind: &'static str,
-    pub message: String,
-    /// JSON object text.
-    pub context: String,
-}
-
 /// A training run's current state, upserted by its natural key.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunRow {
@@ -142,15 +126,6 @@ pub struct EpochRow {
     pub metrics: Option<String>,
     /// Seconds from the start of training to this row (results.csv's `time`).
     pub train_time_s: Option<f64>,
-}
-
-/// One metric sample (view `metric_samples`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct MetricRow {
-    pub ts: i64,
-    pub container: Arc<str>,
-    pub name: &'static str,
-    pub value: f64,
 }
 
 /// A source position that is fully stored once the batch carrying it commits.
@@ -203,12 +178,30 @@ pub enum Op {
     },
 }
 
-/// What the daemon says a container is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ContainerRun {
-    Running,
-    /// Stopped, with its exit code when known.
-    Exited(Option<i64>),
-    /// The kernel's OOM killer hit it (its `die` follows).
-    OomKilled,
+impl From<crate::event::Notice> for Op {
+    fn from(n: crate::event::Notice) -> Op {
+        use crate::event::Notice;
+        match n {
+            Notice::Sample(m) => Op::Metric(m),
+            Notice::Tick(now) => Op::Tick(now),
+            Notice::Container(ts, name, role) => Op::Container(ts, name, role),
+            Notice::State(ts, name, run) => Op::ContainerState(ts, name, run),
+            Notice::Up {
+                ts,
+                name,
+                role,
+                running,
+            } => Op::Signal(
+                ts,
+                alerts::Signal::Container {
+                    name,
+                    role,
+                    running,
+                },
+            ),
+            Notice::Daemon(e) => Op::Event(e),
+            Notice::DaemonReachable(ts) => Op::Signal(ts, alerts::Signal::DockerReachable),
+            Notice::Gone(origin) => Op::ForgetOrigin(origin),
+        }
+    }
 }

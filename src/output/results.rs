@@ -20,7 +20,7 @@ pub fn epochs(conn: &Connection, run_id: i64) -> Result<Rows, StoreError> {
 
 /// Rebuilds results.csv's columns: epoch, time (seconds since training started, as
 /// Ultralytics counts it),
-/// train/<loss> for each loss column, metrics/precision(B) ... metrics/mAP50-95(B), and for
+/// `train/<loss>` for each loss column, metrics/precision(B) ... metrics/mAP50-95(B), and for
 /// segmentation and pose runs the same four of their second group, `(M)` or `(P)`; for
 /// classification runs metrics/accuracy_top1 and metrics/accuracy_top5 instead of the box four;
 /// for YOLOv5 runs YOLOv5's own columns (epoch, train/box_loss, train/obj_loss, train/cls_loss,

@@ -20,48 +20,7 @@ static TRACEBACK_INSIDE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         memchr::memmem::Finder::new("\nTraceback (most recent call last):")
     });
 
-/// Severity of a record, from its own level field or prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Level {
-    Debug,
-    Info,
-    Warning,
-    Error,
-    Critical,
-}
-
-impl Level {
-    /// A level name in any case (compared in place: this runs for every service line).
-    pub fn parse(s: &str) -> Option<Level> {
-        const NAMES: [(&str, Level); 10] = [
-            ("INFO", Level::Info),
-            ("DEBUG", Level::Debug),
-            ("WARNING", Level::Warning),
-            ("ERROR", Level::Error),
-            ("CRITICAL", Level::Critical),
-            ("WARN", Level::Warning),
-            ("TRACE", Level::Debug),
-            ("NOTICE", Level::Info),
-            ("ERR", Level::Error),
-            ("FATAL", Level::Critical),
-        ];
-        let s = s.trim();
-        NAMES
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(s))
-            .map(|&(_, level)| level)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "DEBUG",
-            Level::Info => "INFO",
-            Level::Warning => "WARNING",
-            Level::Error => "ERROR",
-            Level::Critical => "CRITICAL",
-        }
-    }
-}
+pub use crate::event::Level;
 
 /// What a line says about training, for derivation's run and epoch state machine.
 #[derive(Clone, Debug, PartialEq)]

@@ -18,7 +18,8 @@ use tokio::sync::mpsc::Sender;
 use crate::derive::alerts::Signal;
 use crate::derive::{ContainerState, Op};
 use crate::error::DockerError;
-use crate::event::Stream;
+use crate::event::{Notice, Stream};
+use crate::parse::Parser;
 use crate::source::docker::{
     self, Backoff, ContainerInfo, Exited, Shared, precise_since, split_timestamp,
 };
@@ -27,16 +28,40 @@ use crate::telemetry::events::{InternalEvent, LinesRead};
 
 use super::ingest::Ingest;
 
+/// What the followers need besides the Docker source: the parser, the store writer, and the
+/// store to read each container's state from.
+#[derive(Clone)]
+pub struct Live {
+    pub parser: Arc<Parser>,
+    pub writer: Sender<Vec<Op>>,
+    pub db: std::path::PathBuf,
+}
+
 /// Discovery and events (the Docker source), with a follower per selected container, until
 /// `shutdown`.
-pub async fn run(shared: Shared) {
+pub async fn run(shared: Shared, live: Live) {
     docker::run(
         shared,
-        |shared: Shared, info: ContainerInfo, role: String| async move {
-            follow(&shared, &info, &role).await
+        move |shared: Shared, info: ContainerInfo, role: String| {
+            let live = live.clone();
+            async move { follow(&shared, &live, &info, &role).await }
         },
     )
     .await
+}
+
+/// The sources' notices (probes, Docker stats, discovery) to the store writer as operations,
+/// in the order they come, until every source has stopped.
+pub async fn forward(
+    mut notices: tokio::sync::mpsc::Receiver<Vec<Notice>>,
+    writer: Sender<Vec<Op>>,
+) {
+    while let Some(batch) = notices.recv().await {
+        let ops: Vec<Op> = batch.into_iter().map(Op::from).collect();
+        if writer.send(ops).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Moves the merger's complete lines into the ingest. Returns whether a batch is due.
@@ -94,7 +119,7 @@ async fn send(ingest: &mut Ingest<'_>, writer: &Sender<Vec<Op>>) -> bool {
 const READY_CHUNK: usize = 1024;
 
 /// Follows one container until it stops (read to the end) or trainwatch shuts down.
-pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
+pub async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) {
     let container: Arc<str> = Arc::from(info.name.as_str());
     let origin: Arc<str> = Arc::from(info.id.as_str());
     // The stored state (a read of the store) can fail for a while (no file descriptors left,
@@ -103,7 +128,7 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     let mut retry = Backoff::new();
     let mut reported = false;
     let (resume, out_cur, err_cur) = loop {
-        let db = shared.db.clone();
+        let db = live.db.clone();
         let c2 = container.clone();
         let id = info.id.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Result<_, crate::error::StoreError> {
@@ -137,7 +162,7 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
     }
     tracing::info!(container = %container, role, "Following container logs.");
     let mut f = Ingest::new(
-        &shared.parser,
+        &live.parser,
         ContainerState::new(container.clone(), resume),
         origin,
         out_cur,
@@ -181,13 +206,13 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                 _ = shared.shutdown.cancelled() => {
                     // Stop reading; what was emitted is flushed, open pieces and groups are
                     // left to the next start (the cursor does not cover them).
-                    send(&mut f, &shared.writer).await;
+                    send(&mut f, &live.writer).await;
                     return;
                 }
                 _ = ticker.tick() => {
                     // Let a traceback at the quiet end of a stream out after a while.
                     f.flush_older_than(crate::time::now_ns() - crate::assemble::multiline::MAX_HOLD_NS);
-                    if !send(&mut f, &shared.writer).await {
+                    if !send(&mut f, &live.writer).await {
                         return;
                     }
                     if alert_silence > 0 && !silent && watched_role
@@ -195,7 +220,7 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                     {
                         silent = true;
                         let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: true });
-                        let _ = shared.writer.send(vec![op]).await;
+                        let _ = live.writer.send(vec![op]).await;
                     }
                     if silence > 0 && last_data.elapsed() >= Duration::from_secs(silence) {
                         break Err(DockerError::Silent(silence));
@@ -240,10 +265,10 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                         quiet_since = last_data;
                         if std::mem::take(&mut silent) {
                             let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: false });
-                            let _ = shared.writer.send(vec![op]).await;
+                            let _ = live.writer.send(vec![op]).await;
                         }
                         backoff.reset();
-                        if due && !send(&mut f, &shared.writer).await {
+                        if due && !send(&mut f, &live.writer).await {
                             return;
                         }
                     }
@@ -263,11 +288,11 @@ pub async fn follow(shared: &Shared, info: &ContainerInfo, role: &str) {
                 let (state, ops) = f.state_and_ops();
                 state.container_exited(e.finished_at, e.exit_code, e.oom_killed, ops);
             }
-            send(&mut f, &shared.writer).await;
+            send(&mut f, &live.writer).await;
             tracing::info!(container = %container, "Container stopped; its logs were read to the end.");
             return;
         }
-        send(&mut f, &shared.writer).await;
+        send(&mut f, &live.writer).await;
         let running = match shared
             .docker
             .inspect_container(&info.id, None::<InspectContainerOptions>)

@@ -1,5 +1,5 @@
 //! The pipeline: sources -> assemble -> parse -> derive -> store, wired together. One ingest
-//! driver ([`ingest`]) takes the lines of both inputs: archived files ([`replay`]) and the
+//! driver ([`ingest`]) takes the lines of both inputs: archived files ([`replay`](mod@replay)) and the
 //! Docker source's live streams ([`live`]).
 
 pub mod ingest;

@@ -7,10 +7,9 @@ use bollard::Docker;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
-use crate::derive::alerts::Signal;
-use crate::derive::{EventRow, Op};
 use crate::error::DockerError;
-use crate::parse::Level;
+use crate::event::Level;
+use crate::event::{EventRow, Notice};
 
 use super::*;
 
@@ -21,8 +20,8 @@ pub(super) fn daemon_event(
     level: Level,
     message: String,
     context: serde_json::Value,
-) -> Op {
-    Op::Event(EventRow {
+) -> Notice {
+    Notice::Daemon(EventRow {
         ts,
         container: Arc::from(container),
         stream: "docker",
@@ -79,7 +78,12 @@ pub struct Outage {
 
 impl Outage {
     /// Records a failed attempt; sends the event once the outage is longer than the limit.
-    pub async fn failed(&mut self, error: &DockerError, writer: &Sender<Vec<Op>>, limit: Duration) {
+    pub async fn failed(
+        &mut self,
+        error: &DockerError,
+        writer: &Sender<Vec<Notice>>,
+        limit: Duration,
+    ) {
         let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
         tracing::warn!(error = %error, "Docker daemon unreachable; retrying.");
         let error = error.to_string();
@@ -103,13 +107,13 @@ impl Outage {
     /// Records a success; tells the alert rules when a reported outage ended.
     /// Records a success; tells the alert rules when a reported outage ended. Returns
     /// whether an outage ended.
-    pub async fn ok(&mut self, writer: &Sender<Vec<Op>>) -> bool {
+    pub async fn ok(&mut self, writer: &Sender<Vec<Notice>>) -> bool {
         let ended = self.since.take().is_some();
         if ended {
             tracing::info!("Docker daemon reachable again.");
         }
         if std::mem::take(&mut self.reported) {
-            let op = Op::Signal(crate::time::now_ns(), Signal::DockerReachable);
+            let op = Notice::DaemonReachable(crate::time::now_ns());
             let _ = writer.send(vec![op]).await;
         }
         ended
@@ -119,7 +123,7 @@ impl Outage {
 /// Connects to the daemon (`DOCKER_HOST` or the local socket), retrying with backoff until it
 /// answers a ping; `None` if shutdown comes first.
 pub async fn connect(
-    writer: &Sender<Vec<Op>>,
+    writer: &Sender<Vec<Notice>>,
     cfg: &DockerConfig,
     shutdown: &CancellationToken,
 ) -> Option<Docker> {

@@ -12,9 +12,8 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::derive::alerts::Signal;
-use crate::derive::{ContainerRun, Op};
-use crate::parse::Level;
+use crate::event::Level;
+use crate::event::{ContainerRun, Notice};
 
 use super::daemon::daemon_event;
 use super::*;
@@ -47,14 +46,14 @@ where
         let list = match listed {
             Ok(l) => l,
             Err(e) => {
-                outage.failed(&e.into(), &shared.writer, limit).await;
+                outage.failed(&e.into(), &shared.notices, limit).await;
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => break 'outer,
                     _ = tokio::time::sleep(backoff.step()) => continue 'outer,
                 }
             }
         };
-        if outage.ok(&shared.writer).await {
+        if outage.ok(&shared.notices).await {
             shared.reconnected.notify_waiters();
         }
         backoff.reset();
@@ -86,7 +85,7 @@ where
                 {
                     since = t;
                 }
-                states.push(Op::Container(
+                states.push(Notice::Container(
                     now,
                     Arc::from(info.name.as_str()),
                     role.clone(),
@@ -97,24 +96,18 @@ where
                 } else {
                     ContainerRun::Exited(c.status.as_deref().and_then(exit_code_of_status))
                 };
-                states.push(Op::ContainerState(
-                    since,
-                    Arc::from(info.name.as_str()),
-                    run,
-                ));
-                states.push(Op::Signal(
-                    since,
-                    Signal::Container {
-                        name: Arc::from(info.name.as_str()),
-                        role,
-                        running,
-                    },
-                ));
+                states.push(Notice::State(since, Arc::from(info.name.as_str()), run));
+                states.push(Notice::Up {
+                    ts: since,
+                    name: Arc::from(info.name.as_str()),
+                    role,
+                    running,
+                });
             }
             ensure_follower(&shared, &tracker, &mut following, info, &follow);
         }
         // What runs and what does not, for the rules on containers that are down.
-        if !states.is_empty() && shared.writer.send(states).await.is_err() {
+        if !states.is_empty() && shared.notices.send(states).await.is_err() {
             break 'outer;
         }
         // Then follow the events stream until it breaks.
@@ -223,8 +216,8 @@ async fn handle_event<F, Fut>(
         "start" => {
             ensure_follower(shared, tracker, following, info.clone(), follow);
             vec![
-                Op::Container(ts, name.clone(), role.clone()),
-                Op::ContainerState(ts, name.clone(), ContainerRun::Running),
+                Notice::Container(ts, name.clone(), role.clone()),
+                Notice::State(ts, name.clone(), ContainerRun::Running),
                 daemon_event(
                     &info.name,
                     ts,
@@ -243,7 +236,7 @@ async fn handle_event<F, Fut>(
                 Level::Error
             };
             vec![
-                Op::ContainerState(ts, name.clone(), ContainerRun::Exited(code)),
+                Notice::State(ts, name.clone(), ContainerRun::Exited(code)),
                 daemon_event(
                     &info.name,
                     ts,
@@ -260,7 +253,7 @@ async fn handle_event<F, Fut>(
             ]
         }
         "oom" => vec![
-            Op::ContainerState(ts, name.clone(), ContainerRun::OomKilled),
+            Notice::State(ts, name.clone(), ContainerRun::OomKilled),
             daemon_event(
                 &info.name,
                 ts,
@@ -275,11 +268,11 @@ async fn handle_event<F, Fut>(
         ],
         // The container is gone for good: its cursors are no longer needed (removed by the
         // writer, the one connection that writes).
-        "destroy" => vec![Op::ForgetOrigin(Arc::from(id.as_str()))],
+        "destroy" => vec![Notice::Gone(Arc::from(id.as_str()))],
         _ => Vec::new(),
     };
     if !ops.is_empty() {
-        let _ = shared.writer.send(ops).await;
+        let _ = shared.notices.send(ops).await;
     }
 }
 

@@ -22,8 +22,7 @@ use bollard::Docker;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
-use crate::derive::Op;
-use crate::parse::Parser;
+use crate::event::Notice;
 
 mod config;
 mod daemon;
@@ -45,9 +44,8 @@ pub fn split_timestamp(msg: &[u8]) -> Option<(i64, String)> {
 #[derive(Clone)]
 pub struct Shared {
     pub docker: Docker,
-    pub parser: Arc<Parser>,
-    pub writer: Sender<Vec<Op>>,
-    pub db: std::path::PathBuf,
+    /// Where the source's notices go (the pipeline turns them into store operations).
+    pub notices: Sender<Vec<Notice>>,
     pub cfg: Arc<DockerConfig>,
     pub shutdown: CancellationToken,
     /// Woken when the daemon answers again after an outage: followers waiting out a long

@@ -29,7 +29,7 @@ use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
 use super::{ContainerInfo, DockerConfig};
-use crate::derive::{MetricRow, Op};
+use crate::event::{MetricRow, Notice};
 use crate::source::probes::Health;
 
 /// One container's CPU counters at a reading.
@@ -139,7 +139,7 @@ pub fn cpu_pct(prev: &CpuReading, now: &CpuReading) -> Option<f64> {
 }
 
 /// The metric rows of one sample of `container` at `ts`.
-pub fn ops(container: &Arc<str>, ts: i64, s: &Sample, cpu_pct: Option<f64>, out: &mut Vec<Op>) {
+pub fn ops(container: &Arc<str>, ts: i64, s: &Sample, cpu_pct: Option<f64>, out: &mut Vec<Notice>) {
     let rows: [(&'static str, Option<f64>); 8] = [
         ("container_cpu_pct", cpu_pct),
         ("container_memory_used_bytes", s.memory_used),
@@ -152,7 +152,7 @@ pub fn ops(container: &Arc<str>, ts: i64, s: &Sample, cpu_pct: Option<f64>, out:
     ];
     for (name, v) in rows {
         if let Some(value) = v.filter(|v| v.is_finite()) {
-            out.push(Op::Metric(MetricRow {
+            out.push(Notice::Sample(MetricRow {
                 ts,
                 container: container.clone(),
                 name,
@@ -196,7 +196,7 @@ pub async fn run(
     docker: Docker,
     cfg: Arc<DockerConfig>,
     every: Duration,
-    writer: Sender<Vec<Op>>,
+    writer: Sender<Vec<Notice>>,
     shutdown: CancellationToken,
 ) {
     let mut prev: HashMap<String, CpuReading> = HashMap::new();
@@ -313,7 +313,7 @@ mod tests {
         let names: Vec<&str> = out
             .iter()
             .map(|o| match o {
-                Op::Metric(m) => m.name,
+                Notice::Sample(m) => m.name,
                 _ => unreachable!(),
             })
             .collect();

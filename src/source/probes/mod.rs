@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
-use crate::derive::{MetricRow, Op};
+use crate::event::{MetricRow, Notice};
 use crate::time::Age;
 
 /// `[probes]` in the config.
@@ -53,9 +53,15 @@ impl Default for ProbesConfig {
     }
 }
 
-fn metric(out: &mut Vec<Op>, ts: i64, container: &Arc<str>, name: &'static str, v: Option<f64>) {
+fn metric(
+    out: &mut Vec<Notice>,
+    ts: i64,
+    container: &Arc<str>,
+    name: &'static str,
+    v: Option<f64>,
+) {
     if let Some(value) = v {
-        out.push(Op::Metric(MetricRow {
+        out.push(Notice::Sample(MetricRow {
             ts,
             container: container.clone(),
             name,
@@ -116,7 +122,7 @@ pub async fn run_nvidia_smi(program: &str) -> Result<String, Option<String>> {
 }
 
 /// GPU samples from nvidia-smi's output.
-pub fn gpu_ops(output: &str, ts: i64, out: &mut Vec<Op>) -> Vec<String> {
+pub fn gpu_ops(output: &str, ts: i64, out: &mut Vec<Notice>) -> Vec<String> {
     let (gpus, bad) = gpu::parse(output);
     for g in gpus {
         let c: Arc<str> = Arc::from(format!("gpu{}", g.index));
@@ -129,7 +135,7 @@ pub fn gpu_ops(output: &str, ts: i64, out: &mut Vec<Op>) -> Vec<String> {
 }
 
 /// Disk usage samples of the data root.
-pub fn disk_ops(u: &disk::Usage, ts: i64, out: &mut Vec<Op>) {
+pub fn disk_ops(u: &disk::Usage, ts: i64, out: &mut Vec<Notice>) {
     let host: Arc<str> = Arc::from("host");
     metric(
         out,
@@ -151,10 +157,10 @@ pub fn disk_ops(u: &disk::Usage, ts: i64, out: &mut Vec<Op>) {
 /// How often `watch` sends the clock to the alert rules (and the heartbeat to the store).
 pub const TICK: Duration = Duration::from_secs(5);
 
-/// Sends [`Op::Tick`] with `clock`'s time every `every` until `shutdown`: time-based alert
+/// Sends [`Notice::Tick`] with `clock`'s time every `every` until `shutdown`: time-based alert
 /// rules (`for` durations, staleness, repeats) are evaluated on it, and the heartbeat written.
 pub async fn clock(
-    writer: Sender<Vec<Op>>,
+    writer: Sender<Vec<Notice>>,
     every: Duration,
     clock: crate::time::Clock,
     shutdown: CancellationToken,
@@ -164,7 +170,7 @@ pub async fn clock(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = t.tick() => {
-                if writer.send(vec![Op::Tick(clock.now_ns())]).await.is_err() {
+                if writer.send(vec![Notice::Tick(clock.now_ns())]).await.is_err() {
                     return;
                 }
             }
@@ -173,7 +179,7 @@ pub async fn clock(
 }
 
 /// Runs the probes until `shutdown`.
-pub async fn run(cfg: ProbesConfig, writer: Sender<Vec<Op>>, shutdown: CancellationToken) {
+pub async fn run(cfg: ProbesConfig, writer: Sender<Vec<Notice>>, shutdown: CancellationToken) {
     let mut gpu_health = Health::default();
     let mut last_bad_row: Option<String> = None;
     let mut disk_health = Health::default();
@@ -193,7 +199,7 @@ pub async fn run(cfg: ProbesConfig, writer: Sender<Vec<Op>>, shutdown: Cancellat
             .max(Duration::from_secs(10)),
     );
     sizes_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut walking: Option<tokio::task::JoinHandle<Vec<Op>>> = None;
+    let mut walking: Option<tokio::task::JoinHandle<Vec<Notice>>> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
