@@ -17,6 +17,8 @@
 //! # Layout
 //! - [`source`]: live Docker follow, files, json-file reader with partial merge, plain text,
 //!   host probes.
+//! - [`grammar`]: the line grammars (nom) of Python logging and Ultralytics' console, used by
+//!   assembly (what starts a group, what a frame is) and by parsing.
 //! - [`assemble`]: `\r` frames, ANSI stripping, multi-line grouping.
 //! - [`parse`]: line parsers (nom for text, serde_json for JSON) and message patterns.
 //! - [`derive`](mod@derive): the per-container run/epoch state machine and metrics.
@@ -37,6 +39,7 @@ pub mod config;
 pub mod derive;
 pub mod error;
 pub mod event;
+pub mod grammar;
 pub mod hash;
 pub mod output;
 pub mod parse;

@@ -4,7 +4,7 @@
 //! non-finite loss because a NaN that a later running mean hides is still a NaN.
 
 use super::ansi;
-use crate::parse::ultralytics;
+use crate::grammar::ultralytics;
 
 /// Returns the clean final frame of `raw` and, if any frame showed a NaN or infinite loss, that
 /// frame (clean).

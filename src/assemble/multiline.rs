@@ -13,7 +13,7 @@
 //! stream never holds a record back for long.
 
 use crate::event::{Record, Stream};
-use crate::parse::pylog;
+use crate::grammar::pylog;
 
 /// How long (in log time) a group may stay open while the other stream advances.
 pub const MAX_HOLD_NS: i64 = 2_000_000_000;

@@ -5,8 +5,7 @@
 
 pub mod json;
 pub mod patterns;
-pub mod pylog;
-pub mod ultralytics;
+pub use crate::grammar::{pylog, ultralytics};
 
 use serde_json::{Map, Value};
 

@@ -11,7 +11,7 @@ use nom::{
     sequence::preceded,
 };
 
-use super::Level;
+use crate::event::Level;
 
 /// One logging record's first line.
 #[derive(Clone, Debug, PartialEq)]

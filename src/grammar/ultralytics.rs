@@ -388,14 +388,14 @@ pub fn banner(line: &str) -> Option<&str> {
 }
 
 /// Ultralytics' logging prefixes: `WARNING ⚠️ ...` and `ERROR ❌ ...` (bare on Windows).
-pub fn level_prefix(line: &str) -> Option<crate::parse::Level> {
+pub fn level_prefix(line: &str) -> Option<crate::event::Level> {
     let r: R<'_, &str> = alt((tag("WARNING"), tag("ERROR"))).parse(line.trim_start());
     match r {
         Ok((rest, lvl)) if rest.is_empty() || rest.starts_with(' ') || rest.starts_with(':') => {
             Some(if lvl == "ERROR" {
-                crate::parse::Level::Error
+                crate::event::Level::Error
             } else {
-                crate::parse::Level::Warning
+                crate::event::Level::Warning
             })
         }
         _ => None,
@@ -621,7 +621,7 @@ mod tests {
         );
         assert_eq!(
             level_prefix("WARNING ⚠️ no labels found"),
-            Some(crate::parse::Level::Warning)
+            Some(crate::event::Level::Warning)
         );
         assert_eq!(level_prefix("WARNINGS"), None);
     }
