@@ -30,7 +30,7 @@
 //! is retried with backoff.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -190,7 +190,7 @@ pub struct Exporter {
     target: String,
     host: String,
     client: reqwest::Client,
-    conn: Arc<Mutex<Connection>>,
+    conn: crate::store::AsyncConn,
     experiment_id: Mutex<Option<String>>,
 }
 
@@ -215,7 +215,7 @@ impl Exporter {
             cfg,
             api,
             client,
-            conn: Arc::new(Mutex::new(conn)),
+            conn: crate::store::AsyncConn::new(conn),
             experiment_id: Mutex::new(None),
         })
     }
@@ -226,15 +226,9 @@ impl Exporter {
 
     async fn db<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let c = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&c)
-        })
-        .await
-        .unwrap_or(Err(StoreError::WriterGone))
+        f: impl FnOnce(&Connection) -> Result<T, crate::error::StoreError> + Send + 'static,
+    ) -> Result<T, crate::error::StoreError> {
+        self.conn.call(f).await
     }
 
     async fn call(

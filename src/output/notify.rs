@@ -16,7 +16,7 @@
 //! errors are logged without their URL.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -278,7 +278,7 @@ pub struct Notifier {
     mailers: std::collections::HashMap<String, super::mail::Mailer>,
     health: crate::store::StoreHealth,
     client: reqwest::Client,
-    conn: Arc<Mutex<Connection>>,
+    conn: crate::store::AsyncConn,
     instance: String,
 }
 
@@ -309,7 +309,7 @@ impl Notifier {
             cfg,
             health,
             client,
-            conn: Arc::new(Mutex::new(conn)),
+            conn: crate::store::AsyncConn::new(conn),
             instance,
         })
     }
@@ -324,13 +324,7 @@ impl Notifier {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, crate::error::StoreError> + Send + 'static,
     ) -> Result<T, crate::error::StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let c = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&c)
-        })
-        .await
-        .unwrap_or(Err(crate::error::StoreError::WriterGone))
+        self.conn.call(f).await
     }
 
     async fn post(&self, r: &ReceiverConfig, body: &Value) -> Result<(), Failure> {

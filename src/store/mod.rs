@@ -44,6 +44,31 @@ fn pragmas(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A connection of an async task (the notifier, the MLflow exporter): each use runs on the
+/// blocking pool, one at a time.
+#[derive(Clone)]
+pub struct AsyncConn(std::sync::Arc<std::sync::Mutex<Connection>>);
+
+impl AsyncConn {
+    pub fn new(conn: Connection) -> Self {
+        AsyncConn(std::sync::Arc::new(std::sync::Mutex::new(conn)))
+    }
+
+    /// Runs `f` on the connection without blocking the async runtime.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&c)
+        })
+        .await
+        .unwrap_or(Err(StoreError::WriterGone))
+    }
+}
+
 /// Opens (creating and migrating if needed) the database for writing.
 pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
