@@ -119,7 +119,7 @@ async fn send(ingest: &mut Ingest<'_>, writer: &Sender<Vec<Op>>) -> bool {
 const READY_CHUNK: usize = 1024;
 
 /// Follows one container until it stops (read to the end) or trainwatch shuts down.
-pub async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) {
+async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) {
     let container: Arc<str> = Arc::from(info.name.as_str());
     let origin: Arc<str> = Arc::from(info.id.as_str());
     // The stored state (a read of the store) can fail for a while (no file descriptors left,
