@@ -210,6 +210,22 @@ impl Lab {
         name
     }
 
+    /// Starts a container that prints `entries` (text, whether on stderr) in order, each on its
+    /// stream, `pause_us` apart: a capture played back as the process wrote it. Returns its name.
+    fn play(&mut self, suffix: &str, entries: &[(String, bool)], pause_us: u32) -> String {
+        let dir = self.db.dir.path().join(format!("play-{suffix}"));
+        std::fs::create_dir(&dir).unwrap();
+        for (n, (text, err)) in entries.iter().enumerate() {
+            let ext = if *err { "err" } else { "out" };
+            std::fs::write(dir.join(format!("{n:05}.{ext}")), text).unwrap();
+        }
+        let mount = format!("{}:/play:ro", dir.display());
+        let script = format!(
+            "for f in /play/*; do case $f in *.err) /busybox cat $f >&2;; *) /busybox cat $f;; esac; /busybox usleep {pause_us}; done"
+        );
+        self.run_with(suffix, false, &[], &["-v", &mount], &script)
+    }
+
     /// The docker CLI, talking to this lab's daemon.
     fn docker(&self) -> Command {
         let mut c = Command::new("docker");
@@ -253,6 +269,21 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A json-file capture's entries: (text, whether on stderr).
+fn capture_entries(rel: &str) -> Vec<(String, bool)> {
+    std::fs::read_to_string(fixture(rel))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                v["log"].as_str().unwrap().to_string(),
+                v["stream"] == "stderr",
+            )
+        })
+        .collect()
 }
 
 impl Drop for Lab {
@@ -630,33 +661,10 @@ fn real_trainings_printed_by_containers_give_the_epochs_of_results_csv() {
     ];
     let mut containers = Vec::new();
     for (i, (dir, _, _)) in cases.iter().enumerate() {
-        let play = lab.db.dir.path().join(format!("play{i}"));
-        std::fs::create_dir(&play).unwrap();
-        let capture = std::fs::read_to_string(fixture(&format!("{dir}/normal-json.log"))).unwrap();
-        let mut n = 0;
-        for line in capture.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let ext = if v["stream"] == "stderr" {
-                "err"
-            } else {
-                "out"
-            };
-            n += 1;
-            std::fs::write(
-                play.join(format!("{n:05}.{ext}")),
-                v["log"].as_str().unwrap(),
-            )
-            .unwrap();
-        }
+        let entries = capture_entries(&format!("{dir}/normal-json.log"));
+        let n = entries.len();
         assert!(n > 50, "{dir}: {n} entries");
-        let mount = format!("{}:/play:ro", play.display());
-        containers.push(lab.run_with(
-            &format!("train{i}"),
-            false,
-            &[],
-            &["-v", &mount],
-            "for f in /play/*; do case $f in *.err) /busybox cat $f >&2;; *) /busybox cat $f;; esac; /busybox usleep 50000; done",
-        ));
+        containers.push(lab.play(&format!("train{i}"), &entries, 50_000));
     }
     for c in &containers {
         lab.wait_exit(c);
@@ -1384,29 +1392,10 @@ fn watch_exports_a_live_training_to_a_real_mlflow_server() {
         &format!("[mlflow]\ntracking_uri = \"{url}\"\nexperiment = \"live\"\ninterval = \"1s\"\n"),
     );
     lab.start_watch(&[]);
-    let play = lab.db.dir.path().join("play");
-    std::fs::create_dir(&play).unwrap();
-    let capture = std::fs::read_to_string(fixture("ultralytics-8.3/normal-json.log")).unwrap();
-    for (n, line) in capture.lines().enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let ext = if v["stream"] == "stderr" {
-            "err"
-        } else {
-            "out"
-        };
-        std::fs::write(
-            play.join(format!("{n:05}.{ext}")),
-            v["log"].as_str().unwrap(),
-        )
-        .unwrap();
-    }
-    let mount = format!("{}:/play:ro", play.display());
-    let c = lab.run_with(
+    let c = lab.play(
         "train",
-        false,
-        &[],
-        &["-v", &mount],
-        "for f in /play/*; do case $f in *.err) /busybox cat $f >&2;; *) /busybox cat $f;; esac; /busybox usleep 100000; done",
+        &capture_entries("ultralytics-8.3/normal-json.log"),
+        100_000,
     );
     // While it trains: RUNNING, with some epochs and not all.
     let seen_running = rt.block_on(async {
@@ -1486,19 +1475,7 @@ fn live_follow_and_replay_of_the_same_log_store_the_same_rows_and_skips() {
     lab.start_watch(&[]);
     // A real training (bars with \r, ANSI, both streams), then service JSON good and bad and a
     // traceback.
-    let play = lab.db.dir.path().join("play");
-    std::fs::create_dir(&play).unwrap();
-    let capture = std::fs::read_to_string(fixture("ultralytics-8.3/normal-json.log")).unwrap();
-    let mut n = 0;
-    let mut put = |text: &str, err: bool| {
-        n += 1;
-        let ext = if err { "err" } else { "out" };
-        std::fs::write(play.join(format!("{n:05}.{ext}")), text).unwrap();
-    };
-    for line in capture.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        put(v["log"].as_str().unwrap(), v["stream"] == "stderr");
-    }
+    let mut entries = capture_entries("ultralytics-8.3/normal-json.log");
     let extra = [
         "{\"timestamp\":\"2026-03-28T14:30:00Z\",\"level\":\"INFO\",\"service\":\"training\",\"message\":\"Epoch 45/120 completed\",\"context\":{\"epoch\":45,\"loss\":0.0234,\"mAP50\":0.891}}\n",
         "{\"level\":\"INFO\",\"message\":\"cut short\n",
@@ -1506,17 +1483,8 @@ fn live_follow_and_replay_of_the_same_log_store_the_same_rows_and_skips() {
         "{\"message\":\"again cut\n",
         "Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n    main()\nRuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n",
     ];
-    for e in extra {
-        put(e, true);
-    }
-    let mount = format!("{}:/play:ro", play.display());
-    let c = lab.run_with(
-        "train",
-        false,
-        &[],
-        &["-v", &mount],
-        "for f in /play/*; do case $f in *.err) /busybox cat $f >&2;; *) /busybox cat $f;; esac; /busybox usleep 20000; done",
-    );
+    entries.extend(extra.map(|e| (e.to_string(), true)));
+    let c = lab.play("train", &entries, 20_000);
     lab.wait_exit(&c);
     lab.wait_for(
         "SELECT count(*) FROM events WHERE message LIKE 'RuntimeError: CUDA out of memory%'",
