@@ -34,7 +34,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::Method;
-use rusqlite::Connection;
 use rusqlite::types::Value as Cell;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -224,13 +223,6 @@ impl Exporter {
         &self.target
     }
 
-    async fn db<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, crate::error::StoreError> + Send + 'static,
-    ) -> Result<T, crate::error::StoreError> {
-        self.conn.call(f).await
-    }
-
     async fn call(
         &self,
         method: Method,
@@ -340,7 +332,7 @@ impl Exporter {
     pub async fn pass(&self, s: &mut Summary) -> Result<(), MlflowError> {
         let experiment = self.experiment(s).await?;
         let target = self.target.clone();
-        let due = self.db(move |c| store::due_runs(c, &target)).await?;
+        let due = self.conn.call(move |c| store::due_runs(c, &target)).await?;
         for run_id in due {
             if let Err(e) = self.export_run(run_id, &experiment, s).await {
                 if e.transient() {
@@ -353,7 +345,8 @@ impl Exporter {
                 );
                 let (target, msg) = (self.target.clone(), e.to_string());
                 s.refused.push((run_id, msg.clone()));
-                self.db(move |c| store::mark_error(c, &target, run_id, &msg))
+                self.conn
+                    .call(move |c| store::mark_error(c, &target, run_id, &msg))
                     .await?;
             }
         }
@@ -368,12 +361,13 @@ impl Exporter {
     ) -> Result<(), MlflowError> {
         // A run deleted on the server is created again, once per pass.
         for attempt in 0..2 {
-            let Some(run) = self.db(move |c| store::run(c, run_id)).await? else {
+            let Some(run) = self.conn.call(move |c| store::run(c, run_id)).await? else {
                 return Ok(()); // pruned meanwhile
             };
             let target = self.target.clone();
             let mut exported = self
-                .db(move |c| store::exported(c, &target, run_id))
+                .conn
+                .call(move |c| store::exported(c, &target, run_id))
                 .await?;
             // A mapping into another experiment (deleted and made again under the same name)
             // is of no use.
@@ -395,7 +389,8 @@ impl Exporter {
                         id.clone(),
                         name.clone(),
                     );
-                    self.db(move |c| store::map_run(c, &target, run_id, &eid, &id2, &n))
+                    self.conn
+                        .call(move |c| store::map_run(c, &target, run_id, &eid, &id2, &n))
                         .await?;
                     Exported {
                         experiment_id: experiment_id.to_string(),
@@ -421,7 +416,9 @@ impl Exporter {
 
     async fn forget(&self, run_id: i64) -> Result<(), StoreError> {
         let target = self.target.clone();
-        self.db(move |c| store::forget(c, &target, run_id)).await
+        self.conn
+            .call(move |c| store::forget(c, &target, run_id))
+            .await
     }
 
     /// The MLflow run of `run`: the one tagged with its key (created by an earlier pass whose
@@ -513,14 +510,16 @@ impl Exporter {
                 s.params += chunk.len() as u64;
             }
             let target = self.target.clone();
-            self.db(move |c| store::mark_params(c, &target, run_id))
+            self.conn
+                .call(move |c| store::mark_params(c, &target, run_id))
                 .await?;
         }
 
         // The epochs the server lacks, in batches within MLflow's limit.
         let target = self.target.clone();
         let (csv, sent) = self
-            .db(move |c| {
+            .conn
+            .call(move |c| {
                 let rows = super::results::epochs(c, run_id)?;
                 let csv = super::results::results_csv(c, run_id, rows)?;
                 Ok((csv, store::epoch_digests(c, &target, run_id)?))
@@ -581,10 +580,11 @@ impl Exporter {
             s.runs_updated += 1;
             let (target, status, name) =
                 (self.target.clone(), run.status.clone(), name.to_string());
-            self.db(move |c| {
-                store::mark_status(c, &target, run_id, &status, ended.as_deref(), &name)
-            })
-            .await?;
+            self.conn
+                .call(move |c| {
+                    store::mark_status(c, &target, run_id, &status, ended.as_deref(), &name)
+                })
+                .await?;
         }
         Ok(())
     }
@@ -614,7 +614,8 @@ impl Exporter {
             MlflowPointsExported(n).emit();
         }
         let (target, m) = (self.target.clone(), std::mem::take(marks));
-        self.db(move |c| store::mark_epochs(c, &target, run_id, &m))
+        self.conn
+            .call(move |c| store::mark_epochs(c, &target, run_id, &m))
             .await?;
         Ok(())
     }
@@ -622,13 +623,15 @@ impl Exporter {
     /// Clears the recorded refusals, so those runs are sent again. Returns how many.
     pub async fn retry_refused(&self) -> Result<usize, StoreError> {
         let target = self.target.clone();
-        self.db(move |c| store::clear_errors(c, &target)).await
+        self.conn
+            .call(move |c| store::clear_errors(c, &target))
+            .await
     }
 
     /// The refusals recorded for this target: (run_id, why).
     pub async fn refused(&self) -> Result<Vec<(i64, String)>, StoreError> {
         let target = self.target.clone();
-        self.db(move |c| store::errors(c, &target)).await
+        self.conn.call(move |c| store::errors(c, &target)).await
     }
 
     /// `watch`'s task: a pass every `interval`, retried with backoff after a failure, until

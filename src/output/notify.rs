@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -320,13 +319,6 @@ impl Notifier {
         4 * self.cfg.alertmanager_resend.0.max(1_000_000_000)
     }
 
-    async fn db<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, crate::error::StoreError> + Send + 'static,
-    ) -> Result<T, crate::error::StoreError> {
-        self.conn.call(f).await
-    }
-
     async fn post(&self, r: &ReceiverConfig, body: &Value) -> Result<(), Failure> {
         let req = self
             .client
@@ -393,7 +385,8 @@ impl Notifier {
         let evidence = match p.alert.labels.get("container").and_then(|c| c.as_str()) {
             Some(c) if p.id > 0 => {
                 let (c, until) = (c.to_string(), p.alert.started_at.clone());
-                self.db(move |conn| crate::store::queries::evidence(conn, &c, &until, 8))
+                self.conn
+                    .call(move |conn| crate::store::queries::evidence(conn, &c, &until, 8))
                     .await
                     .unwrap_or_default()
             }
@@ -417,7 +410,11 @@ impl Notifier {
         let names = self.cfg.receiver_names();
         loop {
             let n2 = names.clone();
-            let heads = match self.db(move |c| store_alerts::outbox_heads(c, &n2)).await {
+            let heads = match self
+                .conn
+                .call(move |c| store_alerts::outbox_heads(c, &n2))
+                .await
+            {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot read the notification outbox.");
@@ -444,7 +441,8 @@ impl Notifier {
                         .emit();
                         let p2 = p.clone();
                         if let Err(e) = self
-                            .db(move |c| store_alerts::mark_delivered(c, &p2, now_ns()))
+                            .conn
+                            .call(move |c| store_alerts::mark_delivered(c, &p2, now_ns()))
                             .await
                         {
                             tracing::warn!(error = %e, "Cannot record a delivered notification.");
@@ -463,10 +461,12 @@ impl Notifier {
                         let p2 = p.clone();
                         let msg = f.message.clone();
                         let res = if f.permanent {
-                            self.db(move |c| store_alerts::mark_abandoned(c, &p2, &msg, now_ns()))
+                            self.conn
+                                .call(move |c| store_alerts::mark_abandoned(c, &p2, &msg, now_ns()))
                                 .await
                         } else {
-                            self.db(move |c| store_alerts::mark_failed(c, &p2, &msg, retry_at))
+                            self.conn
+                                .call(move |c| store_alerts::mark_failed(c, &p2, &msg, retry_at))
                                 .await
                         };
                         if let Err(e) = res {
@@ -493,7 +493,7 @@ impl Notifier {
         if ams.is_empty() {
             return;
         }
-        let firing = match self.db(store_alerts::firing).await {
+        let firing = match self.conn.call(store_alerts::firing).await {
             Ok(f) => f,
             Err(_) => return,
         };
