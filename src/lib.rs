@@ -12,7 +12,9 @@
 //!  probes (GPU, disk, offset), Docker events and stats ─────────────────────────────>  keys
 //! ```
 //! `replay` (archived files) and `watch` (the Docker source) hand their lines to one ingest
-//! driver ([`pipeline::ingest`]); every stage after the source is shared.
+//! driver ([`pipeline::ingest`]); every stage after the source is shared. The store's writer
+//! thread is the only writer: the outputs read, and hand what their receivers acknowledged
+//! back to it ([`store::outbox`]).
 //!
 //! # Layout
 //! - [`source`]: live Docker follow, files, json-file reader with partial merge, plain text,

@@ -221,12 +221,22 @@ async fn notify_until(
     done: impl FnMut() -> bool,
 ) {
     let stop = CancellationToken::new();
-    let notifier = Notifier::new(notify_cfg(kind, url), db.path.clone(), health).unwrap();
+    let writer = WriterHandle::spawn(db.path.clone()).unwrap();
+    let notifier = Notifier::new(
+        notify_cfg(kind, url),
+        db.path.clone(),
+        writer.sender().unwrap(),
+        health,
+    )
+    .unwrap();
     let task = tokio::spawn(notifier.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
     wait_for(what, 40, done).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     task.await.unwrap();
+    tokio::task::spawn_blocking(|| writer.finish().unwrap())
+        .await
+        .unwrap();
 }
 
 /// Feeds a fire and a resolve of `GpuTemperatureHigh` through a live writer.
@@ -430,6 +440,7 @@ async fn a_real_alertmanager_receives_the_alert_and_its_resolution() {
     let notifier = Notifier::new(
         notify_cfg(ReceiverKind::Alertmanager, &am.url),
         db.path.clone(),
+        writer.sender().unwrap(),
         Default::default(),
     )
     .unwrap();
@@ -513,6 +524,7 @@ async fn a_locked_database_is_reported_out_of_band_then_resolved_through_the_out
     let notifier = Notifier::new(
         notify_cfg(ReceiverKind::Webhook, &rx.url),
         db.path.clone(),
+        writer.sender().unwrap(),
         health.clone(),
     )
     .unwrap();

@@ -100,7 +100,14 @@ fn smtp(url: &str, tls: Option<SmtpTls>) -> NotifyConfig {
 /// Runs a notifier until `done`, a second more (for a duplicate to show), then stops it.
 async fn notify_until(db: &Db, cfg: NotifyConfig, what: &str, mut done: impl FnMut() -> bool) {
     let stop = CancellationToken::new();
-    let notifier = Notifier::new(cfg, db.path.clone(), Default::default()).unwrap();
+    let writer = trainwatch::store::WriterHandle::spawn(db.path.clone()).unwrap();
+    let notifier = Notifier::new(
+        cfg,
+        db.path.clone(),
+        writer.sender().unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     let task = tokio::spawn(notifier.run(Arc::new(tokio::sync::Notify::new()), stop.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     while !done() {
@@ -114,6 +121,9 @@ async fn notify_until(db: &Db, cfg: NotifyConfig, what: &str, mut done: impl FnM
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
     task.await.unwrap();
+    tokio::task::spawn_blocking(|| writer.finish().unwrap())
+        .await
+        .unwrap();
 }
 
 fn field<'a>(mail: &'a Value, name: &str) -> &'a str {

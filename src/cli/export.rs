@@ -69,13 +69,21 @@ pub fn run(args: ExportArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     drop(super::open_ro(db)?);
     let uri = cfg.tracking_uri.clone().unwrap_or_default();
     let experiment = cfg.experiment.clone();
-    let exporter = Exporter::new(cfg, db.to_path_buf())
+    // The export's progress is recorded by a writer of its own (beside a running `watch`'s,
+    // as any second process writes: waiting on the lock).
+    let writer = trainwatch::store::WriterHandle::spawn(db.to_path_buf())
         .with_context(|| format!("opening {} for the export", db.display()))?;
+    let exporter = Exporter::new(
+        cfg,
+        db.to_path_buf(),
+        writer.sender().context("store writer")?,
+    )
+    .with_context(|| format!("opening {} for the export", db.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (summary, refused) = rt.block_on(async {
+    let result = rt.block_on(async {
         if args.retry_failed {
             let n = exporter.retry_refused().await?;
             if n > 0 {
@@ -112,7 +120,12 @@ pub fn run(args: ExportArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
         }
         let refused = exporter.refused().await?;
         anyhow::Ok((s, refused))
-    })?;
+    });
+    drop(exporter);
+    writer
+        .finish()
+        .with_context(|| format!("recording the export in {}", db.display()))?;
+    let (summary, refused) = result?;
     let stdout = std::io::stdout();
     let mut o = stdout.lock();
     writeln!(

@@ -51,11 +51,17 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         },
     )
     .with_context(|| format!("opening {}", db.display()))?;
-    let notifier = Notifier::new(cfg.notify.clone(), db.to_path_buf(), store_health.clone())
-        .with_context(|| format!("opening {} for alert delivery", db.display()))?;
+    let sender = writer.sender().context("store writer")?;
+    let notifier = Notifier::new(
+        cfg.notify.clone(),
+        db.to_path_buf(),
+        sender.clone(),
+        store_health.clone(),
+    )
+    .with_context(|| format!("opening {} for alert delivery", db.display()))?;
     let exporter = if cfg.mlflow.enabled() {
         Some(
-            Exporter::new(cfg.mlflow_settings(), db.to_path_buf())
+            Exporter::new(cfg.mlflow_settings(), db.to_path_buf(), sender.clone())
                 .with_context(|| format!("opening {} for the MLflow export", db.display()))?,
         )
     } else {
@@ -68,7 +74,6 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         .build()
         .context("starting the async runtime")?;
     let shutdown = CancellationToken::new();
-    let sender = writer.sender().context("store writer")?;
     let dcfg = Arc::new(cfg.docker.clone());
     tracing::info!(
         db = %db.display(),

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{MlflowError, OutputError, StoreError};
 use crate::store::mlflow::{self as store, ExportRun, Exported};
+use crate::store::{OutboxChange, WriterSender};
 use crate::telemetry::events::{InternalEvent, MlflowPointsExported, MlflowRequestFailed};
 use crate::time::{Age, parse_rfc3339};
 
@@ -189,13 +190,16 @@ pub struct Exporter {
     target: String,
     host: String,
     client: reqwest::Client,
+    /// Reads what is stored and what the server has acknowledged.
     conn: crate::store::AsyncConn,
+    /// Records what the server acknowledged.
+    writer: WriterSender,
     experiment_id: Mutex<Option<String>>,
 }
 
 impl Exporter {
-    pub fn new(cfg: MlflowConfig, db: PathBuf) -> Result<Self, OutputError> {
-        let conn = crate::store::open_rw(&db)?;
+    pub fn new(cfg: MlflowConfig, db: PathBuf, writer: WriterSender) -> Result<Self, OutputError> {
+        let conn = crate::store::AsyncConn::open_ro(&db)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("trainwatch/", env!("CARGO_PKG_VERSION")))
@@ -214,7 +218,8 @@ impl Exporter {
             cfg,
             api,
             client,
-            conn: crate::store::AsyncConn::new(conn),
+            conn,
+            writer,
             experiment_id: Mutex::new(None),
         })
     }
@@ -343,10 +348,14 @@ impl Exporter {
                     error = %e,
                     "The MLflow tracking server refused a run; it is not sent again until `trainwatch export mlflow --retry-failed`."
                 );
-                let (target, msg) = (self.target.clone(), e.to_string());
-                s.refused.push((run_id, msg.clone()));
-                self.conn
-                    .call(move |c| store::mark_error(c, &target, run_id, &msg))
+                let error = e.to_string();
+                s.refused.push((run_id, error.clone()));
+                self.writer
+                    .record(OutboxChange::MlflowRefused {
+                        target: self.target.clone(),
+                        run_id,
+                        error,
+                    })
                     .await?;
             }
         }
@@ -383,14 +392,14 @@ impl Exporter {
                 Some(e) => e,
                 None => {
                     let id = self.find_or_create(&run, experiment_id, &name, s).await?;
-                    let (target, eid, id2, n) = (
-                        self.target.clone(),
-                        experiment_id.to_string(),
-                        id.clone(),
-                        name.clone(),
-                    );
-                    self.conn
-                        .call(move |c| store::map_run(c, &target, run_id, &eid, &id2, &n))
+                    self.writer
+                        .record(OutboxChange::MlflowRun {
+                            target: self.target.clone(),
+                            run_id,
+                            experiment_id: experiment_id.to_string(),
+                            mlflow_run_id: id.clone(),
+                            name: name.clone(),
+                        })
                         .await?;
                     Exported {
                         experiment_id: experiment_id.to_string(),
@@ -415,10 +424,13 @@ impl Exporter {
     }
 
     async fn forget(&self, run_id: i64) -> Result<(), StoreError> {
-        let target = self.target.clone();
-        self.conn
-            .call(move |c| store::forget(c, &target, run_id))
+        self.writer
+            .record(OutboxChange::MlflowForget {
+                target: self.target.clone(),
+                run_id,
+            })
             .await
+            .map(drop)
     }
 
     /// The MLflow run of `run`: the one tagged with its key (created by an earlier pass whose
@@ -509,9 +521,11 @@ impl Exporter {
                 .await?;
                 s.params += chunk.len() as u64;
             }
-            let target = self.target.clone();
-            self.conn
-                .call(move |c| store::mark_params(c, &target, run_id))
+            self.writer
+                .record(OutboxChange::MlflowParams {
+                    target: self.target.clone(),
+                    run_id,
+                })
                 .await?;
         }
 
@@ -578,11 +592,13 @@ impl Exporter {
             }
             self.post("runs/update", update, s).await?;
             s.runs_updated += 1;
-            let (target, status, name) =
-                (self.target.clone(), run.status.clone(), name.to_string());
-            self.conn
-                .call(move |c| {
-                    store::mark_status(c, &target, run_id, &status, ended.as_deref(), &name)
+            self.writer
+                .record(OutboxChange::MlflowStatus {
+                    target: self.target.clone(),
+                    run_id,
+                    status: run.status.clone(),
+                    ended_at: ended,
+                    name: name.to_string(),
                 })
                 .await?;
         }
@@ -613,18 +629,22 @@ impl Exporter {
             s.points += n;
             MlflowPointsExported(n).emit();
         }
-        let (target, m) = (self.target.clone(), std::mem::take(marks));
-        self.conn
-            .call(move |c| store::mark_epochs(c, &target, run_id, &m))
+        self.writer
+            .record(OutboxChange::MlflowEpochs {
+                target: self.target.clone(),
+                run_id,
+                epochs: std::mem::take(marks),
+            })
             .await?;
         Ok(())
     }
 
     /// Clears the recorded refusals, so those runs are sent again. Returns how many.
     pub async fn retry_refused(&self) -> Result<usize, StoreError> {
-        let target = self.target.clone();
-        self.conn
-            .call(move |c| store::clear_errors(c, &target))
+        self.writer
+            .record(OutboxChange::MlflowClearRefused {
+                target: self.target.clone(),
+            })
             .await
     }
 

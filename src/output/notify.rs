@@ -24,7 +24,9 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::StoreError;
 use crate::store::alerts::{self as store_alerts, AlertRow, Pending};
+use crate::store::{OutboxChange, WriterSender};
 use crate::telemetry::events::{InternalEvent, NotificationDelivered, NotificationFailed};
 use crate::time::{Age, format_ns, now_ns};
 
@@ -270,7 +272,14 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300))
 }
 
-/// The delivery task.
+/// How long a delivery record may take the writer before the notifier stops waiting.
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// How soon the queue is looked at again while a delivery record is in flight (ns).
+const UNSETTLED_RETRY: i64 = 1_000_000_000;
+
+/// The delivery task: reads the outbox on a read-only connection, has the writer record
+/// what receivers acknowledged.
 pub struct Notifier {
     cfg: NotifyConfig,
     /// The `smtp` receivers' transports, by receiver name.
@@ -278,6 +287,9 @@ pub struct Notifier {
     health: crate::store::StoreHealth,
     client: reqwest::Client,
     conn: crate::store::AsyncConn,
+    writer: WriterSender,
+    /// A delivery record the writer had not committed in time.
+    unsettled: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<usize, StoreError>>>>,
     instance: String,
 }
 
@@ -285,9 +297,10 @@ impl Notifier {
     pub fn new(
         cfg: NotifyConfig,
         db: PathBuf,
+        writer: WriterSender,
         health: crate::store::StoreHealth,
     ) -> Result<Self, crate::error::OutputError> {
-        let conn = crate::store::open_rw(&db)?;
+        let conn = crate::store::AsyncConn::open_ro(&db)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("trainwatch/", env!("CARGO_PKG_VERSION")))
@@ -308,7 +321,9 @@ impl Notifier {
             cfg,
             health,
             client,
-            conn: crate::store::AsyncConn::new(conn),
+            conn,
+            writer,
+            unsettled: Default::default(),
             instance,
         })
     }
@@ -405,10 +420,45 @@ impl Notifier {
             .map_err(|(message, permanent)| Failure { message, permanent })
     }
 
+    /// Has the writer record a delivery. Returns false if it is not committed within
+    /// [`RECORD_WAIT`] (the store may be failing, and `StoreNotWritable` must still go out):
+    /// it stays in flight, and nothing is read from the queue until it is settled, since the
+    /// queue would still show that notification as due.
+    async fn record(&self, change: OutboxChange) -> bool {
+        let writer = self.writer.clone();
+        let mut task = tokio::spawn(async move { writer.record(change).await });
+        match tokio::time::timeout(RECORD_WAIT, &mut task).await {
+            Ok(Ok(Ok(_))) => true,
+            Ok(Ok(Err(e))) => {
+                // Not recorded: the notification is sent again (at least once).
+                tracing::warn!(error = %e, "Cannot record a notification's delivery.");
+                true
+            }
+            Ok(Err(_)) => true,
+            Err(_) => {
+                *self.unsettled.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+                false
+            }
+        }
+    }
+
+    /// Whether a record the writer had not committed in time still waits.
+    fn unsettled(&self) -> bool {
+        let mut u = self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+        if u.as_ref().is_some_and(|t| !t.is_finished()) {
+            return true;
+        }
+        *u = None;
+        false
+    }
+
     /// Sends every due notification; returns when the next one is due (if any is waiting).
     async fn drain(&self) -> Option<i64> {
         let names = self.cfg.receiver_names();
         loop {
+            if self.unsettled() {
+                return Some(now_ns() + UNSETTLED_RETRY);
+            }
             let n2 = names.clone();
             let heads = match self
                 .conn
@@ -439,13 +489,13 @@ impl Notifier {
                             event: &p.event,
                         }
                         .emit();
-                        let p2 = p.clone();
-                        if let Err(e) = self
-                            .conn
-                            .call(move |c| store_alerts::mark_delivered(c, &p2, now_ns()))
-                            .await
-                        {
-                            tracing::warn!(error = %e, "Cannot record a delivered notification.");
+                        let change = OutboxChange::Delivered {
+                            id: p.id,
+                            alert_id: p.alert.id,
+                            at: now_ns(),
+                        };
+                        if !self.record(change).await {
+                            return Some(now_ns() + UNSETTLED_RETRY);
                         }
                     }
                     Err(f) => {
@@ -458,19 +508,21 @@ impl Notifier {
                             permanent: f.permanent,
                         }
                         .emit();
-                        let p2 = p.clone();
-                        let msg = f.message.clone();
-                        let res = if f.permanent {
-                            self.conn
-                                .call(move |c| store_alerts::mark_abandoned(c, &p2, &msg, now_ns()))
-                                .await
+                        let change = if f.permanent {
+                            OutboxChange::Abandoned {
+                                id: p.id,
+                                error: f.message,
+                                at: now_ns(),
+                            }
                         } else {
-                            self.conn
-                                .call(move |c| store_alerts::mark_failed(c, &p2, &msg, retry_at))
-                                .await
+                            OutboxChange::Failed {
+                                id: p.id,
+                                error: f.message,
+                                retry_at,
+                            }
                         };
-                        if let Err(e) = res {
-                            tracing::warn!(error = %e, "Cannot record a failed notification.");
+                        if !self.record(change).await {
+                            return Some(now_ns() + UNSETTLED_RETRY);
                         }
                     }
                 }

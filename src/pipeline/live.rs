@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::WriterSender;
 use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::mpsc::Sender;
 
 use crate::derive::alerts::Signal;
 use crate::derive::{ContainerState, Op};
@@ -33,7 +33,7 @@ use super::ingest::Ingest;
 #[derive(Clone)]
 pub struct Live {
     pub parser: Arc<Parser>,
-    pub writer: Sender<Vec<Op>>,
+    pub writer: WriterSender,
     pub db: std::path::PathBuf,
 }
 
@@ -52,10 +52,7 @@ pub async fn run(shared: Shared, live: Live) {
 
 /// The sources' notices (probes, Docker stats, discovery) to the store writer as operations,
 /// in the order they come, until every source has stopped.
-pub async fn forward(
-    mut notices: tokio::sync::mpsc::Receiver<Vec<Notice>>,
-    writer: Sender<Vec<Op>>,
-) {
+pub async fn forward(mut notices: tokio::sync::mpsc::Receiver<Vec<Notice>>, writer: WriterSender) {
     while let Some(batch) = notices.recv().await {
         let ops: Vec<Op> = batch.into_iter().map(Op::from).collect();
         if writer.send(ops).await.is_err() {
@@ -108,7 +105,7 @@ fn take_message(
 
 /// Sends what is ready (with the cursor); the held samples of past seconds too. Returns
 /// false when the writer is gone.
-async fn send(ingest: &mut Ingest<'_>, writer: &Sender<Vec<Op>>) -> bool {
+async fn send(ingest: &mut Ingest<'_>, writer: &WriterSender) -> bool {
     match ingest.batch(true, false, Vec::with_capacity(256)) {
         Some(batch) => writer.send(batch).await.is_ok(),
         None => true,

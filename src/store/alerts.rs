@@ -400,16 +400,21 @@ pub fn outbox_heads(conn: &Connection, receivers: &[String]) -> Result<Vec<Pendi
 }
 
 /// Marks a notification delivered and the alert notified.
-pub fn mark_delivered(conn: &Connection, p: &Pending, now: i64) -> Result<(), StoreError> {
+pub fn mark_delivered(
+    conn: &Connection,
+    id: i64,
+    alert_id: i64,
+    now: i64,
+) -> Result<(), StoreError> {
     let at = format_ns(now);
     conn.execute(
         "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-        params![p.id, at],
+        params![id, at],
     )
     .map_err(StoreError::sql("mark notification delivered"))?;
     conn.execute(
         "UPDATE alert_log SET last_notified_at = ?2 WHERE id = ?1",
-        params![p.alert.id, at],
+        params![alert_id, at],
     )
     .map_err(StoreError::sql("mark alert notified"))?;
     Ok(())
@@ -418,28 +423,23 @@ pub fn mark_delivered(conn: &Connection, p: &Pending, now: i64) -> Result<(), St
 /// Records a failed attempt and when to try again.
 pub fn mark_failed(
     conn: &Connection,
-    p: &Pending,
+    id: i64,
     error: &str,
     retry_at: i64,
 ) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3 WHERE id = ?1",
-        params![p.id, error, format_ns(retry_at)],
+        params![id, error, format_ns(retry_at)],
     )
     .map_err(StoreError::sql("record failed delivery"))?;
     Ok(())
 }
 
 /// Gives up on a notification the receiver refuses for good.
-pub fn mark_abandoned(
-    conn: &Connection,
-    p: &Pending,
-    error: &str,
-    now: i64,
-) -> Result<(), StoreError> {
+pub fn mark_abandoned(conn: &Connection, id: i64, error: &str, now: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, abandoned_at = ?3 WHERE id = ?1",
-        params![p.id, error, format_ns(now)],
+        params![id, error, format_ns(now)],
     )
     .map_err(StoreError::sql("record abandoned notification"))?;
     Ok(())

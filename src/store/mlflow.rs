@@ -3,10 +3,9 @@
 //! target (tracking URI and experiment). The exporter ([`crate::output::mlflow`]) compares it
 //! with `runs` and `epochs` and sends only the difference.
 //!
-//! The exporter writes these two tables, and only these, on its own connection: they are its
-//! outbox, written after the server acknowledged (the notifier's outbox is kept alike). Its
-//! writes are single small statements, so the `busy_timeout` every connection has covers the
-//! ingest writer's transactions.
+//! These two tables are the exporter's outbox: it reads them here, on its read-only
+//! connection, and has the writer record what the server acknowledged
+//! ([`super::outbox::OutboxChange`]), as the notifier does with its outbox.
 
 use std::collections::HashMap;
 
@@ -262,28 +261,22 @@ pub fn epoch_digests(
         .map_err(StoreError::sql("read exported epochs"))
 }
 
-/// Records acknowledged epochs (epoch, digest) of a run, in one transaction.
+/// Records acknowledged epochs (epoch, digest) of a run (the caller holds the transaction).
 pub fn mark_epochs(
     conn: &Connection,
     target: &str,
     run_id: i64,
     epochs: &[(i64, i64)],
 ) -> Result<(), StoreError> {
-    let tx = conn
-        .unchecked_transaction()
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO mlflow_epochs (target, run_id, epoch, digest) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (target, run_id, epoch) DO UPDATE SET digest = excluded.digest",
+        )
         .map_err(StoreError::sql("record exported epochs"))?;
-    {
-        let mut stmt = tx
-            .prepare_cached(
-                "INSERT INTO mlflow_epochs (target, run_id, epoch, digest) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (target, run_id, epoch) DO UPDATE SET digest = excluded.digest",
-            )
+    for (epoch, digest) in epochs {
+        stmt.execute(params![target, run_id, epoch, digest])
             .map_err(StoreError::sql("record exported epochs"))?;
-        for (epoch, digest) in epochs {
-            stmt.execute(params![target, run_id, epoch, digest])
-                .map_err(StoreError::sql("record exported epochs"))?;
-        }
     }
-    tx.commit()
-        .map_err(StoreError::sql("record exported epochs"))
+    Ok(())
 }

@@ -1,8 +1,8 @@
 //! The SQLite store. One writer owns the write connection and commits batches of [`Op`]s in
-//! transactions ([`writer`]), retention included; readers (CLI views, status) open their own
-//! read-only connections. The alert notifier and the MLflow exporter record their deliveries
-//! in their own outbox tables on connections of their own (single-row statements, waiting on
-//! `busy_timeout`), as `trainwatch prune` does when run by hand.
+//! transactions ([`writer`]), retention and the outputs' delivery records ([`outbox`])
+//! included; readers (CLI views, status, the notifier's and the MLflow exporter's queues) open
+//! their own read-only connections. Only the commands run by hand (`trainwatch prune`) write
+//! from another process, waiting on `busy_timeout` like any second writer.
 //! Fed by derivation; read by the outputs.
 //!
 //! Connection settings: WAL so readers never block the writer, `synchronous=NORMAL` (durable at
@@ -13,6 +13,7 @@
 pub mod alerts;
 pub mod migrate;
 pub mod mlflow;
+pub mod outbox;
 pub mod queries;
 pub mod retention;
 pub mod writer;
@@ -25,6 +26,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::derive::Op;
 use crate::error::StoreError;
 
+pub use outbox::OutboxChange;
 pub use writer::{AlertSink, WriteStats, Writer};
 
 /// How long a connection waits on a lock before giving up.
@@ -44,14 +46,19 @@ fn pragmas(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A connection of an async task (the notifier, the MLflow exporter): each use runs on the
-/// blocking pool, one at a time.
+/// A read-only connection of an async task (the notifier, the MLflow exporter): each use runs
+/// on the blocking pool, one at a time.
 #[derive(Clone)]
 pub struct AsyncConn(std::sync::Arc<std::sync::Mutex<Connection>>);
 
 impl AsyncConn {
     pub fn new(conn: Connection) -> Self {
         AsyncConn(std::sync::Arc::new(std::sync::Mutex::new(conn)))
+    }
+
+    /// Opens `path` read-only ([`open_ro`]).
+    pub fn open_ro(path: &Path) -> Result<Self, StoreError> {
+        open_ro(path).map(Self::new)
     }
 
     /// Runs `f` on the connection without blocking the async runtime.
@@ -170,9 +177,73 @@ fn immutable_uri(path: &Path) -> String {
 /// reused, on the thread that allocated them: freeing on the writer thread made both threads
 /// contend for the allocator (measured with bench/replay.sh).
 pub struct WriterHandle {
-    tx: Option<tokio::sync::mpsc::Sender<Vec<Op>>>,
+    tx: Option<WriterSender>,
     spent: std::sync::Mutex<std::sync::mpsc::Receiver<Vec<Op>>>,
     join: Option<std::thread::JoinHandle<Result<WriteStats, StoreError>>>,
+}
+
+/// An outbox record for the writer, and where its result goes once it is committed.
+type Record = (
+    outbox::OutboxChange,
+    tokio::sync::oneshot::Sender<Result<usize, StoreError>>,
+);
+
+/// Sends work to the writer; cloned by every task that writes. Batches go in order through a
+/// bounded channel: a sender waits while the writer is behind (a slow disk slows the sources).
+/// Outbox records go through a channel of their own, taken before the next batch: they only
+/// mark rows already committed, and a notifier waiting behind a queue of ingest batches would
+/// deliver a burst of alerts several times slower (`cargo bench --bench outbox`).
+#[derive(Clone)]
+pub struct WriterSender {
+    ops: tokio::sync::mpsc::Sender<Vec<Op>>,
+    records: tokio::sync::mpsc::Sender<Record>,
+}
+
+impl WriterSender {
+    /// Sends a batch, waiting while the writer is behind.
+    pub async fn send(&self, batch: Vec<Op>) -> Result<(), StoreError> {
+        self.ops
+            .send(batch)
+            .await
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Sends a batch from synchronous code (not from an async task).
+    pub fn blocking_send(&self, batch: Vec<Op>) -> Result<(), StoreError> {
+        self.ops
+            .blocking_send(batch)
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Has the writer commit `change` before its next batch; returns once it is committed
+    /// (with the rows it concerns, where [`outbox::OutboxChange::apply`] counts them).
+    pub async fn record(&self, change: outbox::OutboxChange) -> Result<usize, StoreError> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.records
+            .send((change, done))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        committed.await.unwrap_or(Err(StoreError::WriterGone))
+    }
+}
+
+/// The writer thread's next piece of work: an outbox record if one waits, else a batch;
+/// `None` once every sender is gone.
+fn next_work(
+    rt: &tokio::runtime::Runtime,
+    ops: &mut tokio::sync::mpsc::Receiver<Vec<Op>>,
+    records: &mut tokio::sync::mpsc::Receiver<Record>,
+) -> Option<Result<Vec<Op>, Record>> {
+    if let Ok(r) = records.try_recv() {
+        return Some(Err(r));
+    }
+    rt.block_on(async {
+        tokio::select! {
+            biased;
+            Some(r) = records.recv() => Some(Err(r)),
+            b = ops.recv() => b.map(Ok),
+        }
+    })
 }
 
 /// A store that cannot be written, as the writer last saw it: shared with the notifier and
@@ -276,11 +347,24 @@ impl WriterHandle {
         let retry = opts.retry;
         let health = opts.health;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Op>>(IN_FLIGHT);
+        let (records_tx, mut records) = tokio::sync::mpsc::channel::<Record>(16);
         let (spent_tx, spent) = std::sync::mpsc::sync_channel::<Vec<Op>>(IN_FLIGHT + 2);
+        // Waits on both channels (no timers, no I/O).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|_| StoreError::WriterGone)?;
         let join = std::thread::Builder::new()
             .name("trainwatch-writer".into())
             .spawn(move || {
-                while let Some(mut batch) = rx.blocking_recv() {
+                while let Some(work) = next_work(&rt, &mut rx, &mut records) {
+                    let mut batch = match work {
+                        Ok(batch) => batch,
+                        Err((change, done)) => {
+                            // The asker may have stopped waiting; the record stands.
+                            let _ = done.send(w.record(&change));
+                            continue;
+                        }
+                    };
                     if let [Op::Prune { events, history }] = batch.as_slice() {
                         retention::log_pruned(w.prune(events, history.as_deref()));
                     } else if retry {
@@ -295,7 +379,10 @@ impl WriterHandle {
             })
             .map_err(|_| StoreError::WriterGone)?;
         Ok(WriterHandle {
-            tx: Some(tx),
+            tx: Some(WriterSender {
+                ops: tx,
+                records: records_tx,
+            }),
             spent: std::sync::Mutex::new(spent),
             join: Some(join),
         })
@@ -305,14 +392,14 @@ impl WriterHandle {
     /// called from an async task (use [`WriterHandle::sender`]).
     pub fn send(&self, batch: Vec<Op>) -> Result<(), StoreError> {
         match &self.tx {
-            Some(tx) => tx.blocking_send(batch).map_err(|_| StoreError::WriterGone),
+            Some(tx) => tx.blocking_send(batch),
             None => Err(StoreError::WriterGone),
         }
     }
 
     /// A sender for async tasks: `send(batch).await` waits while the writer is behind. The
     /// writer finishes once every sender (and this handle) is dropped.
-    pub fn sender(&self) -> Option<tokio::sync::mpsc::Sender<Vec<Op>>> {
+    pub fn sender(&self) -> Option<WriterSender> {
         self.tx.clone()
     }
 
@@ -342,6 +429,7 @@ impl WriterHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn setting(conn: &Connection, name: &str) -> String {
         conn.query_row(&format!("PRAGMA {name}"), [], |r| {
@@ -353,6 +441,88 @@ mod tests {
             other => format!("{other:?}"),
         })
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_record_is_committed_when_the_writer_answers_and_a_refused_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let writer = WriterHandle::spawn(path.clone()).unwrap();
+        let tx = writer.sender().unwrap();
+        open_rw(&path)
+            .unwrap()
+            .execute_batch(
+                "INSERT INTO runs (container, start_stream, start_key_ts, start_seq, started_at, status)
+                 VALUES ('c', 'stdout', 1, 0, '2026-03-28T14:30:00.000000000Z', 'running')",
+            )
+            .unwrap();
+        let ro = open_ro(&path).unwrap();
+        let run = |target: &str| OutboxChange::MlflowRun {
+            target: target.into(),
+            run_id: 1,
+            experiment_id: "7".into(),
+            mlflow_run_id: "abc".into(),
+            name: "train".into(),
+        };
+        assert_eq!(tx.record(run("t1")).await.unwrap(), 0);
+        // Seen by another connection as soon as the record is answered.
+        let mapped: String = ro
+            .query_row(
+                "SELECT mlflow_run_id FROM mlflow_runs WHERE target = 't1' AND run_id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(mapped, "abc");
+        tx.record(OutboxChange::MlflowEpochs {
+            target: "t1".into(),
+            run_id: 1,
+            epochs: vec![(1, 11), (2, 22)],
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            mlflow::epoch_digests(&ro, "t1", 1).unwrap(),
+            HashMap::from([(1, 11), (2, 22)])
+        );
+        // A run that does not exist is refused (foreign key): the error comes back, nothing
+        // of the change stays, and the writer goes on.
+        let err = tx
+            .record(OutboxChange::MlflowEpochs {
+                target: "t1".into(),
+                run_id: 99,
+                epochs: vec![(1, 1)],
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("record exported epochs"), "{err}");
+        tx.record(OutboxChange::MlflowRefused {
+            target: "t2".into(),
+            run_id: 1,
+            error: "bad param".into(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            tx.record(OutboxChange::MlflowClearRefused {
+                target: "t2".into()
+            })
+            .await
+            .unwrap(),
+            1
+        );
+        let rows: i64 = ro
+            .query_row(
+                "SELECT (SELECT count(*) FROM mlflow_runs) * 10 + (SELECT count(*) FROM mlflow_epochs)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 12);
+        drop(tx);
+        tokio::task::spawn_blocking(move || writer.finish().unwrap())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use super::WriterSender;
 use rusqlite::{Connection, params};
-use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
 use crate::derive::Op;
@@ -31,7 +31,7 @@ pub struct PruneReport {
 /// `watch`'s retention: asks the writer to prune a minute after start, then every
 /// `retention.every`, with the config's ages taken back from the time of each prune.
 pub async fn schedule(
-    writer: Sender<Vec<Op>>,
+    writer: WriterSender,
     cfg: crate::config::Config,
     shutdown: CancellationToken,
 ) {

@@ -252,6 +252,18 @@ impl Writer {
         super::retention::prune(&self.conn, events, history, false)
     }
 
+    /// Commits one outbox change in a transaction of its own ([`super::outbox`]).
+    pub fn record(&mut self, change: &super::outbox::OutboxChange) -> Result<usize, StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(StoreError::sql("begin outbox record"))?;
+        let n = change.apply(&tx)?;
+        tx.commit()
+            .map_err(StoreError::sql("commit outbox record"))?;
+        Ok(n)
+    }
+
     /// Applies one batch in one transaction. The batch is left as it was (the caller frees or
     /// reuses it).
     pub fn write(&mut self, batch: &mut [Op]) -> Result<(), StoreError> {
