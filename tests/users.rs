@@ -333,6 +333,23 @@ fn consoles_saved_from_notebooks_ides_and_pastes_keep_every_epoch() {
 }
 
 #[test]
+fn a_windows_console_of_an_old_ultralytics_keeps_its_run_version_and_settings() {
+    // The real 8.0.200 run as a Windows console saves it (fixtures/consoles): the banner
+    // without its emoji, `engine\trainer:` before the settings, CRLF line ends.
+    let db = replay("consoles/windows-8.0.200.txt", "win");
+    let c = ResultsCsv::load(&fixture("ultralytics-older/earlystop-8.0.200.results.csv"));
+    assert_epochs_match(&db, 1, &c);
+    assert_eq!(
+        db.text(
+            "SELECT status || ' ' || epochs_total || ' ' || ultralytics_version || ' ' || model
+                || ' ' || json_extract(params, '$.patience') FROM training_runs"
+        )
+        .as_deref(),
+        Some("early_stopped 40 8.0.200 yolov8n.yaml 3")
+    );
+}
+
+#[test]
 fn rows_cut_at_the_terminal_width_keep_their_losses_in_their_columns() {
     // The 8.3.40 segmentation capture cut at 80 columns: a progress row ends inside its Size
     // column (`box seg cls dfl Instances` and part of Size), its bar gone.

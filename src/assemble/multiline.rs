@@ -257,9 +257,11 @@ fn continues_message(t: &str) -> bool {
         // Progress rows, `N epochs completed`, times.
         return false;
     }
-    const OWN_LINES: [&str; 9] = [
+    if crate::grammar::ultralytics::strip_trainer_prefix(trimmed).is_some() {
+        return false;
+    }
+    const OWN_LINES: [&str; 8] = [
         "Ultralytics ",
-        "engine/trainer:",
         "Exception in thread ",
         "WARNING",
         "ERROR",

@@ -256,6 +256,21 @@ pub fn accuracy_all_row(line: &str) -> Option<(f64, f64)> {
     rest.is_empty().then_some((top1, top5))
 }
 
+/// The text after the trainer's settings prefix: `engine/trainer:`, or as YOLOv8.0 printed it
+/// with the module path, `yolo/engine/trainer:`, and on Windows with backslashes
+/// (`engine\trainer:`, `yolo\engine\trainer:`).
+pub fn strip_trainer_prefix(t: &str) -> Option<&str> {
+    fn sep(s: &str) -> Option<&str> {
+        s.strip_prefix('/').or_else(|| s.strip_prefix('\\'))
+    }
+    let t = t
+        .strip_prefix("yolo")
+        .and_then(sep)
+        .filter(|r| r.starts_with("engine"))
+        .unwrap_or(t);
+    sep(t.strip_prefix("engine")?)?.strip_prefix("trainer:")
+}
+
 /// `engine/trainer: task=detect, mode=train, model=yolo11n.yaml, ..., epochs=3, ..., resume=False, ...`
 /// Returns the settings as (key, value) pairs. Values may contain `, ` only inside brackets,
 /// which Ultralytics prints for lists; those are kept whole.
@@ -264,7 +279,7 @@ pub fn accuracy_all_row(line: &str) -> Option<(f64, f64)> {
 /// (`train: weights=yolov5s.pt, cfg=, data=coco128.yaml, ..., epochs=100, ...`).
 pub fn trainer_settings(line: &str) -> Option<Vec<(String, String)>> {
     let t = line.trim_start();
-    let body = match t.strip_prefix("engine/trainer:") {
+    let body = match strip_trainer_prefix(t) {
         Some(b) => b.trim(),
         None => t
             .strip_prefix("train: ")
@@ -378,13 +393,16 @@ pub fn validating_best(line: &str) -> bool {
 }
 
 /// `Ultralytics 8.3.40 🚀 Python-3.11.7 ...` / `Ultralytics YOLOv8.0.145 🚀 ...`: the version.
+/// On Windows Ultralytics prints no emoji: `Ultralytics YOLOv8.0.149  Python-3.11.4 ...`.
 pub fn banner(line: &str) -> Option<&str> {
     let rest = line.trim().strip_prefix("Ultralytics ")?;
     let (ver, tail) = rest.split_once(' ')?;
-    if !tail.starts_with('🚀') {
+    let tail = tail.trim_start();
+    if !(tail.starts_with('🚀') || tail.starts_with("Python-")) {
         return None;
     }
-    Some(ver.trim_start_matches("YOLOv"))
+    let ver = ver.trim_start_matches("YOLOv");
+    ver.starts_with(|c: char| c.is_ascii_digit()).then_some(ver)
 }
 
 /// Ultralytics' logging prefixes: `WARNING ⚠️ ...` and `ERROR ❌ ...` (bare on Windows).
@@ -615,6 +633,30 @@ mod tests {
             banner("Ultralytics YOLOv8.1.29 🚀 Python-3.10.12"),
             Some("8.1.29")
         );
+        // Windows: no emoji.
+        assert_eq!(
+            banner(
+                "Ultralytics YOLOv8.0.149  Python-3.11.4 torch-2.0.1+cu118 CUDA:0 (NVIDIA GeForce RTX 4080, 16376MiB)"
+            ),
+            Some("8.0.149")
+        );
+        assert_eq!(banner("Ultralytics HUB 🚀 Python-3.10"), None);
+        assert_eq!(banner("Ultralytics Settings updated"), None);
+        for prefix in [
+            "engine/trainer:",
+            "engine\\trainer:",
+            "yolo/engine/trainer:",
+            "yolo\\engine\\trainer:",
+        ] {
+            let s = trainer_settings(&format!(
+                "{prefix} task=pose, mode=train, model=yolov8m-pose.pt, epochs=10, save_dir=runs\\pose\\train3"
+            ))
+            .unwrap_or_else(|| panic!("{prefix}"));
+            assert_eq!(s[2], ("model".into(), "yolov8m-pose.pt".into()), "{prefix}");
+            assert_eq!(s[4].1, "runs\\pose\\train3");
+        }
+        assert_eq!(strip_trainer_prefix("engine/trainers: x=1"), None);
+        assert_eq!(strip_trainer_prefix("yolo/trainer: x=1"), None);
         assert_eq!(
             results_dir("Results saved to runs/detect/train"),
             Some("runs/detect/train")

@@ -290,7 +290,9 @@ impl Parser {
                     Detail::Accuracy { top1, top5 }
                 }
             }
-        } else if trimmed.starts_with("engine/trainer:") || trimmed.starts_with("train: weights=") {
+        } else if ultralytics::strip_trainer_prefix(trimmed).is_some()
+            || trimmed.starts_with("train: weights=")
+        {
             Detail::TrainerSettings(ultralytics::trainer_settings(text)?)
         } else if let Some(n) = ultralytics::starting_training(text) {
             Detail::StartingTraining(n)
