@@ -391,6 +391,15 @@ fn bars_off_counts_epochs_by_their_headers() {
         csv.epochs(),
         "one epoch per header, numbered from 1"
     );
+    // Each epoch is completed by its validation, as an event too.
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'epoch_completed' AND json_extract(context, '$.source') = 'validation'"),
+        csv.epochs().len() as i64
+    );
+    assert_eq!(
+        db.count("SELECT max(json_extract(context, '$.epoch')) FROM events WHERE kind = 'epoch_completed'"),
+        *csv.epochs().last().unwrap() as i64
+    );
     let cols = [
         "metrics/precision(B)",
         "metrics/recall(B)",

@@ -412,6 +412,12 @@ impl ContainerState {
         if let (Some(epoch), Some(run)) = (epoch, self.run.as_ref()) {
             let key = run.row.key.clone();
             let epochs_total = run.row.epochs_total.filter(|_| counted);
+            if counted {
+                // No progress row completed this epoch: its validation does, so the epoch
+                // has its `epoch_completed` as with the bars on.
+                let ctx = json!({ "epoch": epoch, "epochs": epochs_total, "source": "validation" });
+                out.push(self.event(rec, Level::Info, "epoch_completed", message, ctx));
+            }
             out.push(Op::Epoch(
                 key,
                 EpochRow {
