@@ -227,21 +227,27 @@ impl WriterSender {
     }
 }
 
+/// What the writer thread does next.
+enum Work {
+    Batch(Vec<Op>),
+    Record(Record),
+}
+
 /// The writer thread's next piece of work: an outbox record if one waits, else a batch;
 /// `None` once every sender is gone.
 fn next_work(
     rt: &tokio::runtime::Runtime,
     ops: &mut tokio::sync::mpsc::Receiver<Vec<Op>>,
     records: &mut tokio::sync::mpsc::Receiver<Record>,
-) -> Option<Result<Vec<Op>, Record>> {
+) -> Option<Work> {
     if let Ok(r) = records.try_recv() {
-        return Some(Err(r));
+        return Some(Work::Record(r));
     }
     rt.block_on(async {
         tokio::select! {
             biased;
-            Some(r) = records.recv() => Some(Err(r)),
-            b = ops.recv() => b.map(Ok),
+            Some(r) = records.recv() => Some(Work::Record(r)),
+            b = ops.recv() => b.map(Work::Batch),
         }
     })
 }
@@ -358,8 +364,8 @@ impl WriterHandle {
             .spawn(move || {
                 while let Some(work) = next_work(&rt, &mut rx, &mut records) {
                     let mut batch = match work {
-                        Ok(batch) => batch,
-                        Err((change, done)) => {
+                        Work::Batch(batch) => batch,
+                        Work::Record((change, done)) => {
                             // The asker may have stopped waiting; the record stands.
                             let _ = done.send(w.record(&change));
                             continue;
