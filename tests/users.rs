@@ -1,7 +1,8 @@
 //! Logs of the kinds users keep and run, not a container's own: a resume typed with a relative
 //! path, chained tracebacks whose messages span lines, YOLOv5's `train.py`, and consoles
-//! pasted, exported from notebooks, saved with CRLF or cut at the terminal width
-//! (fixtures/README.md says how each file was made).
+//! pasted, exported from notebooks, saved with CRLF or cut at the terminal width, kept on
+//! Windows, or printed by a multi-GPU (DDP) training (fixtures/README.md says how each file was
+//! made; the DDP console is made here from the real 8.0.200 capture).
 
 use crate::replay::{assert_crash_capture, assert_epochs_match};
 use crate::util::{Db, ResultsCsv, bin, close_sig, fixture, fixture_str};
@@ -346,6 +347,69 @@ fn a_windows_console_of_an_old_ultralytics_keeps_its_run_version_and_settings() 
         )
         .as_deref(),
         Some("early_stopped 40 8.0.200 yolov8n.yaml 3")
+    );
+}
+
+#[test]
+fn a_multi_gpu_ddp_training_is_one_run() {
+    // The real 8.0.200 run as DDP on two GPUs prints it (shapes from users' logs in
+    // ultralytics/ultralytics#978 and #13103): a banner with a second `CUDA:1` line, the
+    // settings as 8.0 before 8.0.136 named them (`yolo/engine/trainer:`), the DDP command,
+    // torch's OMP_NUM_THREADS notice, and the rank-0 process's banner again before the model
+    // summary and `Starting training`.
+    let banner_gpus = format!(
+        "CUDA:0 (A100-SXM-80GB, 81251MiB)\n{}CUDA:1 (A100-SXM-80GB, 81251MiB)\n",
+        " ".repeat(54)
+    );
+    let text: String =
+        std::fs::read_to_string(fixture("ultralytics-older/earlystop-8.0.200-json.log"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["log"].as_str().unwrap().to_string()
+            })
+            .collect::<String>()
+            .replace("CPU (Intel Xeon Processor)\n", &banner_gpus)
+            .replace("engine/trainer: ", "yolo/engine/trainer: ");
+    let settings_end = text[text.find("yolo/engine/trainer: ").unwrap()..]
+        .find('\n')
+        .unwrap()
+        + text.find("yolo/engine/trainer: ").unwrap()
+        + 1;
+    let banner = text[..settings_end]
+        .rfind("Ultralytics YOLOv8.0.200")
+        .unwrap();
+    let child = format!(
+        "DDP command: ['/opt/conda/bin/python', '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '53567', '/root/.config/Ultralytics/DDP/_temp_x.py']\n\
+         WARNING:__main__:\n*****************************************\n\
+         Setting OMP_NUM_THREADS environment variable for each process to be 1 in default, to avoid your system being overloaded, please further tune the variable for optimal performance in your application as needed. \n\
+         *****************************************\n{}",
+        &text[banner..text.find("yolo/engine/trainer: ").unwrap()]
+    );
+    let ddp = format!("{}{child}{}", &text[..settings_end], &text[settings_end..]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ddp.txt");
+    std::fs::write(&path, &ddp).unwrap();
+    let db = Db::new();
+    let s = db.replay(&[path.to_string_lossy().into_owned()], Some("ddp"));
+    assert_eq!(s.skips.total(), 0);
+    assert_eq!(
+        db.text(
+            "SELECT count(*) || ' ' || status || ' ' || ultralytics_version || ' ' || model
+                || ' ' || json_extract(params, '$.device') FROM training_runs"
+        )
+        .as_deref(),
+        Some("1 early_stopped 8.0.200 yolov8n.yaml cpu")
+    );
+    assert_epochs_match(
+        &db,
+        1,
+        &ResultsCsv::load(&fixture("ultralytics-older/earlystop-8.0.200.results.csv")),
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE level IN ('ERROR', 'CRITICAL')"),
+        0
     );
 }
 
