@@ -350,13 +350,12 @@ fn a_windows_console_of_an_old_ultralytics_keeps_its_run_version_and_settings() 
     );
 }
 
-#[test]
-fn a_multi_gpu_ddp_training_is_one_run() {
-    // The real 8.0.200 run as DDP on two GPUs prints it (shapes from users' logs in
-    // ultralytics/ultralytics#978 and #13103): a banner with a second `CUDA:1` line, the
-    // settings as 8.0 before 8.0.136 named them (`yolo/engine/trainer:`), the DDP command,
-    // torch's OMP_NUM_THREADS notice, and the rank-0 process's banner again before the model
-    // summary and `Starting training`.
+/// The real 8.0.200 run as DDP on two GPUs prints it (shapes from users' logs in
+/// ultralytics/ultralytics#978 and #13103): a banner with a second `CUDA:1` line, the settings
+/// as 8.0 before 8.0.136 named them (`yolo/engine/trainer:`), the DDP command, torch's
+/// OMP_NUM_THREADS notice, and the rank-0 process's banner again before the model summary and
+/// `Starting training`.
+fn ddp_console() -> String {
     let banner_gpus = format!(
         "CUDA:0 (A100-SXM-80GB, 81251MiB)\n{}CUDA:1 (A100-SXM-80GB, 81251MiB)\n",
         " ".repeat(54)
@@ -372,28 +371,32 @@ fn a_multi_gpu_ddp_training_is_one_run() {
             .collect::<String>()
             .replace("CPU (Intel Xeon Processor)\n", &banner_gpus)
             .replace("engine/trainer: ", "yolo/engine/trainer: ");
-    let settings_end = text[text.find("yolo/engine/trainer: ").unwrap()..]
-        .find('\n')
-        .unwrap()
-        + text.find("yolo/engine/trainer: ").unwrap()
-        + 1;
-    let banner = text[..settings_end]
-        .rfind("Ultralytics YOLOv8.0.200")
-        .unwrap();
+    let settings = text.find("yolo/engine/trainer: ").unwrap();
+    let settings_end = settings + text[settings..].find('\n').unwrap() + 1;
+    let banner = text[..settings].rfind("Ultralytics YOLOv8.0.200").unwrap();
     let child = format!(
         "DDP command: ['/opt/conda/bin/python', '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '53567', '/root/.config/Ultralytics/DDP/_temp_x.py']\n\
          WARNING:__main__:\n*****************************************\n\
          Setting OMP_NUM_THREADS environment variable for each process to be 1 in default, to avoid your system being overloaded, please further tune the variable for optimal performance in your application as needed. \n\
          *****************************************\n{}",
-        &text[banner..text.find("yolo/engine/trainer: ").unwrap()]
+        &text[banner..settings]
     );
-    let ddp = format!("{}{child}{}", &text[..settings_end], &text[settings_end..]);
+    format!("{}{child}{}", &text[..settings_end], &text[settings_end..])
+}
+
+fn replay_text(text: &str, container: &str) -> Db {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ddp.txt");
-    std::fs::write(&path, &ddp).unwrap();
+    let path = dir.path().join(format!("{container}.txt"));
+    std::fs::write(&path, text).unwrap();
     let db = Db::new();
-    let s = db.replay(&[path.to_string_lossy().into_owned()], Some("ddp"));
+    let s = db.replay(&[path.to_string_lossy().into_owned()], Some(container));
     assert_eq!(s.skips.total(), 0);
+    db
+}
+
+#[test]
+fn a_multi_gpu_ddp_training_is_one_run() {
+    let db = replay_text(&ddp_console(), "ddp");
     assert_eq!(
         db.text(
             "SELECT count(*) || ' ' || status || ' ' || ultralytics_version || ' ' || model
@@ -410,6 +413,93 @@ fn a_multi_gpu_ddp_training_is_one_run() {
     assert_eq!(
         db.count("SELECT count(*) FROM events WHERE level IN ('ERROR', 'CRITICAL')"),
         0
+    );
+}
+
+#[test]
+fn a_ddp_worker_out_of_memory_fails_the_run_with_its_whole_traceback() {
+    // The DDP run cut after epoch 2's validation by a worker's CUDA OOM, as PyTorch 2.2+ and
+    // Ultralytics print it (shapes from ultralytics/ultralytics#21344, #19375, #19917): the
+    // worker's traceback with `[rank0]: ` before every line, torch elastic's glog lines, the
+    // launcher's `ChildFailedError` report, and the trainer's `CalledProcessError`.
+    let console = ddp_console();
+    let epoch3 = console.find("       3/40 ").unwrap();
+    let cut = console[..epoch3].rfind("\n\n").unwrap() + 2;
+    let crash = r#"[rank0]: Traceback (most recent call last):
+[rank0]:   File "/root/.config/Ultralytics/DDP/_temp_x.py", line 13, in <module>
+[rank0]:     results = trainer.train()
+[rank0]:   File "/usr/local/lib/python3.10/site-packages/ultralytics/engine/trainer.py", line 208, in train
+[rank0]:     self._do_train(world_size)
+[rank0]:   File "/usr/local/lib/python3.10/site-packages/ultralytics/utils/tal.py", line 206, in get_targets
+[rank0]:     target_scores = torch.where(fg_scores_mask > 0, target_scores, 0)
+[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 15.46 GiB. GPU 0 has a total capacity of 79.15 GiB of which 5.50 GiB is free. Process 1079173 has 6.04 GiB memory in use.
+W0328 18:18:18.154000 140217767576768 torch/distributed/elastic/multiprocessing/api.py:851] Sending process 3274844 closing signal SIGTERM
+E0328 18:18:48.413000 140217767576768 torch/distributed/elastic/multiprocessing/api.py:826] failed (exitcode: 1) local_rank: 0 (pid: 3274845) of binary: /usr/bin/python
+Traceback (most recent call last):
+  File "/usr/local/lib/python3.10/site-packages/torch/distributed/run.py", line 883, in <module>
+    main()
+  File "/usr/local/lib/python3.10/site-packages/torch/distributed/launcher/api.py", line 270, in launch_agent
+    raise ChildFailedError(
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError: 
+============================================================
+/root/.config/Ultralytics/DDP/_temp_x.py FAILED
+------------------------------------------------------------
+Failures:
+  <NO_OTHER_FAILURES>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2025-03-28_18:18:48
+  host      : gpu-1
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 3274845)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================
+Traceback (most recent call last):
+  File "/usr/local/lib/python3.10/subprocess.py", line 526, in run
+    raise CalledProcessError(retcode, process.args,
+subprocess.CalledProcessError: Command '['/opt/conda/bin/python', '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '53567', '/root/.config/Ultralytics/DDP/_temp_x.py']' returned non-zero exit status 1.
+"#;
+    let db = replay_text(&format!("{}{crash}", &console[..cut]), "ddp");
+    assert_eq!(
+        db.text("SELECT status || ' ' || epochs_done FROM training_runs")
+            .as_deref(),
+        Some("failed 2")
+    );
+    // The worker's traceback is one error, its prefixes off, with the OOM as its exception.
+    let (message, exception) = {
+        let conn = db.conn();
+        conn.query_row(
+            "SELECT message, json_extract(context, '$.exception') FROM events
+             WHERE kind = 'error' ORDER BY ts, seq LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .unwrap()
+    };
+    assert!(
+        message.starts_with("Traceback (most recent call last):\n  File \"/root/.config/Ultralytics/DDP/_temp_x.py\""),
+        "{message}"
+    );
+    assert!(!message.contains("[rank0]"), "{message}");
+    assert!(
+        exception.starts_with(
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 15.46 GiB."
+        ),
+        "{exception}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'error'"),
+        3
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'gpu_oom' AND level = 'ERROR'"),
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM alerts WHERE alertname = 'GpuOutOfMemory'"),
+        1
     );
 }
 

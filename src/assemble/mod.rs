@@ -6,8 +6,9 @@
 //!    closes, so one line holds every frame of an epoch. The text after the last `\r` is the
 //!    line's final state, but a NaN in any frame is remembered.
 //! 2. [`ansi`]: colour and erase-line escapes are removed.
-//! 3. [`paste`]: a pasted or exported console's prefixes (`> `, 4 spaces) are taken off, and
-//!    a record glued onto the end of a finished bar is split off.
+//! 3. [`paste`]: line prefixes (a paste's `> `, an export's 4 spaces, a DDP worker's
+//!    `[rankN]: `) are taken off, and a record glued onto the end of a finished bar is split
+//!    off.
 //! 4. [`multiline`]: Python tracebacks and multi-line logging records are grouped into one
 //!    record per stream.
 //!

@@ -6,6 +6,9 @@
 //!   and 4 spaces while every non-blank line of the source so far starts with them (one line
 //!   at column 0 shows the source is not indented, and the rule is off for good; until then
 //!   only leading spaces of right-aligned rows are taken, which no parser reads).
+//! - **Rank prefixes.** PyTorch (2.2 and later) prints what a distributed (DDP) worker writes
+//!   when it dies, its traceback included, with `[rankN]: ` before every line. Taken off too,
+//!   so the traceback is one record again and its exception (a CUDA OOM) is read.
 //! - **Glued records.** With stdout and stderr written to one place, the record printed after
 //!   a progress bar finished can land on the bar's own line (`... 8/8 [00:00<00:00, 9.27it/s]
 //!   all  16  29  0.689 ...`). The text after a finished bar (100 %, all batches, then its
@@ -38,6 +41,9 @@ impl Paste {
         } else if text == ">" {
             text.clear();
         }
+        if let Some(n) = rank_prefix(text) {
+            text.drain(..n);
+        }
         if self.indent == Indent::Off || text.trim().is_empty() {
             return;
         }
@@ -46,6 +52,19 @@ impl Paste {
         } else {
             self.indent = Indent::Off;
         }
+    }
+}
+
+/// The length of a leading `[rankN]: ` (or `[rankN]:` alone on the line).
+fn rank_prefix(text: &str) -> Option<usize> {
+    let digits = text.strip_prefix("[rank")?;
+    let n = digits.bytes().take_while(u8::is_ascii_digit).count();
+    let rest = digits[n..].strip_prefix("]:").filter(|_| n > 0)?;
+    let len = "[rank".len() + n + "]:".len();
+    if rest.is_empty() {
+        Some(len)
+    } else {
+        rest.starts_with(' ').then_some(len + 1)
     }
 }
 
@@ -215,6 +234,33 @@ mod tests {
         // A download bar's sizes are not batches.
         let dl = "100%|██████████| 6.23M/6.23M [00:00<00:00, 75.8MB/s] done";
         assert_eq!(pieces(dl), [dl]);
+    }
+
+    #[test]
+    fn rank_prefixes_are_taken_off() {
+        let mut p = Paste::default();
+        let mut t = |s: &str| {
+            let mut s = s.to_string();
+            p.normalise(&mut s);
+            s
+        };
+        assert_eq!(
+            t("[rank0]: Traceback (most recent call last):"),
+            "Traceback (most recent call last):"
+        );
+        assert_eq!(
+            t("[rank1]:   File \"x.py\", line 1, in <module>"),
+            "  File \"x.py\", line 1, in <module>"
+        );
+        assert_eq!(t("[rank12]:"), "");
+        assert_eq!(
+            t("> [rank0]: torch.OutOfMemoryError: CUDA out of memory."),
+            "torch.OutOfMemoryError: CUDA out of memory."
+        );
+        // Not a rank prefix.
+        assert_eq!(t("[rank]: x"), "[rank]: x");
+        assert_eq!(t("[rank0]:x"), "[rank0]:x");
+        assert_eq!(t("[ranking]: x"), "[ranking]: x");
     }
 
     #[test]
