@@ -420,8 +420,8 @@ fn a_multi_gpu_ddp_training_is_one_run() {
 fn a_ddp_worker_out_of_memory_fails_the_run_with_its_whole_traceback() {
     // The DDP run cut after epoch 2's validation by a worker's CUDA OOM, as PyTorch 2.2+ and
     // Ultralytics print it (shapes from ultralytics/ultralytics#21344, #19375, #19917): the
-    // worker's traceback with `[rank0]: ` before every line, torch elastic's glog lines, the
-    // launcher's `ChildFailedError` report, and the trainer's `CalledProcessError`.
+    // worker's traceback with `[rank0]: ` before every line, torch elastic's glog lines (`W`,
+    // `E`), the launcher's `ChildFailedError` report, and the trainer's `CalledProcessError`.
     let console = ddp_console();
     let epoch3 = console.find("       3/40 ").unwrap();
     let cut = console[..epoch3].rfind("\n\n").unwrap() + 2;
@@ -484,10 +484,27 @@ subprocess.CalledProcessError: Command '['/opt/conda/bin/python', '-m', 'torch.d
     );
     assert!(!message.contains("[rank0]"), "{message}");
     assert!(
+        message.ends_with("GPU 0 has a total capacity of 79.15 GiB of which 5.50 GiB is free. Process 1079173 has 6.04 GiB memory in use."),
+        "the traceback ends at its exception: {message}"
+    );
+    assert!(
         exception.starts_with(
             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 15.46 GiB."
         ),
         "{exception}"
+    );
+    // torch elastic's glog lines are records of their own, at their level; the launcher's
+    // traceback after its `E` line is that record's.
+    assert_eq!(
+        db.text("SELECT json_extract(context, '$.logger') FROM events WHERE kind = 'warning' AND message LIKE 'W0328 %'")
+            .as_deref(),
+        Some("torch/distributed/elastic/multiprocessing/api.py:851")
+    );
+    assert_eq!(
+        db.text("SELECT json_extract(context, '$.exception') FROM events WHERE kind = 'error' AND message LIKE 'E0328 %'")
+            .as_deref()
+            .map(|e| e.lines().next().unwrap_or_default()),
+        Some("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ")
     );
     assert_eq!(
         db.count("SELECT count(*) FROM events WHERE kind = 'error'"),

@@ -1,7 +1,8 @@
 //! Python `logging` text lines, in the two formats the annotation queue and training wrappers
 //! use: `%(asctime)s - %(name)s - %(levelname)s - %(message)s` and `logging.BASIC_FORMAT`
 //! (`%(levelname)s:%(name)s:%(message)s`). `asctime` is `YYYY-MM-DD HH:MM:SS,mmm` or, with a
-//! custom `datefmt`, without milliseconds.
+//! custom `datefmt`, without milliseconds. Also glog's layout, which PyTorch's distributed
+//! launcher (torch elastic) writes: `W0328 18:18:18.154000 140217767576768 file.py:851] msg`.
 
 use nom::{
     IResult, Parser,
@@ -178,6 +179,46 @@ fn basic(i: &str) -> R<'_, PyLog<'_>> {
     ))
 }
 
+/// glog / absl: `Lmmdd hh:mm:ss.uuuuuu threadid file:line] message`, `L` one of `IWEF`. Its
+/// date has no year, so its time is not read (the line's own time stands).
+fn glog(i: &str) -> R<'_, PyLog<'_>> {
+    let d = |n| take_while_m_n(n, n, |c: char| c.is_ascii_digit());
+    let digits = || take_while1(|c: char| c.is_ascii_digit());
+    let spaces = || take_while1(|c: char| c == ' ');
+    let (i, (level, _, _, _, _, _, _, _, _, _, _, logger, _)) = (
+        alt((tag("I"), tag("W"), tag("E"), tag("F"))),
+        d(4),
+        tag(" "),
+        d(2),
+        tag(":"),
+        d(2),
+        tag(":"),
+        d(2),
+        opt(preceded(tag("."), digits())),
+        spaces(),
+        (digits(), spaces()),
+        take_while1(|c: char| c != ']' && c != ' '),
+        tag("]"),
+    )
+        .parse(i)?;
+    let level = match level {
+        "I" => Level::Info,
+        "W" => Level::Warning,
+        "E" => Level::Error,
+        _ => Level::Critical,
+    };
+    let message = i.strip_prefix(' ').unwrap_or(i);
+    Ok((
+        "",
+        PyLog {
+            time: None,
+            logger,
+            level,
+            message,
+        },
+    ))
+}
+
 impl PyLog<'_> {
     /// The record's time (ns since the epoch), from its `asctime`.
     pub fn ts(&self) -> Option<i64> {
@@ -191,7 +232,7 @@ pub fn parse(line: &str) -> Option<PyLog<'_>> {
     let r = if first.is_ascii_digit() {
         dashed(line).or_else(|_| leveled(line))
     } else if first.is_ascii_uppercase() {
-        basic(line)
+        basic(line).or_else(|_| glog(line))
     } else {
         return None;
     };
@@ -253,6 +294,32 @@ mod tests {
         let p = parse("2026-04-22 15:39:47 - a - b - ERROR - x - y").unwrap();
         assert_eq!(p.logger, "a - b");
         assert_eq!(p.message, "x - y");
+    }
+
+    #[test]
+    fn glog_format() {
+        let p = parse("W0328 18:18:18.154000 140217767576768 torch/distributed/elastic/multiprocessing/api.py:851] Sending process 3274844 closing signal SIGTERM").unwrap();
+        assert_eq!(p.level, Level::Warning);
+        assert_eq!(
+            p.logger,
+            "torch/distributed/elastic/multiprocessing/api.py:851"
+        );
+        assert_eq!(p.message, "Sending process 3274844 closing signal SIGTERM");
+        assert_eq!(p.ts(), None);
+        let p = parse("E0328 18:18:48.413000 140 api.py:826] failed (exitcode: 1)").unwrap();
+        assert_eq!((p.level, p.message), (Level::Error, "failed (exitcode: 1)"));
+        // glog pads the thread id; F is fatal.
+        let p = parse("F1205 09:00:01.000001  4242 main.cc:10] Check failed: x").unwrap();
+        assert_eq!((p.level, p.message), (Level::Critical, "Check failed: x"));
+        assert_eq!(parse("I1205 09:00:01 7 a.py:1]").unwrap().message, "");
+        for not in [
+            "W0328 text",
+            "E1234 12:00 1 a.py:1] x",
+            "X0328 18:18:18.1 1 a.py:1] x",
+            "W0328 18:18:18.1 a.py:1] x",
+        ] {
+            assert!(parse(not).is_none(), "{not}");
+        }
     }
 
     #[test]
