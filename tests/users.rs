@@ -396,7 +396,18 @@ fn replay_text(text: &str, container: &str) -> Db {
 
 #[test]
 fn a_multi_gpu_ddp_training_is_one_run() {
-    let db = replay_text(&ddp_console(), "ddp");
+    // The workers' exit warnings of PyTorch 2.4+ (as in pytorch/pytorch#126275 and users' logs
+    // elsewhere), rank-prefixed C++ warnings, close the log.
+    let exit = "[rank0]:[W730 15:32:17.841273251 ProcessGroupNCCL.cpp:1479] Warning: WARNING: destroy_process_group() was not called before program exit, which can leak resources. For more info, please see https://pytorch.org/docs/stable/distributed.html#shutdown (function operator())\n\
+                [rank1]:[W730 15:32:14.298860965 ProcessGroupNCCL.cpp:1479] Warning: WARNING: destroy_process_group() was not called before program exit, which can leak resources. For more info, please see https://pytorch.org/docs/stable/distributed.html#shutdown (function operator())\n";
+    let db = replay_text(&format!("{}{exit}", ddp_console()), "ddp");
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM events WHERE kind = 'warning' AND message LIKE '[W730 %'
+             AND json_extract(context, '$.logger') = 'ProcessGroupNCCL.cpp:1479'"
+        ),
+        2
+    );
     assert_eq!(
         db.text(
             "SELECT count(*) || ' ' || status || ' ' || ultralytics_version || ' ' || model

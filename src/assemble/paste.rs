@@ -7,8 +7,9 @@
 //!   at column 0 shows the source is not indented, and the rule is off for good; until then
 //!   only leading spaces of right-aligned rows are taken, which no parser reads).
 //! - **Rank prefixes.** PyTorch (2.2 and later) prints what a distributed (DDP) worker writes
-//!   when it dies, its traceback included, with `[rankN]: ` before every line. Taken off too,
-//!   so the traceback is one record again and its exception (a CUDA OOM) is read.
+//!   when it dies, its traceback included, with `[rankN]: ` before every line, and its C++
+//!   warnings with `[rankN]:` (`[rank0]:[W403 ...] Warning: ...`). Taken off too, so the
+//!   traceback is one record again and its exception (a CUDA OOM) is read.
 //! - **Glued records.** With stdout and stderr written to one place, the record printed after
 //!   a progress bar finished can land on the bar's own line (`... 8/8 [00:00<00:00, 9.27it/s]
 //!   all  16  29  0.689 ...`). The text after a finished bar (100 %, all batches, then its
@@ -61,10 +62,10 @@ fn rank_prefix(text: &str) -> Option<usize> {
     let n = digits.bytes().take_while(u8::is_ascii_digit).count();
     let rest = digits[n..].strip_prefix("]:").filter(|_| n > 0)?;
     let len = "[rank".len() + n + "]:".len();
-    if rest.is_empty() {
-        Some(len)
-    } else {
-        rest.starts_with(' ').then_some(len + 1)
+    match rest.as_bytes().first() {
+        None | Some(b'[') => Some(len), // `[rank0]:[W403 ... ProcessGroupNCCL.cpp:1250] ...`
+        Some(b' ') => Some(len + 1),
+        _ => None,
     }
 }
 
@@ -253,6 +254,11 @@ mod tests {
             "  File \"x.py\", line 1, in <module>"
         );
         assert_eq!(t("[rank12]:"), "");
+        // PyTorch's C++ warnings follow the prefix without a space.
+        assert_eq!(
+            t("[rank0]:[W403 11:42:02.380967152 ProcessGroupNCCL.cpp:1250] Warning: x"),
+            "[W403 11:42:02.380967152 ProcessGroupNCCL.cpp:1250] Warning: x"
+        );
         assert_eq!(
             t("> [rank0]: torch.OutOfMemoryError: CUDA out of memory."),
             "torch.OutOfMemoryError: CUDA out of memory."

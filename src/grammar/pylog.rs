@@ -179,28 +179,50 @@ fn basic(i: &str) -> R<'_, PyLog<'_>> {
     ))
 }
 
-/// glog / absl: `Lmmdd hh:mm:ss.uuuuuu threadid file:line] message`, `L` one of `IWEF`. Its
-/// date has no year, so its time is not read (the line's own time stands).
+/// glog / absl: `Lmmdd hh:mm:ss.uuuuuu threadid file:line] message`, `L` one of `IWEF`
+/// (PyTorch's distributed launcher). PyTorch's C++ warnings put the same in brackets, with
+/// no thread id since 2.4 (`[W403 11:42:02.380967152 ProcessGroupNCCL.cpp:1250] Warning: ...`)
+/// and with no time before (`[W reducer.cpp:1389] Warning: ...`). The date has no year, so
+/// the time is not read (the line's own time stands).
 fn glog(i: &str) -> R<'_, PyLog<'_>> {
     let d = |n| take_while_m_n(n, n, |c: char| c.is_ascii_digit());
     let digits = || take_while1(|c: char| c.is_ascii_digit());
     let spaces = || take_while1(|c: char| c == ' ');
-    let (i, (level, _, _, _, _, _, _, _, _, _, _, logger, _)) = (
-        alt((tag("I"), tag("W"), tag("E"), tag("F"))),
-        d(4),
-        tag(" "),
-        d(2),
-        tag(":"),
-        d(2),
-        tag(":"),
-        d(2),
-        opt(preceded(tag("."), digits())),
-        spaces(),
-        (digits(), spaces()),
-        take_while1(|c: char| c != ']' && c != ' '),
-        tag("]"),
-    )
-        .parse(i)?;
+    // `mmdd hh:mm:ss[.frac] `, the spaces after it included; PyTorch does not pad the month
+    // (`W403` is April 3).
+    let stamp = || {
+        (
+            take_while_m_n(3, 4, |c: char| c.is_ascii_digit()),
+            tag(" "),
+            d(2),
+            tag(":"),
+            d(2),
+            tag(":"),
+            d(2),
+            opt(preceded(tag("."), digits())),
+            spaces(),
+        )
+    };
+    let (i, bracket) = opt(tag("[")).parse(i)?;
+    let (i, level) = alt((tag("I"), tag("W"), tag("E"), tag("F"))).parse(i)?;
+    // glog's own lines always have the thread id; PyTorch's bracketed ones may lack it, or
+    // the whole stamp.
+    let (i, _) = if bracket.is_some() {
+        alt((recognize((stamp(), opt((digits(), spaces())))), spaces())).parse(i)?
+    } else {
+        recognize((stamp(), digits(), spaces())).parse(i)?
+    };
+    let (i, (logger, _)) = (take_while1(|c: char| c != ']' && c != ' '), tag("]")).parse(i)?;
+    // `file:line`
+    let is_site = logger.rsplit_once(':').is_some_and(|(f, n)| {
+        !f.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    });
+    if !is_site {
+        return Err(nom::Err::Error(nom::error::Error::new(
+            i,
+            nom::error::ErrorKind::Verify,
+        )));
+    }
     let level = match level {
         "I" => Level::Info,
         "W" => Level::Warning,
@@ -233,6 +255,8 @@ pub fn parse(line: &str) -> Option<PyLog<'_>> {
         dashed(line).or_else(|_| leveled(line))
     } else if first.is_ascii_uppercase() {
         basic(line).or_else(|_| glog(line))
+    } else if *first == b'[' {
+        glog(line)
     } else {
         return None;
     };
@@ -312,11 +336,30 @@ mod tests {
         let p = parse("F1205 09:00:01.000001  4242 main.cc:10] Check failed: x").unwrap();
         assert_eq!((p.level, p.message), (Level::Critical, "Check failed: x"));
         assert_eq!(parse("I1205 09:00:01 7 a.py:1]").unwrap().message, "");
+        // PyTorch's C++ warnings, since 2.4 and before.
+        let p = parse("[W403 11:42:02.380967152 ProcessGroupNCCL.cpp:1250] Warning: WARNING: process group has NOT been destroyed").unwrap();
+        assert_eq!(
+            (p.level, p.logger, p.message),
+            (
+                Level::Warning,
+                "ProcessGroupNCCL.cpp:1250",
+                "Warning: WARNING: process group has NOT been destroyed"
+            )
+        );
+        let p = parse("[W reducer.cpp:1389] Warning: find_unused_parameters=True").unwrap();
+        assert_eq!((p.level, p.logger), (Level::Warning, "reducer.cpp:1389"));
+        let p = parse("[E1205 09:00:01.5 77 ProcessGroupNCCL.cpp:616] [Rank 0] Watchdog caught collective operation timeout").unwrap();
+        assert_eq!(p.level, Level::Error);
         for not in [
             "W0328 text",
             "E1234 12:00 1 a.py:1] x",
             "X0328 18:18:18.1 1 a.py:1] x",
             "W0328 18:18:18.1 a.py:1] x",
+            "[W] x",
+            "[INFO] x",
+            "[W note] x",
+            "[E reducer.cpp] x",
+            "[rank0]: x",
         ] {
             assert!(parse(not).is_none(), "{not}");
         }
