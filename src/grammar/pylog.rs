@@ -41,6 +41,12 @@ fn level_name(i: &str) -> R<'_, Level> {
     Ok((i, Level::parse(name).unwrap_or(Level::Info)))
 }
 
+/// `hh:mm:ss`
+fn clock(i: &str) -> R<'_, &str> {
+    let d = || take_while_m_n(2, 2, |c: char| c.is_ascii_digit());
+    recognize((d(), tag(":"), d(), tag(":"), d())).parse(i)
+}
+
 /// `2026-11-29 05:00:48,263` or `2026-11-29 05:00:48`
 fn asctime(i: &str) -> R<'_, &str> {
     let d = |n| take_while_m_n(n, n, |c: char| c.is_ascii_digit());
@@ -51,11 +57,7 @@ fn asctime(i: &str) -> R<'_, &str> {
         tag("-"),
         d(2),
         tag(" "),
-        d(2),
-        tag(":"),
-        d(2),
-        tag(":"),
-        d(2),
+        clock,
         opt(preceded(
             alt((tag(","), tag("."))),
             take_while_m_n(1, 9, |c: char| c.is_ascii_digit()),
@@ -185,7 +187,6 @@ fn basic(i: &str) -> R<'_, PyLog<'_>> {
 /// and with no time before (`[W reducer.cpp:1389] Warning: ...`). The date has no year, so
 /// the time is not read (the line's own time stands).
 fn glog(i: &str) -> R<'_, PyLog<'_>> {
-    let d = |n| take_while_m_n(n, n, |c: char| c.is_ascii_digit());
     let digits = || take_while1(|c: char| c.is_ascii_digit());
     let spaces = || take_while1(|c: char| c == ' ');
     // `mmdd hh:mm:ss[.frac] `, the spaces after it included; PyTorch does not pad the month
@@ -194,11 +195,7 @@ fn glog(i: &str) -> R<'_, PyLog<'_>> {
         (
             take_while_m_n(3, 4, |c: char| c.is_ascii_digit()),
             tag(" "),
-            d(2),
-            tag(":"),
-            d(2),
-            tag(":"),
-            d(2),
+            clock,
             opt(preceded(tag("."), digits())),
             spaces(),
         )
