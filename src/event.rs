@@ -207,3 +207,41 @@ pub enum Notice {
     /// A source gone for good (a destroyed container's id): its cursors can go.
     Gone(Arc<str>),
 }
+
+/// Metric names: the `metrics.name` column and the `/metrics` series, a public contract.
+pub mod metric {
+    pub const TRAINING_EPOCH: &str = "training_epoch";
+    pub const TRAINING_LOSS: &str = "training_loss";
+    pub const TRAINING_MAP50: &str = "training_mAP50";
+    pub const TRAINING_MAP50_95: &str = "training_mAP50_95";
+    pub const QUEUE_OFFSET: &str = "queue_offset";
+    pub const QUEUE_MESSAGES_PROCESSED: &str = "queue_messages_processed";
+    pub const QUEUE_MESSAGES_FAILED: &str = "queue_messages_failed";
+    pub const GPU_TEMPERATURE_C: &str = "gpu_temperature_c";
+    pub const GPU_UTILIZATION_PCT: &str = "gpu_utilization_pct";
+    pub const GPU_MEMORY_USED_MB: &str = "gpu_memory_used_mb";
+    pub const GPU_MEMORY_TOTAL_MB: &str = "gpu_memory_total_mb";
+    pub const DISK_USAGE_AZAION_GB: &str = "disk_usage_azaion_gb";
+    pub const DISK_USAGE_AZAION_PCT: &str = "disk_usage_azaion_pct";
+    pub const DISK_TOTAL_AZAION_GB: &str = "disk_total_azaion_gb";
+}
+
+/// Event kinds: the `events.kind` column, a public contract. (Only those more than one floor
+/// speaks of.)
+pub mod kind {
+    pub const ERROR: &str = "error";
+    pub const WARNING: &str = "warning";
+    pub const LOG: &str = "log";
+    pub const LOSS_NON_FINITE: &str = "loss_non_finite";
+    pub const GPU_OOM: &str = "gpu_oom";
+    pub const CHECKPOINT_SAVED: &str = "checkpoint_saved";
+    pub const CHECKPOINT_SAVE_FAILED: &str = "checkpoint_save_failed";
+    pub const TRAINING_CONTAINER_DIED: &str = "training_container_died";
+    pub const DOCKER_UNREACHABLE: &str = "docker_unreachable";
+    pub const CONTAINER_STARTED: &str = "container_started";
+    pub const CONTAINER_DIED: &str = "container_died";
+    pub const CONTAINER_OOM_KILLED: &str = "container_oom_killed";
+    pub const QUEUE_OFFSET: &str = "queue_offset";
+    pub const ANNOTATION_PROCESSED: &str = "annotation_processed";
+    pub const ANNOTATION_FAILED: &str = "annotation_failed";
+}

@@ -76,7 +76,7 @@ pub fn apply(
                 .and_then(|mut s| {
                     s.execute(params![
                         alert.fingerprint,
-                        alert.alertname,
+                        alert.alertname.as_str(),
                         alert.severity.as_str(),
                         labels,
                         crate::redact::text(&alert.summary),
@@ -257,7 +257,7 @@ pub fn load_firing(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
                 Some(Loaded {
                     alert: Alert {
                         fingerprint: fp,
-                        alertname: AlertName::parse(&name)?.as_str(),
+                        alertname: AlertName::parse(&name)?,
                         severity: Severity::parse(&sev)?,
                         labels: serde_json::from_str::<Labels>(&labels).ok()?,
                         summary,
@@ -460,7 +460,7 @@ mod tests {
             [("alertname".to_string(), "GpuOutOfMemory".to_string())].into();
         Alert {
             fingerprint: fingerprint(&labels),
-            alertname: "GpuOutOfMemory",
+            alertname: AlertName::GpuOutOfMemory,
             severity: Severity::High,
             labels,
             summary: "CUDA out of memory".into(),
