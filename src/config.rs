@@ -38,7 +38,7 @@ pub struct Config {
     #[serde(default)]
     pub replace_default_patterns: bool,
     #[serde(default)]
-    pub retention: Retention,
+    pub retention: crate::store::retention::Retention,
     #[serde(default)]
     pub docker: crate::source::docker::DockerConfig,
     /// Alert rule thresholds and durations.
@@ -59,40 +59,6 @@ pub struct Config {
     /// Training history exported to an MLflow tracking server (off unless `tracking_uri`).
     #[serde(default)]
     pub mlflow: crate::output::mlflow::MlflowConfig,
-}
-
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retention {
-    #[serde(default = "default_events_age")]
-    pub events: String,
-    #[serde(default = "default_history")]
-    pub history: String,
-    /// How often `watch` prunes (the first time a minute after it starts).
-    #[serde(default = "default_every")]
-    pub every: crate::time::Age,
-}
-
-fn default_every() -> crate::time::Age {
-    crate::time::Age::secs(86_400)
-}
-
-fn default_events_age() -> String {
-    "30d".into()
-}
-
-fn default_history() -> String {
-    "keep".into()
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            events: default_events_age(),
-            history: default_history(),
-            every: default_every(),
-        }
-    }
 }
 
 impl Config {
@@ -165,35 +131,9 @@ impl Config {
     }
 
     /// Compiles the pattern rules.
-    /// The retention cutoffs as of `now`: events and samples, and training history unless
-    /// kept.
-    pub fn retention_cutoffs(&self, now: i64) -> (String, Option<String>) {
-        let at = |age: &str| crate::time::parse_age(age).map(|ns| crate::time::format_ns(now - ns));
-        let events = at(&self.retention.events).unwrap_or_else(|| crate::time::format_ns(0));
-        let history = if self.retention.history == "keep" {
-            None
-        } else {
-            at(&self.retention.history)
-        };
-        (events, history)
-    }
-
     pub fn patterns(&self) -> Result<Patterns, ConfigError> {
         Patterns::new(&self.patterns, self.replace_default_patterns)
     }
-}
-
-/// A secret of the config as `config check` prints it: whether it is set, never its value.
-pub(crate) fn secret<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_str("<redacted>"),
-        None => s.serialize_none(),
-    }
-}
-
-/// A value that may carry credentials (a URL's user info or token), redacted.
-pub(crate) fn redacted_text<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::redact::text(v))
 }
 
 #[cfg(test)]

@@ -245,3 +245,52 @@ pub mod kind {
     pub const ANNOTATION_PROCESSED: &str = "annotation_processed";
     pub const ANNOTATION_FAILED: &str = "annotation_failed";
 }
+
+/// A kind or metric name as a `&'static str` (rows carry their names as such): the known
+/// names are themselves, another (from the config's patterns, or a resumed snapshot of one)
+/// is leaked once for the life of the process, so their number is bounded by the config's.
+pub fn intern(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    const KNOWN: [&str; 9] = [
+        kind::GPU_OOM,
+        kind::CHECKPOINT_SAVE_FAILED,
+        kind::ANNOTATION_PROCESSED,
+        kind::ANNOTATION_FAILED,
+        kind::QUEUE_OFFSET,
+        kind::LOSS_NON_FINITE,
+        metric::QUEUE_MESSAGES_PROCESSED,
+        metric::QUEUE_MESSAGES_FAILED,
+        metric::TRAINING_LOSS,
+    ];
+    if let Some(k) = KNOWN.iter().find(|k| **k == name) {
+        return k;
+    }
+    static OTHERS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut others = OTHERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match others.get(name) {
+        Some(s) => s,
+        None => {
+            let s: &'static str = Box::leak(name.to_string().into_boxed_str());
+            others.insert(s);
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod intern_tests {
+    use super::*;
+
+    #[test]
+    fn names_are_interned_once() {
+        assert_eq!(intern("gpu_oom"), kind::GPU_OOM);
+        let a = intern("labels_exported");
+        let b = intern(&String::from("labels_exported"));
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(a, "labels_exported");
+    }
+}

@@ -37,6 +37,7 @@
 //!   that uses them.
 
 pub mod assemble;
+pub mod backoff;
 pub mod config;
 pub mod derive;
 pub mod error;
@@ -49,6 +50,7 @@ pub mod pipeline;
 pub mod redact;
 pub mod source;
 pub mod store;
+pub mod sys;
 pub mod telemetry;
 pub mod time;
 pub mod words;

@@ -340,6 +340,19 @@ pub fn json(v: &mut Value) {
     }
 }
 
+/// A secret of the config as `config check` prints it: whether it is set, never its value.
+pub fn serialize_secret<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// A value that may carry credentials (a URL's user info or token), redacted.
+pub fn serialize_redacted<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&text(v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use trainwatch::derive::{EventRow, Op};
-use trainwatch::output::mail::SmtpTls;
-use trainwatch::output::notify::{Notifier, NotifyConfig, ReceiverConfig, ReceiverKind};
+use trainwatch::output::notify::{Notifier, NotifyConfig};
+use trainwatch::output::receivers::SmtpTls;
+use trainwatch::output::receivers::{ReceiverConfig, ReceiverKind};
 use trainwatch::parse::Level;
 use trainwatch::time::Age;
 

@@ -103,7 +103,7 @@ pub fn run(args: ExportArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
                         last_progress = Instant::now();
                         failures = 0;
                     }
-                    let wait = trainwatch::output::notify::backoff(failures);
+                    let wait = trainwatch::backoff::DELIVERY.delay(failures);
                     if last_progress.elapsed() + wait > retry_for {
                         return Err(anyhow::Error::new(e).context(format!(
                             "exporting to {uri} (what was sent is kept; run again to send the rest)"

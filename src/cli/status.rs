@@ -54,7 +54,7 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     let s = status::collect(&conn, now, max_age).context("reading the status")?;
     if let Some(path) = args.html {
         let html = page::build(&conn, &s, now, None).context("building the status page")?;
-        status::write_atomic(&path, html.as_bytes())
+        trainwatch::sys::write_atomic(&path, html.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         return Ok(());
     }

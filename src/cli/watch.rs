@@ -12,7 +12,6 @@ use trainwatch::derive::alerts::Engine;
 use trainwatch::output::mlflow::Exporter;
 use trainwatch::output::notify::Notifier;
 use trainwatch::output::serve;
-use trainwatch::output::status;
 use trainwatch::parse::Parser;
 use trainwatch::pipeline::live;
 use trainwatch::source::docker::{self, Shared};
@@ -117,15 +116,15 @@ pub fn run(args: WatchArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<
         }
         tasks.spawn(trainwatch::store::retention::schedule(
             sender.clone(),
-            cfg.clone(),
+            cfg.retention.clone(),
             shutdown.clone(),
         ));
-        let files = status::StatusFiles {
+        let files = trainwatch::output::files::StatusFiles {
             json: cfg.status.path(&dbp),
             html: cfg.status.html_path(&dbp),
         };
         if files.json.is_some() || files.html.is_some() {
-            tasks.spawn(status::write_files(
+            tasks.spawn(trainwatch::output::files::write_files(
                 dbp.clone(),
                 files,
                 store_health.clone(),

@@ -14,24 +14,11 @@ use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde::Deserialize;
 
-use super::notify::ReceiverConfig;
+use super::receivers::{ReceiverConfig, SmtpTls};
 use crate::store::alerts::Pending;
 use crate::store::queries::Evidence;
 use crate::time::{format_ns, human_duration, parse_rfc3339};
-
-/// How the connection to the mail server is protected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
-    /// TLS from the first byte (`smtps://`, port 465).
-    Tls,
-    /// Plain, then `STARTTLS`, required (port 587).
-    Starttls,
-    /// No encryption: only for a relay on the same host or network.
-    None,
-}
 
 /// The settings of an `smtp` receiver, checked.
 #[derive(Clone, Debug, PartialEq)]
@@ -346,7 +333,7 @@ mod tests {
     fn receiver(url: &str) -> ReceiverConfig {
         ReceiverConfig {
             name: "mail".into(),
-            kind: super::super::notify::ReceiverKind::Smtp,
+            kind: super::super::receivers::ReceiverKind::Smtp,
             url: url.into(),
             from: Some("trainwatch <tw@example.com>".into()),
             to: vec!["oncall@example.com".into()],

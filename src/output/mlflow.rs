@@ -62,7 +62,7 @@ pub struct MlflowConfig {
     /// The experiment the runs go to; created if missing.
     pub experiment: String,
     /// Sent as `Authorization: Bearer ...`; prefer `token_env`.
-    #[serde(serialize_with = "crate::config::secret")]
+    #[serde(serialize_with = "crate::redact::serialize_secret")]
     pub token: Option<String>,
     /// The name of an environment variable holding the token (default `MLFLOW_TRACKING_TOKEN`,
     /// the MLflow client's own).
@@ -214,7 +214,7 @@ impl Exporter {
         );
         Ok(Exporter {
             target: cfg.target(),
-            host: cfg.host.clone().unwrap_or_else(super::notify::hostname),
+            host: cfg.host.clone().unwrap_or_else(crate::sys::hostname),
             cfg,
             api,
             client,
@@ -690,7 +690,7 @@ impl Exporter {
                 Err(e) if e.transient() => {
                     tracing::warn!(error = %e, attempt = failures + 1, "MLflow export failed; retrying.");
                     failures += 1;
-                    super::notify::backoff(failures - 1)
+                    crate::backoff::DELIVERY.delay(failures - 1)
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "MLflow export refused.");

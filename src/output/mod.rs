@@ -1,12 +1,14 @@
-//! Outputs: alert delivery ([`notify`], e-mail in [`mail`]), the status document and file
-//! ([`status`]), the HTML status page ([`page`]), the HTTP endpoints of `watch --listen`
+//! Outputs: alert delivery ([`notify`] to the [`receivers`], e-mail in [`mail`]), the status
+//! document ([`status`]), the HTML status page ([`page`]), both kept on disk ([`files`]), the HTTP endpoints of `watch --listen`
 //! ([`serve`]), training history as results.csv ([`results`]) and to an MLflow tracking server
 //! ([`mlflow`]).
 
+pub mod files;
 pub mod mail;
 pub mod mlflow;
 pub mod notify;
 pub mod page;
+pub mod receivers;
 pub mod results;
 pub mod serve;
 pub mod status;

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::receivers::{ReceiverConfig, ReceiverKind};
 use crate::error::StoreError;
 use crate::store::alerts::{self as store_alerts, AlertRow, Pending};
 use crate::store::{OutboxChange, WriterSender};
@@ -60,116 +61,6 @@ impl NotifyConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReceiverKind {
-    Webhook,
-    Alertmanager,
-    Smtp,
-}
-
-/// One `[[notify.receivers]]`.
-#[derive(Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReceiverConfig {
-    /// How logs and the outbox name this receiver.
-    pub name: String,
-    pub kind: ReceiverKind,
-    /// The webhook URL, Alertmanager's base URL (`http://alertmanager:9093`), or the mail
-    /// server (`smtp://mail.example.com:587`, `smtps://mail.example.com:465`).
-    #[serde(serialize_with = "crate::config::redacted_text")]
-    pub url: String,
-    /// Sent as `Authorization: Bearer ...`; prefer `bearer_token_env`.
-    #[serde(default, serialize_with = "crate::config::secret")]
-    pub bearer_token: Option<String>,
-    /// The name of an environment variable holding the bearer token.
-    #[serde(default)]
-    pub bearer_token_env: Option<String>,
-    /// Per-request timeout.
-    #[serde(default = "default_timeout")]
-    pub timeout: Age,
-    /// smtp: the sender, `"trainwatch <trainwatch@example.com>"`.
-    #[serde(default)]
-    pub from: Option<String>,
-    /// smtp: the recipients.
-    #[serde(default)]
-    pub to: Vec<String>,
-    /// smtp: the user to log in as (with `password_env`).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// smtp: the password; prefer `password_env`.
-    #[serde(default, serialize_with = "crate::config::secret")]
-    pub password: Option<String>,
-    /// smtp: the name of an environment variable holding the password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// smtp: `tls` (from the first byte), `starttls` (required), or `none`; default from
-    /// the url's scheme.
-    #[serde(default)]
-    pub tls: Option<super::mail::SmtpTls>,
-    /// smtp: a PEM file of the CA that signed the mail server's certificate (a private CA).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-fn default_timeout() -> Age {
-    Age::secs(10)
-}
-
-impl Default for ReceiverConfig {
-    fn default() -> Self {
-        ReceiverConfig {
-            name: String::new(),
-            kind: ReceiverKind::Webhook,
-            url: String::new(),
-            bearer_token: None,
-            bearer_token_env: None,
-            timeout: default_timeout(),
-            from: None,
-            to: Vec::new(),
-            username: None,
-            password: None,
-            password_env: None,
-            tls: None,
-            ca_file: None,
-        }
-    }
-}
-
-// Never print the URL or the token.
-impl std::fmt::Debug for ReceiverConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReceiverConfig")
-            .field("name", &self.name)
-            .field("kind", &self.kind)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ReceiverConfig {
-    fn endpoint(&self) -> String {
-        match self.kind {
-            ReceiverKind::Webhook | ReceiverKind::Smtp => self.url.clone(),
-            ReceiverKind::Alertmanager => {
-                let base = self.url.trim_end_matches('/');
-                if base.ends_with("/api/v2/alerts") {
-                    base.to_string()
-                } else {
-                    format!("{base}/api/v2/alerts")
-                }
-            }
-        }
-    }
-
-    fn token(&self) -> Option<String> {
-        self.bearer_token.clone().or_else(|| {
-            self.bearer_token_env
-                .as_ref()
-                .and_then(|v| std::env::var(v).ok())
-        })
-    }
-}
-
 /// Sets `Authorization: Bearer <token>`, replacing the Basic credentials reqwest takes from a
 /// URL's `user:password@` (appending would send two headers, and servers read the first).
 fn with_bearer(mut req: reqwest::Request, token: Option<&str>) -> reqwest::Request {
@@ -199,16 +90,6 @@ impl ReceiverConfig {
             Err(e) => Some(format!("receiver {:?}: url is not a URL ({e})", self.name)),
         }
     }
-}
-
-/// The host name, for the `instance` label.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The generic webhook body of one notification.
@@ -267,11 +148,6 @@ struct Failure {
     permanent: bool,
 }
 
-/// Delay before attempt `attempts + 1`: 1 s doubling to 5 min.
-pub fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300))
-}
-
 /// How long a delivery record may take the writer before the notifier stops waiting.
 const RECORD_WAIT: Duration = Duration::from_secs(5);
 
@@ -306,7 +182,7 @@ impl Notifier {
             .user_agent(concat!("trainwatch/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| crate::error::OutputError::Http(e.to_string()))?;
-        let instance = cfg.instance.clone().unwrap_or_else(hostname);
+        let instance = cfg.instance.clone().unwrap_or_else(crate::sys::hostname);
         let mut mailers = std::collections::HashMap::new();
         for r in cfg
             .receivers
@@ -499,7 +375,8 @@ impl Notifier {
                         }
                     }
                     Err(f) => {
-                        let retry_at = now_ns() + backoff(p.attempts).as_nanos() as i64;
+                        let retry_at =
+                            now_ns() + crate::backoff::DELIVERY.delay(p.attempts).as_nanos() as i64;
                         NotificationFailed {
                             receiver: &p.receiver,
                             alertname: &p.alert.alertname,

@@ -4,7 +4,6 @@
 //! `trainwatch health --format json` prints the same document; `trainwatch status` and the
 //! HTML page render it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -714,28 +713,6 @@ pub fn collect(conn: &Connection, now: i64, max_age_ns: i64) -> Result<Status, S
     Ok(s)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
-/// rename over `path`, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".trainwatch-status")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    // Readable by the cron jobs and web servers that read it (a temporary file is 0600).
-    tmp.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// The status as `watch` shows it: the store's, with in front the `StoreNotWritable` of an
 /// outage the store itself cannot record.
 pub fn collect_live(
@@ -758,68 +735,6 @@ pub fn to_json(s: &Status) -> Vec<u8> {
     let mut text = serde_json::to_vec_pretty(s).unwrap_or_default();
     text.push(b'\n');
     text
-}
-
-/// The status file and page `watch` keeps up to date.
-pub struct StatusFiles {
-    pub json: Option<PathBuf>,
-    pub html: Option<PathBuf>,
-}
-
-/// `watch`'s task: rewrites the status file and page on their interval until `shutdown`.
-pub async fn write_files(
-    db: PathBuf,
-    files: StatusFiles,
-    health: crate::store::StoreHealth,
-    cfg: StatusConfig,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let files = std::sync::Arc::new(files);
-    let mut every = tokio::time::interval(
-        cfg.interval
-            .as_duration()
-            .max(std::time::Duration::from_secs(1)),
-    );
-    let refresh = cfg.interval.as_duration().as_secs().max(5);
-    let max_age = cfg.max_age.0;
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let (db, files) = (db.clone(), files.clone());
-        let health = health.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let conn = crate::store::open_ro(&db).map_err(|e| e.to_string())?;
-            let now = crate::time::now_ns();
-            let s = collect_live(&conn, now, max_age, &health).map_err(|e| e.to_string())?;
-            if let Some(p) = &files.json {
-                write_atomic(p, &to_json(&s))
-                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-            }
-            if let Some(p) = &files.html {
-                let html =
-                    super::page::build(&conn, &s, now, Some(refresh)).map_err(|e| e.to_string())?;
-                write_atomic(p, html.as_bytes())
-                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        match res {
-            Err(e) if !failing => {
-                tracing::warn!(error = %e, "Cannot write the status file or page; will retry.");
-                failing = true;
-            }
-            Ok(()) if failing => {
-                tracing::info!("Status file and page written again.");
-                failing = false;
-            }
-            _ => {}
-        }
-    }
 }
 
 #[cfg(test)]
@@ -997,21 +912,5 @@ mod tests {
         assert_eq!(fmt_count(1204.0), "1 204");
         assert_eq!(fmt_count(12.0), "12");
         assert_eq!(fmt_count(1_234_567.0), "1 234 567");
-    }
-
-    #[test]
-    fn atomic_writes_replace_whole_files_readable_by_others() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("status.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
-        // No temporary file is left behind.
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

@@ -146,20 +146,6 @@ const DEFAULTS: &[Builtin] = &[
     },
 ];
 
-/// Interns a kind or counter name from the config for the life of the process (bounded by the
-/// config's size).
-fn intern(s: &str) -> &'static str {
-    match s {
-        "gpu_oom" => "gpu_oom",
-        "annotation_processed" => "annotation_processed",
-        "annotation_failed" => "annotation_failed",
-        "queue_offset" => "queue_offset",
-        "queue_messages_processed" => "queue_messages_processed",
-        "queue_messages_failed" => "queue_messages_failed",
-        other => Box::leak(other.to_string().into_boxed_str()),
-    }
-}
-
 impl Patterns {
     /// Compiles `extra` (from the config, highest priority) followed by the defaults unless
     /// `replace_defaults` is set.
@@ -187,8 +173,8 @@ impl Patterns {
             };
             rules.push(Rule {
                 regex,
-                kind: intern(&p.kind),
-                counter: p.counter.as_deref().map(intern),
+                kind: crate::event::intern(&p.kind),
+                counter: p.counter.as_deref().map(crate::event::intern),
                 add: p.add.clone(),
                 level,
             });

@@ -122,7 +122,7 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
     // The stored state (a read of the store) can fail for a while (no file descriptors left,
     // a locked or full disk): retried with backoff until it loads or trainwatch shuts down,
     // never given up, so the container is followed once the cause is gone.
-    let mut retry = Backoff::new();
+    let mut retry = Backoff::new(crate::backoff::DAEMON);
     let mut reported = false;
     let (resume, out_cur, err_cur) = loop {
         let db = live.db.clone();
@@ -165,7 +165,7 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
         out_cur,
         err_cur,
     );
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(crate::backoff::DAEMON);
     let flush_every = Duration::from_millis(shared.cfg.flush_ms.max(1));
     let silence = shared.cfg.reattach_after_silence_secs;
     // Once the container has stopped, the rest is read without `follow`: dockerd (seen with

@@ -299,7 +299,7 @@ pub struct WriterOptions {
 /// writer fills and the sources wait (nothing is dropped; a followed container's lines wait in
 /// Docker's log).
 fn write_until_done(w: &mut Writer, batch: &mut [Op], health: Option<&StoreHealth>) {
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = crate::backoff::Backoff::new(crate::backoff::WRITER);
     let mut failing = false;
     w.observe(batch);
     loop {
@@ -326,8 +326,7 @@ fn write_until_done(w: &mut Writer, batch: &mut [Op], health: Option<&StoreHealt
                     let since = g.as_ref().map_or_else(crate::time::now_ns, |o| o.since);
                     *g = Some(StoreOutage { since, error: msg });
                 }
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(30));
+                std::thread::sleep(backoff.step());
             }
         }
     }

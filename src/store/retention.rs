@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::derive::Op;
 use crate::error::StoreError;
+use crate::time::Age;
+use serde::Deserialize;
 
 /// Rows per delete batch: small enough that the writer lock is held for milliseconds.
 pub const BATCH: i64 = 5_000;
@@ -28,18 +30,59 @@ pub struct PruneReport {
     pub freed_pages: u64,
 }
 
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+/// `[retention]`: how long events and samples, and training history, are kept.
+pub struct Retention {
+    #[serde(default = "default_events_age")]
+    pub events: String,
+    #[serde(default = "default_history")]
+    pub history: String,
+    /// How often `watch` prunes (the first time a minute after it starts).
+    #[serde(default = "default_every")]
+    pub every: Age,
+}
+
+fn default_every() -> Age {
+    Age::secs(86_400)
+}
+
+fn default_events_age() -> String {
+    "30d".into()
+}
+
+fn default_history() -> String {
+    "keep".into()
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            events: default_events_age(),
+            history: default_history(),
+            every: default_every(),
+        }
+    }
+}
+
+impl Retention {
+    /// The cutoffs as of `now`: events and samples, and training history unless kept.
+    pub fn cutoffs(&self, now: i64) -> (String, Option<String>) {
+        let at = |age: &str| crate::time::parse_age(age).map(|ns| crate::time::format_ns(now - ns));
+        let events = at(&self.events).unwrap_or_else(|| crate::time::format_ns(0));
+        let history = if self.history == "keep" {
+            None
+        } else {
+            at(&self.history)
+        };
+        (events, history)
+    }
+}
+
 /// `watch`'s retention: asks the writer to prune a minute after start, then every
 /// `retention.every`, with the config's ages taken back from the time of each prune.
-pub async fn schedule(
-    writer: WriterSender,
-    cfg: crate::config::Config,
-    shutdown: CancellationToken,
-) {
-    let every = cfg
-        .retention
-        .every
-        .as_duration()
-        .max(Duration::from_secs(1));
+pub async fn schedule(writer: WriterSender, cfg: Retention, shutdown: CancellationToken) {
+    let every = cfg.every.as_duration().max(Duration::from_secs(1));
     let mut next = tokio::time::Instant::now() + every.min(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -47,7 +90,7 @@ pub async fn schedule(
             _ = tokio::time::sleep_until(next) => {}
         }
         next = tokio::time::Instant::now() + every;
-        let (events, history) = cfg.retention_cutoffs(crate::time::now_ns());
+        let (events, history) = cfg.cutoffs(crate::time::now_ns());
         if writer
             .send(vec![Op::Prune { events, history }])
             .await

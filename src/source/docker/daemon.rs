@@ -34,41 +34,6 @@ pub(super) fn daemon_event(
     })
 }
 
-/// Exponential backoff with a cap, reset on success.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        Self::with_max(Duration::from_secs(30))
-    }
-
-    pub fn with_max(max: Duration) -> Self {
-        Backoff {
-            next: Duration::from_millis(200),
-            max,
-        }
-    }
-    pub fn reset(&mut self) {
-        self.next = Duration::from_millis(200);
-    }
-    /// The delay to wait now; doubles the next one.
-    pub fn step(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Tracks a daemon outage and reports it once as a `docker_unreachable` event when it lasts.
 #[derive(Debug, Default)]
 pub struct Outage {
@@ -127,7 +92,7 @@ pub async fn connect(
     cfg: &DockerConfig,
     shutdown: &CancellationToken,
 ) -> Option<Docker> {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(crate::backoff::DAEMON);
     let mut outage = Outage::default();
     let limit = Duration::from_secs(cfg.unreachable_after_secs);
     loop {

@@ -28,7 +28,7 @@ where
     let tracker = TaskTracker::new();
     let mut following: HashMap<String, CancellationToken> = HashMap::new();
     // Discovery notices the daemon's return for everyone: it probes at least every 5 s.
-    let mut backoff = Backoff::with_max(Duration::from_secs(5));
+    let mut backoff = Backoff::new(crate::backoff::DISCOVERY);
     let mut outage = Outage::default();
     let limit = Duration::from_secs(shared.cfg.unreachable_after_secs);
     let started = crate::time::now_ns();

@@ -1,0 +1,443 @@
+//! A run's life: its start (the trainer's settings line, `Starting training for N epochs`),
+//! its resume (`resume=...`, `Resuming training ... from epoch K`), and its end (completed,
+//! early stopped, an uncaught traceback, a new process, the container's exit).
+
+use serde_json::{Map, Value, json};
+
+use super::{ContainerState, Run, RunKey, RunStatus, is_yolov5};
+use crate::derive::{EventRow, Op, RunRow, json_num, paths};
+use crate::event::{Record, kind};
+use crate::parse::{Format, Level, Parsed};
+use crate::redact;
+
+/// What a run is opened with, as far as the line that opens it tells.
+#[derive(Default)]
+pub(super) struct Opening {
+    pub(super) epochs: Option<u32>,
+    pub(super) save_dir: Option<String>,
+    pub(super) model: Option<String>,
+    /// The settings line's `key=value`s as a JSON object (redacted).
+    pub(super) params: Option<String>,
+}
+
+/// The run folder of a checkpoint path (`runs/detect/train/weights/last.pt` ->
+/// `runs/detect/train`), if it is one.
+fn checkpoint_dir(model: &str) -> Option<String> {
+    let m = model.trim().replace('\\', "/");
+    let in_weights = m.contains("/weights/") || m.starts_with("weights/");
+    (in_weights && m.ends_with(".pt")).then(|| paths::run_dir(model))
+}
+
+fn truthy(v: &str) -> bool {
+    !matches!(v.trim(), "" | "False" | "false" | "None" | "null" | "0")
+}
+
+/// ` (SIGKILL)` for an exit code of 128 + a signal's number, as shells report it.
+fn signal_name(code: i64) -> &'static str {
+    match code {
+        129 => " (SIGHUP)",
+        130 => " (SIGINT)",
+        134 => " (SIGABRT)",
+        135 => " (SIGBUS)",
+        137 => " (SIGKILL)",
+        139 => " (SIGSEGV)",
+        143 => " (SIGTERM)",
+        _ => "",
+    }
+}
+
+impl ContainerState {
+    pub(super) fn settings(
+        &mut self,
+        rec: &Record,
+        p: &Parsed,
+        kv: &[(String, String)],
+        out: &mut Vec<Op>,
+    ) {
+        let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let epochs = get("epochs").and_then(|v| v.parse().ok());
+        let resume = get("resume").filter(|v| truthy(v));
+        // YOLOv5's `train: weights=...` names the model by its weights.
+        let yolov5 = get("weights").is_some() && get("task").is_none();
+        let model = get("model").or(get("weights")).map(str::to_string);
+        let save_dir = get("save_dir")
+            .map(str::to_string)
+            .or_else(|| resume.and_then(checkpoint_dir));
+        let mut ctx = Map::new();
+        for k in [
+            "task", "mode", "model", "data", "epochs", "batch", "imgsz", "device", "resume",
+            "save_dir", "project", "name",
+        ] {
+            if let Some(v) = get(k) {
+                ctx.insert(k.into(), Value::String(v.to_string()));
+            }
+        }
+        // Every setting as printed, for the run's parameters (an MLflow export logs them).
+        let mut params = Value::Object(
+            kv.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        );
+        redact::json(&mut params);
+        let params = Some(params.to_string());
+        let opening = Opening {
+            epochs,
+            save_dir,
+            model,
+            params,
+        };
+        if resume.is_some() {
+            // The `Resuming training ... from epoch K` line that follows is the
+            // training_resumed event; here the run is only picked up (or, when its start is not
+            // in the store, opened).
+            if !self.continue_run(rec, opening.save_dir.as_deref(), epochs, out) {
+                self.new_run(rec, opening, true, out);
+            }
+            if yolov5 && let Some(run) = self.run.as_mut() {
+                run.zero_based = true;
+            }
+            return;
+        }
+        self.new_run(rec, opening, true, out);
+        if yolov5 && let Some(run) = self.run.as_mut() {
+            run.zero_based = true;
+        }
+        out.push(self.event(
+            rec,
+            Level::Info,
+            "training_started",
+            &p.message,
+            Value::Object(ctx),
+        ));
+    }
+
+    /// `Starting training for N epochs...`: the start of a run its settings line opened, or
+    /// a run of its own.
+    pub(super) fn starting_training(
+        &mut self,
+        rec: &Record,
+        message: &str,
+        epochs: Option<u32>,
+        out: &mut Vec<Op>,
+    ) {
+        let starting = self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.starting && r.row.status == RunStatus::Running);
+        if starting {
+            let run = self.run.as_mut().expect("checked");
+            run.starting = false;
+            run.train_start = Some(rec.ts);
+            if epochs.is_some() && run.row.epochs_total != epochs {
+                run.row.epochs_total = epochs;
+                out.push(Op::Run(run.row.clone()));
+            }
+            return;
+        }
+        let opening = Opening {
+            epochs,
+            ..Opening::default()
+        };
+        self.new_run(rec, opening, false, out);
+        if let Some(run) = self.run.as_mut() {
+            run.train_start = Some(rec.ts);
+        }
+        let ctx = json!({ "epochs": epochs });
+        out.push(self.event(rec, Level::Info, "training_started", message, ctx));
+    }
+
+    /// `Resuming training <model> from epoch K to N total epochs`.
+    pub(super) fn resuming(
+        &mut self,
+        rec: &Record,
+        message: &str,
+        model: &str,
+        from_epoch: u32,
+        epochs: u32,
+        out: &mut Vec<Op>,
+    ) {
+        let dir = checkpoint_dir(model);
+        if !self.continue_run(rec, dir.as_deref(), Some(epochs), out) {
+            let opening = Opening {
+                epochs: Some(epochs),
+                save_dir: dir,
+                model: Some(model.to_string()),
+                params: None,
+            };
+            self.new_run(rec, opening, true, out);
+        }
+        let ctx = json!({ "model": model, "from_epoch": from_epoch, "epochs": epochs });
+        out.push(self.event(rec, Level::Info, "training_resumed", message, ctx));
+    }
+
+    /// `N epochs completed in H hours.`: the run is complete (unless it stopped early); the
+    /// validation rows that follow are the final validation of best.pt.
+    pub(super) fn epochs_completed(
+        &mut self,
+        rec: &Record,
+        message: &str,
+        epochs: u32,
+        hours: f64,
+        out: &mut Vec<Op>,
+    ) {
+        if let Some(run) = self.run.as_mut() {
+            if run.row.status != RunStatus::EarlyStopped {
+                run.row.status = RunStatus::Completed;
+            }
+            run.row.ended_at = Some(rec.ts);
+            run.starting = false;
+            out.push(Op::Run(run.row.clone()));
+        }
+        self.final_validation = true;
+        let ctx = json!({ "epochs": epochs, "hours": json_num(hours) });
+        out.push(self.event(rec, Level::Info, "training_completed", message, ctx));
+    }
+
+    /// `EarlyStopping: Training stopped early ... Best results observed at epoch K`.
+    pub(super) fn early_stopped(
+        &mut self,
+        rec: &Record,
+        message: &str,
+        best_epoch: u32,
+        patience: Option<u32>,
+        out: &mut Vec<Op>,
+    ) {
+        if let Some(run) = self.run.as_mut() {
+            run.row.status = RunStatus::EarlyStopped;
+            run.row.best_epoch_reported = Some(best_epoch);
+            run.row.ended_at = Some(rec.ts);
+            out.push(Op::Run(run.row.clone()));
+        }
+        let ctx = json!({ "best_epoch": best_epoch, "patience": patience });
+        out.push(self.event(rec, Level::Info, "early_stopped", message, ctx));
+    }
+
+    /// `Results saved to DIR`: the run's folder, if not known yet.
+    pub(super) fn results_dir(&mut self, dir: &str, out: &mut Vec<Op>) {
+        if let Some(run) = self.run.as_mut()
+            && run.row.save_dir.is_none()
+        {
+            run.row.save_dir = Some(dir.to_string());
+            out.push(Op::Run(run.row.clone()));
+        }
+    }
+
+    /// A traceback. Only an uncaught one ends the process (and fails the running run); one
+    /// inside a logging record (`logger.exception`) was handled by the program.
+    pub(super) fn traceback(&mut self, rec: &Record, p: &Parsed, out: &mut Vec<Op>) {
+        if p.format == Format::Traceback
+            && let Some(run) = self.run.as_mut()
+            && run.row.status == RunStatus::Running
+        {
+            run.row.status = RunStatus::Failed;
+            run.row.ended_at = Some(rec.ts);
+            out.push(Op::Run(run.row.clone()));
+        }
+    }
+
+    /// Ends the current run as interrupted if it is still running (a new process started).
+    fn interrupt_current(&mut self, out: &mut Vec<Op>) {
+        if let Some(run) = self.run.as_mut()
+            && run.row.status == RunStatus::Running
+        {
+            run.row.status = RunStatus::Interrupted;
+            run.row.ended_at = Some(run.last_ts);
+            out.push(Op::Run(run.row.clone()));
+        }
+        if let Some(run) = self.run.take()
+            && let Some(dir) = &run.row.save_dir
+        {
+            self.by_save_dir.insert(dir.clone(), run.row);
+        }
+    }
+
+    /// The container stopped and its log was read to the end (at `ts`, its `FinishedAt`): a
+    /// run still running ended with it, as `interrupted` when the process was stopped on
+    /// purpose (exit 0, or SIGINT / SIGTERM: 130, 143), else as `failed` (another code, or the
+    /// kernel's OOM killer), and a `training_container_died` event tells how.
+    pub fn container_exited(
+        &mut self,
+        ts: i64,
+        exit_code: Option<i64>,
+        oom_killed: bool,
+        out: &mut Vec<Op>,
+    ) {
+        let Some(run) = self
+            .run
+            .as_mut()
+            .filter(|r| r.row.status == RunStatus::Running)
+        else {
+            return;
+        };
+        let stopped = !oom_killed && matches!(exit_code, Some(0 | 130 | 143));
+        run.row.status = if stopped {
+            RunStatus::Interrupted
+        } else {
+            RunStatus::Failed
+        };
+        let ended = ts.max(run.last_ts);
+        run.row.ended_at = Some(ended);
+        out.push(Op::Run(run.row.clone()));
+        if exit_code == Some(0) && !oom_killed {
+            return;
+        }
+        let epoch = match (run.last_epoch, run.row.epochs_total) {
+            (Some(e), Some(n)) => format!(" after epoch {e}/{n}"),
+            (Some(e), None) => format!(" after epoch {e}"),
+            (None, _) => " before its first epoch".into(),
+        };
+        let how = if oom_killed {
+            "was killed by the kernel's OOM killer".to_string()
+        } else {
+            match exit_code {
+                Some(c) => format!("exited with code {c}{}", signal_name(c)),
+                None => "stopped (exit code unknown)".into(),
+            }
+        };
+        let message = format!(
+            "Training container {} {how}{epoch} while its run was running; the run is {}",
+            self.container,
+            run.row.status.as_str()
+        );
+        let context = json!({
+            "exit_code": exit_code,
+            "oom_killed": oom_killed,
+            "epoch": run.last_epoch,
+            "epochs_total": run.row.epochs_total,
+            "status": run.row.status.as_str(),
+        });
+        out.push(Op::Event(EventRow {
+            ts: ended,
+            container: self.container.clone(),
+            stream: "docker",
+            // The daemon's own `container_died` is at seq 0 of its event time.
+            seq: 1,
+            key_ts: ended,
+            level: if oom_killed {
+                Level::Critical
+            } else {
+                Level::Error
+            },
+            kind: kind::TRAINING_CONTAINER_DIED,
+            message,
+            context: context.to_string(),
+        }));
+    }
+
+    fn new_run(&mut self, rec: &Record, opening: Opening, starting: bool, out: &mut Vec<Op>) {
+        let Opening {
+            epochs,
+            save_dir,
+            model,
+            params,
+        } = opening;
+        self.interrupt_current(out);
+        let row = RunRow {
+            key: RunKey {
+                container: self.container.clone(),
+                stream: rec.stream,
+                ts: rec.key.ts,
+                seq: rec.key.seq,
+            },
+            started_at: rec.ts,
+            ended_at: None,
+            status: RunStatus::Running,
+            epochs_total: epochs,
+            best_epoch_reported: None,
+            save_dir,
+            model,
+            loss_names: self.loss_names.clone(),
+            params,
+            ultralytics_version: self.banner.clone(),
+        };
+        out.push(Op::Run(row.clone()));
+        self.final_validation = false;
+        self.run = Some(Run {
+            row,
+            last_epoch: None,
+            zero_based: is_yolov5(&self.loss_names),
+            last_ts: rec.ts,
+            starting,
+            header_open: false,
+            train_start: None,
+        });
+    }
+
+    /// Continues the run with `save_dir` (or the latest one) after a resume.
+    fn continue_run(
+        &mut self,
+        rec: &Record,
+        save_dir: Option<&str>,
+        epochs: Option<u32>,
+        out: &mut Vec<Op>,
+    ) -> bool {
+        let same_dir = |r: &RunRow| match (save_dir, r.save_dir.as_deref()) {
+            (Some(a), Some(b)) => paths::same(a, b),
+            _ => true,
+        };
+        let current_matches = self.run.as_ref().is_some_and(|r| same_dir(&r.row));
+        if !current_matches {
+            let Some(row) = save_dir.and_then(|d| self.take_by_save_dir(d)) else {
+                return false;
+            };
+            self.interrupt_current(out);
+            let zero_based = is_yolov5(&row.loss_names);
+            self.run = Some(Run {
+                row,
+                last_epoch: None,
+                zero_based,
+                last_ts: rec.ts,
+                starting: false,
+                header_open: false,
+                train_start: None,
+            });
+        }
+        let run = self.run.as_mut().expect("run set above");
+        run.row.status = RunStatus::Running;
+        run.row.ended_at = None;
+        if epochs.is_some() {
+            run.row.epochs_total = epochs;
+        }
+        if run.row.save_dir.is_none() {
+            run.row.save_dir = save_dir.map(str::to_string);
+        }
+        run.last_ts = rec.ts;
+        run.starting = true;
+        self.final_validation = false;
+        out.push(Op::Run(run.row.clone()));
+        true
+    }
+
+    /// Removes and returns the earlier run whose save_dir `dir` names (the best match: an
+    /// exact path before the longest shared tail).
+    fn take_by_save_dir(&mut self, dir: &str) -> Option<RunRow> {
+        let best = self
+            .by_save_dir
+            .keys()
+            .filter_map(|k| Some((paths::match_score(k, dir)?, k)))
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+            .map(|(_, k)| k.clone())?;
+        self.by_save_dir.remove(&best)
+    }
+
+    /// Makes sure there is a running run for an epoch line that arrived without a start.
+    pub(super) fn ensure_run(&mut self, rec: &Record, epochs: u32, epoch: u32, out: &mut Vec<Op>) {
+        let usable = self.run.as_ref().is_some_and(|r| {
+            r.row.status == RunStatus::Running
+                || r.row.status == RunStatus::Failed
+                || (r.last_epoch.is_none_or(|last| epoch > last)
+                    && !matches!(r.row.status, RunStatus::Completed | RunStatus::EarlyStopped))
+        });
+        if !usable || self.final_validation {
+            self.new_run(
+                rec,
+                Opening {
+                    epochs: Some(epochs),
+                    ..Opening::default()
+                },
+                false,
+                out,
+            );
+        }
+    }
+}

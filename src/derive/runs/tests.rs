@@ -1,0 +1,205 @@
+//! The run state machine on real consoles' lines.
+
+use super::*;
+use crate::event::Key;
+use crate::parse::Parser;
+
+struct Harness {
+    st: ContainerState,
+    parser: Parser,
+    ops: Vec<Op>,
+    n: i64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            st: ContainerState::new("c".into(), Resume::default()),
+            parser: Parser::default(),
+            ops: Vec::new(),
+            n: 0,
+        }
+    }
+    fn line(&mut self, text: &str) {
+        self.n += 1;
+        let rec = Record {
+            key: Key { ts: self.n, seq: 0 },
+            ts: self.n,
+            stream: Stream::Stdout,
+            text: text.into(),
+            nonfinite_frame: None,
+            terminated: true,
+            line_no: self.n as u64,
+            lines: 1,
+            last_key: Key { ts: self.n, seq: 0 },
+        };
+        let p = self.parser.parse(&rec);
+        self.st.apply(&rec, p, &mut self.ops);
+    }
+    fn runs(&self) -> Vec<RunRow> {
+        let mut last: Vec<RunRow> = Vec::new();
+        for op in &self.ops {
+            if let Op::Run(r) = op {
+                match last.iter_mut().find(|x| x.key == r.key) {
+                    Some(x) => *x = r.clone(),
+                    None => last.push(r.clone()),
+                }
+            }
+        }
+        last
+    }
+    /// The metric samples emitted so far, as (name, value).
+    fn metrics(&self) -> Vec<(&'static str, f64)> {
+        self.ops
+            .iter()
+            .filter_map(|o| {
+                if let Op::Metric(m) = o {
+                    Some((m.name, m.value))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+    fn kinds(&self) -> Vec<&'static str> {
+        self.ops
+            .iter()
+            .filter_map(|o| {
+                if let Op::Event(e) = o {
+                    Some(e.kind)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+const HEADER: &str =
+    "      Epoch    GPU_mem   box_loss   cls_loss   dfl_loss  Instances       Size";
+
+fn epoch(h: &mut Harness, e: u32, n: u32, loss: &str) {
+    h.line(HEADER);
+    h.line(&format!("      {e}/{n}      2.41G      {loss}      2.345      1.123         49        640: 100% ━━━━━━━━━━━━ 5/5 8.3it/s 0.6s"));
+    h.line(
+        "                   all        128        929      0.386     0.0348     0.0324     0.0135",
+    );
+}
+
+#[test]
+fn completed_run() {
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, mode=train, model=yolo11n.yaml, epochs=2, resume=False, save_dir=/r/train");
+    h.line("Starting training for 2 epochs...");
+    epoch(&mut h, 1, 2, "1.194");
+    epoch(&mut h, 2, 2, "1.100");
+    h.line("2 epochs completed in 0.010 hours.");
+    h.line("Validating /r/train/weights/best.pt...");
+    h.line("Ultralytics 8.3.40 🚀 Python-3.11.7 torch-2.5.1 CPU");
+    h.line("                   all        128        929      0.5     0.05     0.05     0.02");
+    let runs = h.runs();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Completed);
+    assert_eq!(runs[0].epochs_total, Some(2));
+    assert_eq!(runs[0].save_dir.as_deref(), Some("/r/train"));
+    let epochs: Vec<u32> = h
+        .ops
+        .iter()
+        .filter_map(|o| {
+            if let Op::Epoch(_, e) = o {
+                Some(e.epoch)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(epochs, vec![1, 1, 2, 2]);
+    let kinds = h.kinds();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "training_started").count(),
+        1
+    );
+    assert_eq!(kinds.iter().filter(|k| **k == "epoch_completed").count(), 2);
+    assert_eq!(kinds.iter().filter(|k| **k == "validation").count(), 3);
+    assert!(kinds.contains(&"training_completed"));
+}
+
+#[test]
+fn killed_then_new_process_interrupts_and_resume_continues() {
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, epochs=10, resume=False, save_dir=/r/train");
+    epoch(&mut h, 1, 10, "1.2");
+    // The process is killed; the next one resumes the same save_dir.
+    h.line("engine/trainer: task=detect, epochs=10, resume=/r/train/weights/last.pt, save_dir=/r/train");
+    h.line("Resuming training /r/train/weights/last.pt from epoch 2 to 10 total epochs");
+    epoch(&mut h, 2, 10, "1.1");
+    assert_eq!(h.runs().len(), 1);
+    assert_eq!(h.runs()[0].status, RunStatus::Running);
+    // A fresh training without resume: the running one is interrupted.
+    h.line("engine/trainer: task=detect, epochs=5, resume=False, save_dir=/r/train2");
+    let runs = h.runs();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].status, RunStatus::Interrupted);
+    assert_eq!(runs[1].status, RunStatus::Running);
+}
+
+#[test]
+fn failure_before_first_epoch_is_a_failed_run() {
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, epochs=10, resume=False, save_dir=/r/t");
+    h.line("Traceback (most recent call last):\n  File \"train.py\", line 3\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.");
+    let runs = h.runs();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    assert!(h.kinds().contains(&"gpu_oom"));
+}
+
+#[test]
+fn early_stop_and_nan_epoch() {
+    let mut h = Harness::new();
+    h.line("Starting training for 300 epochs...");
+    epoch(&mut h, 1, 300, "nan");
+    h.line("EarlyStopping: Training stopped early as no improvement observed in last 1 epochs. Best results observed at epoch 1, best model saved as best.pt.");
+    h.line("1 epochs completed in 0.001 hours.");
+    let runs = h.runs();
+    assert_eq!(runs[0].status, RunStatus::EarlyStopped);
+    assert_eq!(runs[0].best_epoch_reported, Some(1));
+    assert!(h.kinds().contains(&"loss_non_finite"));
+    assert!(h.kinds().contains(&"early_stopped"));
+}
+
+#[test]
+fn queue_counters_accumulate() {
+    let mut h = Harness::new();
+    h.line("2026-03-28 14:30:00,000 - annotation_queue - INFO - Annotation saved: id=1 offset=10");
+    h.line("Processed 5 messages");
+    h.line("WARNING:annotation_queue:Failed to process message offset=12");
+    h.st.flush_metrics(&mut h.ops);
+    let mut metrics = h.metrics();
+    // All three lines fall in one second: one sample per metric, the latest value.
+    metrics.sort_by(|a, b| a.0.cmp(b.0));
+    assert_eq!(
+        metrics,
+        vec![
+            ("queue_messages_failed", 1.0),
+            ("queue_messages_processed", 6.0),
+            ("queue_offset", 12.0),
+        ]
+    );
+    assert_eq!(
+        h.kinds(),
+        vec![
+            "annotation_processed",
+            "annotation_processed",
+            "annotation_failed"
+        ]
+    );
+    // A line in a later second emits the held samples and starts new ones.
+    h.ops.clear();
+    h.n += 2_000_000_000;
+    h.line("Processed 3 messages");
+    h.st.flush_metrics(&mut h.ops);
+    let metrics = h.metrics();
+    assert_eq!(metrics, vec![("queue_messages_processed", 9.0)]);
+    assert_eq!(h.kinds(), vec!["annotation_processed"]);
+}
