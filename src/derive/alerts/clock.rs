@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::lifecycle::Scope;
-
 /// The time-based rules are evaluated once per second of (log) time.
 const EVAL_EVERY_NS: i64 = 1_000_000_000;
 
@@ -101,5 +99,22 @@ impl Clocks {
     /// All rules are being evaluated now: the next time is a second later.
     pub(super) fn evaluating_all(&mut self) {
         self.next_eval = self.clock.saturating_add(EVAL_EVERY_NS);
+    }
+}
+
+/// Which rules an evaluation is about: one container's (in `replay`, at that container's own
+/// time), or all.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Scope {
+    All,
+    Container(Arc<str>),
+}
+
+impl Scope {
+    pub(super) fn holds(&self, container: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Container(c) => **c == *container,
+        }
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::clock::Clocks;
-use super::lifecycle::{Ctx, Lifecycle, Scope};
+use super::clock::{Clocks, Scope};
+use super::lifecycle::{Ctx, Lifecycle};
 use super::settings::{FOR_GRACE_NS, Rules};
 use super::vocabulary::{Alert, Change, Loaded, Signal};
 use super::{events, host, queue, training};

@@ -2,7 +2,8 @@
 //! `CheckpointSaveFailed`, `DockerUnreachable`, `LogStreamSilent`, `StoreNotWritable`.
 //! (`GpuOutOfMemory` also resolves on a later training epoch, in [`super::training`].)
 
-use super::lifecycle::{Ctx, Scope};
+use super::clock::Scope;
+use super::lifecycle::Ctx;
 use super::vocabulary::{AlertName, Change, first_line, labels};
 use crate::derive::EventRow;
 use crate::event::kind;

@@ -3,11 +3,10 @@
 //! [`Ctx`], what a rule family is lent to work with: the time, the rules, the active alerts.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::clock::Clocks;
+use super::clock::{Clocks, Scope};
 use super::settings::Rules;
 use super::vocabulary::{Alert, AlertName, Change, Labels, Loaded, fingerprint, labels};
 use crate::derive::RunKey;
@@ -61,23 +60,6 @@ impl When {
             since: ts,
             for_ns,
             evidence: ts,
-        }
-    }
-}
-
-/// Which rules an evaluation is about: one container's (in `replay`, at that container's own
-/// time), or all.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum Scope {
-    All,
-    Container(Arc<str>),
-}
-
-impl Scope {
-    pub(super) fn holds(&self, container: &str) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Container(c) => **c == *container,
         }
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::lifecycle::{Ctx, Scope, When};
+use super::clock::Scope;
+use super::lifecycle::{Ctx, When};
 use super::vocabulary::{AlertName, labels};
 use crate::derive::{EventRow, MetricRow};
 use crate::event::metric;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::lifecycle::{Ctx, Scope, When};
+use super::clock::Scope;
+use super::lifecycle::{Ctx, When};
 use super::settings::Diverging;
 use super::vocabulary::{AlertName, first_line, labels};
 use crate::derive::{EpochRow, EventRow, RunKey, RunStatus};
