@@ -162,3 +162,17 @@ impl From<bollard::errors::Error> for DockerError {
         }
     }
 }
+
+/// Starting `watch`: what it writes and reads could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WatchError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("opening {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("opening {path} for alert delivery: {source}")]
+    Notify { path: PathBuf, source: OutputError },
+    #[error("opening {path} for the MLflow export: {source}")]
+    Mlflow { path: PathBuf, source: OutputError },
+}

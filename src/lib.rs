@@ -30,6 +30,7 @@
 //!   `/metrics`, results.csv and the MLflow export.
 //! - [`pipeline`]: the one ingest driver, and the two inputs that feed it: replay (files) and
 //!   live (a follower per container of the Docker source).
+//! - [`watch`]: `watch` as one value: what it opens, starts, and stops, in which order.
 //! - [`redact`]: secret and payload redaction before anything is stored or logged.
 //! - [`telemetry`]: trainwatch's own logs in the service JSON format.
 //! - [`words`]: fixed words found in any case with a SIMD searcher (redaction, pattern gate).
@@ -53,4 +54,5 @@ pub mod store;
 pub mod sys;
 pub mod telemetry;
 pub mod time;
+pub mod watch;
 pub mod words;

@@ -1569,3 +1569,41 @@ fn live_follow_and_replay_of_the_same_log_store_the_same_rows_and_skips() {
         }
     }
 }
+
+/// `watch` as the library composes it ([`trainwatch::watch::Watch`]), run in this process:
+/// a container's epochs are stored while it runs, and a cancelled shutdown drains and commits.
+#[test]
+fn watch_runs_in_process_and_drains_on_shutdown() {
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("inproc", "");
+    let cfg = trainwatch::config::Config::load(&lab.config).unwrap();
+    let watch = trainwatch::watch::Watch::open(cfg, &lab.db.path).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    let running = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stopping = rt.block_on(watch.run(None, stop));
+        drop(rt);
+        stopping.finish()
+    });
+    let line = |e: u32| {
+        format!(
+            r#"{{"timestamp":"2026-03-28T14:3{e}:00Z","level":"INFO","service":"training","message":"Epoch {e}/3 completed","context":{{"epoch":{e},"loss":0.{e}5,"mAP50":0.{e}}}}}"#
+        )
+    };
+    let script = format!("echo '{}'; echo '{}'; /busybox sleep 30", line(1), line(2));
+    lab.run("epochs", false, &script);
+    lab.wait_for("SELECT count(*) FROM epochs", 2);
+    shutdown.cancel();
+    let stats = running.join().unwrap().unwrap();
+    assert!(stats.batches >= 1, "{stats:?}");
+    assert_eq!(
+        lab.db.text("SELECT group_concat(epoch || ':' || map50, ',') FROM (SELECT * FROM epochs ORDER BY epoch)"),
+        Some("1:0.1,2:0.2".into())
+    );
+}

@@ -307,150 +307,24 @@ impl Writer {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(StoreError::sql("begin transaction"))?;
-        {
-            let mut events: Vec<&crate::derive::EventRow> = Vec::new();
-            let mut metrics: Vec<&crate::derive::MetricRow> = Vec::new();
-            // Newest sample per metric in this batch: (container, name, ts, value).
-            let mut latest: Vec<(std::sync::Arc<str>, &'static str, i64, f64)> = Vec::new();
-            for op in batch.iter() {
-                match op {
-                    // Rows of the two logs reference nothing else in the batch: they are
-                    // inserted after the loop, in order, many per statement.
-                    Op::Event(e) => events.push(e),
-                    Op::Metric(m) => {
-                        metrics.push(m);
-                        // The gauge is written once per batch, with the newest sample.
-                        match latest
-                            .iter_mut()
-                            .find(|(c, n, _, _)| *n == m.name && **c == *m.container)
-                        {
-                            Some(g) if g.2 <= m.ts => (g.2, g.3) = (m.ts, m.value),
-                            Some(_) => {}
-                            None => latest.push((m.container.clone(), m.name, m.ts, m.value)),
-                        }
-                    }
-                    Op::Tick(now) => {
-                        tx.prepare_cached(HEARTBEAT)
-                            .and_then(|mut s| {
-                                s.execute(params![
-                                    format_ns(*now),
-                                    std::process::id(),
-                                    format_ns(self.started_at)
-                                ])
-                            })
-                            .map_err(StoreError::sql("write heartbeat"))?;
-                    }
-                    Op::Signal(..) => {}
-                    Op::State(container, state) => {
-                        tx.prepare_cached(UPSERT_DERIVE_STATE)
-                            .and_then(|mut s| {
-                                s.execute(params![
-                                    &**container,
-                                    state,
-                                    format_ns(crate::time::now_ns())
-                                ])
-                            })
-                            .map_err(StoreError::sql("save derivation state"))?;
-                    }
-                    // Run on its own by the writer's loop ([`Writer::prune`]).
-                    Op::Prune { .. } => {}
-                    Op::ForgetOrigin(origin) => {
-                        tx.prepare_cached("DELETE FROM cursors WHERE origin = ?1")
-                            .and_then(|mut s| s.execute([&**origin]))
-                            .map_err(StoreError::sql("forget cursors"))?;
-                    }
-                    Op::ContainerState(ts, name, run) => {
-                        use crate::derive::ContainerRun;
-                        let at = format_ns(*ts);
-                        let name: &str = name;
-                        match run {
-                            ContainerRun::Running => tx
-                                .prepare_cached(CONTAINER_RUNNING)
-                                .and_then(|mut s| s.execute(params![name, at])),
-                            ContainerRun::Exited(code) => tx
-                                .prepare_cached(CONTAINER_EXITED)
-                                .and_then(|mut s| s.execute(params![name, at, code])),
-                            ContainerRun::OomKilled => tx
-                                .prepare_cached(CONTAINER_OOM)
-                                .and_then(|mut s| s.execute(params![name, at])),
-                        }
-                        .map_err(StoreError::sql("write container state"))?;
-                    }
-                    Op::Container(ts, name, role) => {
-                        tx.prepare_cached(UPSERT_CONTAINER)
-                            .and_then(|mut s| s.execute(params![&**name, role, format_ns(*ts)]))
-                            .map_err(StoreError::sql("write container"))?;
-                    }
-                    Op::Run(r) => {
-                        let id = upsert_run(&tx, r)?;
-                        if self.run_ids.insert(r.key.clone(), id).is_none() {
-                            new_runs.push(r.key.clone());
-                        }
-                        self.stats.runs_written += 1;
-                    }
-                    Op::Epoch(key, e) => {
-                        let run_id = match self.run_ids.get(key) {
-                            Some(id) => *id,
-                            None => {
-                                let id: i64 = tx
-                                    .query_row(
-                                        SELECT_RUN_ID,
-                                        params![
-                                            &*key.container,
-                                            key.stream.as_str(),
-                                            key.ts,
-                                            key.seq
-                                        ],
-                                        |r| r.get(0),
-                                    )
-                                    .map_err(StoreError::sql("find run for epoch"))?;
-                                self.run_ids.insert(key.clone(), id);
-                                new_runs.push(key.clone());
-                                id
-                            }
-                        };
-                        upsert_epoch(&tx, run_id, e)?;
-                        self.stats.epochs_written += 1;
-                    }
-                    Op::Cursor(c) => {
-                        tx.prepare_cached(UPSERT_CURSOR)
-                            .and_then(|mut s| {
-                                s.execute(params![
-                                    &*c.container,
-                                    c.stream.as_str(),
-                                    &*c.origin,
-                                    c.key.ts,
-                                    c.key.seq,
-                                    format_ns(crate::time::now_ns())
-                                ])
-                            })
-                            .map_err(StoreError::sql("update cursor"))?;
-                    }
-                }
-            }
-            // Newest line per container in this batch: a handful of containers per batch.
-            let mut newest: Vec<(&str, i64)> = Vec::new();
-            for e in events.iter().filter(|e| e.stream != "docker") {
-                match newest.iter_mut().find(|(c, _)| *c == &*e.container) {
-                    Some(n) => n.1 = n.1.max(e.ts),
-                    None => newest.push((&e.container, e.ts)),
-                }
-            }
-            for (container, ts) in newest {
-                tx.prepare_cached(CONTAINER_LAST_LINE)
-                    .and_then(|mut s| s.execute(params![container, format_ns(ts)]))
-                    .map_err(StoreError::sql("write a container's last line"))?;
-            }
-            let inserted = insert_rows(&tx, &events)?;
-            self.stats.events_inserted += inserted;
-            self.stats.events_duplicate += events.len() as u64 - inserted;
-            self.stats.metrics_inserted += insert_rows(&tx, &metrics)?;
-            for (container, name, ts, value) in latest {
-                tx.prepare_cached(UPSERT_GAUGE)
-                    .and_then(|mut s| s.execute(params![&*container, name, format_ns(ts), value]))
-                    .map_err(StoreError::sql("update gauge"))?;
+        let mut logs = Logs::default();
+        for op in batch.iter() {
+            match op {
+                // Rows of the two logs reference nothing else in the batch: they are inserted
+                // after the loop, in order, many per statement.
+                Op::Event(e) => logs.events.push(e),
+                Op::Metric(m) => logs.metric(m),
+                _ => write_op(
+                    &tx,
+                    op,
+                    self.started_at,
+                    &mut self.run_ids,
+                    &mut self.stats,
+                    new_runs,
+                )?,
             }
         }
+        logs.write(&tx, &mut self.stats)?;
         let mut queued = 0;
         if let Some(a) = self.alerts.as_ref() {
             let origin = origin(a.engine.is_live());
@@ -708,6 +582,178 @@ fn upsert_epoch(
             ])
         })
         .map_err(StoreError::sql("upsert epoch"))?;
+    Ok(())
+}
+
+/// The rows of the two logs in a batch, inserted together after its other ops.
+#[derive(Default)]
+struct Logs<'a> {
+    events: Vec<&'a crate::derive::EventRow>,
+    metrics: Vec<&'a crate::derive::MetricRow>,
+    /// Newest sample per metric in this batch: (container, name, ts, value).
+    latest: Vec<(std::sync::Arc<str>, &'static str, i64, f64)>,
+}
+
+impl<'a> Logs<'a> {
+    fn metric(&mut self, m: &'a crate::derive::MetricRow) {
+        self.metrics.push(m);
+        // The gauge is written once per batch, with the newest sample.
+        match self
+            .latest
+            .iter_mut()
+            .find(|(c, n, _, _)| *n == m.name && **c == *m.container)
+        {
+            Some(g) if g.2 <= m.ts => (g.2, g.3) = (m.ts, m.value),
+            Some(_) => {}
+            None => self
+                .latest
+                .push((m.container.clone(), m.name, m.ts, m.value)),
+        }
+    }
+
+    /// Inserts the events and samples, many per statement, with each container's last line
+    /// and each metric's gauge.
+    fn write(
+        self,
+        tx: &rusqlite::Transaction<'_>,
+        stats: &mut WriteStats,
+    ) -> Result<(), StoreError> {
+        let Logs {
+            events,
+            metrics,
+            latest,
+        } = self;
+        // Newest line per container in this batch: a handful of containers per batch.
+        let mut newest: Vec<(&str, i64)> = Vec::new();
+        for e in events.iter().filter(|e| e.stream != "docker") {
+            match newest.iter_mut().find(|(c, _)| *c == &*e.container) {
+                Some(n) => n.1 = n.1.max(e.ts),
+                None => newest.push((&e.container, e.ts)),
+            }
+        }
+        for (container, ts) in newest {
+            tx.prepare_cached(CONTAINER_LAST_LINE)
+                .and_then(|mut s| s.execute(params![container, format_ns(ts)]))
+                .map_err(StoreError::sql("write a container's last line"))?;
+        }
+        let inserted = insert_rows(tx, &events)?;
+        stats.events_inserted += inserted;
+        stats.events_duplicate += events.len() as u64 - inserted;
+        stats.metrics_inserted += insert_rows(tx, &metrics)?;
+        for (container, name, ts, value) in latest {
+            tx.prepare_cached(UPSERT_GAUGE)
+                .and_then(|mut s| s.execute(params![&*container, name, format_ns(ts), value]))
+                .map_err(StoreError::sql("update gauge"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one op that is not a row of the logs.
+fn write_op(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    started_at: i64,
+    run_ids: &mut HashMap<RunKey, i64>,
+    stats: &mut WriteStats,
+    new_runs: &mut Vec<RunKey>,
+) -> Result<(), StoreError> {
+    match op {
+        // Inserted with the batch's other rows of the logs ([`Logs`]).
+        Op::Event(_) | Op::Metric(_) => {}
+        Op::Tick(now) => {
+            tx.prepare_cached(HEARTBEAT)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        format_ns(*now),
+                        std::process::id(),
+                        format_ns(started_at)
+                    ])
+                })
+                .map_err(StoreError::sql("write heartbeat"))?;
+        }
+        Op::Signal(..) => {}
+        Op::State(container, state) => {
+            tx.prepare_cached(UPSERT_DERIVE_STATE)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        &**container,
+                        state,
+                        format_ns(crate::time::now_ns())
+                    ])
+                })
+                .map_err(StoreError::sql("save derivation state"))?;
+        }
+        // Run on its own by the writer's loop ([`Writer::prune`]).
+        Op::Prune { .. } => {}
+        Op::ForgetOrigin(origin) => {
+            tx.prepare_cached("DELETE FROM cursors WHERE origin = ?1")
+                .and_then(|mut s| s.execute([&**origin]))
+                .map_err(StoreError::sql("forget cursors"))?;
+        }
+        Op::ContainerState(ts, name, run) => {
+            use crate::derive::ContainerRun;
+            let at = format_ns(*ts);
+            let name: &str = name;
+            match run {
+                ContainerRun::Running => tx
+                    .prepare_cached(CONTAINER_RUNNING)
+                    .and_then(|mut s| s.execute(params![name, at])),
+                ContainerRun::Exited(code) => tx
+                    .prepare_cached(CONTAINER_EXITED)
+                    .and_then(|mut s| s.execute(params![name, at, code])),
+                ContainerRun::OomKilled => tx
+                    .prepare_cached(CONTAINER_OOM)
+                    .and_then(|mut s| s.execute(params![name, at])),
+            }
+            .map_err(StoreError::sql("write container state"))?;
+        }
+        Op::Container(ts, name, role) => {
+            tx.prepare_cached(UPSERT_CONTAINER)
+                .and_then(|mut s| s.execute(params![&**name, role, format_ns(*ts)]))
+                .map_err(StoreError::sql("write container"))?;
+        }
+        Op::Run(r) => {
+            let id = upsert_run(tx, r)?;
+            if run_ids.insert(r.key.clone(), id).is_none() {
+                new_runs.push(r.key.clone());
+            }
+            stats.runs_written += 1;
+        }
+        Op::Epoch(key, e) => {
+            let run_id = match run_ids.get(key) {
+                Some(id) => *id,
+                None => {
+                    let id: i64 = tx
+                        .query_row(
+                            SELECT_RUN_ID,
+                            params![&*key.container, key.stream.as_str(), key.ts, key.seq],
+                            |r| r.get(0),
+                        )
+                        .map_err(StoreError::sql("find run for epoch"))?;
+                    run_ids.insert(key.clone(), id);
+                    new_runs.push(key.clone());
+                    id
+                }
+            };
+            upsert_epoch(tx, run_id, e)?;
+            stats.epochs_written += 1;
+        }
+        Op::Cursor(c) => {
+            tx.prepare_cached(UPSERT_CURSOR)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        &*c.container,
+                        c.stream.as_str(),
+                        &*c.origin,
+                        c.key.ts,
+                        c.key.seq,
+                        format_ns(crate::time::now_ns())
+                    ])
+                })
+                .map_err(StoreError::sql("update cursor"))?;
+        }
+    }
     Ok(())
 }
 
