@@ -369,10 +369,7 @@ async fn start_alertmanager() -> Option<Alertmanager> {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
     let Some(bin) = bin else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("prometheus-alertmanager is not installed (.ci/run installs it)");
-        }
-        crate::util::skip("skipping: prometheus-alertmanager is not installed");
+        crate::util::unavailable("skipping: prometheus-alertmanager is not installed");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();

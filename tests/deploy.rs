@@ -236,6 +236,10 @@ fn http_get(port: &str, path: &str) -> Option<(u16, String)> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one deployment scenario, step by step"
+)]
 fn the_compose_service_follows_containers_stores_on_its_volume_and_stops_cleanly() {
     if !docker_ready() {
         return;
@@ -510,10 +514,7 @@ fn packaging_files_are_valid_for_their_tools() {
             "systemd-analyze verify: {}",
             String::from_utf8_lossy(&o.stderr)
         ),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("systemd-analyze is required in CI: {e}")
-        }
-        Err(e) => crate::util::skip(&format!(
+        Err(e) => crate::util::unavailable(&format!(
             "skipping the unit check: systemd-analyze not runnable: {e}"
         )),
     }
@@ -547,10 +548,7 @@ fn packaging_files_are_valid_for_their_tools() {
                 assert!(text.contains(want), "{want} missing from:\n{text}");
             }
         }
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("the Compose tool is required in CI: {e}")
-        }
-        Err(e) => crate::util::skip(&format!("skipping the compose check: {e}")),
+        Err(e) => crate::util::unavailable(&format!("skipping the compose check: {e}")),
     }
 
     let cfg = trainwatch::config::Config::load(&dir.join("trainwatch.example.toml"))

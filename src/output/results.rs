@@ -25,6 +25,10 @@ pub fn epochs(conn: &Connection, run_id: i64) -> Result<Rows, StoreError> {
 /// classification runs metrics/accuracy_top1 and metrics/accuracy_top5 instead of the box four;
 /// for YOLOv5 runs YOLOv5's own columns (epoch, train/box_loss, train/obj_loss, train/cls_loss,
 /// metrics/precision, metrics/recall, metrics/mAP_0.5, metrics/mAP_0.5:0.95).
+#[expect(
+    clippy::too_many_lines,
+    reason = "one results.csv column after another, in Ultralytics' order"
+)]
 pub fn results_csv(conn: &Connection, run_id: i64, rows: Rows) -> Result<ResultsCsv, StoreError> {
     let (names, started) = queries::run_loss_names_and_start(conn, run_id)?;
     let mut names: Vec<String> = serde_json::from_str(&names).unwrap_or_default();

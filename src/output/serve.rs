@@ -119,6 +119,10 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c:
 /// The exposition (Prometheus text format): the latest value of every stored metric, labelled
 /// with `container` (and `gpu` for GPU metrics), firing alerts by severity, the health verdict,
 /// the data's age, and trainwatch's own counters.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the /metrics exposition: one family after another"
+)]
 pub fn metrics_text(s: &status::Status) -> String {
     let reg = Registry::new();
     let mut gauges: Vec<(String, GaugeVec)> = Vec::new();

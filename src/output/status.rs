@@ -270,6 +270,10 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// The latest run (by start), or the one with `run_id`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the training section's queries and fields, in the document's order"
+)]
 pub fn training(
     conn: &Connection,
     run_id: Option<i64>,

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::store::WriterSender;
+use bollard::container::LogOutput;
 use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
 use futures_util::{FutureExt, StreamExt};
 
 use crate::derive::alerts::Signal;
 use crate::derive::{ContainerState, Op};
 use crate::error::DockerError;
-use crate::event::{Notice, Stream};
+use crate::event::{Key, Notice, Stream};
 use crate::parse::Parser;
 use crate::source::docker::{
     self, Backoff, ContainerInfo, Exited, Shared, precise_since, split_timestamp,
@@ -74,11 +75,10 @@ fn take_lines(merger: &mut Merger, ingest: &mut Ingest<'_>) -> bool {
 /// a batch is due.
 fn take_message(
     ingest: &mut Ingest<'_>,
-    out: bollard::container::LogOutput,
+    out: LogOutput,
     merger: &mut Merger,
     line_no: &mut u64,
 ) -> bool {
-    use bollard::container::LogOutput;
     let (stream, msg) = match out {
         LogOutput::StdOut { message } | LogOutput::Console { message } => (Stream::Stdout, message),
         LogOutput::StdErr { message } => (Stream::Stderr, message),
@@ -115,18 +115,19 @@ async fn send(ingest: &mut Ingest<'_>, writer: &WriterSender) -> bool {
 /// At most this many log messages are taken from a stream per wakeup.
 const READY_CHUNK: usize = 1024;
 
-/// Follows one container until it stops (read to the end) or trainwatch shuts down.
-async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) {
-    let container: Arc<str> = Arc::from(info.name.as_str());
-    let origin: Arc<str> = Arc::from(info.id.as_str());
-    // The stored state (a read of the store) can fail for a while (no file descriptors left,
-    // a locked or full disk): retried with backoff until it loads or trainwatch shuts down,
-    // never given up, so the container is followed once the cause is gone.
+/// The stored state a follower starts from: the container's derivation state and cursors.
+type Stored = (crate::derive::Resume, Option<Key>, Option<Key>);
+
+/// Loads `info`'s stored state. A read of the store can fail for a while (no file descriptors
+/// left, a locked or full disk): retried with backoff until it loads or trainwatch shuts down
+/// (`None`), never given up, so the container is followed once the cause is gone.
+async fn load_stored(shared: &Shared, live: &Live, info: &ContainerInfo) -> Option<Stored> {
+    let container = info.name.as_str();
     let mut retry = Backoff::new(crate::backoff::DAEMON);
     let mut reported = false;
-    let (resume, out_cur, err_cur) = loop {
+    loop {
         let db = live.db.clone();
-        let c2 = container.clone();
+        let c2: Arc<str> = Arc::from(container);
         let id = info.id.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Result<_, crate::error::StoreError> {
             let conn = crate::store::open_ro(&db)?;
@@ -140,23 +141,182 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
         })
         .await;
         match loaded {
-            Ok(Ok(v)) => break v,
+            Ok(Ok(v)) => {
+                if reported {
+                    tracing::info!(container, "Loaded the container's stored state.");
+                }
+                return Some(v);
+            }
             Ok(Err(e)) => {
                 if !reported {
-                    tracing::error!(container = %container, error = %e, "Cannot load the container's stored state; retrying before following it.");
+                    tracing::error!(container, error = %e, "Cannot load the container's stored state; retrying before following it.");
                     reported = true;
                 }
             }
-            Err(_) => return,
+            Err(_) => return None,
         }
         tokio::select! {
             _ = tokio::time::sleep(retry.step()) => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => return None,
         }
-    };
-    if reported {
-        tracing::info!(container = %container, "Loaded the container's stored state.");
     }
+}
+
+/// `LogStreamSilent`: a running container of a watched role (training prints all the time;
+/// an idle queue may not) silent across re-attaches for longer than the limit.
+struct Silence {
+    container: Arc<str>,
+    /// Seconds of silence before the alert (0: never).
+    after: u64,
+    watched: bool,
+    quiet_since: tokio::time::Instant,
+    silent: bool,
+}
+
+impl Silence {
+    fn new(shared: &Shared, container: &Arc<str>, role: &str) -> Self {
+        Silence {
+            container: container.clone(),
+            after: shared.cfg.silent_alert_after_secs,
+            watched: shared.cfg.silent_alert_roles.iter().any(|r| r == role),
+            quiet_since: tokio::time::Instant::now(),
+            silent: false,
+        }
+    }
+
+    fn signal(&self, silent: bool) -> Vec<Op> {
+        let container = self.container.clone();
+        let signal = Signal::StreamSilent { container, silent };
+        vec![Op::Signal(crate::time::now_ns(), signal)]
+    }
+
+    /// A tick: the signal that the stream went silent, once it has been for too long.
+    fn tick(&mut self) -> Option<Vec<Op>> {
+        let due = self.after > 0
+            && !self.silent
+            && self.watched
+            && self.quiet_since.elapsed() >= Duration::from_secs(self.after);
+        self.silent |= due;
+        due.then(|| self.signal(true))
+    }
+
+    /// Data arrived: the signal that the stream flows again, if it was silent.
+    fn data(&mut self) -> Option<Vec<Op>> {
+        self.quiet_since = tokio::time::Instant::now();
+        std::mem::take(&mut self.silent).then(|| self.signal(false))
+    }
+}
+
+/// What one wakeup took from a log stream.
+struct Taken {
+    messages: usize,
+    /// A batch is ready to be sent.
+    due: bool,
+    /// The stream ended (`Ok`) or broke.
+    stop: Option<Result<(), DockerError>>,
+}
+
+/// Takes every message that is ready now, from `first` on (at most [`READY_CHUNK`]): one
+/// wakeup for many lines.
+async fn take_ready<S>(
+    stream: &mut S,
+    first: Option<Result<LogOutput, bollard::errors::Error>>,
+    f: &mut Ingest<'_>,
+    merger: &mut Merger,
+    line_no: &mut u64,
+) -> Taken
+where
+    S: futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+{
+    let mut next = Some(first);
+    let mut t = Taken {
+        messages: 0,
+        due: false,
+        stop: None,
+    };
+    let mut yielded = false;
+    loop {
+        let item = match next.take() {
+            Some(item) => item,
+            None => match stream.next().now_or_never() {
+                Some(item) => item,
+                None if !yielded => {
+                    // hyper hands the body over one chunk at a time: let its connection task
+                    // decode what it has already read.
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                None => return t,
+            },
+        };
+        yielded = false;
+        match item {
+            None => t.stop = Some(Ok(())),
+            Some(Err(e)) => t.stop = Some(Err(e.into())),
+            Some(Ok(out)) => {
+                t.due |= take_message(f, out, merger, line_no);
+                t.messages += 1;
+            }
+        }
+        if t.stop.is_some() || t.messages == READY_CHUNK {
+            return t;
+        }
+    }
+}
+
+/// Whether the container still runs, after its stream ended: `None` once it is removed (its
+/// log went with it). A daemon that does not answer (restarting, or the stream broke with
+/// it) counts as running. How a stopped one exited goes to `exited`.
+async fn still_running(
+    shared: &Shared,
+    info: &ContainerInfo,
+    exited: &mut Option<Exited>,
+) -> Option<bool> {
+    match shared
+        .docker
+        .inspect_container(&info.id, None::<InspectContainerOptions>)
+        .await
+        .map_err(DockerError::from)
+    {
+        Ok(i) => {
+            let state = i.state.unwrap_or_default();
+            let running = state.running.unwrap_or(false);
+            if !running {
+                *exited = Some(Exited::of(&state));
+            }
+            Some(running)
+        }
+        Err(e) if e.not_found() => None,
+        Err(_) => Some(true),
+    }
+}
+
+/// The non-follow read of a stopped container reached the end of its log: what is still
+/// open is let out, and a run still running ended with the container.
+async fn read_to_the_end(
+    f: &mut Ingest<'_>,
+    merger: &mut Merger,
+    exited: Option<&Exited>,
+    writer: &WriterSender,
+) {
+    merger.finish();
+    take_lines(merger, f);
+    f.finish();
+    if let Some(e) = exited {
+        let (state, ops) = f.state_and_ops();
+        state.container_exited(e.finished_at, e.exit_code, e.oom_killed, ops);
+    }
+    send(f, writer).await;
+}
+
+/// Follows one container until it stops (read to the end) or trainwatch shuts down.
+async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) {
+    let container: Arc<str> = Arc::from(info.name.as_str());
+    let origin: Arc<str> = Arc::from(info.id.as_str());
+    let Some((resume, out_cur, err_cur)) = load_stored(shared, live, info).await else {
+        return;
+    };
     tracing::info!(container = %container, role, "Following container logs.");
     let mut f = Ingest::new(
         &live.parser,
@@ -167,19 +327,14 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
     );
     let mut backoff = Backoff::new(crate::backoff::DAEMON);
     let flush_every = Duration::from_millis(shared.cfg.flush_ms.max(1));
-    let silence = shared.cfg.reattach_after_silence_secs;
+    let reattach_after = shared.cfg.reattach_after_silence_secs;
     // Once the container has stopped, the rest is read without `follow`: dockerd (seen with
     // 20.10) ends a follow stream when the container stops even if the reader is behind, so a
     // fast, short-lived container would otherwise lose its last lines.
     let mut draining = false;
     // How it stopped, as the inspect that found it stopped tells.
     let mut exited: Option<Exited> = None;
-    // `LogStreamSilent`: a running container of a watched role (training prints all the
-    // time; an idle queue may not) silent across re-attaches for longer than the limit.
-    let alert_silence = shared.cfg.silent_alert_after_secs;
-    let watched_role = shared.cfg.silent_alert_roles.iter().any(|r| r == role);
-    let mut quiet_since = tokio::time::Instant::now();
-    let mut silent = false;
+    let mut silence = Silence::new(shared, &container, role);
     loop {
         // Lines at the cursor's instant are re-delivered and dropped by key.
         f.restart();
@@ -212,105 +367,40 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
                     if !send(&mut f, &live.writer).await {
                         return;
                     }
-                    if alert_silence > 0 && !silent && watched_role
-                        && quiet_since.elapsed() >= Duration::from_secs(alert_silence)
-                    {
-                        silent = true;
-                        let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: true });
-                        let _ = live.writer.send(vec![op]).await;
+                    if let Some(ops) = silence.tick() {
+                        let _ = live.writer.send(ops).await;
                     }
-                    if silence > 0 && last_data.elapsed() >= Duration::from_secs(silence) {
-                        break Err(DockerError::Silent(silence));
+                    if reattach_after > 0 && last_data.elapsed() >= Duration::from_secs(reattach_after) {
+                        break Err(DockerError::Silent(reattach_after));
                     }
                 }
                 first = stream.next() => {
-                    // Every message that is ready is taken now: one wakeup for many lines.
-                    let mut next = Some(first);
-                    let mut taken = 0;
-                    let mut due = false;
-                    let mut yielded = false;
-                    let stop: Option<Result<(), DockerError>> = loop {
-                        let item = match next.take() {
-                            Some(item) => item,
-                            None => match stream.next().now_or_never() {
-                                Some(item) => item,
-                                None if !yielded => {
-                                    // hyper hands the body over one chunk at a time: let its
-                                    // connection task decode what it has already read.
-                                    yielded = true;
-                                    tokio::task::yield_now().await;
-                                    continue;
-                                }
-                                None => break None,
-                            },
-                        };
-                        yielded = false;
-                        match item {
-                            None => break Some(Ok(())),
-                            Some(Err(e)) => break Some(Err(e.into())),
-                            Some(Ok(out)) => {
-                                due |= take_message(&mut f, out, &mut merger, &mut line_no);
-                                taken += 1;
-                            }
-                        }
-                        if taken == READY_CHUNK {
-                            break None;
-                        }
-                    };
-                    if taken > 0 {
+                    let t = take_ready(&mut stream, first, &mut f, &mut merger, &mut line_no).await;
+                    if t.messages > 0 {
                         last_data = tokio::time::Instant::now();
-                        quiet_since = last_data;
-                        if std::mem::take(&mut silent) {
-                            let op = Op::Signal(crate::time::now_ns(), Signal::StreamSilent { container: container.clone(), silent: false });
-                            let _ = live.writer.send(vec![op]).await;
+                        if let Some(ops) = silence.data() {
+                            let _ = live.writer.send(ops).await;
                         }
                         backoff.reset();
-                        if due && !send(&mut f, &live.writer).await {
+                        if t.due && !send(&mut f, &live.writer).await {
                             return;
                         }
                     }
-                    if let Some(end) = stop {
+                    if let Some(end) = t.stop {
                         break end;
                     }
                 }
             }
         };
         if draining && ended.is_ok() {
-            // The non-follow read of a stopped container reached the end of its log: a run
-            // still running ended with the container.
-            merger.finish();
-            take_lines(&mut merger, &mut f);
-            f.finish();
-            if let Some(e) = &exited {
-                let (state, ops) = f.state_and_ops();
-                state.container_exited(e.finished_at, e.exit_code, e.oom_killed, ops);
-            }
-            send(&mut f, &live.writer).await;
+            read_to_the_end(&mut f, &mut merger, exited.as_ref(), &live.writer).await;
             tracing::info!(container = %container, "Container stopped; its logs were read to the end.");
             return;
         }
         send(&mut f, &live.writer).await;
-        let running = match shared
-            .docker
-            .inspect_container(&info.id, None::<InspectContainerOptions>)
-            .await
-            .map_err(DockerError::from)
-        {
-            Ok(i) => {
-                let state = i.state.unwrap_or_default();
-                let running = state.running.unwrap_or(false);
-                if !running {
-                    exited = Some(Exited::of(&state));
-                }
-                running
-            }
-            Err(e) if e.not_found() => {
-                // Removed: its log went with it; there is nothing left to read.
-                tracing::info!(container = %container, "Container removed; no longer following it.");
-                return;
-            }
-            // The daemon did not answer: it is restarting, or the stream broke with it.
-            Err(_) => true,
+        let Some(running) = still_running(shared, info, &mut exited).await else {
+            tracing::info!(container = %container, "Container removed; no longer following it.");
+            return;
         };
         if !running && ended.is_ok() {
             // Pieces and groups still open are re-delivered by the drain (the cursor does not

@@ -173,6 +173,10 @@ impl Piped {
     /// Opens `path` (`-` is standard input) and reads its head.
     pub fn open(path: &Path) -> std::io::Result<Piped> {
         let mut raw: Box<dyn std::io::Read + Send> = if path.as_os_str() == "-" {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the one reader of standard input"
+            )]
             Box::new(std::io::stdin())
         } else {
             Box::new(std::fs::File::open(path)?)

@@ -7,7 +7,7 @@
 //! feeds it each op it commits and persists the [`Change`]s it returns in the same
 //! transaction, so alerts follow exactly the data that was stored, during `replay` (with the
 //! log's times, each container's rules on that container's own) as during `watch` (where
-//! [`Op::Tick`] brings the wall clock). Everything it has learnt is one serializable value,
+//! [`Op::Tick`](crate::derive::Op::Tick) brings the wall clock). Everything it has learnt is one serializable value,
 //! committed with each batch ([`Engine::snapshot`], [`Engine::resume`]): a restart after a
 //! crash continues as if it had never stopped.
 //!

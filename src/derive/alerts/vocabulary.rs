@@ -40,13 +40,13 @@ impl Severity {
 /// The group of rules an alert belongs to: one file of rules each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// The host's GPUs and disk, from the probes ([`super::host`]).
+    /// The host's GPUs and disk, from the probes (`host.rs`).
     Host,
-    /// The annotation queue consumer ([`super::queue`]).
+    /// The annotation queue consumer (`queue.rs`).
     Queue,
-    /// Training runs and their containers ([`super::training`]).
+    /// Training runs and their containers (`training.rs`).
     Training,
-    /// Single events and trainwatch's own health ([`super::events`]).
+    /// Single events and trainwatch's own health (`events.rs`).
     Events,
 }
 

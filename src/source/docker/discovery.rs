@@ -20,6 +20,10 @@ use super::*;
 
 /// Runs discovery and the followers until `shutdown` is cancelled. Never returns early on
 /// daemon errors: it retries.
+#[expect(
+    clippy::too_many_lines,
+    reason = "discovery's event loop: the daemon's event stream and its reconnects in one select"
+)]
 pub async fn run<F, Fut>(shared: Shared, follow: F)
 where
     F: Fn(Shared, ContainerInfo, String) -> Fut + Clone + Send + Sync + 'static,

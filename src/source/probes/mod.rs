@@ -179,6 +179,10 @@ pub async fn clock(
 }
 
 /// Runs the probes until `shutdown`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the probes' loop: each probe and its health in one select"
+)]
 pub async fn run(cfg: ProbesConfig, writer: Sender<Vec<Notice>>, shutdown: CancellationToken) {
     let mut gpu_health = Health::default();
     let mut last_bad_row: Option<String> = None;
