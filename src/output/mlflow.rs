@@ -539,7 +539,7 @@ impl Exporter {
                 Ok((csv, store::epoch_digests(c, &target, run_id)?))
             })
             .await?;
-        let epochs = epoch_points(&csv, run.status == "running", ms(&run.started_at));
+        let epochs = epoch_points(&csv, run.status.is_running(), ms(&run.started_at));
         let mut batch: Vec<Value> = Vec::new();
         let mut marks: Vec<(i64, i64)> = Vec::new();
         for e in epochs {
@@ -563,7 +563,7 @@ impl Exporter {
         self.send_points(run_id, mlflow_run, &mut batch, &mut marks, s)
             .await?;
 
-        let ended = if run.status == "running" {
+        let ended = if run.status.is_running() {
             None
         } else {
             run.ended_at.clone()
@@ -572,7 +572,8 @@ impl Exporter {
             || exported.ended_sent != ended
             || exported.name_sent.as_deref() != Some(name)
         {
-            let mut tags = vec![json!({ "key": "trainwatch.status", "value": run.status })];
+            let mut tags =
+                vec![json!({ "key": "trainwatch.status", "value": run.status.as_str() })];
             if let Some(b) = run.best_epoch {
                 tags.push(json!({ "key": "best_epoch", "value": b.to_string() }));
             }
@@ -584,7 +585,7 @@ impl Exporter {
             .await?;
             let mut update = json!({
                 "run_id": mlflow_run,
-                "status": mlflow_status(&run.status),
+                "status": mlflow_status(run.status),
                 "run_name": name,
             });
             if let Some(e) = &ended {
@@ -596,7 +597,7 @@ impl Exporter {
                 .record(OutboxChange::MlflowStatus {
                     target: self.target.clone(),
                     run_id,
-                    status: run.status.clone(),
+                    status: run.status.as_str().to_string(),
                     ended_at: ended,
                     name: name.to_string(),
                 })
@@ -735,12 +736,13 @@ pub fn run_key(run: &ExportRun) -> String {
     format!("{:016x}", crate::hash::fnv1a(key.as_bytes()))
 }
 
-pub fn mlflow_status(status: &str) -> &'static str {
+pub fn mlflow_status(status: crate::derive::RunStatus) -> &'static str {
+    use crate::derive::RunStatus::*;
     match status {
-        "running" => "RUNNING",
-        "completed" | "early_stopped" => "FINISHED",
-        "failed" => "FAILED",
-        _ => "KILLED",
+        Running => "RUNNING",
+        Completed | EarlyStopped => "FINISHED",
+        Failed => "FAILED",
+        Interrupted => "KILLED",
     }
 }
 
@@ -932,7 +934,10 @@ mod tests {
             ("interrupted", "KILLED"),
         ];
         for (ours, theirs) in pairs {
-            assert_eq!(mlflow_status(ours), theirs);
+            assert_eq!(
+                mlflow_status(crate::derive::RunStatus::parse(ours).unwrap()),
+                theirs
+            );
         }
     }
 
@@ -964,7 +969,7 @@ mod tests {
             start_seq: 0,
             started_at: "2026-03-28T14:30:00.000000000Z".into(),
             ended_at: None,
-            status: "running".into(),
+            status: crate::derive::RunStatus::Running,
             save_dir: save_dir.map(str::to_string),
             model: None,
             params: None,

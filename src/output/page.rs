@@ -6,6 +6,7 @@
 //! Every series is read with an indexed range query (`epochs` by run, `metric_log` by
 //! container, name and time), and long ones are thinned to a few hundred points.
 
+use crate::event::metric;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use rusqlite::{Connection, params};
 
@@ -183,8 +184,8 @@ pub fn charts(conn: &Connection, status: &Status, now: i64) -> Result<Charts, St
         let container = format!("gpu{}", g.gpu);
         let color = PALETTE[i % PALETTE.len()];
         for (name, out) in [
-            ("gpu_temperature_c", &mut c.gpu_temp),
-            ("gpu_utilization_pct", &mut c.gpu_util),
+            (metric::GPU_TEMPERATURE_C, &mut c.gpu_temp),
+            (metric::GPU_UTILIZATION_PCT, &mut c.gpu_util),
         ] {
             out.push(Series {
                 name: format!("GPU {}", g.gpu),
@@ -200,7 +201,7 @@ pub fn charts(conn: &Connection, status: &Status, now: i64) -> Result<Charts, St
             points: samples(
                 conn,
                 "host",
-                "disk_usage_azaion_pct",
+                metric::DISK_USAGE_AZAION_PCT,
                 now - HOST_WINDOW_NS,
                 now,
             )?,
@@ -247,8 +248,8 @@ pub fn charts(conn: &Connection, status: &Status, now: i64) -> Result<Charts, St
     }
     for q in &status.queues {
         for (name, label, color) in [
-            ("queue_messages_processed", "processed", PALETTE[2]),
-            ("queue_messages_failed", "failed", PALETTE[1]),
+            (metric::QUEUE_MESSAGES_PROCESSED, "processed", PALETTE[2]),
+            (metric::QUEUE_MESSAGES_FAILED, "failed", PALETTE[1]),
         ] {
             c.queue.push(Series {
                 name: format!("{} {label}", q.container),

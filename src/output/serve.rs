@@ -9,6 +9,7 @@
 //! closed at once, so idle sockets cannot take the file descriptors the store, the probes and
 //! the followers need.
 
+use crate::event::metric;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,20 +46,20 @@ struct AppState {
 /// Help text of the service's metric names.
 fn help(name: &str) -> &'static str {
     match name {
-        "training_epoch" => "Last completed training epoch",
-        "training_loss" => "Training loss of the last epoch (sum of the loss columns)",
-        "training_mAP50" => "Validation mAP50 of the last epoch",
-        "training_mAP50_95" => "Validation mAP50-95 of the last epoch",
-        "queue_messages_processed" => "Annotation queue messages processed",
-        "queue_messages_failed" => "Annotation queue messages that failed",
-        "queue_offset" => "Annotation queue stream offset",
-        "gpu_temperature_c" => "GPU temperature in degrees Celsius",
-        "gpu_utilization_pct" => "GPU utilisation in percent",
-        "gpu_memory_used_mb" => "GPU memory used in bytes",
-        "gpu_memory_total_mb" => "GPU memory in bytes",
-        "disk_usage_azaion_gb" => "Disk space used on the data root in bytes",
-        "disk_usage_azaion_pct" => "Disk space used on the data root in percent",
-        "disk_total_azaion_gb" => "Size of the data root's file system in bytes",
+        metric::TRAINING_EPOCH => "Last completed training epoch",
+        metric::TRAINING_LOSS => "Training loss of the last epoch (sum of the loss columns)",
+        metric::TRAINING_MAP50 => "Validation mAP50 of the last epoch",
+        metric::TRAINING_MAP50_95 => "Validation mAP50-95 of the last epoch",
+        metric::QUEUE_MESSAGES_PROCESSED => "Annotation queue messages processed",
+        metric::QUEUE_MESSAGES_FAILED => "Annotation queue messages that failed",
+        metric::QUEUE_OFFSET => "Annotation queue stream offset",
+        metric::GPU_TEMPERATURE_C => "GPU temperature in degrees Celsius",
+        metric::GPU_UTILIZATION_PCT => "GPU utilisation in percent",
+        metric::GPU_MEMORY_USED_MB => "GPU memory used in bytes",
+        metric::GPU_MEMORY_TOTAL_MB => "GPU memory in bytes",
+        metric::DISK_USAGE_AZAION_GB => "Disk space used on the data root in bytes",
+        metric::DISK_USAGE_AZAION_PCT => "Disk space used on the data root in percent",
+        metric::DISK_TOTAL_AZAION_GB => "Size of the data root's file system in bytes",
         "disk_usage_datasets_gb" => "Size of datasets/ under the data root in bytes",
         "disk_usage_models_gb" => "Size of models/ under the data root in bytes",
         "container_cpu_pct" => {
@@ -86,17 +87,17 @@ fn help(name: &str) -> &'static str {
 pub fn exposition_name(name: &str) -> Option<(String, f64, bool)> {
     const MIB: f64 = 1024.0 * 1024.0;
     Some(match name {
-        "training_mAP50" => ("training_map50".into(), 1.0, false),
-        "training_mAP50_95" => ("training_map50_95".into(), 1.0, false),
-        "queue_messages_processed" => ("queue_messages_processed_total".into(), 1.0, true),
-        "queue_messages_failed" => ("queue_messages_failed_total".into(), 1.0, true),
-        "gpu_memory_used_mb" => ("gpu_memory_used_bytes".into(), MIB, false),
+        metric::TRAINING_MAP50 => ("training_map50".into(), 1.0, false),
+        metric::TRAINING_MAP50_95 => ("training_map50_95".into(), 1.0, false),
+        metric::QUEUE_MESSAGES_PROCESSED => ("queue_messages_processed_total".into(), 1.0, true),
+        metric::QUEUE_MESSAGES_FAILED => ("queue_messages_failed_total".into(), 1.0, true),
+        metric::GPU_MEMORY_USED_MB => ("gpu_memory_used_bytes".into(), MIB, false),
         // Docker's cumulative byte counts (reset when the container restarts, as counters may).
         "container_network_rx_bytes"
         | "container_network_tx_bytes"
         | "container_block_read_bytes"
         | "container_block_write_bytes" => (format!("{name}_total"), 1.0, true),
-        "gpu_memory_total_mb" => ("gpu_memory_total_bytes".into(), MIB, false),
+        metric::GPU_MEMORY_TOTAL_MB => ("gpu_memory_total_bytes".into(), MIB, false),
         n if n.ends_with("_gb") => (format!("{}_bytes", &n[..n.len() - 3]), 1e9, false),
         n => {
             let ok = !n.is_empty()

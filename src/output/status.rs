@@ -4,6 +4,7 @@
 //! `trainwatch health --format json` prints the same document; `trainwatch status` and the
 //! HTML page render it.
 
+use crate::event::metric;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -75,7 +76,7 @@ pub struct Gauge {
 pub struct Training {
     pub run_id: i64,
     pub container: String,
-    pub status: String,
+    pub status: crate::derive::RunStatus,
     pub epoch: i64,
     pub epochs_total: Option<i64>,
     pub started_at: String,
@@ -362,7 +363,7 @@ pub fn training(
         .filter(|d| *d > 0.0)
         .collect();
     t.epoch_seconds = median(durations);
-    if t.status == "running"
+    if t.status.is_running()
         && let (Some(total), Some(per)) = (t.epochs_total, t.epoch_seconds)
     {
         let left = (total - t.epoch).max(0) as f64 * per;
@@ -394,7 +395,7 @@ fn queues(conn: &Connection, all: &[Gauge], now: i64) -> Result<Vec<Queue>, Stor
     names.dedup();
     let mut out = Vec::new();
     for c in names {
-        let offset = gauge(all, c, "queue_offset");
+        let offset = gauge(all, c, metric::QUEUE_OFFSET);
         let mut changed = None;
         if let Some(v) = offset {
             // The newest sample with another value; the first one after it is the change.
@@ -411,8 +412,8 @@ fn queues(conn: &Connection, all: &[Gauge], now: i64) -> Result<Vec<Queue>, Stor
         }
         out.push(Queue {
             container: c.to_string(),
-            processed: gauge(all, c, "queue_messages_processed"),
-            failed: gauge(all, c, "queue_messages_failed"),
+            processed: gauge(all, c, metric::QUEUE_MESSAGES_PROCESSED),
+            failed: gauge(all, c, metric::QUEUE_MESSAGES_FAILED),
             offset,
             offset_age_seconds: changed
                 .as_deref()
@@ -436,10 +437,10 @@ fn gpus(all: &[Gauge]) -> Vec<Gpu> {
     ids.into_iter()
         .map(|c| Gpu {
             gpu: c.strip_prefix("gpu").unwrap_or(c).to_string(),
-            temperature_c: gauge(all, c, "gpu_temperature_c"),
-            utilization_pct: gauge(all, c, "gpu_utilization_pct"),
-            memory_used_mb: gauge(all, c, "gpu_memory_used_mb"),
-            memory_total_mb: gauge(all, c, "gpu_memory_total_mb"),
+            temperature_c: gauge(all, c, metric::GPU_TEMPERATURE_C),
+            utilization_pct: gauge(all, c, metric::GPU_UTILIZATION_PCT),
+            memory_used_mb: gauge(all, c, metric::GPU_MEMORY_USED_MB),
+            memory_total_mb: gauge(all, c, metric::GPU_MEMORY_TOTAL_MB),
         })
         .collect()
 }
@@ -499,9 +500,9 @@ fn containers(
 
 fn disk(all: &[Gauge]) -> Option<Disk> {
     let d = Disk {
-        used_pct: gauge(all, "host", "disk_usage_azaion_pct"),
-        used_gb: gauge(all, "host", "disk_usage_azaion_gb"),
-        total_gb: gauge(all, "host", "disk_total_azaion_gb"),
+        used_pct: gauge(all, "host", metric::DISK_USAGE_AZAION_PCT),
+        used_gb: gauge(all, "host", metric::DISK_USAGE_AZAION_GB),
+        total_gb: gauge(all, "host", metric::DISK_TOTAL_AZAION_GB),
         datasets_gb: gauge(all, "host", "disk_usage_datasets_gb"),
         models_gb: gauge(all, "host", "disk_usage_models_gb"),
     };
@@ -602,7 +603,7 @@ pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
     match &s.training {
         Some(t) => {
             let of = t.epochs_total.map(|n| format!("/{n}")).unwrap_or_default();
-            let mut p = if t.status == "running" {
+            let mut p = if t.status.is_running() {
                 format!("training run {} epoch {}{of}", t.run_id, t.epoch)
             } else {
                 format!(
@@ -772,7 +773,7 @@ mod tests {
             training: Some(Training {
                 run_id: 7,
                 container: "yolo".into(),
-                status: "running".into(),
+                status: crate::derive::RunStatus::Running,
                 epoch: 45,
                 epochs_total: Some(120),
                 started_at: format_ns(NOW - 10 * 3600 * S),

@@ -25,7 +25,7 @@ pub struct ExportRun {
     pub start_seq: i64,
     pub started_at: String,
     pub ended_at: Option<String>,
-    pub status: String,
+    pub status: crate::derive::RunStatus,
     pub save_dir: Option<String>,
     pub model: Option<String>,
     /// JSON object text of the settings line's `key=value`s.

@@ -75,6 +75,11 @@ impl RunStatus {
         }
     }
 
+    /// Whether the run still runs (the one status that is not an end).
+    pub fn is_running(self) -> bool {
+        self == RunStatus::Running
+    }
+
     pub fn parse(s: &str) -> Option<RunStatus> {
         Some(match s {
             "running" => RunStatus::Running,
@@ -83,6 +88,22 @@ impl RunStatus {
             "failed" => RunStatus::Failed,
             "interrupted" => RunStatus::Interrupted,
             _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status column as stored (`runs.status`); an unknown word is an error.
+impl rusqlite::types::FromSql for RunStatus {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        RunStatus::parse(s).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown run status {s:?}").into())
         })
     }
 }

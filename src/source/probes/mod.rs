@@ -12,6 +12,7 @@ pub mod disk;
 pub mod gpu;
 pub mod offset;
 
+use crate::event::metric;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,10 +127,10 @@ pub fn gpu_ops(output: &str, ts: i64, out: &mut Vec<Notice>) -> Vec<String> {
     let (gpus, bad) = gpu::parse(output);
     for g in gpus {
         let c: Arc<str> = Arc::from(format!("gpu{}", g.index));
-        metric(out, ts, &c, "gpu_temperature_c", g.temperature_c);
-        metric(out, ts, &c, "gpu_utilization_pct", g.utilization_pct);
-        metric(out, ts, &c, "gpu_memory_used_mb", g.memory_used_mb);
-        metric(out, ts, &c, "gpu_memory_total_mb", g.memory_total_mb);
+        metric(out, ts, &c, metric::GPU_TEMPERATURE_C, g.temperature_c);
+        metric(out, ts, &c, metric::GPU_UTILIZATION_PCT, g.utilization_pct);
+        metric(out, ts, &c, metric::GPU_MEMORY_USED_MB, g.memory_used_mb);
+        metric(out, ts, &c, metric::GPU_MEMORY_TOTAL_MB, g.memory_total_mb);
     }
     bad
 }
@@ -141,15 +142,21 @@ pub fn disk_ops(u: &disk::Usage, ts: i64, out: &mut Vec<Notice>) {
         out,
         ts,
         &host,
-        "disk_usage_azaion_gb",
+        metric::DISK_USAGE_AZAION_GB,
         Some(u.used_bytes as f64 / disk::GB),
     );
-    metric(out, ts, &host, "disk_usage_azaion_pct", Some(u.used_pct));
     metric(
         out,
         ts,
         &host,
-        "disk_total_azaion_gb",
+        metric::DISK_USAGE_AZAION_PCT,
+        Some(u.used_pct),
+    );
+    metric(
+        out,
+        ts,
+        &host,
+        metric::DISK_TOTAL_AZAION_GB,
         Some(u.total_bytes as f64 / disk::GB),
     );
 }
@@ -280,18 +287,18 @@ pub async fn run(cfg: ProbesConfig, writer: Sender<Vec<Notice>>, shutdown: Cance
                             &mut ops,
                             ts,
                             &offset_container,
-                            "queue_offset",
+                            metric::QUEUE_OFFSET,
                             Some(v as f64),
                         );
-                        offset_health.set("queue_offset", Health::Ok);
+                        offset_health.set(metric::QUEUE_OFFSET, Health::Ok);
                     }
                     None => offset_health.set(
-                        "queue_offset",
+                        metric::QUEUE_OFFSET,
                         Health::Failing(format!("{}: no offset in the file", path.display())),
                     ),
                 },
                 Err(e) => offset_health.set(
-                    "queue_offset",
+                    metric::QUEUE_OFFSET,
                     Health::Failing(format!("{}: {e}", path.display())),
                 ),
             }
