@@ -9,8 +9,9 @@
 //! message that starts with `\n`).
 //!
 //! Streams are grouped separately: stdout and stderr interleave in a Docker log. A group still
-//! open on one stream is closed when the other stream moves [`MAX_HOLD_NS`] past it, so a quiet
-//! stream never holds a record back for long.
+//! open on one stream is closed when the other stream moves [`MAX_HOLD_NS`] past its newest
+//! line, so a quiet stream never holds a record back for long, and a slow writer (a line every
+//! second) never has its traceback split.
 
 use crate::event::{Record, Stream};
 use crate::grammar::pylog;
@@ -43,6 +44,9 @@ struct Group {
     held: Vec<Record>,
     /// Lines of the current exception's message after its first.
     message_lines: u32,
+    /// The log time of its newest line: how long it has waited is counted from there, so a
+    /// traceback written slowly is never split.
+    last_ts: i64,
 }
 
 /// The per-source grouping state. Feed records in source order with [`Grouper::push`]; call
@@ -81,7 +85,7 @@ impl Grouper {
     pub fn push(&mut self, rec: Record, out: &mut Vec<Record>) {
         let other = 1 - rec.stream.index();
         if let Some(g) = &self.open[other]
-            && rec.ts > g.rec.ts.saturating_add(MAX_HOLD_NS)
+            && rec.ts > g.last_ts.saturating_add(MAX_HOLD_NS)
         {
             self.close(other, out);
         }
@@ -100,6 +104,7 @@ impl Grouper {
             return;
         }
         let t = rec.text.as_str();
+        let ts = rec.ts;
         match g.state {
             State::Frames => {
                 if is_indented(t) {
@@ -114,6 +119,7 @@ impl Grouper {
                     g.state = State::AfterException;
                     g.message_lines = 0;
                 }
+                g.last_ts = g.last_ts.max(ts);
                 self.open[i] = Some(g);
             }
             State::AfterException => {
@@ -126,9 +132,11 @@ impl Grouper {
                     // `FileNotFoundError: ...` + `Note dataset download directory is ...`).
                     append(&mut g.rec, rec);
                     g.message_lines += 1;
+                    g.last_ts = g.last_ts.max(ts);
                     self.open[i] = Some(g);
                 } else if t.trim().is_empty() && g.held.len() < 2 {
                     g.held.push(rec);
+                    g.last_ts = g.last_ts.max(ts);
                     self.open[i] = Some(g);
                 } else if is_chain_intro(t) && !g.held.is_empty() {
                     for h in std::mem::take(&mut g.held) {
@@ -136,6 +144,7 @@ impl Grouper {
                     }
                     append(&mut g.rec, rec);
                     g.state = State::ChainIntro;
+                    g.last_ts = g.last_ts.max(ts);
                     self.open[i] = Some(g);
                 } else {
                     let held = std::mem::take(&mut g.held);
@@ -149,10 +158,12 @@ impl Grouper {
             State::ChainIntro => {
                 if t.trim().is_empty() {
                     append(&mut g.rec, rec);
+                    g.last_ts = g.last_ts.max(ts);
                     self.open[i] = Some(g);
                 } else if t.trim_end() == TRACEBACK {
                     append(&mut g.rec, rec);
                     g.state = State::Frames;
+                    g.last_ts = g.last_ts.max(ts);
                     self.open[i] = Some(g);
                 } else {
                     self.emit(g, out);
@@ -163,10 +174,12 @@ impl Grouper {
                 if t.trim_end() == TRACEBACK {
                     append(&mut g.rec, rec);
                     g.state = State::Frames;
+                    g.last_ts = g.last_ts.max(ts);
                     self.open[i] = Some(g);
                 } else if empty && !starts_record(t) {
                     append(&mut g.rec, rec);
                     g.state = State::LogHead { empty: false };
+                    g.last_ts = g.last_ts.max(ts);
                     self.open[i] = Some(g);
                 } else {
                     self.emit(g, out);
@@ -192,6 +205,7 @@ impl Grouper {
         };
         let i = rec.stream.index();
         self.open[i] = Some(Group {
+            last_ts: rec.ts,
             rec,
             state,
             held: Vec::new(),
@@ -212,11 +226,11 @@ impl Grouper {
         }
     }
 
-    /// Closes open groups whose first line is older than `before` (log time): used by the live
-    /// path so a traceback at the end of a stream is not held until the next line.
+    /// Closes open groups whose newest line is older than `before` (log time): used by the
+    /// live path so a traceback at the end of a stream is not held until the next line.
     pub fn flush_older_than(&mut self, before: i64, out: &mut Vec<Record>) {
         for i in 0..2 {
-            if self.open[i].as_ref().is_some_and(|g| g.rec.ts < before) {
+            if self.open[i].as_ref().is_some_and(|g| g.last_ts < before) {
                 self.close(i, out);
             }
         }
@@ -459,5 +473,37 @@ mod tests {
         g.push(rec(MAX_HOLD_NS + 5, Stream::Stdout, "later"), &mut out);
         assert_eq!(out.len(), 3);
         assert!(out[1].text.starts_with("Traceback"));
+    }
+
+    /// A traceback written a line every 0.7 s (5.6 s in all) while the other stream prints
+    /// and the live path flushes: one record, waited for from its newest line.
+    #[test]
+    fn a_slow_traceback_waits_from_its_last_line() {
+        let mut g = Grouper::new();
+        let mut out = Vec::new();
+        let step = 700_000_000;
+        let lines = [
+            "Traceback (most recent call last):",
+            "  File \"train.py\", line 3, in <module>",
+            "    main()",
+            "  File \"train.py\", line 2, in main",
+            "    raise RuntimeError(\"Dataset 'data/missing.yaml' error\")",
+            "RuntimeError: Dataset 'data/missing.yaml' error",
+        ];
+        for (i, l) in lines.iter().enumerate() {
+            let ts = i as i64 * step;
+            g.push(rec(ts, Stream::Stderr, l), &mut out);
+            g.push(rec(ts + 1, Stream::Stdout, "tick"), &mut out);
+            // What `watch` does on its timer, at the line's time plus a little.
+            g.flush_older_than(ts + step / 2 - MAX_HOLD_NS, &mut out);
+        }
+        assert!(out.iter().all(|r| r.text == "tick"), "split: {out:?}");
+        let last = (lines.len() as i64 - 1) * step;
+        g.flush_older_than(last + 1 - MAX_HOLD_NS, &mut out);
+        assert!(out.iter().all(|r| r.text == "tick"), "closed too early");
+        g.flush_older_than(last + 1, &mut out);
+        let tb: Vec<&Record> = out.iter().filter(|r| r.text != "tick").collect();
+        assert_eq!(tb.len(), 1);
+        assert_eq!(tb[0].text, lines.join("\n"));
     }
 }
