@@ -177,6 +177,8 @@ pub enum ContainerRun {
     Exited(Option<i64>),
     /// The kernel's OOM killer hit it (its `die` follows).
     OomKilled,
+    /// Removed (`destroy`): its log and stats are gone with it.
+    Removed,
 }
 
 /// What a source reports besides log lines: samples, the clock, and what the Docker daemon
@@ -237,6 +239,7 @@ pub mod kind {
     pub const CHECKPOINT_SAVED: &str = "checkpoint_saved";
     pub const CHECKPOINT_SAVE_FAILED: &str = "checkpoint_save_failed";
     pub const TRAINING_CONTAINER_DIED: &str = "training_container_died";
+    pub const TRAINING_FAILED: &str = "training_failed";
     pub const DOCKER_UNREACHABLE: &str = "docker_unreachable";
     pub const CONTAINER_STARTED: &str = "container_started";
     pub const CONTAINER_DIED: &str = "container_died";

@@ -25,7 +25,7 @@
 //! - [`parse`]: line parsers (nom for text, serde_json for JSON) and message patterns.
 //! - [`derive`](mod@derive): the per-container run/epoch state machine and metrics.
 //! - [`derive::alerts`]: the alert rule engine, run by the store's writer on committed rows.
-//! - [`store`]: SQLite schema, writer, queries, alerts and their outbox, retention.
+//! - [`store`]: SQLite schema, writer, queries, alerts and their outbox, silences, retention.
 //! - [`output`]: alert delivery (webhooks, Alertmanager, e-mail), the status file and page,
 //!   `/metrics`, results.csv and the MLflow export.
 //! - [`pipeline`]: the one ingest driver, and the two inputs that feed it: replay (files) and

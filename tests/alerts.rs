@@ -86,15 +86,25 @@ fn queue_container_down_waits_five_minutes_of_clock_ticks() {
 #[test]
 fn replay_of_the_nan_run_fires_at_epoch_2_and_normal_runs_fire_nothing() {
     let db = Db::new();
-    for name in ["normal", "earlystop", "interrupted", "crash", "longline"] {
+    for name in ["normal", "earlystop", "interrupted", "longline"] {
         db.replay(
             &[fixture_str(&format!("ultralytics/{name}-json.log"))],
             Some(name),
         );
     }
     assert_eq!(db.count("SELECT count(*) FROM alerts"), 0);
+    // The crash is recorded as the failure it was, firing until its archive ends.
+    db.replay(&[fixture_str("ultralytics/crash-json.log")], Some("crash"));
+    assert_eq!(
+        db.text("SELECT alertname || ' ' || status || ' ' || summary FROM alerts")
+            .as_deref(),
+        Some(
+            "TrainingFailed resolved Training in crash failed after epoch 2/5: RuntimeError: simulated data loader failure at epoch 2"
+        )
+    );
+    let db = Db::new();
     db.replay(&[fixture_str("ultralytics/nan-json.log")], Some("nan"));
-    assert_eq!(db.count("SELECT count(*) FROM alerts"), 1);
+    assert_eq!(db.count("SELECT count(*) FROM alerts"), 2);
     let first_nan = db
         .text(
             "SELECT min(ts) FROM events WHERE container = 'nan' AND kind = 'loss_non_finite'
@@ -106,28 +116,45 @@ fn replay_of_the_nan_run_fires_at_epoch_2_and_normal_runs_fire_nothing() {
         Some(first_nan)
     );
     assert_eq!(
-        db.text("SELECT summary FROM alerts").as_deref(),
+        db.text("SELECT summary FROM alerts WHERE alertname = 'TrainingLossNonFinite'")
+            .as_deref(),
         Some("Training loss is NaN/inf in nan at epoch 2")
     );
     assert_eq!(
-        db.text("SELECT json_extract(labels, '$.severity') FROM alerts")
+        db.text("SELECT summary FROM alerts WHERE alertname = 'TrainingFailed'")
             .as_deref(),
-        Some("high")
+        Some(
+            "Training in nan failed after epoch 2/4: RuntimeError: Training failed: NaN persisted for 4 epochs"
+        )
     );
-    // The run failed: nothing burns GPU any more, the alert is resolved with the run's end.
     assert_eq!(
-        db.text("SELECT resolved_at FROM alerts"),
-        db.text("SELECT ended_at FROM training_runs WHERE container = 'nan'")
+        db.count("SELECT count(*) FROM alerts WHERE json_extract(labels, '$.severity') = 'high'"),
+        2
+    );
+    // The run failed, which resolves neither; the archive's end (its traceback, the run's end)
+    // does: a replayed failure is history.
+    let ended = db.text("SELECT ended_at FROM training_runs WHERE container = 'nan'");
+    assert_eq!(
+        db.count("SELECT count(*) FROM alerts WHERE status = 'resolved'"),
+        2
+    );
+    assert_eq!(
+        db.text("SELECT resolved_at FROM alerts WHERE alertname = 'TrainingFailed'"),
+        ended
+    );
+    assert_eq!(
+        db.text("SELECT resolved_at FROM alerts WHERE alertname = 'TrainingLossNonFinite'"),
+        ended
     );
     // Replay never pages: no notification was queued. A second replay adds nothing.
     assert_eq!(db.count("SELECT count(*) FROM outbox"), 0);
     db.replay(&[fixture_str("ultralytics/nan-json.log")], Some("nan"));
-    assert_eq!(db.count("SELECT count(*) FROM alerts"), 1);
+    assert_eq!(db.count("SELECT count(*) FROM alerts"), 2);
 }
 
 /// A webhook receiver on 127.0.0.1 that answers 503 to its first `fail_first` requests.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     ok: Arc<Mutex<Vec<Value>>>,
     failed: Arc<AtomicUsize>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -135,7 +162,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(port: u16, fail_first: usize) -> Receiver {
+    pub(crate) fn start(port: u16, fail_first: usize) -> Receiver {
         let server = tiny_http::Server::http(("127.0.0.1", port)).expect("bind receiver");
         let port = server.server_addr().to_ip().unwrap().port();
         let ok = Arc::new(Mutex::new(Vec::new()));
@@ -176,7 +203,7 @@ impl Receiver {
         }
     }
 
-    fn received(&self) -> Vec<Value> {
+    pub(crate) fn received(&self) -> Vec<Value> {
         self.ok.lock().unwrap().clone()
     }
 }

@@ -133,7 +133,8 @@ fn alerts_command_lists_firing_and_all() {
         &db.path,
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // The NaN run's alert is resolved (the run failed): nothing firing.
+    // The NaN run's alerts (the NaN, the failure) are resolved where its archive ends:
+    // nothing firing.
     let o = bin(&["alerts"], &db.path);
     assert!(o.status.success());
     assert_eq!(out(&o).trim(), "no alerts firing");
@@ -144,11 +145,13 @@ fn alerts_command_lists_firing_and_all() {
     );
     let o = bin(&["alerts", "--all", "--format", "json"], &db.path);
     let all: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(all.as_array().unwrap().len(), 1);
-    assert_eq!(all[0]["alertname"], "TrainingLossNonFinite");
-    assert_eq!(all[0]["severity"], "high");
-    assert_eq!(all[0]["status"], "resolved");
-    assert_eq!(all[0]["labels"]["container"], "nan");
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    // Newest first: the failure, then the NaN that led to it.
+    assert_eq!(all[0]["alertname"], "TrainingFailed");
+    assert_eq!(all[1]["alertname"], "TrainingLossNonFinite");
+    assert_eq!(all[1]["severity"], "high");
+    assert_eq!(all[1]["status"], "resolved");
+    assert_eq!(all[1]["labels"]["container"], "nan");
     let o = bin(&["alerts", "--all"], &db.path);
     let table = out(&o);
     let header = table.lines().next().unwrap();
@@ -176,7 +179,7 @@ fn alerts_command_lists_firing_and_all() {
     );
     assert_eq!(
         out(&o),
-        "alertname,status\nTrainingLossNonFinite,resolved\n"
+        "alertname,status\nTrainingLossNonFinite,resolved\nTrainingFailed,resolved\n"
     );
 }
 
@@ -502,11 +505,13 @@ fn read_commands_upgrade_a_database_an_older_trainwatch_wrote() {
     db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("gpu"));
     {
         let conn = rusqlite::Connection::open(&db.path).unwrap();
-        // Undo 0009 (the view of 0004 back, then its tables and columns) and 0008.
+        // Undo 0011 and 0010, 0009 (the view of 0004 back, then its tables and columns) and
+        // 0008.
         conn.execute_batch(trainwatch::store::migrate::MIGRATIONS[3])
             .unwrap();
         conn.execute_batch(
-            "DROP TABLE mlflow_epochs; DROP TABLE mlflow_runs;
+            "DROP TABLE silences; ALTER TABLE runs DROP COLUMN failure;
+             DROP TABLE mlflow_epochs; DROP TABLE mlflow_runs;
              ALTER TABLE runs DROP COLUMN params; ALTER TABLE runs DROP COLUMN ultralytics_version;",
         )
         .unwrap();

@@ -243,6 +243,12 @@ pub(crate) async fn assert_server_equals_history(server: &str, experiment: &str,
         assert_eq!(info["run_name"], name.as_str(), "run {id}");
         assert_eq!(tag(r, "save_dir").as_deref(), save_dir);
         assert_eq!(tag(r, "trainwatch.status").as_deref(), Some(status));
+        // Why a failed or interrupted run ended, as `history` says it.
+        assert_eq!(
+            tag(r, "failure").as_deref(),
+            h["failure"].as_str(),
+            "run {id}"
+        );
         let (container, model, version, params): (String, Option<String>, Option<String>, Option<String>) = conn
             .query_row(
                 "SELECT container, model, ultralytics_version, params FROM training_runs WHERE run_id = ?1",

@@ -248,6 +248,7 @@ pub(crate) fn alert_ops(steps: &[(u8, u8, i64, u32)], t0: i64) -> Vec<trainwatch
                     loss_names: vec!["box_loss".into()],
                     params: None,
                     ultralytics_version: None,
+                    failure: None,
                 }),
                 _ => Op::Epoch(
                     key(c, v),
@@ -286,6 +287,7 @@ pub(crate) fn alert_ops(steps: &[(u8, u8, i64, u32)], t0: i64) -> Vec<trainwatch
                     loss_names: vec!["box_loss".into()],
                     params: None,
                     ultralytics_version: None,
+                    failure: None,
                 }),
             );
         }

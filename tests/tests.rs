@@ -12,6 +12,8 @@
 //! - `queue`: the (synthetic) annotation queue logs, counters, redaction.
 //! - `cli`: the binary's commands and their output formats.
 //! - `docker`: `watch` against the real Docker daemon (busybox containers from a scratch image).
+//! - `endings`: how trainings end (a crash, a NaN, a kill, a `--rm` one-shot, a slow
+//!   traceback), followed live with a real webhook receiver; acknowledgements and silences.
 //! - `deploy`: the container image built by `packaging/build-image.sh`, run as compose runs it.
 //! - `mail`: e-mail alerts through a real SMTP server (aiosmtpd): outage, TLS, login.
 //! - `mlflow`: the training history exported to a real MLflow tracking server, killed and
@@ -33,6 +35,7 @@ mod crash;
 mod dedup;
 mod deploy;
 mod docker;
+mod endings;
 mod mail;
 mod mlflow;
 mod pipes;

@@ -168,9 +168,21 @@ fn a_cuda_oom_traceback_is_an_error_and_a_gpu_oom() {
         )
     );
     assert_eq!(
-        db.text("SELECT alertname || ' ' || status FROM alerts")
+        db.text("SELECT alertname || ' ' || status FROM alerts WHERE alertname = 'GpuOutOfMemory'")
             .as_deref(),
         Some("GpuOutOfMemory firing")
+    );
+    // The run it ended failed with it.
+    assert_eq!(
+        db.text("SELECT failure FROM training_runs").as_deref(),
+        Some(
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB"
+        )
+    );
+    assert_eq!(
+        db.text("SELECT alertname || ' ' || status FROM alerts WHERE alertname = 'TrainingFailed'")
+            .as_deref(),
+        Some("TrainingFailed resolved")
     );
 }
 

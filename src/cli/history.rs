@@ -1,7 +1,10 @@
 //! `trainwatch history`: training runs, or one run's epochs. `--run ID --format csv` writes
 //! Ultralytics' `results.csv` columns so tools that read results.csv work on it.
 
+use std::io::Write;
 use std::path::Path;
+
+use rusqlite::types::Value;
 
 use anyhow::Context;
 use clap::Args;
@@ -39,6 +42,21 @@ pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Resul
             };
             let rows = Rows::query(&conn, sql, &[&args.container]).context("listing runs")?;
             render::write(&mut out, &rows, args.format)?;
+            if args.format == OutputFormat::Table {
+                // Why runs failed, under the table (its columns are full).
+                let why = Rows::query(&conn, queries::HISTORY_FAILURES, &[&args.container])
+                    .context("listing why runs failed")?;
+                for row in &why.rows {
+                    if let [
+                        Value::Integer(id),
+                        Value::Text(status),
+                        Value::Text(failure),
+                    ] = row.as_slice()
+                    {
+                        writeln!(out, "{}", why_line(*id, status, failure))?;
+                    }
+                }
+            }
         }
         Some(id) => {
             if !queries::run_exists(&conn, id)? {
@@ -56,4 +74,13 @@ pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// `run 12 failed: RuntimeError: ...`, within 120 columns.
+fn why_line(id: i64, status: &str, failure: &str) -> String {
+    let line = format!("run {id} {status}: {failure}");
+    match line.char_indices().nth(119) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line,
+    }
 }

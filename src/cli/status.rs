@@ -104,6 +104,9 @@ fn training(o: &mut impl Write, now: i64, s: &status::Status) -> std::io::Result
                     .unwrap_or_else(|| "?".into()),
                 bar(t.epoch, total, 24)
             )?;
+            if let Some(f) = &t.failure {
+                writeln!(o, "           why          {}", clip_chars(f, 100))?;
+            }
             let losses = page::losses_text(&t.losses).unwrap_or_else(|| opt(t.loss, 4, ""));
             writeln!(o, "           last losses  {losses}")?;
             let summary = t.metrics_summary();
@@ -263,6 +266,17 @@ fn disk_queues_alerts(o: &mut impl Write, now: i64, s: &status::Status) -> std::
             since(now, &a.started_at),
             a.summary
         )?;
+        if let Some(note) = &a.silenced {
+            writeln!(o, "           {note}")?;
+        }
     }
     Ok(())
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn clip_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max.saturating_sub(1)) {
+        Some((i, _)) if s[i..].chars().count() > 1 => format!("{}…", &s[..i]),
+        _ => s.to_string(),
+    }
 }

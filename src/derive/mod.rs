@@ -9,7 +9,7 @@ pub mod alerts;
 pub mod paths;
 mod runs;
 
-pub use runs::{ContainerState, Resume, RunKey, RunStatus};
+pub use runs::{ContainerState, Exit, Resume, RunKey, RunStatus};
 
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ pub fn json_num(v: f64) -> Value {
 /// How far one source (an origin: a container id, or a text file's fingerprint) has been
 /// handed to the store: the key of the last record per stream. Committed as cursor rows with
 /// each batch, it is what a restart resumes from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Position {
     origin: Arc<str>,
     keys: [Option<Key>; 2],
@@ -57,9 +57,14 @@ impl Position {
 
     /// Moves past `rec` (and every line grouped into it).
     pub fn advance(&mut self, rec: &Record) {
-        let k = &mut self.keys[rec.stream.index()];
-        if k.is_none_or(|k| rec.last_key > k) {
-            *k = Some(rec.last_key);
+        self.advance_to(rec.stream, rec.last_key);
+    }
+
+    /// Moves past the line at `key` on `stream`.
+    pub fn advance_to(&mut self, stream: Stream, key: Key) {
+        let k = &mut self.keys[stream.index()];
+        if k.is_none_or(|k| key > k) {
+            *k = Some(key);
         }
     }
 
@@ -103,6 +108,10 @@ pub struct RunRow {
     /// The Ultralytics version its banner (`Ultralytics 8.3.40 🚀 ...`) printed before the run.
     #[serde(default)]
     pub ultralytics_version: Option<String>,
+    /// Why a `failed` (or `interrupted`) run ended: the exception's last line, the exit code
+    /// or signal, or the NaN loss that ended it. `None` while it runs or when it ended well.
+    #[serde(default)]
+    pub failure: Option<String>,
 }
 
 /// Values of one epoch, merged into the stored row: `None` leaves a column as it is, so the

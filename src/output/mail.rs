@@ -392,6 +392,7 @@ mod tests {
                 started_at: "2026-12-04T12:43:56.901567607Z".into(),
                 resolved_at: None,
                 last_notified_at: None,
+                silenced: None,
             },
         };
         let ev = [Evidence {

@@ -23,7 +23,7 @@
 //!   it again) is sent again.
 //! - `runs/update`: status (`running` -> RUNNING, `completed` and `early_stopped` ->
 //!   FINISHED, `failed` -> FAILED, `interrupted` -> KILLED), `end_time`, and tags
-//!   `trainwatch.status`, `best_epoch`.
+//!   `trainwatch.status`, `best_epoch`, and `failure` (why a failed or interrupted run ended).
 //!
 //! A run the server refuses (HTTP 4xx other than 408/429) is recorded with the refusal and
 //! left until `trainwatch export mlflow --retry-failed`; every other failure ends the pass and
@@ -572,11 +572,7 @@ impl Exporter {
             || exported.ended_sent != ended
             || exported.name_sent.as_deref() != Some(name)
         {
-            let mut tags =
-                vec![json!({ "key": "trainwatch.status", "value": run.status.as_str() })];
-            if let Some(b) = run.best_epoch {
-                tags.push(json!({ "key": "best_epoch", "value": b.to_string() }));
-            }
+            let tags = end_tags(run);
             self.post(
                 "runs/log-batch",
                 json!({ "run_id": mlflow_run, "tags": tags }),
@@ -880,6 +876,18 @@ fn ms(ts: &str) -> i64 {
     parse_rfc3339(ts).map_or(0, |t| t.div_euclid(1_000_000))
 }
 
+/// The tags a run's status update sets: its status, best epoch, and why it failed.
+fn end_tags(run: &ExportRun) -> Vec<Value> {
+    let mut tags = vec![json!({ "key": "trainwatch.status", "value": run.status.as_str() })];
+    if let Some(b) = run.best_epoch {
+        tags.push(json!({ "key": "best_epoch", "value": b.to_string() }));
+    }
+    if let Some(f) = &run.failure {
+        tags.push(json!({ "key": "failure", "value": clip(f, MAX_TAG_VALUE) }));
+    }
+    tags
+}
+
 fn clip(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
@@ -976,6 +984,7 @@ mod tests {
             ultralytics_version: None,
             epochs_total: None,
             best_epoch: None,
+            failure: None,
         }
     }
 

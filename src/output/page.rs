@@ -377,6 +377,7 @@ body{margin:0 auto;max-width:1100px;padding:12px}
 tr.down td{color:#b91c1c}
 h1{font-size:1.3rem;margin:.2rem 0}h2{font-size:1.05rem;margin:1rem 0 .4rem}
 .muted{color:#6b7280;font-size:.85rem}
+.failure{color:#b91c1c}
 p,.alert{overflow-wrap:anywhere}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
 .card{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:10px 12px}
@@ -505,6 +506,7 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                         div class=(format!("alert sev-{}", a.severity)) {
                             strong { (a.alertname) } " · " (a.severity) " · firing for " span title=(a.started_at) { (since(&a.started_at)) }
                             br; (a.summary)
+                            @if let Some(note) = &a.silenced { br; span.muted.silenced { (note) } }
                         }
                     }
                     @if !s.alerts_resolved_recently.is_empty() {
@@ -528,6 +530,9 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                                 p {
                                     strong { "Run " (t.run_id) } " in " (t.container) " · " (t.status)
                                     " · epoch " (t.epoch) @if let Some(n) = t.epochs_total { "/" (n) }
+                                }
+                                @if let Some(f) = &t.failure {
+                                    p.failure { strong { "Why: " } (f) }
                                 }
                                 @if let Some(n) = t.epochs_total.filter(|n| *n > 0) {
                                     div.bar { div style=(format!("width:{:.1}%", (t.epoch as f64 * 100.0 / n as f64).min(100.0))) {} }
@@ -684,6 +689,7 @@ mod tests {
                 started_at: "2026-03-28T14:30:00.000000000Z".into(),
                 resolved_at: None,
                 last_notified_at: None,
+                silenced: None,
             }],
             alerts_resolved_recently: vec![],
             gauges: vec![],

@@ -102,6 +102,8 @@ pub struct Training {
     pub best_epoch: Option<i64>,
     pub best_map50_95: Option<f64>,
     pub save_dir: Option<String>,
+    /// Why it failed or was interrupted (`training_runs.failure`).
+    pub failure: Option<String>,
 }
 
 impl Training {
@@ -293,6 +295,7 @@ pub fn training(
                 best_epoch: r.get(6)?,
                 best_map50_95: r.get(7)?,
                 save_dir: r.get(8)?,
+                failure: r.get(9)?,
                 last_epoch_at: None,
                 epoch_seconds: None,
                 eta_seconds: None,
@@ -554,13 +557,20 @@ const FIRING_NAMES_SHOWN: usize = 4;
 
 /// `3 alerts firing: GpuOutOfMemory, LossNotFinite x2`: names in order of first firing, one
 /// entry per name with its count, at most [`FIRING_NAMES_SHOWN`] of them.
-fn firing_summary(firing: &[AlertRow]) -> String {
+fn firing_summary(all: &[AlertRow]) -> String {
+    let quiet = all.iter().filter(|a| !a.pages()).count();
+    let quiet = if quiet > 0 {
+        format!(" ({quiet} more acknowledged or silenced)")
+    } else {
+        String::new()
+    };
+    let firing: Vec<&AlertRow> = all.iter().filter(|a| a.pages()).collect();
     if firing.is_empty() {
-        return "0 alerts firing".into();
+        return format!("0 alerts firing{quiet}");
     }
     // Alert names come from the rule set (a dozen or so): a short list, searched in place.
     let mut names: Vec<(&str, usize)> = Vec::new();
-    for a in firing {
+    for a in &firing {
         match names.iter_mut().find(|(n, _)| *n == a.alertname) {
             Some((_, c)) => *c += 1,
             None => names.push((a.alertname.as_str(), 1)),
@@ -582,7 +592,7 @@ fn firing_summary(firing: &[AlertRow]) -> String {
     }
     let n = firing.len();
     let noun = if n == 1 { "alert" } else { "alerts" };
-    format!("{n} {noun} firing: {}", shown.join(", "))
+    format!("{n} {noun} firing: {}{quiet}", shown.join(", "))
 }
 
 pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
@@ -592,12 +602,13 @@ pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
         .filter_map(parse_rfc3339)
         .max();
     let age = newest.map(|t| (now - t).max(0));
-    let crit = s
-        .alerts_firing
+    // An acknowledged or silenced alert is known to someone: it does not page.
+    let paging: Vec<&AlertRow> = s.alerts_firing.iter().filter(|a| a.pages()).collect();
+    let crit = paging
         .iter()
         .filter(|a| a.severity == "critical" || a.severity == "high")
         .count();
-    let warn = s.alerts_firing.len() - crit;
+    let warn = paging.len() - crit;
     let stale = age.is_none_or(|a| a > max_age_ns);
     let mut parts = Vec::new();
     match &s.training {
@@ -761,6 +772,7 @@ mod tests {
             started_at: format_ns(NOW - 60 * S),
             resolved_at: None,
             last_notified_at: None,
+            silenced: None,
         }
     }
 
@@ -790,6 +802,7 @@ mod tests {
                 best_epoch: None,
                 best_map50_95: None,
                 save_dir: None,
+                failure: None,
             }),
             queues: vec![Queue {
                 container: "annotation-queue".into(),

@@ -48,12 +48,21 @@ impl Counts {
     }
 }
 
+/// How often `watch` commits a cursor that moved past lines it did not store.
+pub const CURSOR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One container's ingest from one origin (a file set, a container id).
 pub struct Ingest<'p> {
     parser: &'p Parser,
     state: ContainerState,
     stored: Position,
     emitted: Position,
+    /// The last line taken in (it may still wait in an open group): a re-attach drops what
+    /// it re-delivers up to here.
+    pushed: Position,
+    /// The position the last batch committed, and when it was made.
+    batched: Position,
+    batched_at: std::time::Instant,
     grouper: Assembler,
     recs: Vec<Record>,
     ops: Vec<Op>,
@@ -73,7 +82,10 @@ impl<'p> Ingest<'p> {
             parser,
             state,
             stored: Position::new(origin.clone(), stdout, stderr),
-            emitted: Position::new(origin, stdout, stderr),
+            pushed: Position::new(origin.clone(), stdout, stderr),
+            emitted: Position::new(origin.clone(), stdout, stderr),
+            batched: Position::new(origin, stdout, stderr),
+            batched_at: std::time::Instant::now(),
             grouper: Assembler::new(),
             recs: Vec::new(),
             ops: Vec::with_capacity(256),
@@ -101,6 +113,7 @@ impl<'p> Ingest<'p> {
             self.counts.already_stored += 1;
             return false;
         }
+        self.pushed.advance_to(raw.stream, raw.key);
         self.grouper.push(raw, &mut self.recs);
         self.process();
         self.ops.len() >= BATCH_OPS
@@ -118,12 +131,12 @@ impl<'p> Ingest<'p> {
         self.process();
     }
 
-    /// A new read of the same origin (a re-attach) re-delivers what was not emitted: open
-    /// groups are dropped, and what was emitted counts as stored.
+    /// A new read of the same origin (a re-attach, the drain of a stopped container) starts
+    /// at the cursor and re-delivers what was taken in since: that is dropped, and open groups
+    /// go on with what comes after it. (Dropping them to read them again would lose them when
+    /// the new read fails: a `--rm` container's log is gone once it has exited.)
     pub fn restart(&mut self) {
-        self.grouper = Assembler::new();
-        self.recs.clear();
-        self.stored = self.emitted.clone();
+        self.stored = self.pushed.clone();
     }
 
     /// Reports a non-finite loss seen in an unfinished progress line. The event carries the
@@ -184,6 +197,17 @@ impl<'p> Ingest<'p> {
         self.emitted
             .cursor_ops(self.state.container(), &mut self.ops);
         self.ops.push(self.state.snapshot_op());
+        self.batched = self.emitted.clone();
+        self.batched_at = std::time::Instant::now();
         Some(std::mem::replace(&mut self.ops, next))
+    }
+
+    /// The batch `watch` commits now: what is ready, with the held samples of past seconds;
+    /// or, when lines were read and none stored (a progress bar's frames, plain text), the
+    /// cursor alone at most every [`CURSOR_EVERY`], so the container's last line read stays
+    /// current without a transaction per flush.
+    pub fn live_batch(&mut self) -> Option<Vec<Op>> {
+        let cursor_due = self.emitted != self.batched && self.batched_at.elapsed() >= CURSOR_EVERY;
+        self.batch(true, cursor_due, Vec::with_capacity(256))
     }
 }

@@ -17,7 +17,7 @@ use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
 use futures_util::{FutureExt, StreamExt};
 
 use crate::derive::alerts::Signal;
-use crate::derive::{ContainerState, Op};
+use crate::derive::{ContainerState, Exit, Op};
 use crate::error::DockerError;
 use crate::event::{Key, Notice, Stream};
 use crate::parse::Parser;
@@ -106,7 +106,7 @@ fn take_message(
 /// Sends what is ready (with the cursor); the held samples of past seconds too. Returns
 /// false when the writer is gone.
 async fn send(ingest: &mut Ingest<'_>, writer: &WriterSender) -> bool {
-    match ingest.batch(true, false, Vec::with_capacity(256)) {
+    match ingest.live_batch() {
         Some(batch) => writer.send(batch).await.is_ok(),
         None => true,
     }
@@ -292,12 +292,14 @@ async fn still_running(
     }
 }
 
-/// The non-follow read of a stopped container reached the end of its log: what is still
-/// open is let out, and a run still running ended with the container.
+/// The non-follow read of a stopped container reached the end of its log, or a removed
+/// container's log is gone: what is still open is let out, and (when how it exited is known)
+/// a run still running ended with the container.
 async fn read_to_the_end(
     f: &mut Ingest<'_>,
     merger: &mut Merger,
     exited: Option<&Exited>,
+    role: &str,
     writer: &WriterSender,
 ) {
     merger.finish();
@@ -305,7 +307,13 @@ async fn read_to_the_end(
     f.finish();
     if let Some(e) = exited {
         let (state, ops) = f.state_and_ops();
-        state.container_exited(e.finished_at, e.exit_code, e.oom_killed, ops);
+        let exit = Exit {
+            finished_at: e.finished_at,
+            started_at: e.started_at,
+            exit_code: e.exit_code,
+            oom_killed: e.oom_killed,
+        };
+        state.container_exited(&exit, role == "training", ops);
     }
     send(f, writer).await;
 }
@@ -347,7 +355,8 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
             .since((since_ns / 1_000_000_000) as i32)
             .build();
         let mut stream = precise_since(&shared.docker, since_ns).logs(&info.id, Some(opts));
-        // Fresh assembly per connection: pieces and groups not yet stored are re-delivered.
+        // A fresh merger per connection: pieces of a line not yet whole are re-delivered
+        // (open groups of whole lines go on: see `Ingest::restart`).
         let mut merger = Merger::new();
         let mut ticker = tokio::time::interval(flush_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -393,18 +402,22 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
             }
         };
         if draining && ended.is_ok() {
-            read_to_the_end(&mut f, &mut merger, exited.as_ref(), &live.writer).await;
+            read_to_the_end(&mut f, &mut merger, exited.as_ref(), role, &live.writer).await;
             tracing::info!(container = %container, "Container stopped; its logs were read to the end.");
             return;
         }
         send(&mut f, &live.writer).await;
         let Some(running) = still_running(shared, info, &mut exited).await else {
+            // Its log went with it (`docker run --rm`, `docker rm`): what was read is all there
+            // will be, so what is still open (a traceback's group, a line without its end) is
+            // let out now.
+            read_to_the_end(&mut f, &mut merger, None, role, &live.writer).await;
             tracing::info!(container = %container, "Container removed; no longer following it.");
             return;
         };
         if !running && ended.is_ok() {
-            // Pieces and groups still open are re-delivered by the drain (the cursor does not
-            // cover them), which starts with a fresh merger and grouper.
+            // Pieces of a line not yet whole are re-delivered by the drain (which starts with a
+            // fresh merger); open groups go on with what it reads after them.
             draining = true;
             continue;
         }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::derive::MetricRow;
 use crate::derive::alerts::{Alert, AlertName, Change, Labels, Loaded, Severity};
 use crate::error::StoreError;
+use crate::store::silences;
 use crate::time::{format_ns, parse_rfc3339};
 
 /// Status and resolution are given: an alert older than a firing one of the same fingerprint
@@ -108,6 +109,37 @@ pub fn apply(
         .prepare_cached(ALERT_ID)
         .and_then(|mut s| s.query_row(params![alert.fingerprint, started], |r| r.get(0)))
         .map_err(StoreError::sql("find alert"))?;
+    if event == "resolved" {
+        // An alert a silence kept quiet (it was never told) resolves quietly too; one told
+        // out of band (the store could not queue it) is told it resolved.
+        let told: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM outbox WHERE alert_id = ?1 AND event IN ('firing', 'repeat')",
+            )
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+            .map_err(StoreError::sql("find alert's notifications"))?;
+        if told == 0 {
+            let quiet = silences::list(tx, true)?.iter().any(|s| {
+                s.alert_id == Some(id)
+                    || (s.alert_id.is_none() && s.active_at(now) && s.covers(id, &alert.labels))
+            });
+            if quiet {
+                return Ok(0);
+            }
+        }
+    } else {
+        let silences = silences::active(tx, now)?;
+        if let Some(s) = silences::covering(&silences, id, &alert.labels) {
+            tracing::info!(
+                alert = id,
+                alertname = %alert.alertname,
+                silence = s.id,
+                event,
+                "Alert silenced: not notified."
+            );
+            return Ok(0);
+        }
+    }
     let created = format_ns(now);
     let mut n = 0;
     for r in receivers {
@@ -285,6 +317,17 @@ pub struct AlertRow {
     pub started_at: String,
     pub resolved_at: Option<String>,
     pub last_notified_at: Option<String>,
+    /// The acknowledgement or silence that covers it, if it fires and one does: `acknowledged
+    /// by alice until it resolves [silence 3]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silenced: Option<String>,
+}
+
+impl AlertRow {
+    /// Whether it fires and no acknowledgement or silence covers it.
+    pub fn pages(&self) -> bool {
+        self.status == "firing" && self.silenced.is_none()
+    }
 }
 
 const ALERT_COLUMNS: &str = "id, fingerprint, alertname, severity, status, labels, summary,
@@ -303,7 +346,24 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
         started_at: r.get(7)?,
         resolved_at: r.get(8)?,
         last_notified_at: r.get(9)?,
+        silenced: None,
     })
+}
+
+/// Marks each firing alert of `rows` with the acknowledgement or silence that covers it.
+fn mark_silenced(conn: &Connection, rows: &mut [AlertRow]) -> Result<(), StoreError> {
+    if !rows.iter().any(|r| r.status == "firing") {
+        return Ok(());
+    }
+    let active = silences::active(conn, crate::time::now_ns())?;
+    if active.is_empty() {
+        return Ok(());
+    }
+    for r in rows.iter_mut().filter(|r| r.status == "firing") {
+        let labels: Labels = serde_json::from_value(r.labels.clone()).unwrap_or_default();
+        r.silenced = silences::covering(&active, r.id, &labels).map(silences::Silence::note);
+    }
+    Ok(())
 }
 
 /// SQL ordering alerts most severe first.
@@ -321,9 +381,12 @@ pub fn list(conn: &Connection, all: bool, limit: usize) -> Result<Vec<AlertRow>,
         )
     };
     let mut stmt = conn.prepare(&sql).map_err(StoreError::sql("list alerts"))?;
-    stmt.query_map([limit as i64], alert_row)
+    let mut rows: Vec<AlertRow> = stmt
+        .query_map([limit as i64], alert_row)
         .and_then(|it| it.collect())
-        .map_err(StoreError::sql("list alerts"))
+        .map_err(StoreError::sql("list alerts"))?;
+    mark_silenced(conn, &mut rows)?;
+    Ok(rows)
 }
 
 /// The last `limit` resolved alerts, newest first.
@@ -382,6 +445,7 @@ pub fn outbox_heads(conn: &Connection, receivers: &[String]) -> Result<Vec<Pendi
                     started_at: row.get(11)?,
                     resolved_at: row.get(12)?,
                     last_notified_at: row.get(13)?,
+                    silenced: None,
                 };
                 Ok(Pending {
                     id: row.get(0)?,
@@ -445,9 +509,11 @@ pub fn mark_abandoned(conn: &Connection, id: i64, error: &str, now: i64) -> Resu
     Ok(())
 }
 
-/// Firing alerts for an Alertmanager refresh.
+/// Firing alerts for an Alertmanager refresh: those no acknowledgement or silence covers.
 pub fn firing(conn: &Connection) -> Result<Vec<AlertRow>, StoreError> {
-    list(conn, false, 10_000)
+    let mut rows = list(conn, false, 10_000)?;
+    rows.retain(AlertRow::pages);
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0007_epoch_train_time.sql"),
     include_str!("../../migrations/0008_container_state.sql"),
     include_str!("../../migrations/0009_run_params.sql"),
+    include_str!("../../migrations/0010_run_failure.sql"),
+    include_str!("../../migrations/0011_silences.sql"),
 ];
 
 /// Brings the schema up to the latest version.

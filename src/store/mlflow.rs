@@ -33,6 +33,8 @@ pub struct ExportRun {
     pub ultralytics_version: Option<String>,
     pub epochs_total: Option<i64>,
     pub best_epoch: Option<i64>,
+    /// Why a failed or interrupted run ended (`training_runs.failure`).
+    pub failure: Option<String>,
 }
 
 /// What the server has of a run.
@@ -73,7 +75,7 @@ pub fn run(conn: &Connection, run_id: i64) -> Result<Option<ExportRun>, StoreErr
     conn.query_row(
         "SELECT v.run_id, v.container, r.start_stream, r.start_key_ts, r.start_seq, v.started_at,
             v.ended_at, v.status, v.save_dir, v.model, v.params, v.ultralytics_version,
-            v.epochs_total, v.best_epoch
+            v.epochs_total, v.best_epoch, v.failure
          FROM training_runs v JOIN runs r ON r.run_id = v.run_id WHERE v.run_id = ?1",
         [run_id],
         |r| {
@@ -92,6 +94,7 @@ pub fn run(conn: &Connection, run_id: i64) -> Result<Option<ExportRun>, StoreErr
                 ultralytics_version: r.get(11)?,
                 epochs_total: r.get(12)?,
                 best_epoch: r.get(13)?,
+                failure: r.get(14)?,
             })
         },
     )

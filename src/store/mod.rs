@@ -16,6 +16,7 @@ pub mod mlflow;
 pub mod outbox;
 pub mod queries;
 pub mod retention;
+pub mod silences;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -279,6 +280,7 @@ pub fn outage_alert(o: &StoreOutage) -> alerts::AlertRow {
         started_at: crate::time::format_ns(o.since),
         resolved_at: None,
         last_notified_at: None,
+        silenced: None,
     }
 }
 

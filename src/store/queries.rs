@@ -12,7 +12,8 @@ use crate::event::{Key, Stream};
 
 const RUN_COLUMNS: &str =
     "run_id, start_stream, start_key_ts, start_seq, started_at, ended_at, status,
-    epochs_total, best_epoch_reported, save_dir, model, loss_names, params, ultralytics_version";
+    epochs_total, best_epoch_reported, save_dir, model, loss_names, params, ultralytics_version,
+    failure";
 
 fn run_from_row(container: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, RunRow)> {
     let parse_ts = |s: Option<String>| s.and_then(|s| crate::time::parse_rfc3339(&s));
@@ -36,6 +37,7 @@ fn run_from_row(container: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result
             loss_names: serde_json::from_str(&names).unwrap_or_default(),
             params: r.get(12)?,
             ultralytics_version: r.get(13)?,
+            failure: r.get(14)?,
         },
     ))
 }
@@ -167,7 +169,7 @@ pub fn container_roles(conn: &Connection) -> Result<HashMap<String, String>, Sto
 pub struct FollowedContainer {
     pub container: String,
     pub role: String,
-    /// `running` or `exited` (`None` before the daemon said).
+    /// `running`, `exited` or `removed` (`None` before the daemon said).
     pub state: Option<String>,
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
@@ -176,10 +178,11 @@ pub struct FollowedContainer {
 }
 
 impl FollowedContainer {
-    /// `running`, `exited 137`, `OOM-killed (137)`, `unknown`.
+    /// `running`, `exited 137`, `OOM-killed (137)`, `removed`, `unknown`.
     pub fn state_text(&self) -> String {
         match (self.state.as_deref(), self.oom_killed, self.exit_code) {
             (Some("running"), _, _) => "running".into(),
+            (Some("removed"), _, _) => "removed".into(),
             (Some(_), true, Some(c)) => format!("OOM-killed ({c})"),
             (Some(_), true, None) => "OOM-killed".into(),
             (Some(_), false, Some(c)) => format!("exited {c}"),
@@ -265,7 +268,7 @@ pub const HISTORY_RUNS: &str =
                     - julianday(r.started_at)) * 86400) AS INTEGER) AS duration_s,
         round(l.loss, 5) AS final_loss, round(l.map50, 5) AS final_map50,
         round(l.map50_95, 5) AS final_map50_95,
-        r.started_at, r.ended_at, r.save_dir
+        r.started_at, r.ended_at, r.save_dir, r.failure
     FROM training_runs r
     LEFT JOIN epochs l ON l.run_id = r.run_id
         AND l.epoch = (SELECT max(epoch) FROM epochs WHERE run_id = r.run_id)
@@ -296,6 +299,12 @@ pub const HISTORY_RUNS_TABLE: &str = "WITH h AS (SELECT r.*, l.loss AS l_loss, l
         iif(l_map50_95 IS NULL, NULL, printf('%.3f', l_map50_95)) AS map50_95,
         substr(replace(started_at, 'T', ' '), 1, 16) AS started_utc
     FROM h ORDER BY started_at DESC, run_id DESC";
+
+/// Why the runs of `history`'s table failed or were interrupted (`?1`: a container, or NULL),
+/// newest first.
+pub const HISTORY_FAILURES: &str = "SELECT run_id, status, failure FROM training_runs
+    WHERE failure IS NOT NULL AND (?1 IS NULL OR container = ?1)
+    ORDER BY started_at DESC, run_id DESC";
 
 pub const HISTORY_EPOCHS: &str =
     "SELECT epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss, loss, losses,
@@ -369,7 +378,7 @@ pub const STATUS_GAUGES: &str =
 /// Run ?1, or the newest run when ?1 is NULL.
 pub const STATUS_RUN: &str =
     "SELECT run_id, container, status, epochs_done, epochs_total, started_at, best_epoch,
-           best_map50_95, save_dir
+           best_map50_95, save_dir, failure
     FROM training_runs WHERE run_id = COALESCE(?1,
        (SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1))";
 

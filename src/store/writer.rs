@@ -58,6 +58,9 @@ pub struct Writer {
     stats: WriteStats,
     alerts: Option<AlertSink>,
     started_at: i64,
+    /// How long a removed container stays in `containers` (ns): `[alerts]
+    /// forget_removed_after`.
+    forget_removed: i64,
 }
 
 /// Rows per multi-row INSERT: one statement execution opens the table's and indexes' cursors
@@ -96,15 +99,16 @@ const METRIC_UPSERT: &str =
 const UPSERT_RUN: &str =
     "INSERT INTO runs (container, start_stream, start_key_ts, start_seq, started_at, ended_at,
         status, epochs_total, best_epoch_reported, save_dir, model, loss_names, params,
-        ultralytics_version)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+        ultralytics_version, failure)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
      ON CONFLICT (container, start_stream, start_key_ts, start_seq) DO UPDATE SET
         ended_at = excluded.ended_at, status = excluded.status,
         epochs_total = COALESCE(excluded.epochs_total, epochs_total),
         best_epoch_reported = COALESCE(excluded.best_epoch_reported, best_epoch_reported),
         save_dir = COALESCE(excluded.save_dir, save_dir), model = COALESCE(excluded.model, model),
         loss_names = excluded.loss_names, params = COALESCE(params, excluded.params),
-        ultralytics_version = COALESCE(ultralytics_version, excluded.ultralytics_version)
+        ultralytics_version = COALESCE(ultralytics_version, excluded.ultralytics_version),
+        failure = excluded.failure
      RETURNING run_id";
 
 // ?16 says whether this row carries the loss columns (a training row); validation rows leave
@@ -161,7 +165,13 @@ const CONTAINER_EXITED: &str = "UPDATE containers SET state = 'exited', exit_cod
      WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2)";
 const CONTAINER_OOM: &str = "UPDATE containers SET oom_killed = 1
      WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2)";
-/// The log time of a container's newest line (the daemon's own events are not lines).
+const CONTAINER_REMOVED: &str = "UPDATE containers SET state = 'removed', state_at = ?2
+     WHERE container = ?1 AND (state_at IS NULL OR state_at <= ?2)";
+/// A removed container's gauges are not current: its Docker stats, its training figures.
+const REMOVED_GAUGES: &str = "DELETE FROM gauges WHERE container = ?1";
+/// Removed containers whose time on `status` has passed (?1: the cutoff).
+const FORGET_REMOVED: &str = "DELETE FROM containers WHERE state = 'removed' AND state_at < ?1";
+/// The log time of a container's newest line read (the daemon's own events are not lines).
 const CONTAINER_LAST_LINE: &str = "UPDATE containers SET last_line_at = ?2
      WHERE container = ?1 AND (last_line_at IS NULL OR last_line_at < ?2)";
 
@@ -179,6 +189,9 @@ impl Writer {
             stats: WriteStats::default(),
             alerts: None,
             started_at: crate::time::now_ns(),
+            forget_removed: crate::derive::alerts::Rules::default()
+                .forget_removed_after
+                .0,
         }
     }
 
@@ -187,6 +200,7 @@ impl Writer {
     pub fn with_alerts(mut self, mut sink: AlertSink) -> Result<Self, StoreError> {
         use crate::store::alerts as stored;
         let live = sink.engine.is_live();
+        self.forget_removed = sink.engine.rules().forget_removed_after.0;
         let now = crate::time::now_ns();
         let firing = stored::load_firing(&self.conn)?;
         // The state committed with the last batch continues exactly; without one (a new
@@ -314,6 +328,20 @@ impl Writer {
                 // after the loop, in order, many per statement.
                 Op::Event(e) => logs.events.push(e),
                 Op::Metric(m) => logs.metric(m),
+                // A removed container stays on `status` and the page, marked, for a while.
+                Op::Tick(now) => {
+                    write_op(
+                        &tx,
+                        op,
+                        self.started_at,
+                        &mut self.run_ids,
+                        &mut self.stats,
+                        new_runs,
+                    )?;
+                    tx.prepare_cached(FORGET_REMOVED)
+                        .and_then(|mut s| s.execute([format_ns(now - self.forget_removed)]))
+                        .map_err(StoreError::sql("forget removed containers"))?;
+                }
                 _ => write_op(
                     &tx,
                     op,
@@ -523,7 +551,8 @@ fn upsert_run(tx: &rusqlite::Transaction<'_>, r: &RunRow) -> Result<i64, StoreEr
                     r.model,
                     names,
                     r.params,
-                    r.ultralytics_version
+                    r.ultralytics_version,
+                    r.failure
                 ],
                 |row| row.get(0),
             )
@@ -691,23 +720,7 @@ fn write_op(
                 .and_then(|mut s| s.execute([&**origin]))
                 .map_err(StoreError::sql("forget cursors"))?;
         }
-        Op::ContainerState(ts, name, run) => {
-            use crate::derive::ContainerRun;
-            let at = format_ns(*ts);
-            let name: &str = name;
-            match run {
-                ContainerRun::Running => tx
-                    .prepare_cached(CONTAINER_RUNNING)
-                    .and_then(|mut s| s.execute(params![name, at])),
-                ContainerRun::Exited(code) => tx
-                    .prepare_cached(CONTAINER_EXITED)
-                    .and_then(|mut s| s.execute(params![name, at, code])),
-                ContainerRun::OomKilled => tx
-                    .prepare_cached(CONTAINER_OOM)
-                    .and_then(|mut s| s.execute(params![name, at])),
-            }
-            .map_err(StoreError::sql("write container state"))?;
-        }
+        Op::ContainerState(ts, name, run) => write_container_state(tx, *ts, name, *run)?,
         Op::Container(ts, name, role) => {
             tx.prepare_cached(UPSERT_CONTAINER)
                 .and_then(|mut s| s.execute(params![&**name, role, format_ns(*ts)]))
@@ -752,8 +765,46 @@ fn write_op(
                     ])
                 })
                 .map_err(StoreError::sql("update cursor"))?;
+            // The cursor moves past every line read, stored as a row or not (a progress bar's
+            // frames, plain INFO text): the container's last line is the cursor's.
+            if c.key.ts > 0 {
+                tx.prepare_cached(CONTAINER_LAST_LINE)
+                    .and_then(|mut s| s.execute(params![&*c.container, format_ns(c.key.ts)]))
+                    .map_err(StoreError::sql("write a container's last line"))?;
+            }
         }
     }
+    Ok(())
+}
+
+/// A container's state as the daemon reports it, in log order.
+fn write_container_state(
+    tx: &rusqlite::Transaction<'_>,
+    ts: i64,
+    name: &str,
+    run: crate::derive::ContainerRun,
+) -> Result<(), StoreError> {
+    use crate::derive::ContainerRun;
+    let at = format_ns(ts);
+    match run {
+        ContainerRun::Running => tx
+            .prepare_cached(CONTAINER_RUNNING)
+            .and_then(|mut s| s.execute(params![name, at])),
+        ContainerRun::Exited(code) => tx
+            .prepare_cached(CONTAINER_EXITED)
+            .and_then(|mut s| s.execute(params![name, at, code])),
+        ContainerRun::OomKilled => tx
+            .prepare_cached(CONTAINER_OOM)
+            .and_then(|mut s| s.execute(params![name, at])),
+        ContainerRun::Removed => tx
+            .prepare_cached(CONTAINER_REMOVED)
+            .and_then(|mut s| s.execute(params![name, at]))
+            .and_then(|_| {
+                tx.prepare_cached(REMOVED_GAUGES)
+                    .and_then(|mut s| s.execute([name]))
+            }),
+    }
+    .map_err(StoreError::sql("write container state"))?;
     Ok(())
 }
 
@@ -814,6 +865,7 @@ mod tests {
             loss_names: Vec::new(),
             params: None,
             ultralytics_version: None,
+            failure: None,
         };
         let epoch = EpochRow {
             epoch: 1,

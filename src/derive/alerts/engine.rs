@@ -1,6 +1,7 @@
 //! The engine: the time, the dispatch of each committed op to the rule families, their
 //! evaluation (one call per family), and the snapshot a restart resumes from.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use super::lifecycle::{Ctx, Lifecycle};
 use super::settings::{FOR_GRACE_NS, Rules};
 use super::vocabulary::{Alert, Change, Loaded, Signal};
 use super::{events, host, queue, training};
-use crate::derive::{EventRow, MetricRow, Op};
+use crate::derive::{ContainerRun, EventRow, MetricRow, Op};
 use crate::event::kind;
 
 /// Format of the snapshot; another version is not resumed.
@@ -42,6 +43,11 @@ struct EngineState {
     queue: queue::State,
     #[serde(flatten)]
     training: training::State,
+    /// Containers the daemon removed, and when: their alerts resolve, and what the families
+    /// know of them is forgotten, `forget_removed_after` later (unless one of the name starts
+    /// again).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    removed: BTreeMap<Arc<str>, i64>,
 }
 
 impl Default for EngineState {
@@ -52,6 +58,7 @@ impl Default for EngineState {
             life: Lifecycle::default(),
             queue: queue::State::default(),
             training: training::State::default(),
+            removed: BTreeMap::new(),
         }
     }
 }
@@ -180,6 +187,11 @@ impl Engine {
         }
     }
 
+    /// The thresholds and durations it applies.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
     /// Whether this engine notifies (it runs in `watch`).
     pub fn is_live(&self) -> bool {
         self.live
@@ -208,7 +220,11 @@ impl Engine {
             Op::Run(r) => {
                 let ts = r.ended_at.unwrap_or(r.started_at);
                 self.advance(ts, Some(&r.key.container), out);
-                self.with(out, |cx, _, t| t.on_run(cx, &r.key, r.status, ts));
+                self.with(out, |cx, _, t| t.on_run(cx, r, ts));
+            }
+            Op::ContainerState(ts, name, ContainerRun::Removed) => {
+                self.advance(*ts, Some(name), out);
+                self.st.removed.insert(name.clone(), *ts);
             }
             Op::Cursor(_)
             | Op::Container(..)
@@ -280,6 +296,7 @@ impl Engine {
         if *scope == Scope::All {
             self.st.time.evaluating_all();
         }
+        self.forget_removed(scope, out);
         self.with(out, |cx, q, t| {
             q.evaluate(cx, scope);
             t.evaluate(cx, scope);
@@ -288,7 +305,37 @@ impl Engine {
         });
     }
 
+    /// The containers removed `forget_removed_after` ago: their alerts resolve (nobody can
+    /// act on them any more) and the families forget them.
+    fn forget_removed(&mut self, scope: &Scope, out: &mut Vec<Change>) {
+        if self.st.removed.is_empty() {
+            return;
+        }
+        let after = self.rules.forget_removed_after.0;
+        let clocks = &self.st.time;
+        let due: Vec<(Arc<str>, i64)> = self
+            .st
+            .removed
+            .iter()
+            .filter(|(c, _)| scope.holds(c))
+            .map(|(c, t)| (c.clone(), t.saturating_add(after)))
+            .filter(|(c, at)| clocks.now(self.live, Some(c)) >= *at)
+            .collect();
+        for (c, at) in due {
+            self.st.removed.remove(&c);
+            self.with(out, |cx, q, t| {
+                cx.resolve_container(&c, at);
+                q.forget(&c);
+                t.forget(&c);
+            });
+        }
+    }
+
     fn on_event(&mut self, e: &EventRow, out: &mut Vec<Change>) {
+        if daemon_container_event(e) == Some(true) {
+            // A container of that name again: not the removed one.
+            self.st.removed.remove(&e.container);
+        }
         let again = self.with(out, |cx, q, t| match daemon_container_event(e) {
             Some(running) => {
                 events::daemon_answered(cx, e.ts);
@@ -299,6 +346,7 @@ impl Engine {
             }
             None => {
                 events::on_event(cx, e);
+                q.on_event(cx, e);
                 t.on_event(cx, e);
                 None
             }

@@ -305,6 +305,21 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Resolves every active alert about `container` at `at` (it was removed long enough
+    /// ago); one pending is dropped.
+    pub(super) fn resolve_container(&mut self, container: &str, at: i64) {
+        let about: Vec<Labels> = self
+            .life
+            .active
+            .values()
+            .filter(|a| a.alert.labels.get("container").map(String::as_str) == Some(container))
+            .map(|a| a.alert.labels.clone())
+            .collect();
+        for l in about {
+            self.resolve(&l, at);
+        }
+    }
+
     /// The active alerts in `scope`, each with the time it is for it: those about a
     /// container at that container's time, the others only when all are evaluated.
     pub(super) fn active_in(&self, scope: &Scope) -> Vec<(String, i64)> {

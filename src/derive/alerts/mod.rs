@@ -19,16 +19,18 @@
 //! | `QueueContainerDown` | critical | a `queue` container not running for 5 min | it runs again |
 //! | `DiskUsageCritical` | critical | `disk_usage_azaion_pct` > 95 | a sample ≤ 95 |
 //! | `DiskUsageHigh` | medium | `disk_usage_azaion_pct` > 80 | a sample ≤ 80 |
-//! | `TrainingLossNonFinite` | high | `loss_non_finite`, or an epoch with a NaN/inf loss; at once | a finite epoch, or the run ends |
-//! | `TrainingLossDiverging` | high | see [`Diverging`] | the test passes again, or the run ends |
+//! | `TrainingLossNonFinite` | high | `loss_non_finite`, or an epoch with a NaN/inf loss; at once | a finite epoch, the run completes, or it trains again (resumed, a new run) |
+//! | `TrainingLossDiverging` | high | see [`Diverging`] | the test passes again, the run completes, or it trains again |
 //! | `GpuOutOfMemory` | high | `gpu_oom` | a later training epoch, or 1 h without another |
 //! | `QueueOffsetStale` | medium | `queue_offset` unchanged for 1 h while the queue runs | the offset moves |
+//! | `QueueFailureRateHigh` | medium | more than 10 % of at least 20 queue messages in the last 15 min failed | the rate is below again |
 //! | `CheckpointSaveFailed` | low | `checkpoint_save_failed` | `checkpoint_saved`, or 1 h |
 //! | `DockerUnreachable` | critical | `docker_unreachable` | the daemon answers again |
 //! | `LogStreamSilent` | medium | a running container's stream silent too long | data flows again |
 //! | `StoreNotWritable` | critical | a batch cannot be committed | a batch commits |
-//! | `TrainingContainerDied` | high | a container stopped (non-zero exit, OOM kill) while its run was running | it starts again, or a new run starts |
-//! | `TrainingStalled` | high | no epoch completed for max(3x the median epoch time, 15 min) while the run runs | an epoch completes, the run ends, or its log ends (replay) |
+//! | `TrainingContainerDied` | high | a training container stopped (non-zero exit, OOM kill) with no run running | it starts again, or a new run starts |
+//! | `TrainingStalled` | high | no epoch completed for max(3x the median epoch time, 15 min) while the run runs | an epoch completes, the run ends (not failed), or its log ends (replay) |
+//! | `TrainingFailed` | high | a run ended `failed` (`training_failed`: a traceback, a non-zero exit, the OOM killer, a kill), once per failure, with why and at which epoch | it trains again (resumed, a new run in its container or its run folder) |
 //!
 //! # Layout
 //! - [`vocabulary`]: [`Severity`], the one table of [`AlertName`]s (name, severity,
@@ -36,7 +38,7 @@
 //! - [`settings`]: [`Rules`], the thresholds and durations.
 //! - `lifecycle`: pending -> firing -> resolved, repeats, and the context a family works with.
 //! - one file per family of rules: `host` (GPU heat, disk), `queue` (container down, offset
-//!   stale), `training` (non-finite, diverging, stalled, container died), `events` (OOM,
+//!   stale, failure rate), `training` (failed, non-finite, diverging, stalled, container died), `events` (OOM,
 //!   checkpoint, Docker unreachable, silent stream, store not writable). A family never calls
 //!   the engine: it is lent the time and the lifecycle, and says what to evaluate again.
 //! - `engine`: the [`Engine`]: the clock, the dispatch of ops to the families, the evaluation

@@ -1,5 +1,6 @@
-//! The annotation queue's rules: `QueueContainerDown`, `QueueOffsetStale`. What they know of
-//! the containers (their role and whether they run) is kept here.
+//! The annotation queue's rules: `QueueContainerDown`, `QueueOffsetStale`,
+//! `QueueFailureRateHigh`. What they know of the containers (their role and whether they run),
+//! the offsets and the messages' outcomes is kept here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use super::clock::Scope;
 use super::lifecycle::{Ctx, When};
 use super::vocabulary::{AlertName, labels};
 use crate::derive::{EventRow, MetricRow};
-use crate::event::metric;
+use crate::event::{kind, metric};
 use crate::time::human_duration;
 
 /// The role of the annotation queue's containers.
@@ -22,6 +23,22 @@ pub(super) struct State {
     containers: BTreeMap<Arc<str>, ContainerFacts>,
     /// Each queue's latest offset and when it took that value.
     offsets: BTreeMap<Arc<str>, (f64, i64)>,
+    /// Each queue's messages processed and failed, per minute, over the failure window.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    outcomes: BTreeMap<Arc<str>, Vec<Minute>>,
+}
+
+/// The messages of one minute: (its start in ns, processed, failed).
+type Minute = (i64, u32, u32);
+
+const MINUTE_NS: i64 = 60_000_000_000;
+
+/// The processed and failed messages of the minutes in the window ending at `now`.
+fn totals(minutes: &[Minute], window: i64, now: i64) -> (u32, u32) {
+    minutes
+        .iter()
+        .filter(|m| m.0 + MINUTE_NS > now - window)
+        .fold((0, 0), |(p, f), m| (p + m.1, f + m.2))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,6 +97,67 @@ impl State {
             *e = (m.value, m.ts);
             cx.resolve_named(AlertName::QueueOffsetStale, &m.container, m.ts);
         }
+    }
+
+    /// A queue message processed or failed (`annotation_processed`, `annotation_failed`):
+    /// the failure rate over the window is tested again.
+    pub(super) fn on_event(&mut self, cx: &mut Ctx<'_>, e: &EventRow) {
+        let failed = match e.kind {
+            kind::ANNOTATION_PROCESSED => false,
+            kind::ANNOTATION_FAILED => true,
+            _ => return,
+        };
+        let window = cx.rules.queue_failure_window.0;
+        let minutes = self.outcomes.entry(e.container.clone()).or_default();
+        let start = e.ts - e.ts.rem_euclid(MINUTE_NS);
+        match minutes.iter_mut().find(|m| m.0 == start) {
+            Some(m) if failed => m.2 += 1,
+            Some(m) => m.1 += 1,
+            None => {
+                minutes.push((start, u32::from(!failed), u32::from(failed)));
+                minutes.sort_unstable_by_key(|m| m.0);
+            }
+        }
+        // A clock that went forward keeps what is still in its window.
+        let newest = minutes.last().map_or(start, |m| m.0);
+        minutes.retain(|m| m.0 + MINUTE_NS > newest - window);
+        self.failure_rate(cx, &e.container, e.ts);
+    }
+
+    /// `QueueFailureRateHigh` for `container` at `now`: fires while more than
+    /// `queue_failure_ratio` of at least `queue_failure_min` messages in the window failed.
+    fn failure_rate(&self, cx: &mut Ctx<'_>, container: &Arc<str>, now: i64) {
+        let Some(minutes) = self.outcomes.get(container) else {
+            return;
+        };
+        let r = cx.rules;
+        let (window, ratio, min) = (
+            r.queue_failure_window.0,
+            r.queue_failure_ratio,
+            r.queue_failure_min,
+        );
+        let (processed, failed) = totals(minutes, window, now);
+        let total = processed + failed;
+        let high = total >= min.max(1) && f64::from(failed) > ratio * f64::from(total);
+        if high {
+            let l = labels(AlertName::QueueFailureRateHigh, &[("container", container)]);
+            let summary = format!(
+                "{failed} of {total} queue messages failed in {container} in the last {} ({:.0} %)",
+                human_duration(window),
+                100.0 * f64::from(failed) / f64::from(total)
+            );
+            let when = When::sample(now, 0);
+            cx.condition(AlertName::QueueFailureRateHigh, l, summary, when, now);
+        } else {
+            cx.resolve_named(AlertName::QueueFailureRateHigh, container, now);
+        }
+    }
+
+    /// Forgets a container removed long ago.
+    pub(super) fn forget(&mut self, container: &str) {
+        self.containers.remove(container);
+        self.offsets.remove(container);
+        self.outcomes.remove(container);
     }
 
     /// An archived log ended: whether the offset moves is no longer known.
@@ -157,6 +235,29 @@ impl State {
                 let now = cx.now(Some(&c));
                 cx.resolve_named(AlertName::QueueOffsetStale, &c, now);
             }
+        }
+        self.evaluate_failure_rates(cx, scope);
+    }
+
+    /// The failure rates of the queues whose alert fires, as the window slides past their
+    /// failures.
+    fn evaluate_failure_rates(&self, cx: &mut Ctx<'_>, scope: &Scope) {
+        if !cx.any_active(AlertName::QueueFailureRateHigh) {
+            return;
+        }
+        let firing: Vec<Arc<str>> = self
+            .outcomes
+            .keys()
+            .filter(|c| scope.holds(c))
+            .filter(|c| {
+                let l = labels(AlertName::QueueFailureRateHigh, &[("container", c)]);
+                cx.active(&l).is_some()
+            })
+            .cloned()
+            .collect();
+        for c in firing {
+            let now = cx.now(Some(&c));
+            self.failure_rate(cx, &c, now);
         }
     }
 

@@ -57,6 +57,15 @@ pub struct Rules {
     pub training_stalled_factor: f64,
     /// ... and at least this long.
     pub training_stalled_min: Age,
+    /// `QueueFailureRateHigh`: more than this share of the queue's messages failed...
+    pub queue_failure_ratio: f64,
+    /// ... in the last this long...
+    pub queue_failure_window: Age,
+    /// ... counting at least this many messages.
+    pub queue_failure_min: u32,
+    /// A removed container's alerts resolve, and it leaves `status` and the page, this long
+    /// after its removal.
+    pub forget_removed_after: Age,
 }
 
 impl Default for Rules {
@@ -75,6 +84,10 @@ impl Default for Rules {
             diverging: Diverging::default(),
             training_stalled_factor: 3.0,
             training_stalled_min: Age::secs(15 * 60),
+            queue_failure_ratio: 0.10,
+            queue_failure_window: Age::secs(15 * 60),
+            queue_failure_min: 20,
+            forget_removed_after: Age::secs(24 * 3600),
         }
     }
 }

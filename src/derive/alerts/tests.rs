@@ -249,6 +249,7 @@ fn run_op(key: &RunKey, status: RunStatus, ts: i64) -> Op {
         loss_names: vec![],
         params: None,
         ultralytics_version: None,
+        failure: None,
     })
 }
 
@@ -517,6 +518,7 @@ fn a_diverging_run_fires_and_a_new_run_resolves() {
             loss_names: vec![],
             params: None,
             ultralytics_version: None,
+            failure: None,
         })],
     );
     assert_eq!(names(&c), ["resolved TrainingLossDiverging"]);
@@ -704,4 +706,234 @@ fn the_engine_continues_a_snapshot_of_the_single_file_engine() {
         let second = feed(&mut resumed, &scenario_second_half());
         assert_eq!(render(&second), read(".second.txt"), "{tag}: second half");
     }
+}
+
+fn failed(container: &str, ts: i64, message: &str) -> Op {
+    Op::Event(EventRow {
+        ts,
+        container: Arc::from(container),
+        stream: "stdout",
+        seq: 0,
+        key_ts: ts,
+        level: Level::Error,
+        kind: "training_failed",
+        message: message.into(),
+        context: "{}".into(),
+    })
+}
+
+#[test]
+fn a_failed_run_pages_once_with_why_and_a_dead_run_is_no_all_clear() {
+    let mut e = Engine::new(Rules::default(), false, "/azaion");
+    let k = run_key("yolo", T0);
+    feed(&mut e, &[run_op(&k, RunStatus::Running, T0)]);
+    let c = feed(&mut e, &[epoch(&k, 1, T0 + 60 * S, f64::NAN)]);
+    assert_eq!(names(&c), ["fired TrainingLossNonFinite"]);
+    // The NaN ends the run: it fails, and says so; the NaN alert stays.
+    let why = "Training in yolo failed after epoch 1/10: RuntimeError: Training failed: NaN persisted for 4 epochs";
+    let c = feed(
+        &mut e,
+        &[
+            run_op(&k, RunStatus::Failed, T0 + 61 * S),
+            failed("yolo", T0 + 61 * S, why),
+            // The container's exit that follows: the same death, no second page.
+            event(
+                "yolo",
+                "training_container_died",
+                T0 + 62 * S,
+                r#"{"status":"failed","exit_code":1}"#,
+            ),
+        ],
+    );
+    assert_eq!(names(&c), ["fired TrainingFailed"]);
+    let Change::Fired { alert, .. } = &c[0] else {
+        unreachable!()
+    };
+    assert_eq!(alert.summary, why);
+    assert_eq!(alert.severity, Severity::High);
+    // Hours of nothing: still firing (repeats aside), never resolved.
+    let later = feed(&mut e, &[event("other", "log", T0 + 10 * 3600 * S, "{}")]);
+    assert!(
+        later.iter().all(|c| !matches!(c, Change::Resolved { .. })),
+        "{later:?}"
+    );
+    assert_eq!(e.firing().len(), 2);
+    // The run is resumed: its cause is gone.
+    let c = feed(
+        &mut e,
+        &[run_op(&k, RunStatus::Running, T0 + 11 * 3600 * S)],
+    );
+    let mut n = names(&c);
+    n.sort();
+    assert_eq!(
+        n,
+        ["resolved TrainingFailed", "resolved TrainingLossNonFinite"]
+    );
+}
+
+#[test]
+fn a_completed_run_resolves_its_loss_alerts_an_interrupted_one_does_not() {
+    for (status, resolved) in [
+        (RunStatus::Completed, true),
+        (RunStatus::EarlyStopped, true),
+        (RunStatus::Interrupted, false),
+        (RunStatus::Failed, false),
+    ] {
+        let mut e = Engine::new(Rules::default(), false, "/azaion");
+        let k = run_key("yolo", T0);
+        feed(&mut e, &[run_op(&k, RunStatus::Running, T0)]);
+        feed(&mut e, &[epoch(&k, 1, T0 + 60 * S, f64::INFINITY)]);
+        let c = feed(&mut e, &[run_op(&k, status, T0 + 61 * S)]);
+        assert_eq!(
+            names(&c) == ["resolved TrainingLossNonFinite"],
+            resolved,
+            "{status}: {c:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_run_folder_training_in_another_container_resolves_it() {
+    let mut e = Engine::new(Rules::default(), false, "/azaion");
+    let with_dir = |op: Op| match op {
+        Op::Run(mut r) => {
+            r.save_dir = Some("/azaion/models/azaion-2026-12-07/train".into());
+            Op::Run(r)
+        }
+        o => o,
+    };
+    let k = run_key("yolo-a", T0);
+    feed(&mut e, &[with_dir(run_op(&k, RunStatus::Running, T0))]);
+    let c = feed(
+        &mut e,
+        &[
+            with_dir(run_op(&k, RunStatus::Failed, T0 + 60 * S)),
+            failed(
+                "yolo-a",
+                T0 + 60 * S,
+                "Training in yolo-a failed: exited with code 137 (SIGKILL)",
+            ),
+        ],
+    );
+    assert_eq!(names(&c), ["fired TrainingFailed"]);
+    // The next training resumes that folder in a new container.
+    let k2 = run_key("yolo-b", T0 + 120 * S);
+    let c = feed(
+        &mut e,
+        &[with_dir(run_op(&k2, RunStatus::Running, T0 + 120 * S))],
+    );
+    assert_eq!(names(&c), ["resolved TrainingFailed"]);
+}
+
+#[test]
+fn a_training_container_dying_with_its_run_is_no_container_died_page() {
+    let mut e = Engine::new(Rules::default(), false, "/azaion");
+    let c = feed(
+        &mut e,
+        &[event(
+            "yolo",
+            "training_container_died",
+            T0,
+            r#"{"status":"failed","exit_code":137}"#,
+        )],
+    );
+    assert!(c.is_empty(), "{c:?}");
+    let c = feed(
+        &mut e,
+        &[event(
+            "yolo",
+            "training_container_died",
+            T0 + S,
+            r#"{"status":null,"exit_code":1}"#,
+        )],
+    );
+    assert_eq!(names(&c), ["fired TrainingContainerDied"]);
+}
+
+#[test]
+fn queue_failure_rate_above_ten_percent_of_twenty() {
+    let mut e = Engine::new(Rules::default(), false, "/azaion");
+    let msg = |i: i64, ok: bool| {
+        event(
+            "annotation-queue",
+            if ok {
+                "annotation_processed"
+            } else {
+                "annotation_failed"
+            },
+            T0 + i * S,
+            "{}",
+        )
+    };
+    // 3 failures in 19 messages: too few to judge.
+    let mut ops: Vec<Op> = (0..16).map(|i| msg(i, true)).collect();
+    ops.extend((16..19).map(|i| msg(i, false)));
+    assert!(feed(&mut e, &ops).is_empty());
+    // The 20th: 3 of 20 failed, 15 % > 10 %.
+    let c = feed(&mut e, &[msg(19, true)]);
+    assert_eq!(names(&c), ["fired QueueFailureRateHigh"]);
+    let Change::Fired { alert, .. } = &c[0] else {
+        unreachable!()
+    };
+    assert!(
+        alert
+            .summary
+            .starts_with("3 of 20 queue messages failed in annotation-queue"),
+        "{}",
+        alert.summary
+    );
+    assert_eq!(alert.severity, Severity::Medium);
+    // Ten more good ones: 3 of 30 is exactly 10 %, not more.
+    let c = feed(&mut e, &(20..30).map(|i| msg(i, true)).collect::<Vec<_>>());
+    assert_eq!(names(&c), ["resolved QueueFailureRateHigh"]);
+    // 20 failures, then 16 minutes later they have left the window.
+    let c = feed(
+        &mut e,
+        &(100..120).map(|i| msg(i, false)).collect::<Vec<_>>(),
+    );
+    assert_eq!(names(&c), ["fired QueueFailureRateHigh"]);
+    let c = feed(
+        &mut e,
+        &[event("other", "log", T0 + 120 * S + 16 * 60 * S, "{}")],
+    );
+    assert!(c.is_empty(), "another container's time: {c:?}");
+    let c = feed(&mut e, &[Op::Tick(T0 + 120 * S + 16 * 60 * S)]);
+    assert_eq!(names(&c), ["resolved QueueFailureRateHigh"]);
+}
+
+#[test]
+fn a_removed_container_s_alerts_resolve_after_forget_removed_after() {
+    let mut e = Engine::new(Rules::default(), true, "/azaion");
+    let k = run_key("yolo", T0);
+    feed(&mut e, &[Op::Tick(T0), run_op(&k, RunStatus::Running, T0)]);
+    let c = feed(
+        &mut e,
+        &[
+            run_op(&k, RunStatus::Failed, T0 + 60 * S),
+            failed(
+                "yolo",
+                T0 + 60 * S,
+                "Training in yolo failed: exited with code 137 (SIGKILL)",
+            ),
+        ],
+    );
+    assert_eq!(names(&c), ["fired TrainingFailed"]);
+    let removed = Op::ContainerState(
+        T0 + 120 * S,
+        Arc::from("yolo"),
+        crate::derive::ContainerRun::Removed,
+    );
+    assert!(feed(&mut e, &[removed]).is_empty());
+    let c = feed(&mut e, &[Op::Tick(T0 + 120 * S + 23 * 3600 * S)]);
+    assert!(
+        c.iter().all(|c| !matches!(c, Change::Resolved { .. })),
+        "{c:?}"
+    );
+    let c = feed(&mut e, &[Op::Tick(T0 + 120 * S + 24 * 3600 * S)]);
+    assert_eq!(names(&c), ["resolved TrainingFailed"]);
+    let Change::Resolved { alert, .. } = &c[0] else {
+        unreachable!()
+    };
+    assert_eq!(alert.resolved_at, Some(T0 + 120 * S + 24 * 3600 * S));
+    assert!(e.firing().is_empty());
 }

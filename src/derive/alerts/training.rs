@@ -1,5 +1,5 @@
-//! The rules about training runs: `TrainingLossNonFinite`, `TrainingLossDiverging`,
-//! `TrainingStalled`, `TrainingContainerDied`. What they know of each container's run (its
+//! The rules about training runs: `TrainingFailed`, `TrainingLossNonFinite`,
+//! `TrainingLossDiverging`, `TrainingStalled`, `TrainingContainerDied`. What they know of each container's run (its
 //! losses, its pace, when it ended) is kept here.
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use super::clock::Scope;
 use super::lifecycle::{Ctx, When};
 use super::settings::Diverging;
 use super::vocabulary::{AlertName, first_line, labels};
-use crate::derive::{EpochRow, EventRow, RunKey, RunStatus};
+use crate::derive::{EpochRow, EventRow, RunKey, RunRow, RunStatus, paths};
 use crate::event::kind;
 use crate::time::human_duration;
 
@@ -28,6 +28,10 @@ pub(super) struct State {
     /// The pace of each container's running run, for `TrainingStalled`.
     #[serde(default)]
     pace: BTreeMap<Arc<str>, Pace>,
+    /// The run folders of failed runs whose alerts are still about them -> their container:
+    /// the folder training again in another container resolves them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    failed_dirs: BTreeMap<String, Arc<str>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -78,10 +82,22 @@ impl State {
                 let l = labels(AlertName::TrainingLossNonFinite, &[("container", c)]);
                 cx.fire_now(AlertName::TrainingLossNonFinite, l, summary, e.ts, run);
             }
+            // A death that ended a run is that run's failure (`TrainingFailed`); one with no
+            // run running (`status` null) pages by itself.
             kind::TRAINING_CONTAINER_DIED => {
+                let ctx: Value = serde_json::from_str(&e.context).unwrap_or(Value::Null);
+                if ctx.get("status").is_some_and(|s| !s.is_null()) {
+                    return;
+                }
                 let l = labels(AlertName::TrainingContainerDied, &[("container", c)]);
                 let summary = first_line(&e.message).to_string();
                 cx.fire_now(AlertName::TrainingContainerDied, l, summary, e.ts, None);
+            }
+            kind::TRAINING_FAILED => {
+                let l = labels(AlertName::TrainingFailed, &[("container", c)]);
+                let summary = first_line(&e.message).to_string();
+                let run = self.losses.get(c).and_then(|t| t.run.clone());
+                cx.fire_now(AlertName::TrainingFailed, l, summary, e.ts, run);
             }
             _ => {}
         }
@@ -160,12 +176,18 @@ impl State {
         }
     }
 
-    pub(super) fn on_run(&mut self, cx: &mut Ctx<'_>, key: &RunKey, status: RunStatus, ts: i64) {
+    /// A run's row changed. Its end resolves what needs it running (`TrainingStalled`), and a
+    /// good end (completed, early stopped) what was about its losses; a failed or interrupted
+    /// run keeps its alerts (the training is dead, its cause not gone) until it runs again
+    /// (resumed, or a new run in its container or its run folder), or they are acknowledged.
+    pub(super) fn on_run(&mut self, cx: &mut Ctx<'_>, r: &RunRow, ts: i64) {
+        let key = &r.key;
         let c: &str = &key.container;
+        let status = r.status;
         if status == RunStatus::Running {
-            self.run_ended.remove(c);
-            if self.pace.get(c).is_none_or(|p| p.run != *key) {
-                // A new run: the container that died is training again.
+            let was_ended = self.run_ended.remove(c).is_some();
+            let new_run = self.pace.get(c).is_none_or(|p| p.run != *key);
+            if new_run {
                 self.pace.insert(
                     key.container.clone(),
                     Pace {
@@ -175,30 +197,51 @@ impl State {
                         durations: Vec::new(),
                     },
                 );
+                // The container that died is training again.
                 cx.resolve_named(AlertName::TrainingContainerDied, c, ts);
+            }
+            if was_ended || new_run {
+                // A resumed run's row carries its first start: the time is the container's.
+                let at = ts.max(cx.now(Some(c)));
+                resolve_run_alerts(cx, c, at);
+            }
+            // The same run folder trains again, in another container.
+            if let Some(dir) = &r.save_dir {
+                let others: Vec<String> = self
+                    .failed_dirs
+                    .iter()
+                    .filter(|(d, other)| **other != key.container && paths::same(d, dir))
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                for d in others {
+                    if let Some(other) = self.failed_dirs.remove(&d) {
+                        resolve_run_alerts(cx, &other, ts);
+                    }
+                }
             }
         } else {
             self.run_ended.insert(key.container.clone(), ts);
             if self.pace.get(c).is_some_and(|p| p.run == *key) {
                 self.pace.remove(c);
             }
-            cx.resolve_named(AlertName::TrainingStalled, c, ts);
-        }
-        for name in [
-            AlertName::TrainingLossNonFinite,
-            AlertName::TrainingLossDiverging,
-        ] {
-            if !cx.any_active(name) {
-                continue;
+            if status != RunStatus::Failed {
+                cx.resolve_named(AlertName::TrainingStalled, c, ts);
             }
-            let l = labels(name, &[("container", c)]);
-            let ended_here = status != RunStatus::Running;
-            let other_run = cx
-                .active(&l)
-                .and_then(|a| a.run.as_ref())
-                .is_some_and(|r| r != key);
-            if ended_here || other_run {
-                cx.resolve(&l, ts);
+            if matches!(status, RunStatus::Completed | RunStatus::EarlyStopped) {
+                for name in [
+                    AlertName::TrainingLossNonFinite,
+                    AlertName::TrainingLossDiverging,
+                ] {
+                    let l = labels(name, &[("container", c)]);
+                    if cx.active(&l).is_some_and(|a| a.run.as_ref() == Some(key)) {
+                        cx.resolve(&l, ts);
+                    }
+                }
+            }
+            if status == RunStatus::Failed
+                && let Some(dir) = &r.save_dir
+            {
+                self.failed_dirs.insert(dir.clone(), key.container.clone());
             }
         }
         if let Some(t) = self.losses.get_mut(c)
@@ -209,9 +252,19 @@ impl State {
         }
     }
 
-    /// An archived log ended: whether the run goes on is no longer known.
+    /// Forgets a container removed long ago.
+    pub(super) fn forget(&mut self, container: &str) {
+        self.losses.remove(container);
+        self.run_ended.remove(container);
+        self.pace.remove(container);
+        self.failed_dirs.retain(|_, c| &**c != container);
+    }
+
+    /// An archived log ended (`replay`): whether the run goes on is no longer known, and
+    /// what was about its runs is history: it resolves at the log's last time (a replayed
+    /// crash of last month is recorded, firing until its archive ends, and pages nobody).
     pub(super) fn log_ended(&mut self, cx: &mut Ctx<'_>, container: &Arc<str>, at: i64) {
-        cx.resolve_named(AlertName::TrainingStalled, container, at);
+        resolve_run_alerts(cx, container, at);
         self.pace.remove(container);
     }
 
@@ -246,6 +299,21 @@ impl State {
                 evidence: now,
             };
             cx.condition(AlertName::TrainingStalled, l, summary, when, now);
+        }
+    }
+}
+
+/// The run `container` trains again (resumed, or a new run): what was about its last run
+/// resolves.
+fn resolve_run_alerts(cx: &mut Ctx<'_>, container: &str, ts: i64) {
+    for name in [
+        AlertName::TrainingFailed,
+        AlertName::TrainingLossNonFinite,
+        AlertName::TrainingLossDiverging,
+        AlertName::TrainingStalled,
+    ] {
+        if cx.any_active(name) {
+            cx.resolve_named(name, container, ts);
         }
     }
 }

@@ -99,6 +99,8 @@ alert_names! {
     StoreNotWritable => Critical, Events;
     TrainingContainerDied => High, Training;
     TrainingStalled => High, Training;
+    TrainingFailed => High, Training;
+    QueueFailureRateHigh => Medium, Queue;
 }
 
 impl AlertName {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::{ContainerState, Run, RunKey, RunStatus, is_yolov5};
 use crate::derive::{EventRow, Op, RunRow, json_num, paths};
 use crate::event::{Record, kind};
-use crate::parse::{Format, Level, Parsed};
+use crate::parse::{Detail, Format, Level, Parsed};
 use crate::redact;
 
 /// What a run is opened with, as far as the line that opens it tells.
@@ -26,6 +26,44 @@ fn checkpoint_dir(model: &str) -> Option<String> {
     let m = model.trim().replace('\\', "/");
     let in_weights = m.contains("/weights/") || m.starts_with("weights/");
     (in_weights && m.ends_with(".pt")).then(|| paths::run_dir(model))
+}
+
+/// How a container stopped, as the daemon's inspect tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// When it stopped (`FinishedAt`), ns.
+    pub finished_at: i64,
+    /// When it last started (`StartedAt`), ns, if known.
+    pub started_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+}
+
+/// Where an event a run's end writes sits in its source: the line (or daemon event) it
+/// comes from.
+#[derive(Clone, Copy)]
+struct EventAt {
+    ts: i64,
+    stream: &'static str,
+    key_ts: i64,
+    seq: u32,
+}
+
+/// The exception's line a failure quotes: the first line of its message, at most 300
+/// characters, redacted.
+fn exception_line(exception: &str) -> String {
+    let line = exception.lines().next().unwrap_or("").trim();
+    let line = match line.char_indices().nth(300) {
+        Some((i, _)) => &line[..i],
+        None => line,
+    };
+    redact::text(line).into_owned()
+}
+
+/// `KeyboardInterrupt` (Ctrl-C, or SIGINT from `docker stop --signal INT`), however qualified.
+fn is_keyboard_interrupt(line: &str) -> bool {
+    let name = line.split(':').next().unwrap_or("").trim();
+    name == "KeyboardInterrupt" || name.ends_with(".KeyboardInterrupt")
 }
 
 fn truthy(v: &str) -> bool {
@@ -222,17 +260,86 @@ impl ContainerState {
         }
     }
 
-    /// A traceback. Only an uncaught one ends the process (and fails the running run); one
-    /// inside a logging record (`logger.exception`) was handled by the program.
+    /// A traceback. Only an uncaught one ends the process (and ends the running run: as
+    /// `interrupted` for a `KeyboardInterrupt`, Ctrl-C, else as `failed`, with the exception's
+    /// line as its failure); one inside a logging record (`logger.exception`) was handled by
+    /// the program.
     pub(super) fn traceback(&mut self, rec: &Record, p: &Parsed, out: &mut Vec<Op>) {
-        if p.format == Format::Traceback
-            && let Some(run) = self.run.as_mut()
-            && run.row.status == RunStatus::Running
-        {
-            run.row.status = RunStatus::Failed;
-            run.row.ended_at = Some(rec.ts);
-            out.push(Op::Run(run.row.clone()));
+        let Detail::Traceback { exception } = &p.detail else {
+            return;
+        };
+        if p.format != Format::Traceback || !self.run.as_ref().is_some_and(Run::is_running) {
+            return;
         }
+        let line = exception_line(exception);
+        let status = if is_keyboard_interrupt(&line) {
+            RunStatus::Interrupted
+        } else {
+            RunStatus::Failed
+        };
+        let at = EventAt {
+            ts: rec.ts,
+            stream: rec.stream.as_str(),
+            key_ts: rec.key.ts,
+            seq: rec.key.seq,
+        };
+        self.end_badly(at, status, line, None, out);
+    }
+
+    /// Ends the running run as `status` at `at.ts` because of `failure`. A run that fails says
+    /// so once, with a `training_failed` event (what the `TrainingFailed` alert pages for):
+    /// whichever comes first of the traceback and the container's exit ends it, the other finds
+    /// it ended.
+    fn end_badly(
+        &mut self,
+        at: EventAt,
+        status: RunStatus,
+        failure: String,
+        exit_code: Option<i64>,
+        out: &mut Vec<Op>,
+    ) {
+        let Some(run) = self.run.as_mut().filter(|r| r.is_running()) else {
+            return;
+        };
+        // A NaN/inf loss in the epoch before is what most likely ended it.
+        let failure = match run.nan_epoch {
+            Some(e) if status == RunStatus::Failed && !failure.contains("NaN") => {
+                format!("{failure} (after a NaN/inf loss at epoch {e})")
+            }
+            _ => failure,
+        };
+        run.row.status = status;
+        run.row.ended_at = Some(at.ts.max(run.last_ts));
+        run.row.failure = Some(failure.clone());
+        out.push(Op::Run(run.row.clone()));
+        if status != RunStatus::Failed {
+            return;
+        }
+        let when = match (run.last_epoch, run.row.epochs_total) {
+            (Some(e), Some(n)) => format!("after epoch {e}/{n}"),
+            (Some(e), None) => format!("after epoch {e}"),
+            (None, _) => "before its first epoch".into(),
+        };
+        let message = format!("Training in {} failed {when}: {failure}", self.container);
+        let context = json!({
+            "failure": failure,
+            "epoch": run.last_epoch,
+            "epochs_total": run.row.epochs_total,
+            "exit_code": exit_code,
+            "save_dir": run.row.save_dir,
+        });
+        let ended = run.row.ended_at.unwrap_or(at.ts);
+        out.push(Op::Event(EventRow {
+            ts: ended,
+            container: self.container.clone(),
+            stream: at.stream,
+            seq: at.seq,
+            key_ts: at.key_ts,
+            level: Level::Error,
+            kind: kind::TRAINING_FAILED,
+            message: redact::text(&message).into_owned(),
+            context: context.to_string(),
+        }));
     }
 
     /// Ends the current run as interrupted if it is still running (a new process started).
@@ -251,41 +358,22 @@ impl ContainerState {
         }
     }
 
-    /// The container stopped and its log was read to the end (at `ts`, its `FinishedAt`): a
-    /// run still running ended with it, as `interrupted` when the process was stopped on
-    /// purpose (exit 0, or SIGINT / SIGTERM: 130, 143), else as `failed` (another code, or the
-    /// kernel's OOM killer), and a `training_container_died` event tells how.
-    pub fn container_exited(
-        &mut self,
-        ts: i64,
-        exit_code: Option<i64>,
-        oom_killed: bool,
-        out: &mut Vec<Op>,
-    ) {
-        let Some(run) = self
-            .run
-            .as_mut()
-            .filter(|r| r.row.status == RunStatus::Running)
-        else {
-            return;
-        };
+    /// The container stopped and its log was read to the end (at `exit.finished_at`): a run
+    /// still running ended with it, as `interrupted` when the process was stopped on purpose
+    /// (exit 0, or SIGINT / SIGTERM: 130, 143), else as `failed` (another code, or the kernel's
+    /// OOM killer). A `training_container_died` event tells how a training container died: its
+    /// run's status, or none when no run ended with it (it died before its first run, or after
+    /// its run had ended; a run that failed in this life of the container, by its traceback,
+    /// is that death, told already).
+    pub fn container_exited(&mut self, exit: &Exit, training: bool, out: &mut Vec<Op>) {
+        let Exit {
+            finished_at: ts,
+            started_at,
+            exit_code,
+            oom_killed,
+        } = *exit;
+        let died = oom_killed || exit_code != Some(0);
         let stopped = !oom_killed && matches!(exit_code, Some(0 | 130 | 143));
-        run.row.status = if stopped {
-            RunStatus::Interrupted
-        } else {
-            RunStatus::Failed
-        };
-        let ended = ts.max(run.last_ts);
-        run.row.ended_at = Some(ended);
-        out.push(Op::Run(run.row.clone()));
-        if exit_code == Some(0) && !oom_killed {
-            return;
-        }
-        let epoch = match (run.last_epoch, run.row.epochs_total) {
-            (Some(e), Some(n)) => format!(" after epoch {e}/{n}"),
-            (Some(e), None) => format!(" after epoch {e}"),
-            (None, _) => " before its first epoch".into(),
-        };
         let how = if oom_killed {
             "was killed by the kernel's OOM killer".to_string()
         } else {
@@ -294,25 +382,83 @@ impl ContainerState {
                 None => "stopped (exit code unknown)".into(),
             }
         };
-        let message = format!(
-            "Training container {} {how}{epoch} while its run was running; the run is {}",
-            self.container,
-            run.row.status.as_str()
-        );
-        let context = json!({
-            "exit_code": exit_code,
-            "oom_killed": oom_killed,
-            "epoch": run.last_epoch,
-            "epochs_total": run.row.epochs_total,
-            "status": run.row.status.as_str(),
-        });
-        out.push(Op::Event(EventRow {
+        let running = self.run.as_ref().is_some_and(Run::is_running);
+        if !running {
+            // Ended in this life of the container: its end was this death.
+            let ended_here = self.run.as_ref().is_some_and(|r| {
+                r.row
+                    .ended_at
+                    .is_some_and(|e| started_at.is_none_or(|s| e >= s))
+            });
+            if died && (training || self.run.is_some()) && !ended_here {
+                let message = format!(
+                    "Training container {} {how} with no run running",
+                    self.container
+                );
+                let context = json!({
+                    "exit_code": exit_code,
+                    "oom_killed": oom_killed,
+                    "epoch": null,
+                    "epochs_total": null,
+                    "status": null,
+                });
+                out.push(self.died_event(ts, oom_killed, message, &context));
+            }
+            return;
+        }
+        let run = self.run.as_ref().expect("running");
+        let epoch = match (run.last_epoch, run.row.epochs_total) {
+            (Some(e), Some(n)) => format!(" after epoch {e}/{n}"),
+            (Some(e), None) => format!(" after epoch {e}"),
+            (None, _) => " before its first epoch".into(),
+        };
+        let status = if stopped {
+            RunStatus::Interrupted
+        } else {
+            RunStatus::Failed
+        };
+        let (last_epoch, epochs_total) = (run.last_epoch, run.row.epochs_total);
+        let ended = ts.max(run.last_ts);
+        let at = EventAt {
             ts: ended,
+            stream: "docker",
+            key_ts: ended,
+            // The daemon's own `container_died` is at seq 0 of its event time, the
+            // `training_container_died` at 1.
+            seq: 2,
+        };
+        if died {
+            let message = format!(
+                "Training container {} {how}{epoch} while its run was running; the run is {}",
+                self.container,
+                status.as_str()
+            );
+            let context = json!({
+                "exit_code": exit_code,
+                "oom_killed": oom_killed,
+                "epoch": last_epoch,
+                "epochs_total": epochs_total,
+                "status": status.as_str(),
+            });
+            out.push(self.died_event(ended, oom_killed, message, &context));
+        }
+        let failure = if stopped && exit_code == Some(0) {
+            "exited with code 0 before its last epoch".to_string()
+        } else {
+            how
+        };
+        self.end_badly(at, status, failure, exit_code, out);
+    }
+
+    /// The `training_container_died` event at `ts`.
+    fn died_event(&self, ts: i64, oom_killed: bool, message: String, context: &Value) -> Op {
+        Op::Event(EventRow {
+            ts,
             container: self.container.clone(),
             stream: "docker",
             // The daemon's own `container_died` is at seq 0 of its event time.
             seq: 1,
-            key_ts: ended,
+            key_ts: ts,
             level: if oom_killed {
                 Level::Critical
             } else {
@@ -321,7 +467,7 @@ impl ContainerState {
             kind: kind::TRAINING_CONTAINER_DIED,
             message,
             context: context.to_string(),
-        }));
+        })
     }
 
     fn new_run(&mut self, rec: &Record, opening: Opening, starting: bool, out: &mut Vec<Op>) {
@@ -349,6 +495,7 @@ impl ContainerState {
             loss_names: self.loss_names.clone(),
             params,
             ultralytics_version: self.banner.clone(),
+            failure: None,
         };
         out.push(Op::Run(row.clone()));
         self.final_validation = false;
@@ -360,6 +507,7 @@ impl ContainerState {
             starting,
             header_open: false,
             train_start: None,
+            nan_epoch: None,
         });
     }
 
@@ -390,11 +538,13 @@ impl ContainerState {
                 starting: false,
                 header_open: false,
                 train_start: None,
+                nan_epoch: None,
             });
         }
         let run = self.run.as_mut().expect("run set above");
         run.row.status = RunStatus::Running;
         run.row.ended_at = None;
+        run.row.failure = None;
         if epochs.is_some() {
             run.row.epochs_total = epochs;
         }

@@ -28,6 +28,8 @@
 mod counters;
 mod epochs;
 mod lifecycle;
+
+pub use lifecycle::Exit;
 mod saved;
 #[cfg(test)]
 mod tests;
@@ -142,9 +144,17 @@ struct Run {
     /// When training (re)started: its `Starting training for N epochs...` line.
     #[serde(default)]
     train_start: Option<i64>,
+    /// The epoch of the latest training row whose loss was NaN/inf, until a finite one: what
+    /// most likely ended a run that fails with no exception of its own.
+    #[serde(default)]
+    nan_epoch: Option<u32>,
 }
 
 impl Run {
+    fn is_running(&self) -> bool {
+        self.row.status.is_running()
+    }
+
     /// The number the next epoch will be printed with.
     fn next_epoch(&self) -> u32 {
         self.last_epoch
@@ -213,6 +223,7 @@ impl ContainerState {
                 starting: false,
                 header_open: false,
                 train_start: None,
+                nan_epoch: None,
             });
         }
         for (name, v) in resume.counters {
@@ -270,15 +281,26 @@ impl ContainerState {
         self.apply_record(rec, p, out);
         // results.csv's `time`: seconds since training started (the run's start before its
         // `Starting training` line is seen).
-        if let Some(run) = &self.run {
+        // A training row's losses say whether the run's last loss was NaN/inf.
+        if let Some(run) = &mut self.run {
             let start = run.train_start.unwrap_or(run.row.started_at);
             for op in &mut out[from..] {
-                if let Op::Epoch(key, e) = op
-                    && *key == run.row.key
-                    && e.train_time_s.is_none()
-                    && e.ended_at >= start
-                {
+                let Op::Epoch(key, e) = op else { continue };
+                if *key != run.row.key {
+                    continue;
+                }
+                if e.train_time_s.is_none() && e.ended_at >= start {
                     e.train_time_s = Some((e.ended_at - start) as f64 / 1e9);
+                }
+                let finite = match (&e.losses, e.loss) {
+                    (Some(l), _) if !l.is_empty() => Some(l.iter().all(|(_, v)| v.is_finite())),
+                    (_, Some(v)) => Some(v.is_finite()),
+                    _ => None,
+                };
+                match finite {
+                    Some(false) => run.nan_epoch = Some(e.epoch),
+                    Some(true) => run.nan_epoch = None,
+                    None => {}
                 }
             }
         }

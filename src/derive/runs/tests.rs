@@ -154,6 +154,136 @@ fn failure_before_first_epoch_is_a_failed_run() {
     assert!(h.kinds().contains(&"gpu_oom"));
 }
 
+/// The `training_failed` events emitted so far: (message, context).
+fn failed_events(h: &Harness) -> Vec<(String, Value)> {
+    h.ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Event(e) if e.kind == "training_failed" => {
+                Some((e.message.clone(), serde_json::from_str(&e.context).unwrap()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_traceback_fails_the_run_with_its_exception_once_whatever_comes_after() {
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, epochs=10, resume=False, save_dir=/r/t");
+    epoch(&mut h, 1, 10, "1.2");
+    epoch(&mut h, 2, 10, "1.1");
+    h.line("Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n    main()\nRuntimeError: Dataset 'data/missing.yaml' error ❌ missing path\nNote dataset download directory is '/datasets'");
+    let runs = h.runs();
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    assert_eq!(
+        runs[0].failure.as_deref(),
+        Some("RuntimeError: Dataset 'data/missing.yaml' error ❌ missing path")
+    );
+    let failed = failed_events(&h);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].0,
+        "Training in c failed after epoch 2/10: RuntimeError: Dataset 'data/missing.yaml' error ❌ missing path"
+    );
+    assert_eq!(failed[0].1["epoch"], 2);
+    assert_eq!(failed[0].1["save_dir"], "/r/t");
+    // The container's exit that follows is the same death: no second word of it.
+    let exit = Exit {
+        finished_at: h.n + 1,
+        started_at: Some(0),
+        exit_code: Some(1),
+        oom_killed: false,
+    };
+    let before = h.ops.len();
+    h.st.container_exited(&exit, true, &mut h.ops);
+    assert_eq!(h.ops.len(), before, "{:?}", &h.ops[before..]);
+}
+
+#[test]
+fn ctrl_c_interrupts_the_run() {
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, epochs=10, resume=False, save_dir=/r/t");
+    epoch(&mut h, 1, 10, "1.2");
+    h.line("Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n    time.sleep(1)\nKeyboardInterrupt");
+    let runs = h.runs();
+    assert_eq!(runs[0].status, RunStatus::Interrupted);
+    assert_eq!(runs[0].failure.as_deref(), Some("KeyboardInterrupt"));
+    assert!(failed_events(&h).is_empty());
+}
+
+#[test]
+fn a_kill_fails_the_run_with_its_signal_and_the_nan_before_it() {
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, epochs=10, resume=False, save_dir=/r/t");
+    epoch(&mut h, 1, 10, "1.2");
+    epoch(&mut h, 2, 10, "nan");
+    let exit = Exit {
+        finished_at: h.n + 10,
+        started_at: Some(0),
+        exit_code: Some(137),
+        oom_killed: false,
+    };
+    h.st.container_exited(&exit, true, &mut h.ops);
+    let runs = h.runs();
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    assert_eq!(
+        runs[0].failure.as_deref(),
+        Some("exited with code 137 (SIGKILL) (after a NaN/inf loss at epoch 2)")
+    );
+    assert_eq!(
+        h.kinds()
+            .iter()
+            .filter(|k| **k == "training_container_died")
+            .count(),
+        1
+    );
+    let failed = failed_events(&h);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].1["exit_code"], 137);
+    // A resume clears it.
+    h.line("engine/trainer: task=detect, epochs=10, resume=/r/t/weights/last.pt, save_dir=/r/t");
+    assert_eq!(h.runs()[0].status, RunStatus::Running);
+    assert_eq!(h.runs()[0].failure, None);
+}
+
+#[test]
+fn a_training_container_that_dies_with_no_run_says_so() {
+    let mut h = Harness::new();
+    h.line("Traceback (most recent call last):\n  File \"train.py\", line 1, in <module>\nModuleNotFoundError: No module named 'ultralytics'");
+    let exit = Exit {
+        finished_at: h.n + 1,
+        started_at: Some(0),
+        exit_code: Some(1),
+        oom_killed: false,
+    };
+    // Not a training container and no run: nothing.
+    h.st.container_exited(&exit, false, &mut h.ops);
+    assert!(!h.kinds().contains(&"training_container_died"));
+    h.st.container_exited(&exit, true, &mut h.ops);
+    let died: Vec<Value> = h
+        .ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Event(e) if e.kind == "training_container_died" => {
+                Some(serde_json::from_str(&e.context).unwrap())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(died.len(), 1);
+    assert_eq!(died[0]["status"], Value::Null);
+    assert_eq!(died[0]["exit_code"], 1);
+    // Exit 0 is no death.
+    let before = h.ops.len();
+    let clean = Exit {
+        exit_code: Some(0),
+        ..exit
+    };
+    h.st.container_exited(&clean, true, &mut h.ops);
+    assert_eq!(h.ops.len(), before);
+}
+
 #[test]
 fn early_stop_and_nan_epoch() {
     let mut h = Harness::new();

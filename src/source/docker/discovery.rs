@@ -272,7 +272,10 @@ async fn handle_event<F, Fut>(
         ],
         // The container is gone for good: its cursors are no longer needed (removed by the
         // writer, the one connection that writes).
-        "destroy" => vec![Notice::Gone(Arc::from(id.as_str()))],
+        "destroy" => vec![
+            Notice::State(ts, name.clone(), ContainerRun::Removed),
+            Notice::Gone(Arc::from(id.as_str())),
+        ],
         _ => Vec::new(),
     };
     if !ops.is_empty() {

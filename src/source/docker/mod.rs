@@ -57,6 +57,8 @@ pub struct Shared {
 /// How a container stopped.
 pub struct Exited {
     pub finished_at: i64,
+    /// When it last started (`StartedAt`), if it ever ran.
+    pub started_at: Option<i64>,
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
 }
@@ -71,6 +73,11 @@ impl Exited {
                 .and_then(crate::time::parse_rfc3339)
                 .filter(|t| *t > 0)
                 .unwrap_or_else(crate::time::now_ns),
+            started_at: state
+                .started_at
+                .as_deref()
+                .and_then(crate::time::parse_rfc3339)
+                .filter(|t| *t > 0),
             exit_code: state.exit_code,
             oom_killed: state.oom_killed.unwrap_or(false),
         }
