@@ -77,12 +77,21 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "[REDACTED]",
         ),
         // `key=value`, `key: value` for secret names; the separator may be URL-encoded
-        // (`password%3Dhunter2`).
+        // (`password%3Dhunter2`). A value does not end in `)`: `(Authorization: Bearer x)`
+        // keeps its parenthesis.
         rule(
             &format!(
-                r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*)(["']?\s*(?:[:=]|%3[ad])\s*["']?)(?:(?:bearer|basic|token)\s+)?([^\s"',;&}}\]]+)"#
+                r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*)(["']?\s*(?:[:=]|%3[ad])\s*["']?)(?:(?:bearer|basic|token)\s+)?([^\s"',;&}}\]]*[^\s"',;&}})\]])"#
             ),
             "${1}${2}[REDACTED]",
+        ),
+        // A JSON string value of a secret name, whole (spaces and escapes included; after the
+        // rule above, which stops at a space): its key and the rest of the record are kept.
+        rule(
+            &format!(
+                r#"(?i)("(?:[a-z0-9]+[_.-])*(?:{SECRET_NAMES})(?:[_.-][a-z0-9]+)*"\s*:\s*")(?:[^"\\]|\\.)*(")"#
+            ),
+            "${1}[REDACTED]${2}",
         ),
         rule(
             r"(?i)(?-u:\b)(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}",
@@ -373,6 +382,20 @@ mod tests {
             "Authorization: [REDACTED]"
         );
         assert_eq!(text("sent bearer abcdefghijkl"), "sent bearer [REDACTED]");
+        // The text around a secret stays.
+        assert_eq!(
+            text("upload refused (Authorization: Bearer eyJhbGciOi.xyz) retrying"),
+            "upload refused (Authorization: [REDACTED]) retrying"
+        );
+        assert_eq!(text("(password=hunter2)"), "(password=[REDACTED])");
+        assert_eq!(
+            text(r#"{"user": "bob", "password": "two words \" quoted", "epoch": 3}"#),
+            r#"{"user": "bob", "password": "[REDACTED]", "epoch": 3}"#
+        );
+        assert_eq!(
+            text(r#"{"cdn.secret_key":"a b c","ok":true}"#),
+            r#"{"cdn.secret_key":"[REDACTED]","ok":true}"#
+        );
         assert_eq!(
             text("amqp://queue:pa55w0rd@rabbit:5552/"),
             "amqp://queue:[REDACTED]@rabbit:5552/"
