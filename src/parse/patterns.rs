@@ -124,11 +124,11 @@ const DEFAULTS: &[Builtin] = &[
         words: &["export success"],
     },
     Builtin {
-        regex: r"(?i)(?-u:\b)failed to (?:process|handle|save|parse) (?:the )?(?:message|annotation)|(?-u:\b)error (?:processing|handling) (?:the )?(?:message|annotation)|(?-u:\b)annotation (?:failed|rejected)|(?-u:\b)message (?:processing )?failed",
+        regex: r"(?i)(?-u:\b)failed to (?:process|handle|save|parse) (?:the )?(?:message|annotation)|(?-u:\b)error (?:processing|handling) (?:the )?(?:message|annotation)|(?-u:\b)annotation (?:failed|rejected)|(?-u:\b)message (?:processing )?failed|^skipp(?:ed|ing) (?:a |the )?corrupt(?:ed)? (?:image|message|annotation|frame)",
         kind: "annotation_failed",
         counter: Some("queue_messages_failed"),
         add: None,
-        words: &["failed to ", "error ", "annotation ", "message "],
+        words: &["failed to ", "error ", "annotation ", "message ", "skipp"],
     },
     Builtin {
         regex: r"(?i)^processed (?P<count>\d+) (?:messages|annotations)(?-u:\b)",
@@ -138,7 +138,7 @@ const DEFAULTS: &[Builtin] = &[
         words: &["processed "],
     },
     Builtin {
-        regex: r"(?i)^(?:annotation (?:saved|processed|stored|handled)|processed (?:annotation|message)|message processed)(?-u:\b)",
+        regex: r"(?i)^(?:annotation (?:[A-Za-z0-9_:.#/-]{1,64} )?(?:saved|processed|stored|handled)|processed (?:annotation|message)|message processed)(?-u:\b)",
         kind: "annotation_processed",
         counter: Some("queue_messages_processed"),
         add: None,
@@ -347,6 +347,30 @@ mod tests {
             kind("Failed to process message offset=1234"),
             Some("annotation_failed")
         );
+        // The seed's own words, with no rule written.
+        for processed in [
+            "Annotation 6f1c2a9e-41d2 saved (3 labels)",
+            "Annotation a7:1204 saved",
+            "annotation saved",
+            "message processed",
+        ] {
+            assert_eq!(kind(processed), Some("annotation_processed"), "{processed}");
+            assert_eq!(
+                p.classify(processed).unwrap().counter,
+                Some(("queue_messages_processed", 1.0)),
+                "{processed}"
+            );
+        }
+        for failed in [
+            "Failed to process message",
+            "skipped corrupt image frame_0042.jpg",
+            "Skipping corrupted image in message 17",
+        ] {
+            assert_eq!(kind(failed), Some("annotation_failed"), "{failed}");
+        }
+        // Not every sentence with the words is one.
+        assert_eq!(kind("Annotation schema loaded"), None);
+        assert_eq!(kind("the annotation was saved later by someone"), None);
     }
 
     /// The kind the built-in rules give `text` without the word gate.
