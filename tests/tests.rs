@@ -12,6 +12,8 @@
 //! - `queue`: the (synthetic) annotation queue logs, counters, redaction.
 //! - `cli`: the binary's commands and their output formats.
 //! - `docker`: `watch` against the real Docker daemon (busybox containers from a scratch image).
+//! - `jsonlog`: JSON logs of real Python logging libraries (python-json-logger, structlog,
+//!   loguru, ecs-logging, the service's own), replayed and followed live.
 //! - `endings`: how trainings end (a crash, a NaN, a kill, a `--rm` one-shot, a slow
 //!   traceback), followed live with a real webhook receiver; acknowledgements and silences.
 //! - `deploy`: the container image built by `packaging/build-image.sh`, run as compose runs it.
@@ -36,6 +38,7 @@ mod dedup;
 mod deploy;
 mod docker;
 mod endings;
+mod jsonlog;
 mod mail;
 mod mlflow;
 mod pipes;

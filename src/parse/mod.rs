@@ -64,6 +64,9 @@ pub enum Detail {
     Traceback {
         exception: String,
     },
+    /// A JSON record that starts or ends a training: `Training started` (its settings in the
+    /// context), `Training completed`.
+    ServiceRun(json::RunMessage),
 }
 
 /// How a record was recognised.
@@ -178,10 +181,13 @@ impl Parser {
             let probe = if has_tb { text } else { log.message };
             self.classify(&mut p, probe);
             if has_tb {
-                if p.kind == Some("loss_non_finite") {
-                    // The NaN is an event of its own already (the epochs that showed it).
-                    p.kind = Some("error");
-                }
+                // `logger.exception(...)`: an `error` (or the record's own level) that keeps
+                // its traceback; what the exception says happened is an event of its own (a
+                // NaN is one already: the epochs that showed it).
+                p.also = p.kind.filter(|k| {
+                    !matches!(*k, "error" | "warning" | "queue_offset" | "loss_non_finite")
+                });
+                p.kind = level_kind(p.level).or(Some("error"));
                 p.detail = Detail::Traceback {
                     exception: exception_text(text).to_string(),
                 };
@@ -216,11 +222,16 @@ impl Parser {
         p.line_ts = line.ts;
         p.context = line.context;
         let epoch = json::epoch_message(&p.message);
+        let run = json::run_message(&p.message);
         match line.raw_context {
-            // Epochs and offsets are read from the context; a context with its own `service`
-            // keeps it (as the map path does).
+            // Epochs, offsets, a run's settings and non-finite losses are read from the
+            // context; a context with its own `service` keeps it (as the map path does).
             Some(raw)
-                if epoch.is_some() || raw.contains("\"offset\"") || raw.contains("\"service\"") =>
+                if epoch.is_some()
+                    || run.is_some()
+                    || raw.contains("\"offset\"")
+                    || raw.contains("\"service\"")
+                    || may_hold_non_finite(&raw) =>
             {
                 p.context = json::context_map(&raw);
             }
@@ -237,7 +248,46 @@ impl Parser {
             return p;
         }
         let msg = std::mem::take(&mut p.message);
+        if let Some(e) = line.exception {
+            // `logger.exception(...)`: an `error` that keeps its traceback, and what its
+            // exception says happened as an event of its own, as for a printed traceback. It
+            // was handled by the program: no run ends with it.
+            let probe = format!("{msg}\n{}", e.traceback);
+            self.classify(&mut p, &probe);
+            p.also = p
+                .kind
+                .filter(|k| !matches!(*k, "error" | "warning" | "queue_offset" | "log"));
+            p.kind = level_kind(p.level).or(Some("error"));
+            if p.level < Level::Warning {
+                p.level = Level::Error;
+            }
+            p.detail = Detail::Traceback { exception: e.line };
+            p.message = msg;
+            return p;
+        }
         self.classify(&mut p, &msg);
+        if let Some(r) = run {
+            p.detail = Detail::ServiceRun(r);
+            if p.kind.is_none() {
+                p.kind = Some(match r {
+                    json::RunMessage::Started => "training_started",
+                    json::RunMessage::Completed => "training_completed",
+                });
+            }
+        }
+        // A NaN/inf loss in any record (a training step, not only an epoch's end).
+        if let Some((key, value)) = json::non_finite_loss(&p.context) {
+            match p.kind {
+                None | Some("log" | "warning" | "error") => {
+                    p.kind = Some("loss_non_finite");
+                    p.level = p.level.max(Level::Error);
+                }
+                Some(_) => p.also = p.also.or(Some("loss_non_finite")),
+            }
+            p.context
+                .entry("non_finite")
+                .or_insert(Value::String(format!("{key}={value}")));
+        }
         if p.offset.is_none() {
             p.offset = p
                 .context
@@ -351,6 +401,16 @@ fn with_service(raw: String, service: Option<&str>) -> String {
     out
 }
 
+/// Whether a raw context may hold a NaN or an infinity (`NaN`, `"nan"`, `Infinity`, `"inf"`):
+/// only then is it parsed to look.
+fn may_hold_non_finite(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    memchr::memmem::find(b, b"NaN").is_some()
+        || memchr::memmem::find(b, b"nan\"").is_some()
+        || memchr::memmem::find(b, b"inf\"").is_some()
+        || memchr::memmem::find(b, b"Infinity").is_some()
+}
+
 /// The last exception of a traceback (chained or not) with every line of its message: from the
 /// first unindented line after the last `Traceback` header's frames to the end.
 pub fn exception_text(text: &str) -> &str {
@@ -420,7 +480,9 @@ mod tests {
         let p = parse(
             "2026-11-29 05:00:48,263 - consumer - ERROR - Error handling message\nTraceback (most recent call last):\n  File \"x\", line 1, in f\nKeyError: 'x'",
         );
-        assert_eq!(p.kind, Some("annotation_failed"));
+        // An `error` keeping its traceback; the failed message is an event of its own.
+        assert_eq!((p.kind, p.also), (Some("error"), Some("annotation_failed")));
+        assert_eq!(p.counter, Some(("queue_messages_failed", 1.0)));
         assert_eq!(p.level, Level::Error);
         let p = parse(
             "2026-11-29 05:00:48,263 - trainer - ERROR - Unhandled exception\nTraceback (most recent call last):\n  File \"x\", line 1, in f\nKeyError: 'x'",

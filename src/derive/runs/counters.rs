@@ -80,8 +80,10 @@ impl ContainerState {
         if p.skip.is_some() {
             ctx.insert("unparsed".into(), Value::String("invalid_json".into()));
         }
+        // The run's last epoch, unless the record names its own (a JSON record's `epoch`).
+        let own_epoch = ctx.get("epoch").cloned();
         if run_scoped && let Some(run) = self.run.as_ref() {
-            ctx.insert("epoch".into(), json!(run.last_epoch));
+            ctx.entry("epoch").or_insert(json!(run.last_epoch));
         }
         let also = p.also.map(|also| {
             // What the exception says happened, as an event of its own (the traceback itself
@@ -91,8 +93,13 @@ impl ContainerState {
                 Detail::Traceback { exception } => exception.clone(),
                 _ => p.message.clone(),
             };
-            if let Some(run) = self.run.as_ref()
-                && matches!(also, kind::GPU_OOM | kind::CHECKPOINT_SAVE_FAILED)
+            if let Some(epoch) = own_epoch {
+                actx.insert("epoch".into(), epoch);
+            } else if let Some(run) = self.run.as_ref()
+                && matches!(
+                    also,
+                    kind::GPU_OOM | kind::CHECKPOINT_SAVE_FAILED | kind::LOSS_NON_FINITE
+                )
             {
                 actx.insert("epoch".into(), json!(run.last_epoch));
             }

@@ -342,5 +342,15 @@ impl ContainerState {
         if let Some(m) = map50_95 {
             self.metric(rec.ts, metric::TRAINING_MAP50_95, m, out);
         }
+        // The service's last epoch, N/N: the run is complete.
+        if let Some(run) = self.run.as_mut()
+            && epoch == epochs
+            && !run.zero_based
+            && run.row.status.is_running()
+        {
+            run.row.status = RunStatus::Completed;
+            run.row.ended_at = Some(rec.ts);
+            out.push(Op::Run(run.row.clone()));
+        }
     }
 }

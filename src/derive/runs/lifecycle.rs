@@ -250,6 +250,66 @@ impl ContainerState {
         out.push(self.event(rec, Level::Info, "early_stopped", message, ctx));
     }
 
+    /// A JSON service's `Training started` (its settings in the context: `model`, `epochs`,
+    /// `imgsz`, `batch`, `data`, `save_dir`, ...) opens a run; `Training completed` ends the
+    /// running one as completed.
+    pub(super) fn service_run(
+        &mut self,
+        rec: &Record,
+        p: &Parsed,
+        what: crate::parse::json::RunMessage,
+        out: &mut Vec<Op>,
+    ) {
+        use crate::parse::json::{RunMessage, num};
+        let ctx = &p.context;
+        match what {
+            RunMessage::Started => {
+                let text = |k: &str| match ctx.get(k) {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(v @ Value::Number(_)) => Some(v.to_string()),
+                    _ => None,
+                };
+                let epochs = ["epochs", "epochs_total", "total_epochs"]
+                    .iter()
+                    .find_map(|k| ctx.get(*k).and_then(num))
+                    .filter(|n| *n >= 1.0 && *n <= f64::from(u32::MAX))
+                    .map(|n| n as u32);
+                // Its settings, as the settings line's: every scalar of the context.
+                let mut params: Map<String, Value> = ctx
+                    .iter()
+                    .filter(|(_, v)| !v.is_object() && !v.is_array() && !v.is_null())
+                    .map(|(k, v)| {
+                        let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                        (k.clone(), Value::String(v))
+                    })
+                    .collect();
+                params.remove("service");
+                let mut params = Value::Object(params);
+                redact::json(&mut params);
+                let opening = Opening {
+                    epochs,
+                    save_dir: text("save_dir").or_else(|| text("run_dir")),
+                    model: text("model").or_else(|| text("weights")),
+                    params: Some(params.to_string()),
+                };
+                self.new_run(rec, opening, false, out);
+                if let Some(run) = self.run.as_mut() {
+                    run.train_start = Some(rec.ts);
+                }
+            }
+            RunMessage::Completed => {
+                if let Some(run) = self.run.as_mut()
+                    && matches!(run.row.status, RunStatus::Running | RunStatus::Completed)
+                {
+                    run.row.status = RunStatus::Completed;
+                    run.row.ended_at = Some(rec.ts);
+                    run.starting = false;
+                    out.push(Op::Run(run.row.clone()));
+                }
+            }
+        }
+    }
+
     /// `Results saved to DIR`: the run's folder, if not known yet.
     pub(super) fn results_dir(&mut self, dir: &str, out: &mut Vec<Op>) {
         if let Some(run) = self.run.as_mut()
@@ -412,7 +472,12 @@ impl ContainerState {
             (Some(e), None) => format!(" after epoch {e}"),
             (None, _) => " before its first epoch".into(),
         };
-        let status = if stopped {
+        // A service that logged an error it did not recover from and exited 0 failed.
+        let logged = run
+            .last_error
+            .clone()
+            .filter(|_| exit_code == Some(0) && !oom_killed);
+        let status = if stopped && logged.is_none() {
             RunStatus::Interrupted
         } else {
             RunStatus::Failed
@@ -442,10 +507,12 @@ impl ContainerState {
             });
             out.push(self.died_event(ended, oom_killed, message, &context));
         }
-        let failure = if stopped && exit_code == Some(0) {
-            "exited with code 0 before its last epoch".to_string()
-        } else {
-            how
+        let failure = match logged {
+            Some(error) => format!("{error} (then exited with code 0)"),
+            None if stopped && exit_code == Some(0) => {
+                "exited with code 0 before its last epoch".to_string()
+            }
+            None => how,
         };
         self.end_badly(at, status, failure, exit_code, out);
     }
@@ -508,6 +575,7 @@ impl ContainerState {
             header_open: false,
             train_start: None,
             nan_epoch: None,
+            last_error: None,
         });
     }
 
@@ -539,6 +607,7 @@ impl ContainerState {
                 header_open: false,
                 train_start: None,
                 nan_epoch: None,
+                last_error: None,
             });
         }
         let run = self.run.as_mut().expect("run set above");

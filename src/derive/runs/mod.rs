@@ -148,6 +148,10 @@ struct Run {
     /// most likely ended a run that fails with no exception of its own.
     #[serde(default)]
     nan_epoch: Option<u32>,
+    /// The latest ERROR (or worse) record while it ran, until an epoch shows it recovered: a
+    /// service that logs its failure and exits 0 failed.
+    #[serde(default)]
+    last_error: Option<String>,
 }
 
 impl Run {
@@ -224,6 +228,7 @@ impl ContainerState {
                 header_open: false,
                 train_start: None,
                 nan_epoch: None,
+                last_error: None,
             });
         }
         for (name, v) in resume.counters {
@@ -302,6 +307,8 @@ impl ContainerState {
                     Some(true) => run.nan_epoch = None,
                     None => {}
                 }
+                // An epoch after an error: the run recovered from it.
+                run.last_error = None;
             }
         }
     }
@@ -311,6 +318,18 @@ impl ContainerState {
             && run.row.status == RunStatus::Running
         {
             run.last_ts = rec.ts;
+            if p.level >= Level::Error {
+                let text = match &p.detail {
+                    Detail::Traceback { exception } => exception.as_str(),
+                    _ => p.message.as_str(),
+                };
+                let line = text.lines().next().unwrap_or("").trim();
+                let line = match line.char_indices().nth(300) {
+                    Some((i, _)) => &line[..i],
+                    None => line,
+                };
+                run.last_error = Some(redact::text(line).into_owned());
+            }
         }
         match &p.detail {
             Detail::None => {}
@@ -342,6 +361,7 @@ impl ContainerState {
             Detail::ValidatingBest => self.final_validation = true,
             Detail::ResultsDir(dir) => self.results_dir(dir, out),
             Detail::Traceback { .. } => self.traceback(rec, &p, out),
+            Detail::ServiceRun(what) => self.service_run(rec, &p, *what, out),
         }
         if let Some(kind) = p.kind {
             self.generic_event(rec, &mut p, kind, out);

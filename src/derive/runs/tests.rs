@@ -285,6 +285,71 @@ fn a_training_container_that_dies_with_no_run_says_so() {
 }
 
 #[test]
+fn a_json_service_s_run_from_start_to_its_end() {
+    let mut h = Harness::new();
+    h.line(r#"{"timestamp":"2026-12-07T07:00:00Z","level":"INFO","service":"training","message":"Training started","context":{"model":"yolo11n.pt","epochs":2,"imgsz":640,"batch":16,"save_dir":"/azaion/models/azaion-2026-12-07/train"}}"#);
+    let runs = h.runs();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].model.as_deref(), Some("yolo11n.pt"));
+    assert_eq!(runs[0].epochs_total, Some(2));
+    assert_eq!(
+        runs[0].save_dir.as_deref(),
+        Some("/azaion/models/azaion-2026-12-07/train")
+    );
+    let params: Value = serde_json::from_str(runs[0].params.as_deref().unwrap()).unwrap();
+    assert_eq!(params["imgsz"], "640");
+    h.line(r#"{"timestamp":"2026-12-07T07:10:00Z","level":"INFO","service":"training","message":"Epoch 1/2 completed","context":{"epoch":1,"loss":0.5}}"#);
+    assert_eq!(h.runs()[0].status, RunStatus::Running);
+    // The last epoch N/N completes it; the service's own word agrees.
+    h.line(r#"{"timestamp":"2026-12-07T07:20:00Z","level":"INFO","service":"training","message":"Epoch 2/2 completed","context":{"epoch":2,"loss":0.4}}"#);
+    assert_eq!(h.runs()[0].status, RunStatus::Completed);
+    h.line(r#"{"timestamp":"2026-12-07T07:20:01Z","level":"INFO","service":"training","message":"Training completed","context":{}}"#);
+    assert_eq!(h.runs().len(), 1);
+    assert_eq!(h.runs()[0].status, RunStatus::Completed);
+    assert_eq!(
+        h.kinds()
+            .iter()
+            .filter(|k| **k == "training_completed")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn an_error_the_service_did_not_recover_from_then_exit_0_is_a_failure() {
+    for recovered in [false, true] {
+        let mut h = Harness::new();
+        h.line(r#"{"level":"INFO","message":"Training started","context":{"epochs":5}}"#);
+        h.line(
+            r#"{"level":"INFO","message":"Epoch 1/5 completed","context":{"epoch":1,"loss":0.5}}"#,
+        );
+        h.line(r#"{"level":"ERROR","message":"Data loader failed: /azaion/datasets unreachable","context":{}}"#);
+        if recovered {
+            h.line(r#"{"level":"INFO","message":"Epoch 2/5 completed","context":{"epoch":2,"loss":0.4}}"#);
+        }
+        let exit = Exit {
+            finished_at: h.n + 1,
+            started_at: Some(0),
+            exit_code: Some(0),
+            oom_killed: false,
+        };
+        h.st.container_exited(&exit, true, &mut h.ops);
+        let run = &h.runs()[0];
+        if recovered {
+            assert_eq!(run.status, RunStatus::Interrupted);
+            assert!(failed_events(&h).is_empty());
+        } else {
+            assert_eq!(run.status, RunStatus::Failed);
+            assert_eq!(
+                run.failure.as_deref(),
+                Some("Data loader failed: /azaion/datasets unreachable (then exited with code 0)")
+            );
+            assert_eq!(failed_events(&h).len(), 1);
+        }
+    }
+}
+
+#[test]
 fn early_stop_and_nan_epoch() {
     let mut h = Harness::new();
     h.line("Starting training for 300 epochs...");
