@@ -670,3 +670,61 @@ proptest::proptest! {
         proptest::prop_assert!(have.1 == want.1, "notifications: {}", diff(&want.1, &have.1));
     }
 }
+
+/// A webhook receiver that answers 302 (an `http://` URL behind a proxy that redirects to
+/// `https://`): the redirect is not followed, nothing is marked delivered, the target of the
+/// redirect gets no request, and the error says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_a_delivery() {
+    let db = Db::new();
+    // Where the redirect points: it would answer 200 to anything.
+    let target = Receiver::start(0, 0);
+    let server = tiny_http::Server::http(("127.0.0.1", 0)).unwrap();
+    let port = server.server_addr().to_ip().unwrap().port();
+    let location = target.url.clone();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let asked2 = asked.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let redirector = std::thread::spawn(move || {
+        while !stop2.load(Ordering::SeqCst) {
+            let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(50)) else {
+                continue;
+            };
+            asked2.fetch_add(1, Ordering::SeqCst);
+            let header = tiny_http::Header::from_bytes("Location", location.as_bytes()).unwrap();
+            let _ = req.respond(tiny_http::Response::empty(302).with_header(header));
+        }
+    });
+    tokio::task::block_in_place(|| fire_and_resolve(&db));
+    notify_until(
+        &db,
+        ReceiverKind::Webhook,
+        &format!("http://127.0.0.1:{port}/hook"),
+        Default::default(),
+        "a refused attempt",
+        || db.count("SELECT count(*) FROM outbox WHERE attempts > 0") > 0,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    redirector.join().unwrap();
+    assert!(asked.load(Ordering::SeqCst) >= 1);
+    assert_eq!(target.received().len(), 0, "the redirect was followed");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox WHERE delivered_at IS NOT NULL"),
+        0
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox WHERE abandoned_at IS NOT NULL"),
+        0,
+        "kept, to be delivered once the url is fixed"
+    );
+    let err = db
+        .text("SELECT last_error FROM outbox WHERE attempts > 0 LIMIT 1")
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("HTTP 302: a redirect (not followed"),
+        "{err}"
+    );
+    assert!(!err.contains("127.0.0.1"), "{err}");
+}

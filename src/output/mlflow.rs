@@ -200,9 +200,11 @@ pub struct Exporter {
 impl Exporter {
     pub fn new(cfg: MlflowConfig, db: PathBuf, writer: WriterSender) -> Result<Self, OutputError> {
         let conn = crate::store::AsyncConn::open_ro(&db)?;
+        // Never a redirect: a followed 302 turns a POST into a GET without its body.
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("trainwatch/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| OutputError::Http(e.to_string()))?;
         let api = format!(

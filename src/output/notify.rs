@@ -177,9 +177,12 @@ impl Notifier {
         health: crate::store::StoreHealth,
     ) -> Result<Self, crate::error::OutputError> {
         let conn = crate::store::AsyncConn::open_ro(&db)?;
+        // A redirect is never followed: a client following a 302 sends a GET without the
+        // body, and its 200 would mark delivered what no receiver got.
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("trainwatch/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| crate::error::OutputError::Http(e.to_string()))?;
         let instance = cfg.instance.clone().unwrap_or_else(crate::sys::hostname);
@@ -227,6 +230,30 @@ impl Notifier {
                 let s = resp.status();
                 if s.is_success() {
                     Ok(())
+                } else if s.is_redirection() {
+                    // Where it points, for the log line (never stored: it may hold a token).
+                    let to = resp
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|l| l.to_str().ok())
+                        .map(|l| {
+                            crate::redact::text(l.split(['?', '#']).next().unwrap_or(l))
+                                .into_owned()
+                        })
+                        .unwrap_or_else(|| "nowhere".into());
+                    tracing::warn!(
+                        receiver = %r.name,
+                        status = s.as_u16(),
+                        location = %to,
+                        "Receiver answered with a redirect, which is not followed: the notification is not delivered; set its url to the final address."
+                    );
+                    Err(Failure {
+                        message: format!(
+                            "HTTP {}: a redirect (not followed; see the log for where to)",
+                            s.as_u16()
+                        ),
+                        permanent: false,
+                    })
                 } else {
                     Err(Failure {
                         message: format!("HTTP {}", s.as_u16()),
