@@ -66,6 +66,8 @@ pub enum StoreError {
     },
     #[error("the store writer stopped unexpectedly")]
     WriterGone,
+    #[error(transparent)]
+    Lock(#[from] crate::store::lock::LockError),
 }
 
 impl StoreError {

@@ -33,6 +33,7 @@ use crate::parse::Parser;
 use crate::pipeline::live;
 use crate::source::docker::{self, Shared};
 use crate::source::probes;
+use crate::store::lock::{IngestLock, Ingestor};
 use crate::store::{AlertSink, StoreHealth, WriteStats, WriterHandle, WriterOptions, WriterSender};
 use crate::time::Clock;
 
@@ -48,11 +49,14 @@ pub struct Watch {
     /// Rung by the writer when it queued a notification.
     wake: Arc<tokio::sync::Notify>,
     store_health: StoreHealth,
+    /// This database's one ingestor: held until the last batch is committed.
+    lock: IngestLock,
 }
 
 /// `watch` after its tasks returned: the writer still commits the last batches.
 pub struct Stopping {
     writer: WriterHandle,
+    _lock: IngestLock,
 }
 
 impl Watch {
@@ -80,6 +84,14 @@ impl Watch {
             path: path.clone(),
             source,
         };
+        // One ingestor per database: a second watch is refused, a replay waited for.
+        let lock = IngestLock::acquire(&path, Ingestor::Watch, |holder| {
+            tracing::warn!(
+                holder,
+                "Database in use by a replay; waiting for it to end."
+            );
+        })
+        .map_err(|e| store(e.into()))?;
         let writer = WriterHandle::spawn_with(path.clone(), options).map_err(store)?;
         let sender = writer
             .sender()
@@ -107,6 +119,7 @@ impl Watch {
             false => None,
         };
         Ok(Watch {
+            lock,
             cfg,
             db: path,
             parser,
@@ -137,6 +150,7 @@ impl Watch {
             exporter,
             wake,
             store_health,
+            lock,
         } = self;
         tracing::info!(
             db = %db.display(),
@@ -213,7 +227,10 @@ impl Watch {
             drop((sender, notices));
         }
         tasks.wait().await;
-        Stopping { writer }
+        Stopping {
+            writer,
+            _lock: lock,
+        }
     }
 }
 

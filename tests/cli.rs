@@ -541,3 +541,58 @@ fn read_commands_upgrade_a_database_an_older_trainwatch_wrote() {
     );
     assert_ne!(bin(&["health"], &db.path).status.code(), None);
 }
+
+/// One ingestor per database: a second `watch` (or a `replay` during a `watch`) is refused,
+/// naming the running one; once it is gone (even killed), the database is free.
+#[test]
+fn a_second_ingestor_on_one_database_is_refused_naming_the_first() {
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tw.toml");
+    // No Docker needed: the daemon address goes nowhere; watch keeps retrying it.
+    std::fs::write(&cfg, "").unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+            .args(["--config", cfg.to_str().unwrap(), "watch"])
+            .env("TRAINWATCH_DB", &db.path)
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = start();
+    let lock = format!("{}.lock", db.path.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| s.starts_with("watch pid ")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first watch never locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = first.id().to_string();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+        .args(["--config", cfg.to_str().unwrap(), "watch"])
+        .env("TRAINWATCH_DB", &db.path)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains(&format!(
+            "in use by another trainwatch (watch pid {pid} since "
+        )),
+        "{err}"
+    );
+    let o = bin(&["replay", &fixture_str("queue/queue.log")], &db.path);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains(&format!("watch pid {pid}")), "{err}");
+    // Killed: the lock dies with it.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let o = bin(&["replay", &fixture_str("queue/queue.log")], &db.path);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

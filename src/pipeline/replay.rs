@@ -75,6 +75,14 @@ pub fn replay_with(
     rules: &Rules,
 ) -> Result<Summary, ReplayError> {
     let sets = files::plan(inputs, container)?;
+    // One ingestor per database: refused while a watch runs on it, after another replay.
+    let _lock = store::lock::IngestLock::acquire(&db, store::lock::Ingestor::Replay, |holder| {
+        tracing::warn!(
+            holder,
+            "Database in use by another replay; waiting for it to end."
+        );
+    })
+    .map_err(StoreError::from)?;
     // The writer creates and migrates the database; the state of containers already in it is
     // read on a separate read-only connection.
     let engine = Engine::new(rules.clone(), false, "");

@@ -11,6 +11,7 @@
 //! table exists so retention can return space in small steps, and 8 KiB pages ([`PAGE_SIZE`]).
 
 pub mod alerts;
+pub mod lock;
 pub mod migrate;
 pub mod mlflow;
 pub mod outbox;
