@@ -595,12 +595,18 @@ fn firing_summary(all: &[AlertRow]) -> String {
     format!("{n} {noun} firing: {}{quiet}", shown.join(", "))
 }
 
+/// How far ahead of now a record's time may be and still count as fresh data: a record stamped
+/// later (a host clock set ahead, then corrected) says nothing of whether anything is read now.
+pub const FUTURE_SKEW_NS: i64 = 5 * 60 * 1_000_000_000;
+
 pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
-    let newest = [s.heartbeat_at.as_deref(), s.newest_record_at.as_deref()]
-        .into_iter()
-        .flatten()
-        .filter_map(parse_rfc3339)
-        .max();
+    let heartbeat = s.heartbeat_at.as_deref().and_then(parse_rfc3339);
+    let record = s
+        .newest_record_at
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .filter(|t| *t <= now + FUTURE_SKEW_NS);
+    let newest = heartbeat.into_iter().chain(record).max();
     let age = newest.map(|t| (now - t).max(0));
     // An acknowledged or silenced alert is known to someone: it does not page.
     let paging: Vec<&AlertRow> = s.alerts_firing.iter().filter(|a| a.pages()).collect();
@@ -867,6 +873,14 @@ mod tests {
         assert!(h.line.contains("no data for 1h00m"), "{}", h.line);
         s.newest_record_at = None;
         assert!(health(&s, 600 * S, NOW).line.contains("no data yet"));
+        // A record stamped in 2099 (a clock set ahead, then corrected) does not keep a dead
+        // ingestor green; one a minute ahead (skew) still counts.
+        s.newest_record_at = Some("2099-01-01T00:00:00.000000000Z".into());
+        let h = health(&s, 600 * S, NOW);
+        assert_eq!(h.code, 2, "{}", h.line);
+        assert!(h.line.contains("no data yet"), "{}", h.line);
+        s.newest_record_at = Some(crate::time::format_ns(NOW + 60 * S));
+        assert_eq!(health(&s, 600 * S, NOW).code, 0);
     }
 
     #[test]
