@@ -39,6 +39,20 @@ pub enum ConfigError {
     Pattern { regex: String, reason: String },
 }
 
+/// Why the store's one-ingestor lock (`store::lock`) was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "database {path} is in use by another trainwatch ({holder}): one `watch` or `replay` per database at a time; stop it first, or give this one another --db"
+    )]
+    InUse { path: PathBuf, holder: String },
+    #[error("cannot lock {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// The SQLite store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -67,7 +81,11 @@ pub enum StoreError {
     #[error("the store writer stopped unexpectedly")]
     WriterGone,
     #[error(transparent)]
-    Lock(#[from] crate::store::lock::LockError),
+    Lock(#[from] LockError),
+    #[error(
+        "database {path} is damaged ({problems}); not writing to it. Stop trainwatch, keep a copy, then recover what can be read into a new file and use that: `sqlite3 {path} .recover | sqlite3 recovered.db` (the SQLite shell), `mv recovered.db {path}`"
+    )]
+    Damaged { path: PathBuf, problems: String },
 }
 
 impl StoreError {

@@ -92,6 +92,8 @@ impl Watch {
             );
         })
         .map_err(|e| store(e.into()))?;
+        // Never append to a damaged store (an overwritten page): refused with how to recover.
+        crate::store::quick_check(&path).map_err(store)?;
         let writer = WriterHandle::spawn_with(path.clone(), options).map_err(store)?;
         let sender = writer
             .sender()

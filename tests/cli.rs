@@ -596,3 +596,64 @@ fn a_second_ingestor_on_one_database_is_refused_naming_the_first() {
     let o = bin(&["replay", &fixture_str("queue/queue.log")], &db.path);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `sql` stops a runaway query (a recursive CTE without an end) at `--timeout`.
+#[test]
+fn sql_stops_a_runaway_query_at_its_timeout() {
+    let db = Db::new();
+    db.replay(&[fixture_str("queue/queue.log")], Some("q"));
+    let started = std::time::Instant::now();
+    let o = bin(
+        &[
+            "sql",
+            "--timeout",
+            "2s",
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n",
+        ],
+        &db.path,
+    );
+    let took = started.elapsed();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains("the query ran longer than --timeout 2s and was stopped"),
+        "{err}"
+    );
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    // A query within its time runs as before.
+    let o = bin(&["sql", "--timeout", "10s", "SELECT 41 + 1 AS n"], &db.path);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("42"));
+}
+
+/// `watch` refuses a damaged database (pages overwritten) with how to recover it, and writes
+/// nothing to it.
+#[test]
+fn watch_refuses_a_damaged_database_with_the_recovery_steps() {
+    let db = Db::new();
+    db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("gpu"));
+    // Overwrite a stretch of pages in the middle of the file (not the header).
+    let len = std::fs::metadata(&db.path).unwrap().len();
+    assert!(len > 64 * 1024, "{len}");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db.path)
+            .unwrap();
+        f.seek(SeekFrom::Start(len / 2 - (len / 2) % 8192)).unwrap();
+        f.write_all(&vec![0xA5; 3 * 8192]).unwrap();
+    }
+    let before = std::fs::read(&db.path).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainwatch"))
+        .args(["watch"])
+        .env("TRAINWATCH_DB", &db.path)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(err.contains(".recover | sqlite3 recovered.db"), "{err}");
+    assert_eq!(std::fs::read(&db.path).unwrap(), before, "nothing written");
+}

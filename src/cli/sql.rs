@@ -12,8 +12,50 @@ pub struct SqlArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+    /// Stop the query after this long (`30s`, `5m`): a runaway one (a recursive CTE without
+    /// an end) is interrupted with a message instead of running forever.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    pub timeout: trainwatch::time::Age,
     /// The SQL to run, e.g. "SELECT * FROM training_runs".
     pub query: String,
+}
+
+fn parse_timeout(s: &str) -> Result<trainwatch::time::Age, String> {
+    trainwatch::time::parse_age(s)
+        .filter(|ns| *ns > 0)
+        .map(trainwatch::time::Age)
+        .ok_or_else(|| format!("{s:?} is not a duration such as 30s or 5m"))
+}
+
+/// Interrupts `conn`'s running statement once `timeout` has passed, unless dropped first.
+struct Deadline {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Deadline {
+    fn start(conn: &rusqlite::Connection, timeout: std::time::Duration) -> Deadline {
+        let handle = conn.get_interrupt_handle();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
+                handle.interrupt();
+            }
+        });
+        Deadline {
+            done: Some(done),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 pub fn run(args: SqlArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
@@ -50,7 +92,18 @@ pub fn run(args: SqlArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()
     if !readonly && !pragma_read {
         return Err(refused());
     }
-    let rows = match Rows::query(&conn, &args.query, &[]) {
+    let deadline = Deadline::start(&conn, args.timeout.as_duration());
+    let result = Rows::query(&conn, &args.query, &[]);
+    drop(deadline);
+    let rows = match result {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::OperationInterrupted =>
+        {
+            anyhow::bail!(
+                "the query ran longer than --timeout {} and was stopped",
+                args.timeout
+            );
+        }
         // A PRAGMA that writes although it sets nothing (`PRAGMA optimize`).
         Err(rusqlite::Error::SqliteFailure(e, _))
             if matches!(

@@ -11,6 +11,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+pub use crate::error::LockError;
+
 /// What takes the lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ingestor {
@@ -25,20 +27,6 @@ impl Ingestor {
             Ingestor::Replay => "replay",
         }
     }
-}
-
-/// Why the lock was not taken.
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error(
-        "database {path} is in use by another trainwatch ({holder}): one `watch` or `replay` per database at a time; stop it first, or give this one another --db"
-    )]
-    InUse { path: PathBuf, holder: String },
-    #[error("cannot lock {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 /// The lock, held until dropped.

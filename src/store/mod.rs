@@ -78,6 +78,31 @@ impl AsyncConn {
     }
 }
 
+/// Checks an existing database's structure (`PRAGMA quick_check`: every page and index entry
+/// readable, without comparing index contents): `watch` refuses to append to a damaged one.
+/// A database that does not exist yet is fine.
+pub fn quick_check(path: &Path) -> Result<(), StoreError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let damaged = |problems: String| StoreError::Damaged {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let conn = open_ro(path).map_err(|e| damaged(e.to_string()))?;
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(20)")
+        .map_err(|e| damaged(e.to_string()))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|it| it.collect())
+        .map_err(|e| damaged(e.to_string()))?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        return Ok(());
+    }
+    Err(damaged(rows.join("; ")))
+}
+
 /// Opens (creating and migrating if needed) the database for writing.
 pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
