@@ -247,3 +247,43 @@ fn a_lock_held_past_the_busy_timeout_is_named_in_the_error() {
     assert!(err.contains("database is locked"), "{err}");
     assert!(!err.contains("stopped unexpectedly"), "{err}");
 }
+
+/// A JSON logger's message with terminal controls (`\u001b]0;...\u0007` retitles a window,
+/// `\u001b[2J` clears the screen, an OSC 8 link disguises itself, U+009B is a one-character CSI)
+/// is stored and alerted on without them, and no table output prints one.
+#[test]
+fn terminal_controls_in_json_messages_never_reach_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ctl.log");
+    std::fs::write(
+        &log,
+        concat!(
+            r#"{"timestamp":"2026-12-07T07:00:00Z","level":"ERROR","message":"\u001b]0;pwned\u0007\u001b[2Jtorch.OutOfMemoryError: CUDA out of memory \u009b31m(see \u001b]8;;http://evil/\u001b\\docs\u001b]8;;\u001b\\)"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let db = Db::new();
+    db.replay(&[log.to_string_lossy().into_owned()], Some("c"));
+    let message = db
+        .text("SELECT message FROM events WHERE kind = 'gpu_oom'")
+        .unwrap();
+    assert_eq!(
+        message,
+        "torch.OutOfMemoryError: CUDA out of memory 31m(see docs)"
+    );
+    let summary = db.text("SELECT summary FROM alerts").unwrap();
+    assert!(!summary.chars().any(char::is_control), "{summary:?}");
+    for args in [
+        vec!["sql", "SELECT message, summary FROM events, alerts"],
+        vec!["alerts", "--all"],
+        vec!["status"],
+    ] {
+        let o = crate::util::bin(&args, &db.path);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            !out.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?}: {out:?}"
+        );
+    }
+}

@@ -61,9 +61,40 @@ pub fn strip(s: &str) -> Cow<'_, str> {
     )
 }
 
+/// Returns `s` fit for a terminal and a page: escape sequences removed (as [`strip`]), then
+/// every other control character but `\t` and `\n` (C0, DEL, and C1 such as U+009B, the
+/// one-character CSI) dropped. A message a JSON logger wrote with `\u001b]0;...\u0007` can
+/// then neither retitle a window, clear a screen nor disguise a link where it is shown.
+pub fn without_controls(s: &str) -> Cow<'_, str> {
+    let is_bad = |c: char| c.is_control() && c != '\t' && c != '\n';
+    if !s.chars().any(is_bad) {
+        return Cow::Borrowed(s);
+    }
+    let stripped = strip(s);
+    Cow::Owned(stripped.chars().filter(|c| !is_bad(*c)).collect())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::strip;
+    use super::{strip, without_controls};
+
+    #[test]
+    fn controls_of_every_kind_are_dropped() {
+        assert_eq!(
+            without_controls(
+                "\u{1b}]0;pwned\u{7}\u{1b}[2JTraining \u{9b}31mstarted\r\u{7f}\tok\nnext"
+            ),
+            "Training 31mstarted\tok\nnext"
+        );
+        assert_eq!(
+            without_controls("\u{1b}]8;;http://evil/\u{1b}\\click\u{1b}]8;;\u{1b}\\"),
+            "click"
+        );
+        assert!(matches!(
+            without_controls("plain ✅"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn colorstr_and_erase_line() {

@@ -24,6 +24,21 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A table cell as a terminal may print it: a line break as `⏎`, every other control
+/// character (an escape sequence's ESC, U+009B) as its escape (`\u{1b}`), so no cell can
+/// move the cursor, clear the screen or retitle the window.
+fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push('⏎'),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A cell for CSV, read by tools: reals in their shortest form that reads back the same value
 /// (a whole number keeps its `.0`).
 fn csv_text(v: &Value) -> String {
@@ -88,7 +103,7 @@ pub fn write(out: &mut dyn Write, rows: &Rows, format: OutputFormat) -> std::io:
             let cells: Vec<Vec<String>> = rows
                 .rows
                 .iter()
-                .map(|r| r.iter().map(|v| text(v).replace('\n', "⏎")).collect())
+                .map(|r| r.iter().map(|v| visible(&text(v))).collect())
                 .collect();
             let mut widths: Vec<usize> = rows.columns.iter().map(|c| c.chars().count()).collect();
             for r in &cells {

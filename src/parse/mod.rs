@@ -217,7 +217,13 @@ impl Parser {
     }
 
     fn service(&self, line: json::ServiceLine) -> Parsed {
-        let mut p = Parsed::new(Format::Json, line.message);
+        // JSON decoding brings back the controls its escapes hid (`\u001b`, `\u009b`): a
+        // message is stored as a terminal may show it.
+        let message = match crate::assemble::ansi::without_controls(&line.message) {
+            std::borrow::Cow::Borrowed(_) => line.message,
+            std::borrow::Cow::Owned(clean) => clean,
+        };
+        let mut p = Parsed::new(Format::Json, message);
         p.level = line.level.unwrap_or(Level::Info);
         p.line_ts = line.ts;
         p.context = line.context;
@@ -261,7 +267,9 @@ impl Parser {
             if p.level < Level::Warning {
                 p.level = Level::Error;
             }
-            p.detail = Detail::Traceback { exception: e.line };
+            p.detail = Detail::Traceback {
+                exception: crate::assemble::ansi::without_controls(&e.line).into_owned(),
+            };
             p.message = msg;
             return p;
         }
