@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use trainwatch::store::alerts::AlertRow;
 use trainwatch::store::silences::{self, Matcher, NewSilence, Silence};
 use trainwatch::time::{Age, format_ns, human_duration, now_ns};
 
@@ -138,7 +139,7 @@ pub fn run(args: AlertsArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
                 comment: who.comment,
             };
             let s = silences::silence(&mut conn, &new, now)?;
-            let covered = covered(&conn, &s)?;
+            let covered = covered(&firing(&conn)?, &s);
             writeln!(
                 out,
                 "silence {}: {} for {}; {covered} firing alert(s) match now",
@@ -228,15 +229,19 @@ fn matchers_text(s: &Silence) -> String {
 }
 
 /// How many firing alerts `s` covers now.
-fn covered(conn: &rusqlite::Connection, s: &Silence) -> anyhow::Result<usize> {
-    let firing = trainwatch::store::alerts::list(conn, false, 10_000)?;
-    Ok(firing
+fn covered(firing: &[AlertRow], s: &Silence) -> usize {
+    firing
         .iter()
         .filter(|a| {
             let labels = serde_json::from_value(a.labels.clone()).unwrap_or_default();
             s.covers(a.id, &labels)
         })
-        .count())
+        .count()
+}
+
+/// The firing alerts, read once for every silence they are counted against.
+fn firing(conn: &rusqlite::Connection) -> anyhow::Result<Vec<AlertRow>> {
+    Ok(trainwatch::store::alerts::list(conn, false, 10_000)?)
 }
 
 fn silences_out(
@@ -255,11 +260,12 @@ fn silences_out(
         return Ok(());
     }
     let now = now_ns();
+    let firing = firing(conn)?;
     let text = |s: &str| rusqlite::types::Value::Text(s.to_string());
     let mut rows = Vec::new();
     for s in list {
         let state = if s.active_at(now) {
-            format!("active, {} firing", covered(conn, s)?)
+            format!("active, {} firing", covered(&firing, s))
         } else if s.expired_at.is_some() {
             "expired".into()
         } else {

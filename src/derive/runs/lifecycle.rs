@@ -51,7 +51,7 @@ struct EventAt {
 
 /// The exception's line a failure quotes: the first line of its message, at most 300
 /// characters, redacted.
-fn exception_line(exception: &str) -> String {
+pub(super) fn exception_line(exception: &str) -> String {
     let line = exception.lines().next().unwrap_or("").trim();
     let line = match line.char_indices().nth(300) {
         Some((i, _)) => &line[..i],
@@ -375,12 +375,11 @@ impl ContainerState {
         if status != RunStatus::Failed {
             return;
         }
-        let when = match (run.last_epoch, run.row.epochs_total) {
-            (Some(e), Some(n)) => format!("after epoch {e}/{n}"),
-            (Some(e), None) => format!("after epoch {e}"),
-            (None, _) => "before its first epoch".into(),
-        };
-        let message = format!("Training in {} failed {when}: {failure}", self.container);
+        let message = format!(
+            "Training in {} failed {}: {failure}",
+            self.container,
+            run.when()
+        );
         let context = json!({
             "failure": failure,
             "epoch": run.last_epoch,
@@ -467,11 +466,7 @@ impl ContainerState {
             return;
         }
         let run = self.run.as_ref().expect("running");
-        let epoch = match (run.last_epoch, run.row.epochs_total) {
-            (Some(e), Some(n)) => format!(" after epoch {e}/{n}"),
-            (Some(e), None) => format!(" after epoch {e}"),
-            (None, _) => " before its first epoch".into(),
-        };
+        let epoch = format!(" {}", run.when());
         // A service that logged an error it did not recover from and exited 0 failed.
         let logged = run
             .last_error

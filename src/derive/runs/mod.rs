@@ -159,6 +159,15 @@ impl Run {
         self.row.status.is_running()
     }
 
+    /// `after epoch 5/10`, `after epoch 5`, `before its first epoch`: where it got to.
+    fn when(&self) -> String {
+        match (self.last_epoch, self.row.epochs_total) {
+            (Some(e), Some(n)) => format!("after epoch {e}/{n}"),
+            (Some(e), None) => format!("after epoch {e}"),
+            (None, _) => "before its first epoch".into(),
+        }
+    }
+
     /// The number the next epoch will be printed with.
     fn next_epoch(&self) -> u32 {
         self.last_epoch
@@ -323,12 +332,7 @@ impl ContainerState {
                     Detail::Traceback { exception } => exception.as_str(),
                     _ => p.message.as_str(),
                 };
-                let line = text.lines().next().unwrap_or("").trim();
-                let line = match line.char_indices().nth(300) {
-                    Some((i, _)) => &line[..i],
-                    None => line,
-                };
-                run.last_error = Some(redact::text(line).into_owned());
+                run.last_error = Some(lifecycle::exception_line(text));
             }
         }
         match &p.detail {
