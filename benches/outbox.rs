@@ -213,6 +213,7 @@ fn main() {
             )),
             retry: true,
             health: Some(Default::default()),
+            note: None,
         },
     )
     .unwrap();

@@ -226,6 +226,27 @@ pub mod metric {
     pub const DISK_USAGE_AZAION_GB: &str = "disk_usage_azaion_gb";
     pub const DISK_USAGE_AZAION_PCT: &str = "disk_usage_azaion_pct";
     pub const DISK_TOTAL_AZAION_GB: &str = "disk_total_azaion_gb";
+    /// Redactions in a container's logs, one counter per kind of secret (`redact::Kind`).
+    pub const REDACTIONS: [&str; 4] = [
+        "redactions_token",
+        "redactions_password",
+        "redactions_key",
+        "redactions_image_payload",
+    ];
+
+    /// The counter of redactions of a kind (`token`, `password`, `key`, `image_payload`).
+    pub fn redactions(kind: &str) -> &'static str {
+        REDACTIONS
+            .iter()
+            .find(|m| m.strip_prefix("redactions_") == Some(kind))
+            .copied()
+            .unwrap_or(REDACTIONS[0])
+    }
+
+    /// The kind of secret a redactions counter counts.
+    pub fn redaction_kind(name: &str) -> Option<&str> {
+        name.strip_prefix("redactions_")
+    }
 }
 
 /// Event kinds: the `events.kind` column, a public contract. (Only those more than one floor
@@ -255,7 +276,7 @@ pub mod kind {
 pub fn intern(name: &str) -> &'static str {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
-    const KNOWN: [&str; 9] = [
+    const KNOWN: [&str; 13] = [
         kind::GPU_OOM,
         kind::CHECKPOINT_SAVE_FAILED,
         kind::ANNOTATION_PROCESSED,
@@ -265,6 +286,10 @@ pub fn intern(name: &str) -> &'static str {
         metric::QUEUE_MESSAGES_PROCESSED,
         metric::QUEUE_MESSAGES_FAILED,
         metric::TRAINING_LOSS,
+        metric::REDACTIONS[0],
+        metric::REDACTIONS[1],
+        metric::REDACTIONS[2],
+        metric::REDACTIONS[3],
     ];
     if let Some(k) = KNOWN.iter().find(|k| **k == name) {
         return k;

@@ -1,11 +1,16 @@
 //! Redaction, applied to every message and context before it is stored or logged: passwords,
-//! tokens, `Authorization` headers, credentials in URLs, keys (API, CDN, model encryption), and
-//! base64 payloads (queue messages carry images) longer than [`BASE64_MIN`] characters.
+//! tokens, `Authorization` headers, credentials in URLs and connection strings, keys (API, CDN,
+//! cloud storage, model encryption), and base64 payloads (queue messages carry images) longer
+//! than [`BASE64_MIN`] characters.
+//!
+//! Each redaction is of a [`Kind`]; the `_counted` forms add what they redacted to a [`Found`],
+//! so that the team learns which service writes secrets into its logs (never the value).
+//! Redacting redacted text again changes nothing and counts nothing.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use regex::Regex;
+use regex::{Captures, Regex};
 use serde_json::Value;
 
 use crate::words::AnyCase;
@@ -16,96 +21,223 @@ pub const BASE64_MIN: usize = 256;
 
 pub const MASK: &str = "[REDACTED]";
 
-/// Names of secrets in `key=value`, `key: value`, `--key value` forms.
-const SECRET_NAMES: &str = r"password|passwd|passphrase|pwd|secret|token|signature|api[_-]?key|apikey|access[_-]?key|private[_-]?key|encryption[_-]?key|credentials?|authorization";
+/// What a redaction hid: the `kind` label of `trainwatch_redactions_total` and of the
+/// `SecretsInLogs` alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// Bearer and API tokens, session cookies, signed-URL signatures, webhook paths, JWTs.
+    Token,
+    /// Passwords and passphrases, also in URLs and command lines.
+    Password,
+    /// Private, access, account and encryption keys.
+    Key,
+    /// A base64 run of [`BASE64_MIN`] characters or more (an image in a queue message).
+    ImagePayload,
+}
 
-/// One redaction: matches of `re` are replaced by `with`. Applied in list order.
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Token, Kind::Password, Kind::Key, Kind::ImagePayload];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Token => "token",
+            Kind::Password => "password",
+            Kind::Key => "key",
+            Kind::ImagePayload => "image_payload",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The kind of secret a name (`DB_PASSWORD`, `X-Api-Key`, `client_secret`) holds.
+    pub fn of_name(name: &str) -> Kind {
+        let n = name.to_ascii_lowercase();
+        if ["pass", "pwd"].iter().any(|w| n.contains(w)) {
+            Kind::Password
+        } else if n.contains("key") && !n.contains("token") {
+            Kind::Key
+        } else {
+            Kind::Token
+        }
+    }
+}
+
+/// How many redactions of each kind were made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Found([u32; 4]);
+
+impl Found {
+    pub fn add(&mut self, kind: Kind) {
+        self.0[kind as usize] = self.0[kind as usize].saturating_add(1);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|n| *n == 0)
+    }
+
+    /// Adds `other`'s counts.
+    pub fn merge(&mut self, other: Found) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = a.saturating_add(b);
+        }
+    }
+
+    /// Forgets the kind's count.
+    pub fn clear(&mut self, kind: Kind) {
+        self.0[kind as usize] = 0;
+    }
+
+    /// The kinds found, with their counts.
+    pub fn iter(&self) -> impl Iterator<Item = (Kind, u32)> + '_ {
+        Kind::ALL
+            .into_iter()
+            .map(|k| (k, self.0[k as usize]))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// Names of secrets in `key=value`, `key: value`, `--key value` forms.
+const SECRET_NAMES: &str = r"password|passwd|passphrase|pwd|secret|token|signature|api[_-]?key|apikey|access[_-]?key|private[_-]?key|encryption[_-]?key|account[_-]?key|shared[_-]?access[_-]?key|credentials?|authorization";
+
+/// How a rule says what it hid.
+#[derive(Clone, Copy)]
+enum KindOf {
+    Is(Kind),
+    /// Named by the rule's `n` group.
+    Named,
+}
+
+/// One redaction: matches of `re` are replaced by `with`, the secret being the `s` group (the
+/// whole match without one). Applied in list order.
 struct Rule {
     re: Regex,
     with: &'static str,
+    kind: KindOf,
 }
 
 static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
-    let rule = |re: &str, with: &'static str| Rule {
+    let rule = |re: &str, with: &'static str, kind: KindOf| Rule {
         re: Regex::new(re).expect("redaction rule"),
         with,
+        kind,
     };
+    use KindOf::{Is, Named};
     vec![
         // PEM private keys: the body, to the end line (or the end of the record).
         rule(
-            r"(?s)(-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----).*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
-            "${1}[REDACTED]${2}",
+            r"(?s)(-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----)(?<s>.*?)(-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
+            "${1}[REDACTED]${3}",
+            Is(Kind::Key),
         ),
         // Name/value pairs: {"key": "password", "value": "..."} (also "name"/"Name").
         rule(
             &format!(
-                r#"(?i)("(?:key|name)"\s*:\s*"(?:[a-z0-9]+[_-])*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*"\s*,\s*"value"\s*:\s*)(?:"(?:[^"\\]|\\.)*"|[^,}}\s]+)"#
+                r#"(?i)("(?:key|name)"\s*:\s*"(?<n>(?:[a-z0-9]+[_-])*[a-z0-9]*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*)"\s*,\s*"value"\s*:\s*)(?<s>"(?:[^"\\]|\\.)*"|[^,}}\s]+)"#
             ),
             r#"${1}"[REDACTED]""#,
+            Named,
         ),
         // Command-line flags: `--token X`, `--db-password X`.
         rule(
-            r"(?i)(^|\s)(--?(?:[a-z0-9]+-)*(?:password|passwd|passphrase|pass|pwd|secret|token|api-?key|access-?key|private-?key|encryption-?key|credentials?)(?:-[a-z0-9]+)*)(\s+)[^\s-]\S*",
-            "${1}${2}${3}[REDACTED]",
+            r"(?i)(^|\s)(?<n>--?(?:[a-z0-9]+-)*(?:password|passwd|passphrase|pass|pwd|secret|token|api-?key|access-?key|private-?key|encryption-?key|account-?key|credentials?)(?:-[a-z0-9]+)*)(\s+)(?<s>[^\s-]\S*)",
+            "${1}${n}${3}[REDACTED]",
+            Named,
         ),
         rule(
-            r"(?i)(\bsshpass\s+(?:-[a-oq-z]\S*\s+)*-p\s*)\S+",
+            r"(?i)(\bsshpass\s+(?:-[a-oq-z]\S*\s+)*-p\s*)(?<s>\S+)",
             "${1}[REDACTED]",
+            Is(Kind::Password),
+        ),
+        // `mysql -pSECRET` (the password glued to `-p`; `-p` alone prompts).
+        rule(
+            r"(?i)(\bmysql(?:dump|admin|import|show|check|slap)?\s(?:[^\n|;&]*?\s)?-p)(?<s>[^\s'-][^\s]*|'[^']*')",
+            "${1}[REDACTED]",
+            Is(Kind::Password),
+        ),
+        // `curl -u user:password`, `curl --user user:password`.
+        rule(
+            r#"(?i)(\bcurl\s(?:[^\n|;&]*?\s)?(?:-u\s*|--user[\s=]+)['"]?[^\s:'"]*:)(?<s>[^\s'"]+)"#,
+            "${1}[REDACTED]",
+            Is(Kind::Password),
         ),
         // Cookie headers: the whole value, to the end of the line or string.
         rule(
-            r#"(?i)(\b(?:set-)?cookie\s*:\s*)[^\r\n"]+"#,
+            r#"(?i)(\b(?:set-)?cookie\s*:\s*)(?<s>[^\r\n"]+)"#,
             "${1}[REDACTED]",
+            Is(Kind::Token),
         ),
         // `user=bob:pw`, `login: bob:pw`.
         rule(
-            r#"(?i)(\b(?:user(?:name)?|login)\s*[=:]\s*[^\s:@"',;&/]+):[^\s@"',;&]+"#,
+            r#"(?i)(\b(?:user(?:name)?|login)\s*[=:]\s*[^\s:@"',;&/]+):(?<s>[^\s@"',;&]+)"#,
             "${1}:[REDACTED]",
+            Is(Kind::Password),
         ),
         // Incoming webhooks carry their secret in the path.
         rule(
-            r#"(?i)(hooks\.slack\.com/(?:services|workflows|triggers)/)[^\s"'<>]+"#,
+            r#"(?i)(hooks\.slack\.com/(?:services|workflows|triggers)/)(?<s>[^\s"'<>]+)"#,
             "${1}[REDACTED]",
+            Is(Kind::Token),
         ),
         rule(
-            r#"(?i)(discord(?:app)?\.com/api/webhooks/)[^\s"'<>]+"#,
+            r#"(?i)(discord(?:app)?\.com/api/webhooks/)(?<s>[^\s"'<>]+)"#,
             "${1}[REDACTED]",
+            Is(Kind::Token),
         ),
-        // Well-known token shapes: AWS key ids, GitHub, GitLab, Slack and OpenAI-style keys.
+        // Azure shared access signatures: `?sv=...&sig=...`.
         rule(
-            r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b|\bgh[pousr]_[A-Za-z0-9]{36,}|\bgithub_pat_[A-Za-z0-9_]{22,}|\bxox[abprs]-[A-Za-z0-9-]{10,}|\bglpat-[A-Za-z0-9_-]{20,}|\bsk-[A-Za-z0-9_-]{20,}",
+            r#"(?i)([?&;]sig=)(?<s>[^&\s"'<>;]+)"#,
+            "${1}[REDACTED]",
+            Is(Kind::Token),
+        ),
+        // Well-known key shapes: AWS key ids.
+        rule(
+            r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
             "[REDACTED]",
+            Is(Kind::Key),
         ),
-        // `key=value`, `key: value` for secret names; the separator may be URL-encoded
-        // (`password%3Dhunter2`). A value does not end in `)`: `(Authorization: Bearer x)`
-        // keeps its parenthesis.
+        // Well-known token shapes: JWTs, GitHub, GitLab, Slack, Hugging Face and OpenAI-style.
+        rule(
+            r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*|\bgh[pousr]_[A-Za-z0-9]{36,}|\bgithub_pat_[A-Za-z0-9_]{22,}|\bxox[abprs]-[A-Za-z0-9-]{10,}|\bglpat-[A-Za-z0-9_-]{20,}|\bsk-[A-Za-z0-9_-]{20,}|\bhf_[A-Za-z0-9]{30,}",
+            "[REDACTED]",
+            Is(Kind::Token),
+        ),
+        // `key=value`, `key: value` for secret names, also glued to a prefix (`PGPASSWORD=`,
+        // `AccountKey=`); the separator may be URL-encoded (`password%3Dhunter2`). A value does
+        // not end in `)`: `(Authorization: Bearer x)` keeps its parenthesis.
         rule(
             &format!(
-                r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*)(["']?\s*(?:[:=]|%3[ad])\s*["']?)(?:(?:bearer|basic|token)\s+)?([^\s"',;&}}\]]*[^\s"',;&}})\]])"#
+                r#"(?i)(?-u:\b)(?<n>(?:[a-z0-9]+[_-])*[a-z0-9]*(?:{SECRET_NAMES})(?:[_-][a-z0-9]+)*)(["']?\s*(?:[:=]|%3[ad])\s*["']?)(?:(?:bearer|basic|token)\s+)?(?<s>[^\s"',;&}}\]]*[^\s"',;&}})\]])"#
             ),
-            "${1}${2}[REDACTED]",
+            "${n}${2}[REDACTED]",
+            Named,
         ),
         // A JSON string value of a secret name, whole (spaces and escapes included; after the
         // rule above, which stops at a space): its key and the rest of the record are kept.
         rule(
             &format!(
-                r#"(?i)("(?:[a-z0-9]+[_.-])*(?:{SECRET_NAMES})(?:[_.-][a-z0-9]+)*"\s*:\s*")(?:[^"\\]|\\.)*(")"#
+                r#"(?i)("(?<n>(?:[a-z0-9]+[_.-])*[a-z0-9]*(?:{SECRET_NAMES})(?:[_.-][a-z0-9]+)*)"\s*:\s*")(?<s>(?:[^"\\]|\\.)*)(")"#
             ),
-            "${1}[REDACTED]${2}",
+            "${1}[REDACTED]${4}",
+            Named,
         ),
         rule(
-            r"(?i)(?-u:\b)(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}",
+            r"(?i)(?-u:\b)(bearer|basic)\s+(?<s>[A-Za-z0-9._~+/=-]{8,})",
             "${1} [REDACTED]",
+            Is(Kind::Token),
         ),
         // `scheme://user:password@` and `scheme://:password@` (Redis).
         rule(
-            r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^@\s/]+@",
+            r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):(?<s>[^@\s/]+)@",
             "${1}:[REDACTED]@",
+            Is(Kind::Password),
         ),
         // `https://TOKEN@host`: a user part alone is a token as often as a name.
         rule(
-            r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@\[\]]+@",
+            r"([A-Za-z][A-Za-z0-9+.-]*://)(?<s>[^/\s:@\[\]]+)@",
             "${1}[REDACTED]@",
+            Is(Kind::Token),
         ),
     ]
 });
@@ -212,6 +344,11 @@ static TRIGGERS: LazyLock<AnyCase> = LazyLock::new(|| {
         "glpat-",
         "xox",
         "sk-",
+        "eyj",
+        "hf_",
+        "sig=",
+        "mysql",
+        "curl",
     ])
 });
 
@@ -231,15 +368,30 @@ static SECRET_KEYS: LazyLock<AnyCase> = LazyLock::new(|| {
         "private_key",
         "encryption_key",
         "access_key",
+        "accesskey",
+        "account_key",
+        "accountkey",
+        "privatekey",
+        "encryptionkey",
         "signature",
         "cookie",
         "pwd",
     ])
 });
 
+/// Words that make a key name describe a secret rather than hold one (`max_tokens`,
+/// `token_type`, `password_file`): its value is not masked as a whole (its text still is
+/// redacted).
+static DESCRIBES_A_SECRET: LazyLock<AnyCase> = LazyLock::new(|| {
+    AnyCase::new(&[
+        "tokens", "tokeniz", "count", "length", "_len", "num_", "max_", "min_", "expire", "expiry",
+        "ttl", "_type", "_file", "_path",
+    ])
+});
+
 /// Whether a JSON key names a secret.
 pub fn is_secret_key(key: &str) -> bool {
-    SECRET_KEYS.found_in(key)
+    SECRET_KEYS.found_in(key) && !DESCRIBES_A_SECRET.found_in(key)
 }
 
 /// The base64 alphabets (standard and URL-safe); `=` only as trailing padding.
@@ -247,15 +399,12 @@ fn is_b64(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'_' || c == b'-'
 }
 
-/// Replaces base64 runs of [`BASE64_MIN`] or more characters.
-fn redact_base64(s: &str) -> Cow<'_, str> {
-    let b = s.as_bytes();
-    if b.len() < BASE64_MIN {
-        return Cow::Borrowed(s);
-    }
-    let mut out: Option<String> = None;
-    let mut last = 0;
-    let mut i = 0;
+/// Where a base64 run of [`BASE64_MIN`] or more characters starting at or after `from` is, with
+/// what is glued to it: segments joined by `.` (a JWT whose payload is a long run), and
+/// `=value` after it (`...AAApassword=hunter2`: a secret name at the run's end). The run is
+/// preceded by what started it (`image=` stays).
+fn base64_span(b: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
     while i < b.len() {
         if !is_b64(b[i]) {
             i += 1;
@@ -265,15 +414,53 @@ fn redact_base64(s: &str) -> Cow<'_, str> {
         while i < b.len() && is_b64(b[i]) {
             i += 1;
         }
-        while i < b.len() && b[i] == b'=' && i - start >= BASE64_MIN {
-            i += 1;
+        if i - start < BASE64_MIN {
+            continue;
         }
-        if i - start >= BASE64_MIN {
-            let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-            o.push_str(&s[last..start]);
-            o.push_str(&format!("[base64 {} chars redacted]", i - start));
-            last = i;
+        // Padding, and whatever is glued on after a `.` or `=`.
+        let mut end = i;
+        loop {
+            let mut j = end;
+            while j < b.len() && (b[j] == b'=' || b[j] == b'.') {
+                j += 1;
+            }
+            let glued = j;
+            while j < b.len() && is_b64(b[j]) {
+                j += 1;
+            }
+            if j == end || (j == glued && b[end] == b'.') {
+                break;
+            }
+            end = j;
         }
+        // Segments glued before it with a `.`.
+        let mut begin = start;
+        while begin >= 2 && b[begin - 1] == b'.' && is_b64(b[begin - 2]) {
+            let mut k = begin - 1;
+            while k > 0 && is_b64(b[k - 1]) {
+                k -= 1;
+            }
+            begin = k;
+        }
+        return Some((begin, end));
+    }
+    None
+}
+
+/// Replaces base64 runs of [`BASE64_MIN`] or more characters (with what is glued to them).
+fn redact_base64<'a>(s: &'a str, found: &mut Found) -> Cow<'a, str> {
+    let b = s.as_bytes();
+    if b.len() < BASE64_MIN {
+        return Cow::Borrowed(s);
+    }
+    let mut out: Option<String> = None;
+    let mut last = 0;
+    while let Some((start, end)) = base64_span(b, last) {
+        let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+        o.push_str(&s[last..start]);
+        o.push_str(&format!("[base64 {} chars redacted]", end - start));
+        found.add(Kind::ImagePayload);
+        last = end;
     }
     match out {
         Some(mut o) => {
@@ -286,25 +473,57 @@ fn redact_base64(s: &str) -> Cow<'_, str> {
 
 /// Whether `s` certainly needs no redaction: no trigger word and no base64 payload.
 pub fn is_clean(s: &str) -> bool {
-    !TRIGGERS.found_in(s) && matches!(redact_base64(s), Cow::Borrowed(_))
+    !TRIGGERS.found_in(s) && base64_span(s.as_bytes(), 0).is_none()
+}
+
+/// Whether a matched secret is a redaction already (text redacted before, or its rule's
+/// replacement): it is kept as it is, and not counted again.
+fn is_redacted(secret: &str) -> bool {
+    let s = secret.trim_matches(['"', '\'']);
+    // A value pattern that stops before `]` sees `[REDACTED`, or `[base64` before the space.
+    (s.len() >= MASK.len() - 1 && MASK.starts_with(s))
+        || s == "[base64"
+        || (s.starts_with("[base64 ")
+            && s.ends_with(" chars redacted]")
+            && s.bytes().filter(|b| *b == b'[').count() == 1)
 }
 
 /// Redacts secrets in free text.
 pub fn text(s: &str) -> Cow<'_, str> {
-    let mut cur = redact_base64(s);
+    text_counted(s, &mut Found::default())
+}
+
+/// Redacts secrets in free text, adding what it hid to `found`.
+pub fn text_counted<'a>(s: &'a str, found: &mut Found) -> Cow<'a, str> {
+    let mut cur = redact_base64(s, found);
     if !TRIGGERS.found_in(cur.as_ref()) {
         return cur;
     }
     for r in RULES.iter() {
-        if let Cow::Owned(o) = r.re.replace_all(&cur, r.with) {
+        let replaced = r.re.replace_all(&cur, |c: &Captures<'_>| {
+            let whole = c.get(0).map_or("", |m| m.as_str());
+            let secret = c.name("s").map_or(whole, |m| m.as_str());
+            if is_redacted(secret) {
+                return whole.to_string();
+            }
+            let mut to = String::with_capacity(whole.len());
+            c.expand(r.with, &mut to);
+            found.add(match r.kind {
+                KindOf::Is(k) => k,
+                KindOf::Named => Kind::of_name(c.name("n").map_or("", |m| m.as_str())),
+            });
+            to
+        });
+        if let Cow::Owned(o) = replaced {
             cur = Cow::Owned(o);
         }
     }
-    if let Cow::Owned(o) = PASSWORD_WORD.replace_all(&cur, |c: &regex::Captures<'_>| {
+    if let Cow::Owned(o) = PASSWORD_WORD.replace_all(&cur, |c: &Captures<'_>| {
         let word = &c[3];
         if word.starts_with('[') || NOT_A_PASSWORD.contains(&word.to_ascii_lowercase().as_str()) {
             c[0].to_string()
         } else {
+            found.add(Kind::Password);
             format!("{}{}{MASK}", &c[1], &c[2])
         }
     }) {
@@ -316,36 +535,56 @@ pub fn text(s: &str) -> Cow<'_, str> {
 /// Redacts a JSON value in place: values under secret-named keys are masked, strings are
 /// redacted as text.
 pub fn json(v: &mut Value) {
+    json_counted(v, &mut Found::default());
+}
+
+/// Redacts a JSON value in place, adding what it hid to `found`.
+pub fn json_counted(v: &mut Value, found: &mut Found) {
     match v {
         Value::String(s) => {
-            if let Cow::Owned(o) = text(s) {
+            if let Cow::Owned(o) = text_counted(s, found) {
                 *s = o;
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(json),
+        Value::Array(a) => a.iter_mut().for_each(|v| json_counted(v, found)),
         Value::Object(m) => {
             // {"key": "password", "value": "..."}: the value of a named secret.
             let named = ["key", "name", "Key", "Name"]
                 .iter()
-                .any(|k| m.get(*k).and_then(Value::as_str).is_some_and(is_secret_key));
-            if named {
+                .find_map(|k| {
+                    m.get(*k)
+                        .and_then(Value::as_str)
+                        .filter(|n| is_secret_key(n))
+                })
+                .map(Kind::of_name);
+            if let Some(kind) = named {
                 for k in ["value", "Value"] {
-                    if let Some(v) = m.get_mut(k)
-                        && !matches!(v, Value::Null | Value::Bool(_))
-                    {
-                        *v = Value::String(MASK.into());
+                    if let Some(v) = m.get_mut(k) {
+                        mask(v, kind, found);
                     }
                 }
             }
             for (k, val) in m.iter_mut() {
-                if is_secret_key(k) && !matches!(val, Value::Null | Value::Bool(_)) {
-                    *val = Value::String(MASK.into());
+                if is_secret_key(k) {
+                    mask(val, Kind::of_name(k), found);
                 } else {
-                    json(val);
+                    json_counted(val, found);
                 }
             }
         }
         _ => {}
+    }
+}
+
+/// Masks the value of a secret-named key (unless it holds nothing, or was masked before).
+fn mask(v: &mut Value, kind: Kind, found: &mut Found) {
+    match v {
+        Value::Null | Value::Bool(_) => {}
+        Value::String(s) if is_redacted(s) || s.is_empty() => {}
+        _ => {
+            *v = Value::String(MASK.into());
+            found.add(kind);
+        }
     }
 }
 
@@ -422,10 +661,52 @@ mod tests {
                 ["input", "secret", "kept"].map(|k| row[k].as_str().unwrap());
             let out = text(input);
             assert!(!out.contains(secret), "{input:?} -> {out:?}");
-            assert!(out.contains(MASK), "{input:?} -> {out:?}");
+            assert!(
+                out.contains(MASK) || out.contains("[base64 "),
+                "{input:?} -> {out:?}"
+            );
             assert!(out.contains(kept), "{input:?} -> {out:?} lost {kept:?}");
             assert!(!is_clean(input), "{input:?}");
+            // Redacting again changes nothing and counts nothing.
+            let mut again = Found::default();
+            assert_eq!(text_counted(&out, &mut again), out, "{input:?}");
+            assert!(again.is_empty(), "{input:?} counted again: {again:?}");
         }
+    }
+
+    #[test]
+    fn each_redaction_is_counted_by_kind() {
+        let count = |s: &str| {
+            let mut f = Found::default();
+            let _ = text_counted(s, &mut f);
+            f.iter().collect::<Vec<_>>()
+        };
+        assert_eq!(
+            count("db password=a and token=b"),
+            [(Kind::Token, 1), (Kind::Password, 1)]
+        );
+        assert_eq!(count("AccountKey=abc;x=1"), [(Kind::Key, 1)]);
+        assert_eq!(count("X-Api-Key: k1 X-Api-Key: k2"), [(Kind::Key, 2)]);
+        assert_eq!(count("amqp://u:p@h/"), [(Kind::Password, 1)]);
+        assert_eq!(
+            count(&format!("img={}", "QUJD".repeat(70))),
+            [(Kind::ImagePayload, 1)]
+        );
+        assert!(count("nothing to hide, tokens are fine").is_empty());
+        let mut f = Found::default();
+        let mut v: Value = serde_json::json!({"db_password": "x", "max_tokens": 512, "token_type": "Bearer", "pw": [{"name": "API_TOKEN", "value": "t"}]});
+        json_counted(&mut v, &mut f);
+        assert_eq!(v["max_tokens"], 512);
+        assert_eq!(v["token_type"], "Bearer");
+        assert_eq!(v["pw"][0]["value"], MASK);
+        assert_eq!(
+            f.iter().collect::<Vec<_>>(),
+            [(Kind::Token, 1), (Kind::Password, 1)]
+        );
+        // Masked values are not counted twice.
+        let mut again = Found::default();
+        json_counted(&mut v, &mut again);
+        assert!(again.is_empty(), "{again:?}");
     }
 
     #[test]

@@ -70,15 +70,6 @@ impl Watch {
             true,
             cfg.probes.data_root.display().to_string(),
         );
-        let options = WriterOptions {
-            alerts: Some(AlertSink::new(
-                engine,
-                cfg.notify.receiver_names(),
-                Some(wake.clone()),
-            )),
-            retry: true,
-            health: Some(store_health.clone()),
-        };
         let path = db.to_path_buf();
         let store = |source: StoreError| WatchError::Store {
             path: path.clone(),
@@ -94,6 +85,16 @@ impl Watch {
         .map_err(|e| store(e.into()))?;
         // Never append to a damaged store (an overwritten page): refused with how to recover.
         crate::store::quick_check(&path).map_err(store)?;
+        let options = WriterOptions {
+            alerts: Some(AlertSink::new(
+                engine,
+                cfg.notify.receiver_names(),
+                Some(wake.clone()),
+            )),
+            retry: true,
+            health: Some(store_health.clone()),
+            note: Some(lock.note()),
+        };
         let writer = WriterHandle::spawn_with(path.clone(), options).map_err(store)?;
         let sender = writer
             .sender()

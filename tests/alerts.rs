@@ -34,6 +34,7 @@ pub(crate) fn live_writer(
             )),
             retry: false,
             health: None,
+            note: None,
         },
     )
     .expect("writer")
@@ -525,6 +526,20 @@ async fn a_real_alertmanager_receives_the_alert_and_its_resolution() {
     );
 }
 
+/// `trainwatch health` on `db`, as cron runs it: its exit code and line.
+async fn health_cli(db: &std::path::Path) -> (Option<i32>, String) {
+    let path = db.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let o = crate::util::bin(&["health"], &path);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_is_reported_out_of_band_then_resolved_through_the_outbox() {
     let db = Db::new();
@@ -532,6 +547,13 @@ async fn a_locked_database_is_reported_out_of_band_then_resolved_through_the_out
     let wake = Arc::new(tokio::sync::Notify::new());
     let health = trainwatch::store::StoreHealth::default();
     let engine = Engine::new(Rules::default(), true, "/azaion");
+    // As `watch` holds it: the writer notes the outage in the lock file for `health`.
+    let lock = trainwatch::store::lock::IngestLock::acquire(
+        &db.path,
+        trainwatch::store::lock::Ingestor::Watch,
+        |_| {},
+    )
+    .unwrap();
     let writer = WriterHandle::spawn_with(
         db.path.clone(),
         WriterOptions {
@@ -542,9 +564,11 @@ async fn a_locked_database_is_reported_out_of_band_then_resolved_through_the_out
             )),
             retry: true,
             health: Some(health.clone()),
+            note: Some(lock.note()),
         },
     )
     .unwrap();
+
     let stop = CancellationToken::new();
     let notifier = Notifier::new(
         notify_cfg(ReceiverKind::Webhook, &rx.url),
@@ -576,6 +600,13 @@ async fn a_locked_database_is_reported_out_of_band_then_resolved_through_the_out
             .error
             .contains("locked")
     );
+    // Another process learns it at once, though nothing could be written.
+    let (code, line) = health_cli(&db.path).await;
+    assert_eq!(code, Some(2), "{line}");
+    assert!(
+        line.starts_with("CRITICAL:") && line.contains("1 alert firing: StoreNotWritable"),
+        "{line}"
+    );
     locker.execute_batch("ROLLBACK").unwrap();
     wait_for("the store to recover", 40, || {
         health.lock().unwrap().is_none()
@@ -585,6 +616,8 @@ async fn a_locked_database_is_reported_out_of_band_then_resolved_through_the_out
         .await
         .unwrap();
     wait_for("the resolution", 40, || rx.received().len() >= 2).await;
+    let (_, line) = health_cli(&db.path).await;
+    assert!(!line.contains("StoreNotWritable"), "{line}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
     task.await.unwrap();
@@ -592,6 +625,7 @@ async fn a_locked_database_is_reported_out_of_band_then_resolved_through_the_out
     tokio::task::spawn_blocking(move || writer.finish().unwrap())
         .await
         .unwrap();
+    drop(lock);
     let got = rx.received();
     assert_eq!(got.len(), 2, "{got:#?}");
     assert_eq!(got[0]["status"], "firing");

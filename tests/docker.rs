@@ -84,7 +84,7 @@ pub(crate) struct Lab {
     /// `DOCKER_HOST` of a daemon of the test's own, else the machine's.
     host: Option<String>,
     /// More arguments of `watch` (`--listen ADDR`).
-    watch_args: Vec<String>,
+    pub(crate) watch_args: Vec<String>,
 }
 
 impl Lab {

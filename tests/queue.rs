@@ -160,4 +160,23 @@ fn every_secret_shape_is_redacted_in_every_table() {
         let secret = s["secret"].as_str().unwrap();
         assert!(!dump.contains(secret), "{secret} leaked:\n{dump}");
     }
+    // Who leaks, by kind, never what: every kind of the table is counted and alerted.
+    for kind in ["token", "password", "key", "image_payload"] {
+        assert_eq!(
+            db.count(&format!(
+                "SELECT count(*) FROM alerts WHERE alertname = 'SecretsInLogs'
+                 AND json_extract(labels, '$.kind') = '{kind}'
+                 AND json_extract(labels, '$.container') = 'queue'"
+            )),
+            1,
+            "{kind}: {dump}"
+        );
+        assert!(
+            db.count(&format!(
+                "SELECT CAST(max(value) AS INTEGER) FROM metric_samples
+                 WHERE name = 'redactions_{kind}' AND container = 'queue'"
+            )) >= 2,
+            "{kind}"
+        );
+    }
 }

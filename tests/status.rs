@@ -23,6 +23,7 @@ fn write_live(db: &Db, ops: Vec<Op>) {
             alerts: Some(AlertSink::new(engine, Vec::new(), None)),
             retry: false,
             health: None,
+            note: None,
         },
     )
     .unwrap();
@@ -193,6 +194,50 @@ fn status_prints_one_screen() {
         "no raw timestamps on screen: {text}"
     );
     assert!(text.lines().count() <= 24, "one screen:\n{text}");
+}
+
+/// A server running thousands of queue consumers (half of them stopped): `status` is still one
+/// screen, and what it leaves out is counted right past the thousand the document lists.
+#[test]
+fn status_with_thousands_of_queues_is_one_screen_and_counts_the_rest() {
+    let db = Db::new();
+    let now = trainwatch::time::now_ns();
+    let mut ops = Vec::new();
+    for i in 0..3000 {
+        let name: Arc<str> = Arc::from(format!("queue-{i:04}"));
+        ops.push(Op::Container(now, name.clone(), "queue".into()));
+        let state = if i % 2 == 0 {
+            trainwatch::event::ContainerRun::Running
+        } else {
+            trainwatch::event::ContainerRun::Exited(Some(1))
+        };
+        ops.push(Op::ContainerState(now, name.clone(), state));
+        ops.push(metric(&name, "queue_messages_processed", now, 10.0));
+        ops.push(metric(&name, "queue_messages_failed", now, 1.0));
+    }
+    write_live(&db, ops);
+    let o = bin(&["status"], &db.path);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.lines().count() <= 40, "one screen:\n{text}");
+    // 8 listed, 1 500 of 3 000 not running: 4 of those among the 8 listed.
+    assert!(
+        text.contains("Container  ... and 2992 more (1496 not running)"),
+        "{text}"
+    );
+    // The queues that are down first; the rest summed.
+    assert!(
+        text.contains("Queue      queue-0001 DOWN: processed 10  failed 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Queue      ... and 2992 more (1492 DOWN): processed 29920  failed 2992"),
+        "{text}"
+    );
+    let json = bin(&["health", "--format", "json"], &db.path);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["followed_total"], 3000);
+    assert_eq!(doc["followed_down"], 1500);
+    assert_eq!(doc["followed"].as_array().unwrap().len(), 1000);
 }
 
 fn chromium() -> Option<&'static str> {

@@ -60,7 +60,7 @@ pub fn run(args: HealthArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     if args.ingestor {
         return ingestor(&mut out, &conn, now, max_age);
     }
-    let s = status::collect(&conn, now, max_age).context("reading the status")?;
+    let s = status::collect_beside(&conn, db, now, max_age).context("reading the status")?;
     match args.format {
         HealthFormat::Text => writeln!(out, "{}", s.health.line)?,
         HealthFormat::Json => out.write_all(&status::to_json(&s))?,

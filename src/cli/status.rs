@@ -51,7 +51,7 @@ pub fn run(args: StatusArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
     let max_age = args.max_age.unwrap_or(cfg.status.max_age.0);
     let conn = super::open_ro(db)?;
     let now = trainwatch::time::now_ns();
-    let s = status::collect(&conn, now, max_age).context("reading the status")?;
+    let s = status::collect_beside(&conn, db, now, max_age).context("reading the status")?;
     if let Some(path) = args.html {
         let html = page::build(&conn, &s, now, None).context("building the status page")?;
         trainwatch::sys::write_atomic(&path, html.as_bytes())
@@ -176,38 +176,65 @@ fn checkpoint_and_gpus(o: &mut impl Write, now: i64, s: &status::Status) -> std:
     Ok(())
 }
 
+/// Lines of one kind shown before "and N more": `status` stays one screen with thousands of
+/// containers (the page and `--format json` of `health` list them all).
+const SHOWN: usize = 8;
+
 /// The followed containers and their Docker stats.
 fn containers(o: &mut impl Write, now: i64, s: &status::Status) -> std::io::Result<()> {
     // The followed containers, one line each (a server runs a handful; more are summed).
-    const SHOWN: usize = 8;
     for f in s.followed.iter().take(SHOWN) {
+        let redacted = s
+            .redactions
+            .iter()
+            .find(|r| r.container == f.container)
+            .map(|r| format!("  redacted {}", r.text()))
+            .unwrap_or_default();
         writeln!(
             o,
-            "Container  {:<28} {:<9} {:<16} last line {}",
+            "Container  {:<28} {:<9} {:<16} last line {}{redacted}",
             f.container,
             f.role,
             f.state_text(),
             ago(now, f.last_line_at.as_deref())
         )?;
     }
-    if s.followed.len() > SHOWN {
-        let down = s
+    if s.followed_total > SHOWN {
+        let down_shown = s
             .followed
             .iter()
-            .skip(SHOWN)
+            .take(SHOWN)
             .filter(|f| f.is_down())
             .count();
         writeln!(
             o,
-            "Container  ... and {} more ({down} not running)",
-            s.followed.len() - SHOWN
+            "Container  ... and {} more ({} not running)",
+            s.followed_total - SHOWN,
+            s.followed_down.saturating_sub(down_shown)
+        )?;
+    }
+    // Secrets in the logs of containers not listed above.
+    let listed = |c: &str| s.followed.iter().take(SHOWN).any(|f| f.container == c);
+    let others: Vec<_> = s
+        .redactions
+        .iter()
+        .filter(|r| !listed(&r.container))
+        .collect();
+    for r in others.iter().take(SHOWN) {
+        writeln!(o, "Redacted   {}: {}", r.container, r.text())?;
+    }
+    if others.len() > SHOWN {
+        writeln!(
+            o,
+            "Redacted   ... and {} more containers",
+            others.len() - SHOWN
         )?;
     }
     if s.containers.is_empty() {
         writeln!(o, "Stats      no Docker stats")?;
     }
     let bytes = |v: Option<f64>| v.map(status::human_bytes).unwrap_or_else(|| "–".into());
-    for c in &s.containers {
+    for c in s.containers.iter().take(SHOWN) {
         writeln!(
             o,
             "Stats      {} ({})  CPU {}  memory {} / {}  net in {} out {}  disk read {} write {}",
@@ -221,6 +248,9 @@ fn containers(o: &mut impl Write, now: i64, s: &status::Status) -> std::io::Resu
             bytes(c.block_read_bytes),
             bytes(c.block_write_bytes),
         )?;
+    }
+    if s.containers.len() > SHOWN {
+        writeln!(o, "Stats      ... and {} more", s.containers.len() - SHOWN)?;
     }
     Ok(())
 }
@@ -242,7 +272,10 @@ fn disk_queues_alerts(o: &mut impl Write, now: i64, s: &status::Status) -> std::
     if s.queues.is_empty() {
         writeln!(o, "Queue      no counters")?;
     }
-    for q in &s.queues {
+    // The queues that are down first, then by name.
+    let mut queues: Vec<&status::Queue> = s.queues.iter().collect();
+    queues.sort_by_key(|q| !q.down);
+    for q in queues.iter().take(SHOWN) {
         writeln!(
             o,
             "Queue      {}{}: processed {}  failed {}  offset {} (unchanged for {})",
@@ -254,10 +287,25 @@ fn disk_queues_alerts(o: &mut impl Write, now: i64, s: &status::Status) -> std::
             dur(q.offset_age_seconds)
         )?;
     }
+    if queues.len() > SHOWN {
+        let down = queues.iter().skip(SHOWN).filter(|q| q.down).count();
+        let sum = |f: fn(&status::Queue) -> Option<f64>| {
+            queues.iter().skip(SHOWN).filter_map(|q| f(q)).sum::<f64>()
+        };
+        writeln!(
+            o,
+            "Queue      ... and {} more ({down} DOWN): processed {}  failed {}",
+            queues.len() - SHOWN,
+            opt(Some(sum(|q| q.processed)), 0, ""),
+            opt(Some(sum(|q| q.failed)), 0, ""),
+        )?;
+    }
     if s.alerts_firing.is_empty() {
         writeln!(o, "Alerts     none firing")?;
     }
-    for a in &s.alerts_firing {
+    // Most severe first (as stored); `trainwatch alerts` lists them all.
+    const ALERTS_SHOWN: usize = 12;
+    for a in s.alerts_firing.iter().take(ALERTS_SHOWN) {
         writeln!(
             o,
             "Alert      {:<8} {} for {}: {}",
@@ -269,6 +317,13 @@ fn disk_queues_alerts(o: &mut impl Write, now: i64, s: &status::Status) -> std::
         if let Some(note) = &a.silenced {
             writeln!(o, "           {note}")?;
         }
+    }
+    if s.alerts_firing.len() > ALERTS_SHOWN {
+        writeln!(
+            o,
+            "Alert      ... and {} more (trainwatch alerts)",
+            s.alerts_firing.len() - ALERTS_SHOWN
+        )?;
     }
     Ok(())
 }

@@ -586,12 +586,13 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                     h2 { "Containers" }
                     @if !s.followed.is_empty() {
                         table #followed {
-                            tr { th { "container" } th { "role" } th { "state" } th { "last line" } }
+                            tr { th { "container" } th { "role" } th { "state" } th { "last line" } th { "secrets redacted" } }
                             @for f in &s.followed {
                                 tr class=(if f.is_down() { "down" } else { "" }) {
                                     td { (f.container) } td { (f.role) }
                                     td { (f.state_text()) }
                                     td title=(f.last_line_at.as_deref().unwrap_or("")) { (ago(f.last_line_at.as_deref())) }
+                                    td { (s.redactions.iter().find(|r| r.container == f.container).map(super::status::Redactions::text).unwrap_or_default()) }
                                 }
                             }
                         }
@@ -678,6 +679,9 @@ mod tests {
             disk: None,
             last_checkpoint: None,
             followed: vec![],
+            followed_total: 0,
+            followed_down: 0,
+            redactions: vec![],
             alerts_firing: vec![crate::store::alerts::AlertRow {
                 id: 1,
                 fingerprint: "f".into(),

@@ -128,7 +128,26 @@ pub fn metrics_text(s: &status::Status) -> String {
     let reg = Registry::new();
     let mut gauges: Vec<(String, GaugeVec)> = Vec::new();
     let mut counters: Vec<(String, CounterVec)> = Vec::new();
+    let redactions = IntCounterVec::new(
+        Opts::new(
+            "trainwatch_redactions_total",
+            "Secrets redacted from a container's logs, by kind (see the SecretsInLogs alert)",
+        ),
+        &["container", "kind"],
+    )
+    .ok();
+    if let Some(r) = &redactions {
+        register(&reg, r);
+    }
     for g in &s.gauges {
+        if let Some(kind) = metric::redaction_kind(&g.name) {
+            if let Some(r) = &redactions
+                && let Ok(c) = r.get_metric_with_label_values(&[&g.container, kind])
+            {
+                c.inc_by(g.value.max(0.0) as u64);
+            }
+            continue;
+        }
         let Some((name, scale, counter)) = exposition_name(&g.name) else {
             continue;
         };

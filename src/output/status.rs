@@ -216,6 +216,57 @@ pub struct Health {
     pub data_age_seconds: Option<f64>,
 }
 
+/// How many of the followed containers the document lists.
+pub const FOLLOWED_LISTED: usize = 1000;
+
+/// The secrets redacted from one container's logs since it was first read.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Redactions {
+    pub container: String,
+    /// Counts by kind (`token`, `password`, `key`, `image_payload`).
+    pub kinds: Vec<(String, u64)>,
+}
+
+impl Redactions {
+    /// `3 token, 1 password`.
+    pub fn text(&self) -> String {
+        self.kinds
+            .iter()
+            .map(|(k, n)| format!("{n} {}", k.replace('_', " ")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The redaction counters among the gauges, by container.
+fn redactions(all: &[Gauge]) -> Vec<Redactions> {
+    let mut out: Vec<Redactions> = Vec::new();
+    for g in all {
+        let Some(kind) = metric::redaction_kind(&g.name) else {
+            continue;
+        };
+        let n = (kind.to_string(), g.value.max(0.0) as u64);
+        match out.iter_mut().find(|r| r.container == g.container) {
+            Some(r) => r.kinds.push(n),
+            None => out.push(Redactions {
+                container: g.container.clone(),
+                kinds: vec![n],
+            }),
+        }
+    }
+    out.sort_by(|a, b| a.container.cmp(&b.container));
+    // Kinds in the order of the counters (token, password, key, image payload).
+    let rank = |k: &str| {
+        metric::REDACTIONS
+            .iter()
+            .position(|m| metric::redaction_kind(m) == Some(k))
+    };
+    for r in &mut out {
+        r.kinds.sort_by_key(|(k, _)| rank(k));
+    }
+    out
+}
+
 /// The status document.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
@@ -232,8 +283,15 @@ pub struct Status {
     pub containers: Vec<ContainerStats>,
     pub disk: Option<Disk>,
     pub last_checkpoint: Option<Checkpoint>,
-    /// The followed containers: role, state (running, exited 137, OOM-killed), newest line.
+    /// The followed containers: role, state (running, exited 137, OOM-killed), newest line;
+    /// the first [`FOLLOWED_LISTED`] by role and name.
     pub followed: Vec<crate::store::queries::FollowedContainer>,
+    /// How many containers are followed, and how many of them are not running (all of them,
+    /// not only those listed).
+    pub followed_total: usize,
+    pub followed_down: usize,
+    /// Secrets redacted from each container's logs, by kind (`SecretsInLogs`).
+    pub redactions: Vec<Redactions>,
     pub alerts_firing: Vec<AlertRow>,
     pub alerts_resolved_recently: Vec<AlertRow>,
     pub gauges: Vec<Gauge>,
@@ -719,18 +777,28 @@ pub fn collect(conn: &Connection, now: i64, max_age_ns: i64) -> Result<Status, S
         containers: containers(conn, &all, now, max_age_ns)?,
         disk: disk(&all),
         last_checkpoint: None,
-        followed: crate::store::queries::followed_containers(conn, 1000)?,
-        alerts_firing: store_alerts::list(conn, false, 1000)?,
+        followed: crate::store::queries::followed_containers(conn, usize::MAX)?,
+        followed_total: 0,
+        followed_down: 0,
+        redactions: redactions(&all),
+        // Every firing alert: the health line counts them all.
+        alerts_firing: store_alerts::list(conn, false, usize::MAX)?,
         alerts_resolved_recently: store_alerts::recently_resolved(conn, 10)?,
         gauges: all,
     };
     s.last_checkpoint = last_checkpoint(conn, s.training.as_ref())?;
+    let down: std::collections::HashSet<&str> = s
+        .followed
+        .iter()
+        .filter(|f| f.is_down())
+        .map(|f| f.container.as_str())
+        .collect();
     for q in &mut s.queues {
-        q.down = s
-            .followed
-            .iter()
-            .any(|f| f.container == q.container && f.is_down());
+        q.down = down.contains(q.container.as_str());
     }
+    s.followed_total = s.followed.len();
+    s.followed_down = down.len();
+    s.followed.truncate(FOLLOWED_LISTED);
     s.health = health(&s, max_age_ns, now);
     Ok(s)
 }
@@ -743,10 +811,31 @@ pub fn collect_live(
     max_age_ns: i64,
     store: &crate::store::StoreHealth,
 ) -> Result<Status, StoreError> {
-    let mut s = collect(conn, now, max_age_ns)?;
     let outage = store.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    collect_with(conn, now, max_age_ns, outage.as_ref())
+}
+
+/// The status as another process (`health`, `status`) sees it: the store's, with the outage
+/// the running `watch` of `db` noted in its lock file ([`crate::store::lock::held_outage`]).
+pub fn collect_beside(
+    conn: &Connection,
+    db: &std::path::Path,
+    now: i64,
+    max_age_ns: i64,
+) -> Result<Status, StoreError> {
+    let outage = crate::store::lock::held_outage(db);
+    collect_with(conn, now, max_age_ns, outage.as_ref())
+}
+
+fn collect_with(
+    conn: &Connection,
+    now: i64,
+    max_age_ns: i64,
+    outage: Option<&crate::store::StoreOutage>,
+) -> Result<Status, StoreError> {
+    let mut s = collect(conn, now, max_age_ns)?;
     if let Some(o) = outage {
-        s.alerts_firing.insert(0, crate::store::outage_alert(&o));
+        s.alerts_firing.insert(0, crate::store::outage_alert(o));
         s.health = health(&s, max_age_ns, now);
     }
     Ok(s)
@@ -830,6 +919,9 @@ mod tests {
             }),
             last_checkpoint: None,
             followed: vec![],
+            followed_total: 0,
+            followed_down: 0,
+            redactions: vec![],
             alerts_firing: vec![],
             alerts_resolved_recently: vec![],
             gauges: vec![],

@@ -92,6 +92,7 @@ pub fn replay_with(
             alerts: Some(AlertSink::new(engine, Vec::new(), None)),
             retry: false,
             health: None,
+            note: None,
         },
     )?;
     let conn = store::open_ro(&db)?;

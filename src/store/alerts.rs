@@ -382,7 +382,7 @@ pub fn list(conn: &Connection, all: bool, limit: usize) -> Result<Vec<AlertRow>,
     };
     let mut stmt = conn.prepare(&sql).map_err(StoreError::sql("list alerts"))?;
     let mut rows: Vec<AlertRow> = stmt
-        .query_map([limit as i64], alert_row)
+        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], alert_row)
         .and_then(|it| it.collect())
         .map_err(StoreError::sql("list alerts"))?;
     mark_silenced(conn, &mut rows)?;
@@ -397,7 +397,7 @@ pub fn recently_resolved(conn: &Connection, limit: usize) -> Result<Vec<AlertRow
              ORDER BY resolved_at DESC LIMIT ?1"
         ))
         .map_err(StoreError::sql("list resolved alerts"))?;
-    stmt.query_map([limit as i64], alert_row)
+    stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], alert_row)
         .and_then(|it| it.collect())
         .map_err(StoreError::sql("list resolved alerts"))
 }

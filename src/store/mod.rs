@@ -321,14 +321,23 @@ pub struct WriterOptions {
     pub retry: bool,
     /// Set while the writer cannot commit (with `retry`).
     pub health: Option<StoreHealth>,
+    /// Where other processes (`health`, `status`) learn the same: the lock file.
+    pub note: Option<lock::LockNote>,
 }
 
 /// Commits `batch`, retrying with backoff for as long as it takes: the channel before the
 /// writer fills and the sources wait (nothing is dropped; a followed container's lines wait in
 /// Docker's log).
-fn write_until_done(w: &mut Writer, batch: &mut [Op], health: Option<&StoreHealth>) {
+fn write_until_done(
+    w: &mut Writer,
+    batch: &mut [Op],
+    health: Option<&StoreHealth>,
+    note: Option<&lock::LockNote>,
+) {
     let mut backoff = crate::backoff::Backoff::new(crate::backoff::WRITER);
     let mut failing = false;
+    // The error last written to the lock file (written again only when it changes).
+    let mut outage_noted: Option<String> = None;
     w.observe(batch);
     loop {
         match w.store(batch) {
@@ -338,6 +347,9 @@ fn write_until_done(w: &mut Writer, batch: &mut [Op], health: Option<&StoreHealt
                     w.store_health(None);
                     if let Some(h) = health {
                         *h.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
+                    if let Some(n) = note {
+                        n.store_outage(None);
                     }
                 }
                 return;
@@ -349,10 +361,26 @@ fn write_until_done(w: &mut Writer, batch: &mut [Op], health: Option<&StoreHealt
                 }
                 failing = true;
                 w.store_health(Some(&msg));
-                if let Some(h) = health {
-                    let mut g = h.lock().unwrap_or_else(|e| e.into_inner());
-                    let since = g.as_ref().map_or_else(crate::time::now_ns, |o| o.since);
-                    *g = Some(StoreOutage { since, error: msg });
+                let since = match health {
+                    Some(h) => {
+                        let mut g = h.lock().unwrap_or_else(|e| e.into_inner());
+                        let since = g.as_ref().map_or_else(crate::time::now_ns, |o| o.since);
+                        *g = Some(StoreOutage {
+                            since,
+                            error: msg.clone(),
+                        });
+                        since
+                    }
+                    None => crate::time::now_ns(),
+                };
+                if let Some(n) = note
+                    && outage_noted.as_deref() != Some(msg.as_str())
+                {
+                    n.store_outage(Some(&StoreOutage {
+                        since,
+                        error: msg.clone(),
+                    }));
+                    outage_noted = Some(msg);
                 }
                 std::thread::sleep(backoff.step());
             }
@@ -379,6 +407,7 @@ impl WriterHandle {
         }
         let retry = opts.retry;
         let health = opts.health;
+        let note = opts.note;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Op>>(IN_FLIGHT);
         let (records_tx, mut records) = tokio::sync::mpsc::channel::<Record>(16);
         let (spent_tx, spent) = std::sync::mpsc::sync_channel::<Vec<Op>>(IN_FLIGHT + 2);
@@ -401,7 +430,7 @@ impl WriterHandle {
                     if let [Op::Prune { events, history }] = batch.as_slice() {
                         retention::log_pruned(w.prune(events, history.as_deref()));
                     } else if retry {
-                        write_until_done(&mut w, &mut batch, health.as_ref());
+                        write_until_done(&mut w, &mut batch, health.as_ref(), note.as_ref());
                     } else {
                         w.write(&mut batch)?;
                     }

@@ -208,7 +208,7 @@ pub fn followed_containers(
              FROM containers ORDER BY role, container LIMIT ?1",
         )
         .map_err(q)?;
-    stmt.query_map([limit as i64], |r| {
+    stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
         Ok(FollowedContainer {
             container: r.get(0)?,
             role: r.get(1)?,

@@ -360,6 +360,7 @@ impl Engine {
         self.with(out, |cx, q, _| {
             host::on_metric(cx, m);
             q.on_metric(cx, m);
+            events::on_metric(cx, m);
         });
     }
 }

@@ -1,12 +1,13 @@
 //! The rules on single events and on trainwatch's own health: `GpuOutOfMemory`,
-//! `CheckpointSaveFailed`, `DockerUnreachable`, `LogStreamSilent`, `StoreNotWritable`.
+//! `CheckpointSaveFailed`, `SecretsInLogs`, `DockerUnreachable`, `LogStreamSilent`,
+//! `StoreNotWritable`.
 //! (`GpuOutOfMemory` also resolves on a later training epoch, in [`super::training`].)
 
 use super::clock::Scope;
 use super::lifecycle::Ctx;
 use super::vocabulary::{AlertName, Change, first_line, labels};
-use crate::derive::EventRow;
-use crate::event::kind;
+use crate::derive::{EventRow, MetricRow};
+use crate::event::{kind, metric};
 
 pub(super) fn on_event(cx: &mut Ctx<'_>, e: &EventRow) {
     let c: &str = &e.container;
@@ -38,6 +39,32 @@ pub(super) fn on_event(cx: &mut Ctx<'_>, e: &EventRow) {
         None => labels(name, &[]),
     };
     cx.fire_now(name, l, summary, e.ts, None);
+}
+
+/// A container's logs held a secret (a `redactions_<kind>` counter grew): `SecretsInLogs`
+/// for the container and kind, never the value. Its summary says when it was first seen; it
+/// resolves `secrets_resolve_after` after the last one.
+pub(super) fn on_metric(cx: &mut Ctx<'_>, m: &MetricRow) {
+    let Some(what) = metric::redaction_kind(m.name) else {
+        return;
+    };
+    let c: &str = &m.container;
+    let l = labels(
+        AlertName::SecretsInLogs,
+        &[("container", c), ("kind", what)],
+    );
+    let summary = secrets_summary(c, what, m.ts);
+    cx.fire_now(AlertName::SecretsInLogs, l, summary, m.ts, None);
+}
+
+/// `SecretsInLogs`' summary; no redaction changes it (it would be redacted as it is stored).
+pub(super) fn secrets_summary(container: &str, kind: &str, first_seen: i64) -> String {
+    let when = crate::time::format_ns(first_seen);
+    let when = when.get(..19).unwrap_or(&when).replace('T', " ");
+    format!(
+        "{container} writes secrets into its logs: {}s, redacted before storing (first seen {when} UTC)",
+        kind.replace('_', " "),
+    )
 }
 
 /// The daemon answered (a request, or an event it sent).
@@ -78,19 +105,21 @@ pub(super) fn store_health(cx: &mut Ctx<'_>, now: i64, error: Option<&str>) {
 }
 
 /// The time-based rule: an event alert that did not recur for `event_resolve_after`
-/// resolves when that time ended.
+/// (`secrets_resolve_after` for `SecretsInLogs`) resolves when that time ended.
 pub(super) fn evaluate(cx: &mut Ctx<'_>, scope: &Scope) {
-    let ttl = cx.rules.event_resolve_after.0;
     let expired: Vec<_> = cx
         .active_in(scope)
         .into_iter()
         .filter_map(|(fp, now)| {
             let a = cx.get(&fp)?;
-            let event_alert = matches!(
-                a.alert.alertname,
-                AlertName::GpuOutOfMemory | AlertName::CheckpointSaveFailed
-            );
-            (event_alert && now - a.last_seen > ttl)
+            let ttl = match a.alert.alertname {
+                AlertName::GpuOutOfMemory | AlertName::CheckpointSaveFailed => {
+                    cx.rules.event_resolve_after.0
+                }
+                AlertName::SecretsInLogs => cx.rules.secrets_resolve_after.0,
+                _ => return None,
+            };
+            (now - a.last_seen > ttl)
                 .then(|| (a.alert.labels.clone(), a.last_seen.saturating_add(ttl)))
         })
         .collect();

@@ -46,6 +46,8 @@ pub struct Rules {
     pub queue_offset_stale_after: Age,
     /// `GpuOutOfMemory` and `CheckpointSaveFailed` resolve after this long without another.
     pub event_resolve_after: Age,
+    /// `SecretsInLogs` resolves after this long without another secret redacted.
+    pub secrets_resolve_after: Age,
     /// A firing alert is notified again after this long.
     pub repeat_interval: Age,
     /// `watch` notifies only alerts whose newest evidence is at most this old: reading a
@@ -79,6 +81,7 @@ impl Default for Rules {
             queue_down_for: Age::secs(300),
             queue_offset_stale_after: Age::secs(3600),
             event_resolve_after: Age::secs(3600),
+            secrets_resolve_after: Age::secs(24 * 3600),
             repeat_interval: Age::secs(4 * 3600),
             notify_backlog: Age::secs(3600),
             diverging: Diverging::default(),

@@ -937,3 +937,71 @@ fn a_removed_container_s_alerts_resolve_after_forget_removed_after() {
     assert_eq!(alert.resolved_at, Some(T0 + 120 * S + 24 * 3600 * S));
     assert!(e.firing().is_empty());
 }
+
+#[test]
+fn secrets_in_logs_fires_per_container_and_kind_and_resolves_a_day_after_the_last() {
+    let mut e = Engine::new(Rules::default(), true, "/azaion");
+    let c = feed(
+        &mut e,
+        &[
+            metric("queue", "redactions_password", T0, 1.0),
+            metric("queue", "redactions_password", T0 + 60 * S, 2.0),
+            metric("queue", "redactions_token", T0 + 61 * S, 1.0),
+            metric("other", "redactions_password", T0 + 62 * S, 1.0),
+        ],
+    );
+    assert_eq!(
+        names(&c),
+        [
+            "fired SecretsInLogs",
+            "fired SecretsInLogs",
+            "fired SecretsInLogs"
+        ]
+    );
+    let Change::Fired { alert, .. } = &c[0] else {
+        panic!("{c:?}")
+    };
+    assert_eq!(alert.severity, Severity::Low);
+    assert_eq!(alert.labels["container"], "queue");
+    assert_eq!(alert.labels["kind"], "password");
+    // The first time it was seen, never the value; no redaction changes the summary.
+    assert_eq!(
+        alert.summary,
+        "queue writes secrets into its logs: passwords, redacted before storing (first seen 2026-03-28 14:30:00 UTC)"
+    );
+    for kind in ["token", "password", "key", "image_payload"] {
+        let s = events::secrets_summary("queue", kind, T0);
+        assert_eq!(crate::redact::text(&s), s);
+    }
+    // A day after the last password of `queue` (60 s in), not after the first.
+    let day = 24 * 3600 * S;
+    // (Still firing meanwhile: notified again every `repeat_interval`.)
+    let not_repeat = |c: Vec<Change>| -> Vec<Change> {
+        c.into_iter()
+            .filter(|c| !matches!(c, Change::Repeat { .. }))
+            .collect()
+    };
+    let c = not_repeat(feed(&mut e, &[Op::Tick(T0 + day + 30 * S)]));
+    assert!(names(&c).is_empty(), "{c:?}");
+    let c = not_repeat(feed(&mut e, &[Op::Tick(T0 + day + 90 * S)]));
+    assert_eq!(
+        names(&c),
+        [
+            "resolved SecretsInLogs",
+            "resolved SecretsInLogs",
+            "resolved SecretsInLogs"
+        ]
+    );
+    let resolved_at = |container: &str, kind: &str| {
+        c.iter().find_map(|c| match c {
+            Change::Resolved { alert, .. }
+                if alert.labels["container"] == container && alert.labels["kind"] == kind =>
+            {
+                alert.resolved_at
+            }
+            _ => None,
+        })
+    };
+    assert_eq!(resolved_at("queue", "password"), Some(T0 + 60 * S + day));
+    assert_eq!(resolved_at("queue", "token"), Some(T0 + 61 * S + day));
+}

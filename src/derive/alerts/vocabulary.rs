@@ -101,6 +101,7 @@ alert_names! {
     TrainingStalled => High, Training;
     TrainingFailed => High, Training;
     QueueFailureRateHigh => Medium, Queue;
+    SecretsInLogs => Low, Events;
 }
 
 impl AlertName {

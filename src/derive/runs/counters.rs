@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::ContainerState;
 use crate::derive::{MetricRow, Op};
-use crate::event::{Record, kind, metric};
+use crate::event::{Level, Record, kind, metric};
 use crate::parse::{Detail, Parsed};
 use crate::redact;
 
@@ -34,6 +34,29 @@ impl ContainerState {
             Some(p) if p.ts.div_euclid(SAMPLE_BUCKET_NS) == bucket => *p = sample,
             Some(p) => out.push(Op::Metric(std::mem::replace(p, sample))),
             None => self.pending.push(sample),
+        }
+    }
+
+    /// Counts the secrets in a record's text, stored or not, per kind: the container's
+    /// `redactions_<kind>` counters, one sample each time they grow (which is also what
+    /// `SecretsInLogs` fires on). An image payload counts at INFO and above only: a payload in
+    /// a DEBUG line is redacted all the same, but was asked for.
+    pub(super) fn count_redactions(&mut self, rec: &Record, level: Level, out: &mut Vec<Op>) {
+        if redact::is_clean(&rec.text) {
+            return;
+        }
+        let mut found = redact::Found::default();
+        let _ = redact::text_counted(&rec.text, &mut found);
+        let ts = rec.ts;
+        if level < Level::Info {
+            found.clear(redact::Kind::ImagePayload);
+        }
+        for (kind, n) in found.iter() {
+            let name = metric::redactions(kind.as_str());
+            let v = self.counters.entry(name).or_insert(0.0);
+            *v += f64::from(n);
+            let v = *v;
+            self.metric(ts, name, v, out);
         }
     }
 

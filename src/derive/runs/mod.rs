@@ -276,6 +276,7 @@ impl ContainerState {
         message: &str,
         context: String,
     ) -> Op {
+        let message = redact::text(message).into_owned();
         Op::Event(EventRow {
             ts: rec.ts,
             container: self.container.clone(),
@@ -284,7 +285,7 @@ impl ContainerState {
             key_ts: rec.key.ts,
             level,
             kind,
-            message: redact::text(message).into_owned(),
+            message,
             context,
         })
     }
@@ -292,7 +293,9 @@ impl ContainerState {
     /// Feeds one parsed record (taken by value: its context moves into the event).
     pub fn apply(&mut self, rec: &Record, p: Parsed, out: &mut Vec<Op>) {
         let from = out.len();
+        let level = p.level;
         self.apply_record(rec, p, out);
+        self.count_redactions(rec, level, out);
         // results.csv's `time`: seconds since training started (the run's start before its
         // `Starting training` line is seen).
         // A training row's losses say whether the run's last loss was NaN/inf.
