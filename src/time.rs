@@ -163,6 +163,11 @@ pub fn write_ns(out: &mut String, ts: i64) {
 }
 
 /// Current time in ns since the epoch.
+/// How far ahead of the wall clock a record's time may be and still be taken as the present: a
+/// record stamped later (a host clock set ahead, then corrected) is counted as `clock_skew`,
+/// does not count as fresh data, and is pruned by when it arrived.
+pub const FUTURE_SKEW_NS: i64 = 5 * 60 * 1_000_000_000;
+
 pub fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
 }

@@ -287,3 +287,84 @@ fn terminal_controls_in_json_messages_never_reach_a_terminal() {
         );
     }
 }
+
+/// A host clock set ahead, then corrected: the record stamped 2099 is kept and counted as
+/// `clock_skew`; it holds no gauge and no "last line" in the future, does not count as fresh
+/// data, and is pruned by when it arrived (its own time never comes).
+#[test]
+fn a_record_stamped_in_the_future_is_counted_does_not_stick_and_is_pruned_by_arrival() {
+    let db = Db::new();
+    let now = trainwatch::time::now_ns();
+    let t = |ago_s: i64| trainwatch::time::format_ns(now - ago_s * 1_000_000_000);
+    let line = |ts: &str, offset: u64| {
+        format!(
+            "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"service\":\"queue\",\"message\":\"Processed 1 messages\",\"context\":{{\"offset\":{offset}}}}}\n"
+        )
+    };
+    let log = [
+        line(&t(7200), 100),
+        line(&t(3600), 300),
+        line("2099-01-01T00:00:00Z", 200),
+    ]
+    .concat();
+    let p = write_log(&db, "queue.log", log.as_bytes());
+    let s = db.replay(&[p], Some("queue"));
+    assert_eq!(s.skips.by_reason.get("clock_skew"), Some(&1), "{s:?}");
+    // Only the future rows carry when they arrived.
+    assert_eq!(
+        db.count("SELECT count(*) FROM event_log WHERE arrived_at IS NOT NULL"),
+        1
+    );
+    assert_eq!(
+        db.text("SELECT ts FROM event_log WHERE arrived_at IS NOT NULL")
+            .as_deref(),
+        Some("2099-01-01T00:00:00.000000000Z")
+    );
+    assert!(db.count("SELECT count(*) FROM metric_log WHERE arrived_at IS NOT NULL") >= 1);
+    // Later lines of the present take the gauge and the last line back from the future.
+    let later = line(&t(60), 400);
+    let p2 = write_log(&db, "queue-later.log", later.as_bytes());
+    db.replay(&[p2], Some("queue"));
+    assert_eq!(
+        db.conn()
+            .query_row(
+                "SELECT value FROM gauges WHERE container = 'queue' AND name = 'queue_offset'",
+                [],
+                |r| r.get::<_, f64>(0)
+            )
+            .unwrap(),
+        400.0
+    );
+    // The newest record that counts is a minute old, not 2099.
+    let o = bin(&["health", "--format", "json"], &db.path);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let newest = doc["newest_record_at"].as_str().unwrap().to_string();
+    assert_eq!(newest, t(60), "{doc}");
+    // 40 days after they arrived, retention (30 days) takes the future rows by their arrival.
+    let rw = rusqlite::Connection::open(&db.path).unwrap();
+    for table in ["event_log", "metric_log"] {
+        rw.execute(
+            &format!(
+                "UPDATE {table} SET arrived_at = arrived_at - 40 * 86400 * 1000000000 WHERE arrived_at IS NOT NULL"
+            ),
+            [],
+        )
+        .unwrap();
+    }
+    drop(rw);
+    let events_before = db.count("SELECT count(*) FROM event_log");
+    let o = bin(&["prune"], &db.path);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        db.count("SELECT count(*) FROM event_log WHERE ts LIKE '2099%'"),
+        0
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM metric_log WHERE ts LIKE '2099%'"),
+        0
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM event_log"),
+        events_before - 1
+    );
+}

@@ -655,7 +655,7 @@ fn firing_summary(all: &[AlertRow]) -> String {
 
 /// How far ahead of now a record's time may be and still count as fresh data: a record stamped
 /// later (a host clock set ahead, then corrected) says nothing of whether anything is read now.
-pub const FUTURE_SKEW_NS: i64 = 5 * 60 * 1_000_000_000;
+pub use crate::time::FUTURE_SKEW_NS;
 
 pub fn health(s: &Status, max_age_ns: i64, now: i64) -> Health {
     let heartbeat = s.heartbeat_at.as_deref().and_then(parse_rfc3339);
@@ -758,7 +758,11 @@ pub fn collect(conn: &Connection, now: i64, max_age_ns: i64) -> Result<Status, S
         .optional()
         .map_err(StoreError::sql("read heartbeat"))?;
     let newest_record_at: Option<String> = conn
-        .query_row(queries::NEWEST_EVENT_AT, [], |r| r.get(0))
+        .query_row(
+            queries::NEWEST_EVENT_AT,
+            [format_ns(now + FUTURE_SKEW_NS)],
+            |r| r.get(0),
+        )
         .map_err(StoreError::sql("read newest record"))?;
     let all = gauges(conn)?;
     let mut s = Status {

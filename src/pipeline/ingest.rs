@@ -67,6 +67,8 @@ pub struct Ingest<'p> {
     recs: Vec<Record>,
     ops: Vec<Op>,
     pub counts: Counts,
+    /// Whether a record stamped in the future was said (once per container).
+    ahead_said: bool,
 }
 
 impl<'p> Ingest<'p> {
@@ -90,6 +92,7 @@ impl<'p> Ingest<'p> {
             recs: Vec::new(),
             ops: Vec::with_capacity(256),
             counts: Counts::default(),
+            ahead_said: false,
         }
     }
 
@@ -165,8 +168,22 @@ impl<'p> Ingest<'p> {
     }
 
     fn process(&mut self) {
+        // Later than this is the future: a clock set ahead (the record is kept, and counted).
+        let ahead = crate::time::now_ns() + crate::time::FUTURE_SKEW_NS;
         for rec in self.recs.drain(..) {
             self.counts.records += 1;
+            if rec.ts > ahead {
+                ParseSkipped("clock_skew").emit();
+                *self.counts.skips.entry("clock_skew").or_insert(0) += 1;
+                if !self.ahead_said {
+                    self.ahead_said = true;
+                    tracing::warn!(
+                        container = %self.state.container(),
+                        ts = %crate::time::format_ns(rec.ts),
+                        "A record is stamped in the future (a clock set ahead?): kept, counted as clock_skew, pruned by when it arrived; it does not count as fresh data."
+                    );
+                }
+            }
             let p = self.parser.parse(&rec);
             if let Some(skip) = p.skip {
                 ParseSkipped(skip.reason()).emit();

@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0009_run_params.sql"),
     include_str!("../../migrations/0010_run_failure.sql"),
     include_str!("../../migrations/0011_silences.sql"),
+    include_str!("../../migrations/0012_arrival_of_future_rows.sql"),
 ];
 
 /// Brings the schema up to the latest version.

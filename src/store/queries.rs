@@ -412,7 +412,9 @@ pub const LAST_CHECKPOINT: &str = "SELECT ts, container, kind, message FROM (
 pub const HEARTBEAT_AT: &str = "SELECT at FROM heartbeat WHERE id = 1";
 
 /// The newest stored event's time.
-pub const NEWEST_EVENT_AT: &str = "SELECT max(ts) FROM event_log";
+/// The newest event's time at most ?1 (now + the allowed skew): one stamped in the future says
+/// nothing of what is read now.
+pub const NEWEST_EVENT_AT: &str = "SELECT max(ts) FROM event_log WHERE ts <= ?1";
 
 /// A result set: column names and rows of SQLite values.
 pub struct Rows {

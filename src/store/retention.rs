@@ -117,8 +117,35 @@ pub fn log_pruned(r: Result<PruneReport, StoreError>) {
     }
 }
 
+/// Events and samples stamped in the future (beyond the allowed skew of now) that arrived
+/// before the cutoff (?2, ns): they go by when they arrived, as their own time never comes.
+const FUTURE_EVENTS: &str = "event_log WHERE ts > ?1 AND arrived_at < ?2";
+const FUTURE_SAMPLES: &str = "metric_log WHERE ts > ?1 AND arrived_at < ?2";
+
+/// Prunes (or with `dry_run` counts) the events and samples stamped in the future that arrived
+/// before `cutoff`.
+fn prune_future(conn: &Connection, cutoff: &str, dry_run: bool) -> Result<(u64, u64), StoreError> {
+    let ahead = crate::time::format_ns(crate::time::now_ns() + crate::time::FUTURE_SKEW_NS);
+    let cutoff_ns = crate::time::parse_rfc3339(cutoff).unwrap_or(i64::MIN);
+    let rows = |rows: &str| -> Result<u64, StoreError> {
+        let args = params![ahead, cutoff_ns];
+        let n = if dry_run {
+            conn.query_row(&format!("SELECT count(*) FROM {rows}"), args, |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+        } else {
+            conn.execute(&format!("DELETE FROM {rows}"), args)
+                .map(|n| n as u64)
+        };
+        n.map_err(StoreError::sql("prune rows stamped in the future"))
+    };
+    Ok((rows(FUTURE_EVENTS)?, rows(FUTURE_SAMPLES)?))
+}
+
 /// Prunes events and metric samples older than `cutoff` (fixed-width UTC text), and training
-/// history (runs that ended, with their epochs) older than `history_cutoff` when given.
+/// history (runs that ended, with their epochs) older than `history_cutoff` when given. Rows
+/// stamped in the future (a clock set ahead) are pruned by when they arrived.
 pub fn prune(
     conn: &Connection,
     cutoff: &str,
@@ -131,9 +158,11 @@ pub fn prune(
             .map(|n| n as u64)
             .map_err(StoreError::sql("count prunable rows"))
     };
+    let (future_events, future_samples) = prune_future(conn, cutoff, dry_run)?;
     if dry_run {
-        rep.events = count("SELECT count(*) FROM event_log WHERE ts < ?1", cutoff)?;
-        rep.metric_samples = count("SELECT count(*) FROM metric_log WHERE ts < ?1", cutoff)?;
+        rep.events = count("SELECT count(*) FROM event_log WHERE ts < ?1", cutoff)? + future_events;
+        rep.metric_samples =
+            count("SELECT count(*) FROM metric_log WHERE ts < ?1", cutoff)? + future_samples;
         rep.alerts = count(
             "SELECT count(*) FROM alert_log WHERE status = 'resolved' AND resolved_at < ?1",
             cutoff,
@@ -179,6 +208,8 @@ pub fn prune(
             break;
         }
     }
+    rep.events += future_events;
+    rep.metric_samples += future_samples;
     rep.notifications = conn
         .execute(
             "DELETE FROM outbox WHERE COALESCE(delivered_at, abandoned_at) < ?1",

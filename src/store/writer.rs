@@ -145,7 +145,7 @@ const UPSERT_CURSOR: &str =
 
 const UPSERT_GAUGE: &str = "INSERT INTO gauges (container, name, ts, value) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (container, name) DO UPDATE SET ts = excluded.ts, value = excluded.value
-     WHERE excluded.ts >= gauges.ts";
+     WHERE excluded.ts >= gauges.ts OR gauges.ts > ?5";
 
 const HEARTBEAT: &str = "INSERT INTO heartbeat (id, at, pid, started_at) VALUES (1, ?1, ?2, ?3)
      ON CONFLICT (id) DO UPDATE SET at = excluded.at, pid = excluded.pid,
@@ -172,8 +172,15 @@ const REMOVED_GAUGES: &str = "DELETE FROM gauges WHERE container = ?1";
 /// Removed containers whose time on `status` has passed (?1: the cutoff).
 const FORGET_REMOVED: &str = "DELETE FROM containers WHERE state = 'removed' AND state_at < ?1";
 /// The log time of a container's newest line read (the daemon's own events are not lines).
+// A time stamped in the future (?3: now + the allowed skew) yields to any later line.
 const CONTAINER_LAST_LINE: &str = "UPDATE containers SET last_line_at = ?2
-     WHERE container = ?1 AND (last_line_at IS NULL OR last_line_at < ?2)";
+     WHERE container = ?1 AND (last_line_at IS NULL OR last_line_at < ?2 OR last_line_at > ?3)";
+
+// Rows stamped in the future: when they arrived, for retention (migration 0012).
+const EVENTS_ARRIVED: &str =
+    "UPDATE event_log SET arrived_at = ?1 WHERE ts > ?2 AND arrived_at IS NULL";
+const METRICS_ARRIVED: &str =
+    "UPDATE metric_log SET arrived_at = ?1 WHERE ts > ?2 AND arrived_at IS NULL";
 
 const UPSERT_DERIVE_STATE: &str =
     "INSERT INTO derive_state (container, state, saved_at) VALUES (?1, ?2, ?3)
@@ -652,6 +659,10 @@ impl<'a> Logs<'a> {
             metrics,
             latest,
         } = self;
+        // What is stamped later than this is in the future (the clock was set ahead).
+        let now = crate::time::now_ns();
+        let ahead_ns = now + crate::time::FUTURE_SKEW_NS;
+        let ahead = format_ns(ahead_ns);
         // Newest line per container in this batch: a handful of containers per batch.
         let mut newest: Vec<(&str, i64)> = Vec::new();
         for e in events.iter().filter(|e| e.stream != "docker") {
@@ -662,16 +673,28 @@ impl<'a> Logs<'a> {
         }
         for (container, ts) in newest {
             tx.prepare_cached(CONTAINER_LAST_LINE)
-                .and_then(|mut s| s.execute(params![container, format_ns(ts)]))
+                .and_then(|mut s| s.execute(params![container, format_ns(ts), ahead]))
                 .map_err(StoreError::sql("write a container's last line"))?;
         }
         let inserted = insert_rows(tx, &events)?;
         stats.events_inserted += inserted;
         stats.events_duplicate += events.len() as u64 - inserted;
         stats.metrics_inserted += insert_rows(tx, &metrics)?;
+        if events.iter().any(|e| e.ts > ahead_ns) {
+            tx.prepare_cached(EVENTS_ARRIVED)
+                .and_then(|mut s| s.execute(params![now, ahead]))
+                .map_err(StoreError::sql("note when future events arrived"))?;
+        }
+        if metrics.iter().any(|m| m.ts > ahead_ns) {
+            tx.prepare_cached(METRICS_ARRIVED)
+                .and_then(|mut s| s.execute(params![now, ahead]))
+                .map_err(StoreError::sql("note when future samples arrived"))?;
+        }
         for (container, name, ts, value) in latest {
             tx.prepare_cached(UPSERT_GAUGE)
-                .and_then(|mut s| s.execute(params![&*container, name, format_ns(ts), value]))
+                .and_then(|mut s| {
+                    s.execute(params![&*container, name, format_ns(ts), value, ahead])
+                })
                 .map_err(StoreError::sql("update gauge"))?;
         }
         Ok(())
@@ -768,8 +791,9 @@ fn write_op(
             // The cursor moves past every line read, stored as a row or not (a progress bar's
             // frames, plain INFO text): the container's last line is the cursor's.
             if c.key.ts > 0 {
+                let ahead = format_ns(crate::time::now_ns() + crate::time::FUTURE_SKEW_NS);
                 tx.prepare_cached(CONTAINER_LAST_LINE)
-                    .and_then(|mut s| s.execute(params![&*c.container, format_ns(c.key.ts)]))
+                    .and_then(|mut s| s.execute(params![&*c.container, format_ns(c.key.ts), ahead]))
                     .map_err(StoreError::sql("write a container's last line"))?;
             }
         }
