@@ -394,3 +394,47 @@ fn two_replays_of_one_file_at_once_resolve_no_alert_before_it_started() {
     assert_eq!(db.count(alerts), 1500);
     assert_eq!(db.counts(), clean.counts());
 }
+
+/// Thousands of small archives (one per container, as a CI-like churn leaves them): once a
+/// container's archive is read, the alert engine keeps nothing of it but its firing alerts, so
+/// the state committed with every batch stays small and replay time grows linearly.
+#[test]
+fn state_kept_per_container_ends_with_its_archive() {
+    let db = Db::new();
+    let dir = db.dir.path().join("many");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..300 {
+        let mut log = String::new();
+        for j in 0..5 {
+            log.push_str(&format!(
+                "{{\"timestamp\":\"2026-12-01T10:{j:02}:00Z\",\"level\":\"INFO\",\"service\":\"q\",\"message\":\"Processed 1 messages\",\"context\":{{\"offset\":{j}}}}}\n"
+            ));
+        }
+        log.push_str("ERROR:q:Failed to process message x\n");
+        if i == 7 {
+            // One that leaves an alert firing: its clock is kept for it.
+            log.push_str("ERROR:q:RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n");
+        }
+        std::fs::write(dir.join(format!("c{i:03}.log")), log).unwrap();
+    }
+    let s = db.replay(&[dir.to_string_lossy().into()], None);
+    assert_eq!(s.files, 300);
+    assert_eq!(
+        db.count("SELECT count(*) FROM metric_samples WHERE name = 'queue_offset'"),
+        300 * 5
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&db.text("SELECT state FROM alert_engine").unwrap()).unwrap();
+    let clocks = state["clocks"].as_object().unwrap();
+    assert_eq!(clocks.keys().collect::<Vec<_>>(), ["c007"], "{state}");
+    assert!(
+        state["outcomes"].as_object().is_none_or(|o| o.is_empty()),
+        "{state}"
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM alerts WHERE alertname = 'GpuOutOfMemory' AND status = 'firing'"
+        ),
+        1
+    );
+}

@@ -99,8 +99,19 @@ pub fn replay_with(
     let mut summary = Summary::default();
     let mut states: HashMap<String, ContainerState> = HashMap::new();
     let mut cursors: HashMap<String, HashMap<(Stream, String), Key>> = HashMap::new();
+    // Sets still to read per container: after its last, its archive has ended, and what is
+    // kept of it is dropped (memory stays flat over thousands of archives).
+    let mut sets_left: HashMap<String, usize> = HashMap::new();
+    for set in &sets {
+        *sets_left.entry(set.container.clone()).or_insert(0) += 1;
+    }
     let read = (|| -> Result<(), ReplayError> {
         for set in sets {
+            let last_set = {
+                let left = sets_left.entry(set.container.clone()).or_insert(1);
+                *left = left.saturating_sub(1);
+                *left == 0
+            };
             summary.files += set.files.len();
             let container: Arc<str> = Arc::from(set.container.as_str());
             if !states.contains_key(&set.container) {
@@ -166,7 +177,9 @@ pub fn replay_with(
                 let container = ingest.container().clone();
                 let (state, ops) = ingest.state_and_ops();
                 state.flush_metrics(ops);
-                ops.push(Op::Signal(i64::MIN, Signal::LogEnded { container }));
+                if last_set {
+                    ops.push(Op::Signal(i64::MIN, Signal::LogEnded { container }));
+                }
                 if let Some(batch) = ingest.batch(false, true, writer.empty_batch(BATCH_OPS + 64)) {
                     writer.send(batch)?;
                 }
@@ -187,7 +200,11 @@ pub fn replay_with(
             for (k, v) in &counts.by_kind {
                 *summary.by_kind.entry(k).or_insert(0) += v;
             }
-            states.insert(set.container.clone(), ingest.into_state());
+            if last_set {
+                cursors.remove(&set.container);
+            } else {
+                states.insert(set.container.clone(), ingest.into_state());
+            }
             sent?;
             summary.bytes += source.bytes_read();
             summary.skips.merge(source.skips());

@@ -77,6 +77,12 @@ impl Clocks {
         }
     }
 
+    /// Forgets a container's own clock (its archive was read, or it was removed): its next
+    /// log time starts it again.
+    pub(super) fn forget(&mut self, container: &str) {
+        self.clocks.remove(container);
+    }
+
     /// A tick of the wall clock: whether all rules are due.
     pub(super) fn tick(&mut self, now: i64) -> bool {
         // Like any op, a tick evaluates once a second of time has passed: a tick that brings

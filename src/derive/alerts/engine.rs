@@ -239,11 +239,23 @@ impl Engine {
             }
             // What needs the container watched while it runs is no longer known: it resolves
             // at the log's own last time, without moving any clock.
-            Op::Signal(_, Signal::LogEnded { container }) => self.with(out, |cx, q, t| {
-                let at = cx.now(Some(container));
-                q.log_ended(cx, container, at);
-                t.log_ended(cx, container, at);
-            }),
+            Op::Signal(_, Signal::LogEnded { container }) => {
+                let idle = self.with(out, |cx, q, t| {
+                    let at = cx.now(Some(container));
+                    q.log_ended(cx, container, at);
+                    t.log_ended(cx, container, at);
+                    cx.active_in(&Scope::Container(container.clone()))
+                        .is_empty()
+                });
+                // What the families know of it is history now: forgotten (a replay of
+                // thousands of archives keeps a state, and a snapshot per batch, of the
+                // containers still being read), unless an alert about it still fires.
+                if idle {
+                    self.st.time.forget(container);
+                    self.st.queue.forget(container);
+                    self.st.training.forget(container);
+                }
+            }
             Op::Signal(ts, s) => {
                 let ts = *ts;
                 let scope = match s {
@@ -328,6 +340,7 @@ impl Engine {
                 q.forget(&c);
                 t.forget(&c);
             });
+            self.st.time.forget(&c);
         }
     }
 

@@ -160,10 +160,13 @@ impl State {
         self.outcomes.remove(container);
     }
 
-    /// An archived log ended: whether the offset moves is no longer known.
+    /// An archived log ended: whether the offset moves, and how many messages fail, is no
+    /// longer known.
     pub(super) fn log_ended(&mut self, cx: &mut Ctx<'_>, container: &Arc<str>, at: i64) {
         cx.resolve_named(AlertName::QueueOffsetStale, container, at);
+        cx.resolve_named(AlertName::QueueFailureRateHigh, container, at);
         self.offsets.remove(container);
+        self.outcomes.remove(container);
     }
 
     /// The time-based rules: queues down for `queue_down_for`, offsets that have not moved
