@@ -614,6 +614,86 @@ fn closed_by_server(s: &mut std::net::TcpStream, wait: Duration) -> bool {
     }
 }
 
+/// Hundreds of idle sockets and clients that send their headers a byte at a time, from the
+/// probe's own address, all connected at once: `/healthz` and `/metrics` answer every time
+/// (their connection takes the place of the oldest idle one), and descriptors stay bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_stays_reachable_under_idle_and_slow_clients() {
+    let db = Db::new();
+    tokio::task::block_in_place(|| {
+        db.replay(&[fixture_str("queue/queue.log")], Some("annotation-queue"));
+    });
+    let (watch, port) = watch_listen(
+        &db,
+        "[listen]\nmax_connections = 32\nmax_per_peer = 16\nheader_timeout = \"30s\"\n",
+    );
+    let pid = watch.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&format!("{base}/healthz")).await.is_none() {
+        assert!(Instant::now() < deadline, "watch --listen did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = open_fds(pid);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 100 clients that drip their headers one byte every 100 ms, reconnecting when closed.
+    let drips: Vec<_> = (0..100)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let req = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    };
+                    for b in req.iter().cycle() {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed)
+                            || std::io::Write::write_all(&mut s, &[*b]).is_err()
+                        {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+        })
+        .collect();
+    // And 500 idle sockets that send nothing.
+    let idle: Vec<std::net::TcpStream> = tokio::task::block_in_place(|| {
+        (0..500)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        for path in ["/healthz", "/metrics"] {
+            let r = client.get(format!("{base}{path}")).send().await;
+            let r = r.unwrap_or_else(|e| panic!("{path} #{i} failed: {e}"));
+            assert!(
+                r.status() == 200 || r.status() == 503,
+                "{path}: {}",
+                r.status()
+            );
+            let body = r.text().await.unwrap();
+            assert!(body.contains("queue"), "{path}: {body}");
+        }
+        let held = open_fds(pid);
+        assert!(
+            held <= before + 32 + 8,
+            "{held} descriptors open (was {before})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(idle);
+    tokio::task::block_in_place(|| drips.into_iter().for_each(|t| t.join().unwrap()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_bounds_idle_and_slow_clients() {
     let db = Db::new();

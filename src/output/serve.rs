@@ -5,13 +5,13 @@
 //!
 //! Every request reads the store on a blocking thread through its own read-only connection.
 //! Connections are bounded ([`Limits`], config `[listen]`): a client that sends no complete
-//! request headers in time is closed, and past the connection limit new connections are
-//! closed at once, so idle sockets cannot take the file descriptors the store, the probes and
-//! the followers need.
+//! request headers in time is closed; past the connection limit, or the limit per address, a
+//! new connection takes the place of the oldest idle one ([`super::conns`]), so idle sockets
+//! cannot take the file descriptors the store, the probes and the followers need, and idle or
+//! slow clients cannot keep the health probe and Prometheus out.
 
 use crate::event::metric;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -26,10 +26,10 @@ use prometheus::{
     CounterVec, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::conns::{Conns, Counted};
 use super::{page, status};
 use crate::store::StoreHealth;
 use crate::telemetry::{COUNTERS, Counters};
@@ -362,9 +362,12 @@ pub fn router(db: PathBuf, max_age_ns: i64, health: StoreHealth, refresh_secs: u
         })
 }
 
-/// Most connections served at once; one more is accepted and closed at once, so idle or
-/// hostile clients cannot take the process's file descriptors from the store and the probes.
+/// Most connections served at once; past it a new one takes the place of the oldest idle one,
+/// so idle or hostile clients cannot take the process's file descriptors from the store and
+/// the probes.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Most connections from one address at once (the same rule applies past it).
+pub const MAX_PER_PEER: usize = 64;
 /// A client must send a request's headers within this time of connecting, or of its previous
 /// response on a kept-alive connection: idle and slow-header (slowloris) clients are closed.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -379,6 +382,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub struct Limits {
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections from one address at once.
+    pub max_per_peer: usize,
     /// Time to send a request's headers (after connecting or the previous response).
     pub header_timeout: Age,
     /// Age after which a connection is closed (after its request in flight).
@@ -389,6 +394,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: MAX_CONNECTIONS,
+            max_per_peer: MAX_PER_PEER,
             header_timeout: Age(HEADER_TIMEOUT.as_nanos() as i64),
             max_age: Age(MAX_CONNECTION_AGE.as_nanos() as i64),
         }
@@ -405,28 +411,30 @@ pub async fn serve(
 }
 
 /// Serves on `listener` until `shutdown`: HTTP/1.1 with keep-alive, at most
-/// `limits.max_connections` at once, headers within `limits.header_timeout`. An accept that
-/// fails (no file descriptors left) is retried after a pause, never ends the server.
+/// `limits.max_connections` at once and `limits.max_per_peer` from one address (past either,
+/// the oldest idle connection gives its place), headers within `limits.header_timeout`. An
+/// accept that fails (no file descriptors left) is retried after a pause, never ends the
+/// server.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
     limits: Limits,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, max_connections = limits.max_connections, "Serving the status page, /healthz and /metrics.");
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let conns = TaskTracker::new();
-    let mut refused: u64 = 0;
+    tracing::info!(addr = %listener.local_addr()?, max_connections = limits.max_connections, max_per_peer = limits.max_per_peer, "Serving the status page, /healthz and /metrics.");
+    let slots = Conns::new(limits.max_connections, limits.max_per_peer);
+    let tasks = TaskTracker::new();
+    let (mut refused, mut evicted): (u64, u64) = (0, 0);
     let mut accept_failed = false;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => r,
         };
-        let sock = match accepted {
-            Ok((sock, _)) => {
+        let (sock, peer) = match accepted {
+            Ok(a) => {
                 accept_failed = false;
-                sock
+                a
             }
             Err(e) => {
                 if !accept_failed {
@@ -440,22 +448,35 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refused += 1;
-            if refused.is_power_of_two() {
+        let full = slots.len() >= limits.max_connections;
+        let slot = match slots.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(refused, peer = %peer.ip(), ?why, "Every connection has a request in flight; closing new ones.");
+                }
+                drop(sock);
+                continue;
+            }
+        };
+        if full {
+            evicted += 1;
+            if evicted.is_power_of_two() {
                 tracing::warn!(
-                    refused,
+                    evicted,
                     limit = limits.max_connections,
-                    "Too many connections; closing new ones."
+                    "Too many connections; closing the oldest idle ones for new ones."
                 );
             }
-            drop(sock);
-            continue;
-        };
+        }
         let _ = sock.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = Counted {
+            inner: TowerToHyperService::new(router.clone()),
+            busy: slot.busy.clone(),
+        };
         let shutdown = shutdown.clone();
-        conns.spawn(async move {
+        tasks.spawn(async move {
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -467,6 +488,8 @@ pub async fn serve_with(
             tokio::pin!(age);
             let stopping = tokio::select! {
                 _ = conn.as_mut() => false,
+                // Its place went to a new connection: it had no request in flight.
+                _ = slot.evict.cancelled() => return,
                 _ = shutdown.cancelled() => true,
                 _ = &mut age => true,
             };
@@ -478,7 +501,7 @@ pub async fn serve_with(
             drop(slot);
         });
     }
-    conns.close();
-    let _ = tokio::time::timeout(DRAIN, conns.wait()).await;
+    tasks.close();
+    let _ = tokio::time::timeout(DRAIN, tasks.wait()).await;
     Ok(())
 }
