@@ -268,6 +268,9 @@ pub mod kind {
     pub const QUEUE_OFFSET: &str = "queue_offset";
     pub const ANNOTATION_PROCESSED: &str = "annotation_processed";
     pub const ANNOTATION_FAILED: &str = "annotation_failed";
+    /// Lines that are gone before they were read: rotated away by the daemon, or removed
+    /// with their container.
+    pub const LOG_LOST: &str = "log_lost";
 }
 
 /// A kind or metric name as a `&'static str` (rows carry their names as such): the known

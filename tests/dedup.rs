@@ -63,6 +63,64 @@ fn overlapping_rotated_sets_store_each_line_once() {
         db.text("SELECT status FROM training_runs"),
         whole.text("SELECT status FROM training_runs")
     );
+    // Rotation moved on, but nothing was lost: the cursor's line is still there.
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'log_lost'"),
+        0
+    );
+}
+
+/// Between two replays rotation dropped lines nobody read (max-file): the second replay says
+/// which, once, as a `log_lost` event and a counted skip; the lines it still has are stored.
+#[test]
+fn lines_rotated_away_between_replays_are_said_lost() {
+    let db = Db::new();
+    let line = |i: u32| {
+        entry(
+            &format!("ERROR:q:failure number {i}\n"),
+            "stderr",
+            &format!("2026-03-28T14:30:{i:02}Z"),
+        )
+    };
+    let lines = |r: std::ops::Range<u32>| r.map(line).collect::<String>();
+    let d1 = db.dir.path().join("set1");
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::write(d1.join("q-json.log.1"), lines(0..3)).unwrap();
+    std::fs::write(d1.join("q-json.log"), lines(3..5)).unwrap();
+    let s = db.replay(&[d1.to_string_lossy().into()], Some("queue"));
+    assert_eq!(s.skips.by_reason.get("log_lost"), None);
+    // Lines 5..8 were written and rotated away before the next replay.
+    let d2 = db.dir.path().join("set2");
+    std::fs::create_dir_all(&d2).unwrap();
+    std::fs::write(d2.join("q-json.log.1"), lines(8..10)).unwrap();
+    std::fs::write(d2.join("q-json.log"), lines(10..12)).unwrap();
+    let s = db.replay(&[d2.to_string_lossy().into()], Some("queue"));
+    assert_eq!(s.skips.by_reason.get("log_lost"), Some(&1), "{s:?}");
+    let (message, context): (String, String) = db
+        .conn()
+        .query_row(
+            "SELECT message, context FROM events WHERE kind = 'log_lost'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        message,
+        "Lines of queue on stderr after 2026-03-28T14:30:04.000000000Z and before 2026-03-28T14:30:08.000000000Z are lost: the log was rotated away before they were read"
+    );
+    let context: serde_json::Value = serde_json::from_str(&context).unwrap();
+    assert_eq!(context["reason"], "rotated");
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE message LIKE 'ERROR:q:failure number%'"),
+        9
+    );
+    // Said once: a third replay of the same set adds nothing.
+    let s = db.replay(&[d2.to_string_lossy().into()], Some("queue"));
+    assert_eq!(s.skips.by_reason.get("log_lost"), None);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'log_lost'"),
+        1
+    );
 }
 
 #[test]

@@ -506,3 +506,89 @@ fn wait_at_least(rx: &Receiver, lab: &Lab, n: usize) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A container floods its log while trainwatch is down and dockerd rotates it (`max-size`,
+/// `max-file`): the lines rotated away are said lost (`log_lost`, what is known: between which
+/// times), once; what the daemon still has is read.
+#[test]
+fn lines_rotated_away_while_down_are_said_lost() {
+    if !docker_ready() {
+        return;
+    }
+    let rx = Receiver::start(0, 0);
+    let mut lab = lab("rotate", &rx, "");
+    lab.start_watch(&[]);
+    let pad = "x".repeat(100);
+    let script = format!(
+        "i=0; while [ $i -lt 10 ]; do echo \"ERROR:q:before $i\"; i=$((i+1)); /busybox usleep 100000; done; \
+         while [ ! -e /go/flood ]; do /busybox usleep 100000; done; \
+         i=0; while [ $i -lt 3000 ]; do echo \"flood $i {pad}\"; i=$((i+1)); done; \
+         echo \"ERROR:q:after the flood\"; /busybox sleep 60"
+    );
+    let go = lab.db.dir.path().join("go");
+    std::fs::create_dir(&go).unwrap();
+    let mount = format!("{}:/go:ro", go.display());
+    let c = lab.run_with(
+        "flood",
+        false,
+        &[],
+        &[
+            "-v",
+            &mount,
+            "--log-driver",
+            "json-file",
+            "--log-opt",
+            "max-size=20k",
+            "--log-opt",
+            "max-file=2",
+        ],
+        &script,
+    );
+    lab.wait_for(
+        &format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND message = 'ERROR:q:before 9'"
+        ),
+        1,
+    );
+    lab.stop_watch();
+    std::fs::write(go.join("flood"), "").unwrap();
+    // The flood (about 330 KB) is written and rotated through 2 files of 20 KB.
+    std::thread::sleep(Duration::from_secs(3));
+    lab.start_watch(&[]);
+    lab.wait_for(
+        &format!("SELECT count(*) FROM events WHERE container = '{c}' AND message = 'ERROR:q:after the flood'"),
+        1,
+    );
+    lab.wait_for(
+        &format!("SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'log_lost'"),
+        1,
+    );
+    let context = lab
+        .db
+        .text(&format!(
+            "SELECT context FROM events WHERE container = '{c}' AND kind = 'log_lost'"
+        ))
+        .unwrap();
+    let context: Value = serde_json::from_str(&context).unwrap();
+    assert_eq!(context["reason"], "rotated", "{context}");
+    assert_eq!(context["stream"], "stdout", "{context}");
+    let last_before = lab
+        .db
+        .text(&format!(
+            "SELECT ts FROM events WHERE container = '{c}' AND message = 'ERROR:q:before 9'"
+        ))
+        .unwrap();
+    assert_eq!(context["after"].as_str(), Some(last_before.as_str()));
+    lab.stop_watch();
+    // Said once, and counted.
+    assert_eq!(
+        lab.db.count(&format!(
+            "SELECT count(*) FROM events WHERE container = '{c}' AND kind = 'log_lost'"
+        )),
+        1
+    );
+    assert!(
+        lab.log_text()
+            .contains("the log was rotated away before they were read")
+    );
+}

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::assemble::Assembler;
-use crate::derive::{ContainerState, Op, Position};
-use crate::event::{Key, RawLine, Record, Stream};
+use crate::derive::{ContainerState, EventRow, Op, Position};
+use crate::event::{Key, Level, RawLine, Record, Stream, kind};
 use crate::parse::Parser;
 use crate::telemetry::events::{InternalEvent, ParseSkipped};
 
@@ -69,6 +69,9 @@ pub struct Ingest<'p> {
     pub counts: Counts,
     /// Whether a record stamped in the future was said (once per container).
     ahead_said: bool,
+    /// Per stream, whether this read (since the start or a restart) has not yet delivered a
+    /// line: its first line says whether the cursor's own line is still there.
+    fresh: [bool; 2],
 }
 
 impl<'p> Ingest<'p> {
@@ -93,6 +96,7 @@ impl<'p> Ingest<'p> {
             ops: Vec::with_capacity(256),
             counts: Counts::default(),
             ahead_said: false,
+            fresh: [true; 2],
         }
     }
 
@@ -112,6 +116,15 @@ impl<'p> Ingest<'p> {
     /// Takes one complete line. Returns whether a batch is due.
     pub fn push(&mut self, raw: RawLine) -> bool {
         self.counts.lines += 1;
+        let first = &mut self.fresh[raw.stream.index()];
+        if std::mem::take(first)
+            && let Some(cursor) = self.stored.key(raw.stream)
+            && raw.key.ts > cursor.ts
+        {
+            // A read starts at the cursor's instant, which re-delivers the cursor's own line:
+            // it is gone, so the log was rotated past what was read.
+            self.rotated_past(&raw, cursor);
+        }
         if self.stored.covers(raw.stream, raw.key) {
             self.counts.already_stored += 1;
             return false;
@@ -140,6 +153,55 @@ impl<'p> Ingest<'p> {
     /// the new read fails: a `--rm` container's log is gone once it has exited.)
     pub fn restart(&mut self) {
         self.stored = self.pushed.clone();
+        self.fresh = [true; 2];
+    }
+
+    /// Whether this ingest has taken in any line, now or in an earlier run (a cursor).
+    pub fn read_any(&self) -> bool {
+        Stream::ALL.iter().any(|s| self.pushed.key(*s).is_some())
+    }
+
+    /// The lines of `raw`'s stream after the `cursor` and before `raw` were rotated away
+    /// before they were read (the daemon's `max-size`/`max-file`, or between two replays).
+    fn rotated_past(&mut self, raw: &RawLine, cursor: Key) {
+        let (after, until) = (
+            crate::time::format_ns(cursor.ts),
+            crate::time::format_ns(raw.key.ts),
+        );
+        let message = format!(
+            "Lines of {} on {} after {after} and before {until} are lost: the log was rotated away before they were read",
+            self.state.container(),
+            raw.stream.as_str(),
+        );
+        let context = serde_json::json!({
+            "reason": "rotated", "stream": raw.stream.as_str(), "after": after, "until": until,
+        });
+        self.lost(raw.key, raw.stream.as_str(), message, context);
+    }
+
+    /// A `log_lost` event (a warning) at `key`, counted as a skip and logged.
+    pub fn lost(
+        &mut self,
+        key: Key,
+        stream: &'static str,
+        message: String,
+        context: serde_json::Value,
+    ) {
+        ParseSkipped("log_lost").emit();
+        *self.counts.skips.entry("log_lost").or_insert(0) += 1;
+        tracing::warn!(container = %self.state.container(), %context, "{message}");
+        self.ops.push(Op::Event(EventRow {
+            ts: key.ts,
+            container: self.state.container().clone(),
+            stream,
+            seq: key.seq,
+            key_ts: key.ts,
+            level: Level::Warning,
+            kind: kind::LOG_LOST,
+            message,
+            context: context.to_string(),
+        }));
+        *self.counts.by_kind.entry(kind::LOG_LOST).or_insert(0) += 1;
     }
 
     /// Reports a non-finite loss seen in an unfinished progress line. The event carries the

@@ -318,6 +318,29 @@ async fn read_to_the_end(
     send(f, writer).await;
 }
 
+/// A `log_lost` for a container removed (its log with it) before its log was read to the end.
+fn removed_before_read(f: &mut Ingest<'_>, container: &str, e: &DockerError) {
+    let message = if f.read_any() {
+        format!(
+            "The log of {container} was removed with it before it was read to the end ({e}): its last lines are lost"
+        )
+    } else {
+        format!(
+            "{container} was removed before its log could be read ({e}): every line it printed is lost"
+        )
+    };
+    let context = serde_json::json!({
+        "reason": "removed_before_read",
+        "lines_read": f.counts.lines,
+        "error": e.to_string(),
+    });
+    let at = Key {
+        ts: crate::time::now_ns(),
+        seq: 0,
+    };
+    f.lost(at, "docker", message, context);
+}
+
 /// Follows one container until it stops (read to the end) or trainwatch shuts down.
 async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) {
     let container: Arc<str> = Arc::from(info.name.as_str());
@@ -410,7 +433,11 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
         let Some(running) = still_running(shared, info, &mut exited).await else {
             // Its log went with it (`docker run --rm`, `docker rm`): what was read is all there
             // will be, so what is still open (a traceback's group, a line without its end) is
-            // let out now.
+            // let out now. A read that failed (rather than ended) was cut off by the removal:
+            // that is said.
+            if let Err(e) = &ended {
+                removed_before_read(&mut f, &container, e);
+            }
             read_to_the_end(&mut f, &mut merger, None, role, &live.writer).await;
             tracing::info!(container = %container, "Container removed; no longer following it.");
             return;

@@ -41,6 +41,7 @@ pub const SKIP_REASONS: &[&str] = &[
     "invalid_service_json",
     "invalid_utf8_replaced",
     "line_too_long",
+    "log_lost",
     "merge_capped",
     "read_error",
     "service_json_not_object",

@@ -233,6 +233,11 @@ async fn handle_event<F, Fut>(
             ]
         }
         "die" => {
+            // Its log is read now if nobody has read it (a start the events stream did not
+            // deliver): it is still there until `destroy` (`--rm` comes right after).
+            if !following.contains_key(&info.id) {
+                ensure_follower(shared, tracker, following, info.clone(), follow);
+            }
             let code: Option<i64> = attrs.get("exitCode").and_then(|c| c.parse().ok());
             let level = if code == Some(0) {
                 Level::Info
