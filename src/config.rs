@@ -59,6 +59,27 @@ pub struct Config {
     /// Training history exported to an MLflow tracking server (off unless `tracking_uri`).
     #[serde(default)]
     pub mlflow: crate::output::mlflow::MlflowConfig,
+    /// Where the run folders the logs name are on this machine.
+    #[serde(default)]
+    pub runs: RunsConfig,
+}
+
+/// `[runs]`: where run folders (Ultralytics' `save_dir`) printed inside containers are here.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunsConfig {
+    /// `CONTAINER_PREFIX=LOCAL_PREFIX` each (the longest matching prefix wins).
+    pub path_map: Vec<String>,
+}
+
+impl RunsConfig {
+    /// The path maps, parsed.
+    pub fn path_maps(&self) -> Result<Vec<crate::source::runfolder::PathMap>, String> {
+        self.path_map
+            .iter()
+            .map(|m| crate::source::runfolder::PathMap::parse(m))
+            .collect()
+    }
 }
 
 impl Config {
@@ -117,6 +138,9 @@ impl Config {
         if let Some(p) = cfg.mlflow.problem() {
             return Err(invalid(p));
         }
+        cfg.runs
+            .path_maps()
+            .map_err(|e| invalid(format!("runs.path_map: {e}")))?;
         for (what, v) in [
             ("retention.events", &cfg.retention.events),
             ("retention.history", &cfg.retention.history),

@@ -505,12 +505,18 @@ fn read_commands_upgrade_a_database_an_older_trainwatch_wrote() {
     db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("gpu"));
     {
         let conn = rusqlite::Connection::open(&db.path).unwrap();
-        // Undo 0011 and 0010, 0009 (the view of 0004 back, then its tables and columns) and
-        // 0008.
+        // Undo 0013, 0012, 0011 and 0010, 0009 (the view of 0004 back, then its tables and
+        // columns) and 0008.
+        conn.execute_batch(
+            "DROP VIEW training_results; DROP TABLE results_rows;
+             ALTER TABLE runs DROP COLUMN results_columns;",
+        )
+        .unwrap();
         conn.execute_batch(trainwatch::store::migrate::MIGRATIONS[3])
             .unwrap();
         conn.execute_batch(
-            "DROP TABLE silences; ALTER TABLE runs DROP COLUMN failure;
+            "ALTER TABLE event_log DROP COLUMN arrived_at; ALTER TABLE metric_log DROP COLUMN arrived_at;
+             DROP TABLE silences; ALTER TABLE runs DROP COLUMN failure;
              DROP TABLE mlflow_epochs; DROP TABLE mlflow_runs;
              ALTER TABLE runs DROP COLUMN params; ALTER TABLE runs DROP COLUMN ultralytics_version;",
         )

@@ -25,6 +25,8 @@
 //!   and resume exactly from a snapshot.
 //! - `users`: logs users keep and run (relative resume paths, multi-line exception messages,
 //!   YOLOv5, pasted/notebook/CRLF/cut consoles) against the values they print.
+//! - `runfolder`: a replayed training's results.csv found through `--path-map`: every
+//!   column as written, full precision, NaN validation losses alerting.
 //! - `secrets`: a followed container that writes secrets: `SecretsInLogs` per kind, the
 //!   redactions counted on `/metrics` and in `status`, nothing stored.
 //! - `status`: `health` exit codes, `status`, the page in headless Chromium, `/metrics` checked
@@ -48,6 +50,7 @@ pub(crate) mod props;
 mod queue;
 mod replay;
 mod replay_tqdm;
+mod runfolder;
 mod secrets;
 mod status;
 mod users;

@@ -65,9 +65,19 @@ pub fn run(args: HistoryArgs, db: &Path, config: Option<&Path>) -> anyhow::Resul
             let rows = Rows::query(&conn, queries::HISTORY_EPOCHS, &[&id])
                 .with_context(|| format!("listing epochs of run {id}"))?;
             if args.format == OutputFormat::Csv {
-                let csv = results::results_csv(&conn, id, rows)
+                // The run folder's own results.csv when it was read, else rebuilt from the
+                // epochs.
+                let own = results::results_csv_as_written(&conn, id)
                     .with_context(|| format!("reading run {id}"))?;
-                render::write(&mut out, &csv.table, OutputFormat::Csv)?;
+                let table = match own {
+                    Some(t) => t,
+                    None => {
+                        results::results_csv(&conn, id, rows)
+                            .with_context(|| format!("reading run {id}"))?
+                            .table
+                    }
+                };
+                render::write(&mut out, &table, OutputFormat::Csv)?;
             } else {
                 render::write(&mut out, &rows, args.format)?;
             }

@@ -15,14 +15,25 @@ pub struct ReplayArgs {
     /// Container name to record (default: the id from `<id>-json.log`, or the file's stem).
     #[arg(long)]
     pub container: Option<String>,
+    /// Where a run folder printed inside the container is here: `CONTAINER_PREFIX=LOCAL_PREFIX`
+    /// (repeatable; the longest matching prefix wins; added to `[runs] path_map`). Its
+    /// results.csv completes the run's history.
+    #[arg(long = "path-map", value_name = "CONTAINER_PREFIX=LOCAL_PREFIX", value_parser = parse_path_map)]
+    pub path_map: Vec<trainwatch::source::runfolder::PathMap>,
     /// Log files, directories of rotated logs, quoted globs (`'/var/lib/docker/containers/*/*-json.log*'`),
     /// or `-` for standard input; pipes (`<(zcat old.log.gz)`) and named FIFOs are read once.
     #[arg(required = true)]
     pub files: Vec<String>,
 }
 
+fn parse_path_map(s: &str) -> Result<trainwatch::source::runfolder::PathMap, String> {
+    trainwatch::source::runfolder::PathMap::parse(s)
+}
+
 pub fn run(args: ReplayArgs, db: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let cfg = super::load_config(config)?;
+    let mut path_map = cfg.runs.path_maps().map_err(anyhow::Error::msg)?;
+    path_map.extend(args.path_map.iter().cloned());
     let parser = Parser::new(cfg.patterns()?);
     // A new database in a new directory (a typo, or a first run): say so, on stderr.
     if let Some(dir) = db
@@ -37,11 +48,13 @@ pub fn run(args: ReplayArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
         );
     }
     let start = std::time::Instant::now();
-    let s = pipeline::replay(
+    let s = pipeline::replay_with(
         &args.files,
         args.container.as_deref(),
         PathBuf::from(db),
         &parser,
+        &trainwatch::derive::alerts::Rules::default(),
+        &path_map,
     )
     .with_context(|| format!("replaying into {}", db.display()))?;
     let secs = start.elapsed().as_secs_f64();

@@ -9,7 +9,7 @@ pub mod alerts;
 pub mod paths;
 mod runs;
 
-pub use runs::{ContainerState, Exit, Resume, RunKey, RunStatus};
+pub use runs::{ContainerState, Exit, RUN_FOLDER, Resume, RunFolder, RunKey, RunStatus};
 
 use std::sync::Arc;
 
@@ -135,6 +135,8 @@ pub struct EpochRow {
     pub metrics: Option<String>,
     /// Seconds from the start of training to this row (results.csv's `time`).
     pub train_time_s: Option<f64>,
+    /// A value other than the losses was NaN/inf (a validation loss in results.csv).
+    pub non_finite: Option<bool>,
 }
 
 /// A source position that is fully stored once the batch carrying it commits.
@@ -176,6 +178,8 @@ pub enum Op {
     State(Arc<str>, String),
     /// A followed container's state as the daemon reports it (ns).
     ContainerState(i64, Arc<str>, ContainerRun),
+    /// A row of a run's `results.csv` (run, epoch, header, cells as written).
+    ResultsRow(RunKey, u32, Arc<[String]>, Vec<String>),
     /// A source that is gone for good (a destroyed container's id): its cursors are removed.
     ForgetOrigin(Arc<str>),
     /// Retention: rows older than the cutoffs (stored time text) are deleted, history only

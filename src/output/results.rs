@@ -13,6 +13,41 @@ pub struct ResultsCsv {
     pub ended_at: Vec<Option<i64>>,
 }
 
+/// The run's own results.csv as its run folder had it (every column, every cell as written),
+/// when it was read ([`crate::derive::ContainerState::results_rows`]).
+pub fn results_csv_as_written(conn: &Connection, run_id: i64) -> Result<Option<Rows>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let q = StoreError::sql("read the run's results.csv");
+    let columns: Option<String> = conn
+        .query_row(
+            "SELECT results_columns FROM runs WHERE run_id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(q)?
+        .flatten();
+    let Some(columns) = columns.and_then(|c| serde_json::from_str::<Vec<String>>(&c).ok()) else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare("SELECT cells FROM results_rows WHERE run_id = ?1 ORDER BY epoch")
+        .map_err(StoreError::sql("read the run's results.csv"))?;
+    let rows = stmt
+        .query_map([run_id], |r| r.get::<_, String>(0))
+        .and_then(|it| it.collect::<Result<Vec<String>, _>>())
+        .map_err(StoreError::sql("read the run's results.csv"))?
+        .into_iter()
+        .map(|cells| {
+            let cells: Vec<String> = serde_json::from_str(&cells).unwrap_or_default();
+            (0..columns.len())
+                .map(|i| cells.get(i).map_or(Value::Null, |c| Value::Text(c.clone())))
+                .collect()
+        })
+        .collect();
+    Ok(Some(Rows { columns, rows }))
+}
+
 /// A run's epochs as stored ([`queries::HISTORY_EPOCHS`]), the input of [`results_csv`].
 pub fn epochs(conn: &Connection, run_id: i64) -> Result<Rows, StoreError> {
     Rows::query(conn, queries::HISTORY_EPOCHS, &[&run_id]).map_err(StoreError::sql("list epochs"))

@@ -14,12 +14,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::derive::alerts::{Engine, Rules, Signal};
-use crate::derive::{ContainerState, Op};
+use crate::derive::{ContainerState, Op, RunFolder};
 use crate::error::{SourceError, StoreError};
 use crate::event::{Key, Stream};
 use crate::parse::Parser;
 use crate::source::files::{self, Format};
 use crate::source::jsonfile::JsonFileReader;
+use crate::source::runfolder::{self, PathMap};
 use crate::source::text::{self, TextReader};
 use crate::source::{LineSource, Skips};
 use crate::store::{self, AlertSink, WriteStats, WriterHandle, WriterOptions};
@@ -51,6 +52,42 @@ pub struct Summary {
     pub by_kind: BTreeMap<&'static str, u64>,
 }
 
+/// Reads the `results.csv` of a run's folder (found through `path_map`) into `ops`; a folder
+/// that cannot be read is a counted skip, said once.
+fn read_run_folder(
+    state: &mut ContainerState,
+    folder: &RunFolder,
+    path_map: &[PathMap],
+    ops: &mut Vec<Op>,
+    skips: &mut Skips,
+) {
+    let dir = runfolder::map_path(&folder.save_dir, path_map);
+    let path = dir.join("results.csv");
+    let mut csv = runfolder::ResultsCsv::new(&path);
+    match csv.poll() {
+        Ok(polled) => {
+            let Some(columns) = csv.columns() else {
+                return;
+            };
+            let columns: std::sync::Arc<[String]> = columns.into();
+            state.results_rows(folder, &path.to_string_lossy(), &columns, &polled.rows, ops);
+            for _ in 0..polled.bad_rows {
+                skips.record("bad_results_row", &path, 0, "a results.csv row without its epoch or cells");
+            }
+        }
+        Err(e) => skips.record(
+            "run_folder_unreadable",
+            &path,
+            0,
+            &format!(
+                "run folder {} (printed as {}): {e}; map it with --path-map CONTAINER_PREFIX=LOCAL_PREFIX",
+                dir.display(),
+                folder.save_dir
+            ),
+        ),
+    }
+}
+
 /// Replays `inputs` into the database at `db`, evaluating the default alert rules.
 pub fn replay(
     inputs: &[String],
@@ -58,11 +95,13 @@ pub fn replay(
     db: PathBuf,
     parser: &Parser,
 ) -> Result<Summary, ReplayError> {
-    replay_with(inputs, container, db, parser, &Rules::default())
+    replay_with(inputs, container, db, parser, &Rules::default(), &[])
 }
 
 /// Replays `inputs` into the database at `db`. Alerts are evaluated on the log's times and
-/// recorded (origin `replay`), never notified: archived logs do not page anyone.
+/// recorded (origin `replay`), never notified: archived logs do not page anyone. The run
+/// folders the logs name are found through `path_map` (else as printed) and their
+/// `results.csv` merged into the runs' epochs.
 #[expect(
     clippy::too_many_lines,
     reason = "replay's file loop: position check, read, group, parse, derive and batch in one place"
@@ -73,6 +112,7 @@ pub fn replay_with(
     db: PathBuf,
     parser: &Parser,
     rules: &Rules,
+    path_map: &[PathMap],
 ) -> Result<Summary, ReplayError> {
     let sets = files::plan(inputs, container)?;
     // One ingestor per database: refused while a watch runs on it, after another replay.
@@ -178,6 +218,12 @@ pub fn replay_with(
                 let (state, ops) = ingest.state_and_ops();
                 state.flush_metrics(ops);
                 if last_set {
+                    // The run folders the log named: their results.csv completes the runs'
+                    // history before the archive's end resolves what was about its runs.
+                    let folders = state.run_folders();
+                    for folder in &folders {
+                        read_run_folder(state, folder, path_map, ops, &mut summary.skips);
+                    }
                     ops.push(Op::Signal(i64::MIN, Signal::LogEnded { container }));
                 }
                 if let Some(batch) = ingest.batch(false, true, writer.empty_batch(BATCH_OPS + 64)) {

@@ -13,6 +13,7 @@ pub mod jsonfile;
 pub mod lines;
 pub mod partial;
 pub mod probes;
+pub mod runfolder;
 pub mod text;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ pub fn utf8_string(bytes: Vec<u8>) -> Result<String, Vec<u8>> {
 /// Every reason input is skipped (or a record kept with a note) for: `/metrics` shows each,
 /// at 0 until it happens, so a dashboard or an alert on one has a series from the start.
 pub const SKIP_REASONS: &[&str] = &[
+    "bad_results_row",
     "bad_stream",
     "bad_time",
     "clock_skew",
@@ -44,6 +46,7 @@ pub const SKIP_REASONS: &[&str] = &[
     "log_lost",
     "merge_capped",
     "read_error",
+    "run_folder_unreadable",
     "service_json_not_object",
     "truncated_gzip",
 ];

@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0010_run_failure.sql"),
     include_str!("../../migrations/0011_silences.sql"),
     include_str!("../../migrations/0012_arrival_of_future_rows.sql"),
+    include_str!("../../migrations/0013_results_csv.sql"),
 ];
 
 /// Brings the schema up to the latest version.

@@ -223,6 +223,8 @@ pub fn prune(
         )
         .map_err(StoreError::sql("prune alerts"))? as u64;
     if let Some(h) = history_cutoff {
+        conn.execute("DELETE FROM results_rows WHERE run_id IN (SELECT run_id FROM runs WHERE status <> 'running' AND COALESCE(ended_at, started_at) < ?1)", [h])
+            .map_err(StoreError::sql("prune results.csv rows"))?;
         rep.epochs = conn
             .execute("DELETE FROM epochs WHERE run_id IN (SELECT run_id FROM runs WHERE status <> 'running' AND COALESCE(ended_at, started_at) < ?1)", [h])
             .map_err(StoreError::sql("prune epochs"))? as u64;

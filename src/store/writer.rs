@@ -136,6 +136,14 @@ const UPSERT_EPOCH: &str =
         metrics = COALESCE(excluded.metrics, metrics),
         train_time_s = COALESCE(excluded.train_time_s, train_time_s)";
 
+// A results.csv row as written (a resumed or re-read row replaces it), and the header it is
+// read by (migration 0013).
+const UPSERT_RESULTS_ROW: &str =
+    "INSERT INTO results_rows (run_id, epoch, cells) VALUES (?1, ?2, ?3)
+     ON CONFLICT (run_id, epoch) DO UPDATE SET cells = excluded.cells";
+const SET_RESULTS_COLUMNS: &str =
+    "UPDATE runs SET results_columns = ?2 WHERE run_id = ?1 AND results_columns IS NOT ?2";
+
 const UPSERT_CURSOR: &str =
     "INSERT INTO cursors (container, stream, origin, key_ts, seq, updated_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -584,15 +592,22 @@ fn upsert_epoch(
                 .map(|(k, v)| (k.clone(), crate::derive::json_num(*v)))
                 .collect();
             let sum: f64 = l.iter().map(|(_, v)| v).sum();
-            let nf =
-                l.iter().any(|(_, v)| !v.is_finite()) || e.loss.is_some_and(|v| !v.is_finite());
+            let nf = l.iter().any(|(_, v)| !v.is_finite())
+                || e.loss.is_some_and(|v| !v.is_finite())
+                || e.non_finite == Some(true);
             (
                 Some(serde_json::Value::Object(obj).to_string()),
                 Some(e.loss.unwrap_or(sum)),
                 Some(nf),
             )
         }
-        None => (None, e.loss, e.loss.map(|v| !v.is_finite())),
+        None => (
+            None,
+            e.loss,
+            e.loss
+                .map(|v| !v.is_finite() || e.non_finite == Some(true))
+                .or(e.non_finite),
+        ),
     };
     tx.prepare_cached(UPSERT_EPOCH)
         .and_then(|mut s| {
@@ -701,6 +716,28 @@ impl<'a> Logs<'a> {
     }
 }
 
+/// The run id of `key` (the run was written before, in this batch or an earlier one).
+fn run_id_of(
+    tx: &rusqlite::Transaction<'_>,
+    key: &RunKey,
+    run_ids: &mut HashMap<RunKey, i64>,
+    new_runs: &mut Vec<RunKey>,
+) -> Result<i64, StoreError> {
+    if let Some(id) = run_ids.get(key) {
+        return Ok(*id);
+    }
+    let id: i64 = tx
+        .query_row(
+            SELECT_RUN_ID,
+            params![&*key.container, key.stream.as_str(), key.ts, key.seq],
+            |r| r.get(0),
+        )
+        .map_err(StoreError::sql("find run for epoch"))?;
+    run_ids.insert(key.clone(), id);
+    new_runs.push(key.clone());
+    Ok(id)
+}
+
 /// Writes one op that is not a row of the logs.
 fn write_op(
     tx: &rusqlite::Transaction<'_>,
@@ -757,23 +794,19 @@ fn write_op(
             stats.runs_written += 1;
         }
         Op::Epoch(key, e) => {
-            let run_id = match run_ids.get(key) {
-                Some(id) => *id,
-                None => {
-                    let id: i64 = tx
-                        .query_row(
-                            SELECT_RUN_ID,
-                            params![&*key.container, key.stream.as_str(), key.ts, key.seq],
-                            |r| r.get(0),
-                        )
-                        .map_err(StoreError::sql("find run for epoch"))?;
-                    run_ids.insert(key.clone(), id);
-                    new_runs.push(key.clone());
-                    id
-                }
-            };
+            let run_id = run_id_of(tx, key, run_ids, new_runs)?;
             upsert_epoch(tx, run_id, e)?;
             stats.epochs_written += 1;
+        }
+        Op::ResultsRow(key, epoch, columns, cells) => {
+            let run_id = run_id_of(tx, key, run_ids, new_runs)?;
+            let columns = serde_json::to_string(&**columns).unwrap_or_default();
+            let cells = serde_json::to_string(cells).unwrap_or_default();
+            tx.prepare_cached(UPSERT_RESULTS_ROW)
+                .and_then(|mut s| s.execute(params![run_id, epoch, cells]))
+                .and_then(|_| tx.prepare_cached(SET_RESULTS_COLUMNS))
+                .and_then(|mut s| s.execute(params![run_id, columns]))
+                .map_err(StoreError::sql("write a results.csv row"))?;
         }
         Op::Cursor(c) => {
             tx.prepare_cached(UPSERT_CURSOR)

@@ -227,6 +227,7 @@ impl Engine {
                 self.st.removed.insert(name.clone(), *ts);
             }
             Op::Cursor(_)
+            | Op::ResultsRow(..)
             | Op::Container(..)
             | Op::State(..)
             | Op::ContainerState(..)

@@ -135,12 +135,19 @@ impl State {
         let cs: &str = &c;
         // Any training epoch shows the GPU has memory again.
         cx.resolve_named(AlertName::GpuOutOfMemory, cs, e.ended_at);
-        if !total.is_finite() {
+        if !total.is_finite() || e.non_finite == Some(true) {
             let l = labels(AlertName::TrainingLossNonFinite, &[("container", cs)]);
-            let summary = format!(
-                "Training loss is NaN/inf in {cs} at epoch {} (loss {total})",
-                e.epoch
-            );
+            let summary = if total.is_finite() {
+                format!(
+                    "A loss is NaN/inf in {cs} at epoch {} (in results.csv; training loss {total})",
+                    e.epoch
+                )
+            } else {
+                format!(
+                    "Training loss is NaN/inf in {cs} at epoch {} (loss {total})",
+                    e.epoch
+                )
+            };
             let name = AlertName::TrainingLossNonFinite;
             cx.fire_now(name, l, summary, e.ended_at, Some(key.clone()));
             return;

@@ -303,6 +303,7 @@ impl ContainerState {
                 gpu_mem_gb: None,
                 metrics: None,
                 train_time_s: None,
+                non_finite: None,
             },
         ));
         if same {

@@ -27,7 +27,10 @@
 
 mod counters;
 mod epochs;
+mod folder;
 mod lifecycle;
+
+pub use folder::{RUN_FOLDER, RunFolder};
 
 pub use lifecycle::Exit;
 mod saved;

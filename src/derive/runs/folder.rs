@@ -1,0 +1,145 @@
+//! A run folder's `results.csv`, merged into the run's epochs. It is the only place holding
+//! the validation losses, the learning rates and full-precision values: where it and the
+//! console disagree, the csv wins; every cell is kept as written (`Op::ResultsRow`); a NaN or
+//! infinity in any column (validation losses included, under a console that printed none) is a
+//! `loss_non_finite` event naming the column and the epoch, and marks the epoch non-finite (so
+//! `TrainingLossNonFinite` fires as for a NaN on the console).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::{ContainerState, RunKey};
+use crate::derive::{EpochRow, EventRow, Op};
+use crate::event::{Level, kind};
+use crate::source::runfolder::CsvRow;
+
+/// The `stream` of what a run folder says (its events are no line of the container's log).
+pub const RUN_FOLDER: &str = "run_folder";
+
+/// A run with a run folder: its key, its `save_dir` as printed, and when its training started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunFolder {
+    pub key: RunKey,
+    pub save_dir: String,
+    pub train_start: i64,
+}
+
+/// A cell as a number: `nan`, `inf`, `-inf` in any case included; `None` when it is none.
+fn number(cell: &str) -> Option<f64> {
+    let c = cell.trim();
+    if c.is_empty() {
+        return None;
+    }
+    c.parse::<f64>()
+        .ok()
+        .or_else(|| c.to_ascii_lowercase().parse::<f64>().ok())
+}
+
+/// Box-metric columns: Ultralytics 8.x `(B)`, YOLOv5's own names.
+const PRECISION: [&str; 2] = ["metrics/precision(B)", "metrics/precision"];
+const RECALL: [&str; 2] = ["metrics/recall(B)", "metrics/recall"];
+const MAP50: [&str; 2] = ["metrics/mAP50(B)", "metrics/mAP_0.5"];
+const MAP50_95: [&str; 2] = ["metrics/mAP50-95(B)", "metrics/mAP_0.5:0.95"];
+
+impl ContainerState {
+    /// The runs this container knows that have a run folder: the running one and the ended
+    /// ones it may be resumed from.
+    pub fn run_folders(&self) -> Vec<RunFolder> {
+        let mut out: Vec<RunFolder> = Vec::new();
+        if let Some(run) = &self.run
+            && let Some(dir) = &run.row.save_dir
+        {
+            out.push(RunFolder {
+                key: run.row.key.clone(),
+                save_dir: dir.clone(),
+                train_start: run.train_start.unwrap_or(run.row.started_at),
+            });
+        }
+        for row in self.by_save_dir.values() {
+            if let Some(dir) = &row.save_dir
+                && !out.iter().any(|f| f.key == row.key)
+            {
+                out.push(RunFolder {
+                    key: row.key.clone(),
+                    save_dir: dir.clone(),
+                    train_start: row.started_at,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Merges rows of the run folder's `results.csv` (`file`, with its header `columns`) into
+    /// the epochs of `run`.
+    pub fn results_rows(
+        &mut self,
+        run: &RunFolder,
+        file: &str,
+        columns: &Arc<[String]>,
+        rows: &[CsvRow],
+        out: &mut Vec<Op>,
+    ) {
+        let at = |names: &[&str]| columns.iter().position(|c| names.contains(&c.as_str()));
+        let time = at(&["time"]);
+        let (precision, recall, map50, map50_95) =
+            (at(&PRECISION), at(&RECALL), at(&MAP50), at(&MAP50_95));
+        for row in rows {
+            let cell = |i: Option<usize>| i.and_then(|i| row.cells.get(i)).and_then(|c| number(c));
+            let train_time_s = cell(time).filter(|t| t.is_finite() && *t >= 0.0);
+            let ended_at = run
+                .train_start
+                .saturating_add(train_time_s.map_or(0, |t| (t * 1e9) as i64));
+            let losses: Vec<(String, f64)> = columns
+                .iter()
+                .zip(&row.cells)
+                .filter_map(|(c, v)| Some((c.strip_prefix("train/")?.to_string(), number(v)?)))
+                .collect();
+            let non_finite: Vec<(usize, &String)> = columns
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| number(&row.cells[*i]).is_some_and(|v| !v.is_finite()))
+                .collect();
+            out.push(Op::ResultsRow(
+                run.key.clone(),
+                row.epoch,
+                columns.clone(),
+                row.cells.clone(),
+            ));
+            out.push(Op::Epoch(
+                run.key.clone(),
+                EpochRow {
+                    epoch: row.epoch,
+                    ended_at,
+                    losses: (!losses.is_empty()).then_some(losses),
+                    precision: cell(precision),
+                    recall: cell(recall),
+                    map50: cell(map50),
+                    map50_95: cell(map50_95),
+                    train_time_s,
+                    non_finite: (!non_finite.is_empty()).then_some(true),
+                    ..EpochRow::default()
+                },
+            ));
+            for (i, column) in non_finite {
+                let value = &row.cells[i];
+                out.push(Op::Event(EventRow {
+                    ts: ended_at,
+                    container: self.container.clone(),
+                    stream: RUN_FOLDER,
+                    seq: u32::try_from(i).unwrap_or(u32::MAX),
+                    key_ts: ended_at,
+                    level: Level::Error,
+                    kind: kind::LOSS_NON_FINITE,
+                    message: format!("{column} is {value} at epoch {} in {file}", row.epoch),
+                    context: json!({
+                        "epoch": row.epoch, "column": column, "value": value,
+                        "non_finite": column, "file": file, "source": "results.csv",
+                    })
+                    .to_string(),
+                }));
+            }
+        }
+    }
+}

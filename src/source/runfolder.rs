@@ -1,0 +1,227 @@
+//! A training's run folder (Ultralytics' `save_dir`): where it is on this machine, and its
+//! `results.csv` read as it grows.
+//!
+//! Ultralytics appends one row per epoch to `results.csv` (`epoch,time,train/box_loss,...`,
+//! written within a few ms of the console's validation row); it is the only place holding the
+//! validation losses, the learning rates and full-precision values. The reader keeps its offset:
+//! each poll reads only what was appended, a last row without its newline waits for it, and a
+//! file that shrank or was replaced is read again from the start (its rows are upserts).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// One `CONTAINER_PREFIX=LOCAL_PREFIX` of `--path-map` (or `[runs] path_map`): where a path
+/// printed inside a container is on this machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathMap {
+    pub from: String,
+    pub to: PathBuf,
+}
+
+impl PathMap {
+    /// Parses `CONTAINER_PREFIX=LOCAL_PREFIX`.
+    pub fn parse(s: &str) -> Result<PathMap, String> {
+        let (from, to) = s
+            .split_once('=')
+            .filter(|(f, t)| !f.is_empty() && !t.is_empty())
+            .ok_or_else(|| format!("{s:?}: expected CONTAINER_PREFIX=LOCAL_PREFIX"))?;
+        Ok(PathMap {
+            from: from.trim_end_matches('/').to_string(),
+            to: PathBuf::from(to),
+        })
+    }
+}
+
+/// Where `path` (as printed in a container) is on this machine: under the longest matching
+/// prefix of `maps` (whole components only), else itself.
+pub fn map_path(path: &str, maps: &[PathMap]) -> PathBuf {
+    let best = maps
+        .iter()
+        .filter_map(|m| {
+            let rest = if m.from.is_empty() {
+                Some(path)
+            } else {
+                path.strip_prefix(&m.from)
+            }?;
+            (rest.is_empty() || rest.starts_with('/')).then_some((m, rest))
+        })
+        .max_by_key(|(m, _)| m.from.len());
+    match best {
+        Some((m, rest)) => m.to.join(rest.trim_start_matches('/')),
+        None => PathBuf::from(path),
+    }
+}
+
+/// One row of `results.csv`: its epoch (the `epoch` column) and every cell as written (trimmed:
+/// Ultralytics 8.0 pads its header and cells with spaces).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CsvRow {
+    pub epoch: u32,
+    pub cells: Vec<String>,
+}
+
+/// `results.csv` read as it grows.
+#[derive(Debug)]
+pub struct ResultsCsv {
+    path: PathBuf,
+    offset: u64,
+    /// The identity of the file read (device, inode): another file at the path is read anew.
+    identity: Option<(u64, u64)>,
+    columns: Option<Vec<String>>,
+    /// Bytes of a row whose newline has not come yet.
+    pending: Vec<u8>,
+}
+
+/// What a poll found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Polled {
+    pub rows: Vec<CsvRow>,
+    /// The file is new, shrank or was replaced: what was read of it before no longer holds.
+    pub restarted: bool,
+    /// Rows that could not be read (no epoch, a different number of cells).
+    pub bad_rows: u32,
+}
+
+impl ResultsCsv {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        ResultsCsv {
+            path: path.into(),
+            offset: 0,
+            identity: None,
+            columns: None,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The header's column names, once read.
+    pub fn columns(&self) -> Option<&[String]> {
+        self.columns.as_deref()
+    }
+
+    /// Reads what was appended since the last poll.
+    pub fn poll(&mut self) -> std::io::Result<Polled> {
+        use std::os::unix::fs::MetadataExt;
+        let mut f = File::open(&self.path)?;
+        let meta = f.metadata()?;
+        let identity = Some((meta.dev(), meta.ino()));
+        let mut polled = Polled::default();
+        if identity != self.identity || meta.len() < self.offset {
+            polled.restarted = self.identity.is_some();
+            self.identity = identity;
+            self.offset = 0;
+            self.columns = None;
+            self.pending.clear();
+        }
+        if meta.len() == self.offset {
+            return Ok(polled);
+        }
+        f.seek(SeekFrom::Start(self.offset))?;
+        // A results.csv holds a row per epoch (a few KB); what was appended is read whole.
+        let mut buf = std::mem::take(&mut self.pending);
+        let read = f.take(meta.len() - self.offset).read_to_end(&mut buf)?;
+        self.offset += read as u64;
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
+            let line = String::from_utf8_lossy(&buf[start..start + nl]);
+            self.line(line.trim_end_matches('\r'), &mut polled);
+            start += nl + 1;
+        }
+        self.pending = buf[start..].to_vec();
+        Ok(polled)
+    }
+
+    fn line(&mut self, line: &str, polled: &mut Polled) {
+        if line.trim().is_empty() {
+            return;
+        }
+        let cells: Vec<String> = line.split(',').map(|c| c.trim().to_string()).collect();
+        let Some(columns) = &self.columns else {
+            self.columns = Some(cells);
+            return;
+        };
+        let epoch = columns
+            .iter()
+            .position(|c| c == "epoch")
+            .and_then(|i| cells.get(i))
+            .and_then(|e| e.parse::<f64>().ok())
+            .filter(|e| e.is_finite() && *e >= 0.0 && e.fract() == 0.0);
+        match epoch {
+            Some(e) if cells.len() == columns.len() => polled.rows.push(CsvRow {
+                epoch: e as u32,
+                cells,
+            }),
+            _ => polled.bad_rows += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn paths_map_by_the_longest_whole_prefix() {
+        let maps = [
+            PathMap::parse("/azaion=/srv/azaion").unwrap(),
+            PathMap::parse("/azaion/models=/mnt/models/").unwrap(),
+        ];
+        assert_eq!(
+            map_path("/azaion/models/azaion-2026-03-28/train", &maps),
+            PathBuf::from("/mnt/models/azaion-2026-03-28/train")
+        );
+        assert_eq!(
+            map_path("/azaion/datasets/x", &maps),
+            PathBuf::from("/srv/azaion/datasets/x")
+        );
+        // Whole components only: /azaion2 is not under /azaion.
+        assert_eq!(map_path("/azaion2/x", &maps), PathBuf::from("/azaion2/x"));
+        assert_eq!(map_path("/other/run", &maps), PathBuf::from("/other/run"));
+        assert!(PathMap::parse("nonsense").is_err());
+        assert!(PathMap::parse("=/x").is_err());
+    }
+
+    #[test]
+    fn rows_are_read_as_they_are_appended_and_a_cut_row_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("results.csv");
+        let mut f = File::create(&p).unwrap();
+        write!(
+            f,
+            "                  epoch,          train/box_loss,  val/box_loss\n  1,  2.5, nan\n2,2.4,"
+        )
+        .unwrap();
+        let mut r = ResultsCsv::new(&p);
+        let got = r.poll().unwrap();
+        assert_eq!(
+            r.columns().unwrap(),
+            ["epoch", "train/box_loss", "val/box_loss"]
+        );
+        assert_eq!(
+            got.rows,
+            [CsvRow {
+                epoch: 1,
+                cells: vec!["1".into(), "2.5".into(), "nan".into()]
+            }]
+        );
+        // The rest of row 2 comes; nothing is read twice.
+        writeln!(f, "1.9").unwrap();
+        let got = r.poll().unwrap();
+        assert_eq!(got.rows.len(), 1);
+        assert_eq!(got.rows[0].cells, ["2", "2.4", "1.9"]);
+        assert_eq!(r.poll().unwrap(), Polled::default());
+        // A row with a cell too few is counted, not taken.
+        writeln!(f, "3,2.3").unwrap();
+        assert_eq!(r.poll().unwrap().bad_rows, 1);
+        // Rewritten shorter (a new training in the same folder): read again from the start.
+        std::fs::write(&p, "epoch,train/box_loss\n1,3.0\n").unwrap();
+        let got = r.poll().unwrap();
+        assert!(got.restarted);
+        assert_eq!(got.rows[0].cells, ["1", "3.0"]);
+    }
+}

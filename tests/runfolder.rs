@@ -1,0 +1,153 @@
+//! The run folder: a replayed training's `results.csv`, found through `--path-map`, completes
+//! its history (every column, full precision, the validation losses), and a NaN in it alerts
+//! as one on the console does.
+
+use crate::util::{Db, bin, fixture, fixture_str};
+
+/// A run folder for the fixture run `name` (printed as `/work/fx/runs/<name>`) under `root`,
+/// holding `csv` as its results.csv.
+fn run_folder(root: &std::path::Path, name: &str, csv: &str) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("weights")).unwrap();
+    std::fs::write(dir.join("results.csv"), csv).unwrap();
+}
+
+fn replay(db: &Db, log: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["replay", "--container", "yolo"];
+    args.extend_from_slice(extra);
+    let log = fixture_str(log);
+    args.push(&log);
+    let o = bin(&args, &db.path);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+#[test]
+fn results_csv_completes_the_history_with_every_column_as_written() {
+    let db = Db::new();
+    let root = db.dir.path().join("runs");
+    let csv = std::fs::read_to_string(fixture("ultralytics/normal.results.csv")).unwrap();
+    run_folder(&root, "normal", &csv);
+    let map = format!("/work/fx/runs={}", root.display());
+    replay(&db, "ultralytics/normal-json.log", &["--path-map", &map]);
+    // history --format csv is Ultralytics' own file, cell for cell.
+    let o = bin(&["history", "--run", "1", "--format", "csv"], &db.path);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), csv);
+    // The epochs take the csv's full precision where the console printed 4 digits.
+    let lines: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    let col = |name: &str| lines[0].iter().position(|c| *c == name).unwrap();
+    let row3 = &lines[3];
+    assert_eq!(row3[0], "3");
+    let box3: f64 = db
+        .conn()
+        .query_row(
+            "SELECT box_loss FROM training_epochs WHERE run_id = 1 AND epoch = 3",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(box3, row3[col("train/box_loss")].parse::<f64>().unwrap());
+    // Every column is queryable, the validation losses and learning rates included.
+    for name in ["val/box_loss", "lr/pg0", "metrics/mAP50-95(B)"] {
+        assert_eq!(
+            db.text(&format!(
+                "SELECT value FROM training_results WHERE run_id = 1 AND epoch = 3 AND name = '{name}'"
+            ))
+            .as_deref(),
+            Some(row3[col(name)]),
+            "{name}"
+        );
+    }
+    // A second replay adds nothing.
+    let before = db.count("SELECT count(*) FROM results_rows");
+    assert_eq!(before, lines.len() as i64 - 1);
+    replay(&db, "ultralytics/normal-json.log", &["--path-map", &map]);
+    assert_eq!(db.count("SELECT count(*) FROM results_rows"), before);
+}
+
+/// A clean console (finite losses every epoch) over a results.csv whose validation losses are
+/// NaN for two epochs, as a too-high learning rate writes them: each NaN is a
+/// `loss_non_finite` naming its column and epoch, the epochs are non-finite, and
+/// `TrainingLossNonFinite` is recorded.
+#[test]
+fn nan_validation_losses_in_results_csv_alert_under_a_clean_console() {
+    let db = Db::new();
+    let root = db.dir.path().join("runs");
+    let csv = std::fs::read_to_string(fixture("ultralytics/normal.results.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let nan_cols: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.starts_with("val/"))
+        .map(|(i, _)| i)
+        .collect();
+    let nan_csv: String = csv
+        .lines()
+        .map(|l| {
+            let mut cells: Vec<String> = l.split(',').map(str::to_string).collect();
+            if cells[0] == "3" || cells[0] == "4" {
+                for i in &nan_cols {
+                    cells[*i] = "nan".into();
+                }
+            }
+            cells.join(",") + "\n"
+        })
+        .collect();
+    run_folder(&root, "normal", &nan_csv);
+    let map = format!("/work/fx/runs={}", root.display());
+    replay(&db, "ultralytics/normal-json.log", &["--path-map", &map]);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'loss_non_finite'"),
+        2 * nan_cols.len() as i64
+    );
+    assert_eq!(
+        db.text(
+            "SELECT message FROM events WHERE kind = 'loss_non_finite' ORDER BY ts, stream LIMIT 1"
+        )
+        .unwrap(),
+        format!(
+            "val/box_loss is nan at epoch 3 in {}",
+            root.join("normal/results.csv").display()
+        )
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM training_epochs WHERE run_id = 1 AND non_finite = 1"),
+        2
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM alerts WHERE alertname = 'TrainingLossNonFinite'"),
+        1
+    );
+    let summary = db
+        .text("SELECT summary FROM alerts WHERE alertname = 'TrainingLossNonFinite'")
+        .unwrap();
+    assert!(summary.contains("at epoch 3 (in results.csv"), "{summary}");
+    // The console's own history is as it was without the folder (no NaN printed).
+    let plain = Db::new();
+    replay(&plain, "ultralytics/normal-json.log", &[]);
+    assert_eq!(
+        plain.count("SELECT count(*) FROM events WHERE kind = 'loss_non_finite'"),
+        0
+    );
+}
+
+/// A run folder that cannot be read is said (a counted skip naming it and how to map it) and
+/// the history from the log stays as it is.
+#[test]
+fn an_unreadable_run_folder_is_said_and_changes_nothing() {
+    let db = Db::new();
+    let o = replay(&db, "ultralytics/normal-json.log", &[]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("run_folder_unreadable"), "{text}");
+    assert!(text.contains("/work/fx/runs/normal"), "{text}");
+    assert!(text.contains("--path-map"), "{text}");
+    assert_eq!(db.count("SELECT count(*) FROM results_rows"), 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM training_epochs WHERE run_id = 1"),
+        10
+    );
+}
