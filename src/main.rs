@@ -31,6 +31,8 @@ enum Command {
     Watch(cli::watch::WatchArgs),
     /// Replay archived Docker json-file logs (rotated, .gz) and plain text logs into the store.
     Replay(cli::replay::ReplayArgs),
+    /// Import run folders with no log (results.csv, args.yaml): one training run per folder.
+    Import(cli::import::ImportArgs),
     /// Show training runs, or the epochs of one run (`--run ID`).
     History(cli::history::HistoryArgs),
     /// One line and an exit code for cron: 0 ok, 1 warning, 2 critical.
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Watch(a) => cli::watch::run(a, &cli.db, cli.config.as_deref()),
         Command::Replay(a) => cli::replay::run(a, &cli.db, cli.config.as_deref()),
+        Command::Import(a) => cli::import::run(a, &cli.db, cli.config.as_deref()),
         Command::History(a) => cli::history::run(a, &cli.db, cli.config.as_deref()),
         Command::Alerts(a) => cli::alerts::run(a, &cli.db, cli.config.as_deref()),
         Command::Status(a) => cli::status::run(a, &cli.db, cli.config.as_deref()),

@@ -20,6 +20,12 @@ fn replay_history_sql_prune() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out(&o).contains("skipped: none"));
+    // Its log is all there is: the run folder it names is on the training machine.
+    assert!(
+        out(&o).contains("run folders: 0 read (0 results.csv rows), 1 not readable\n  run folder /work/fx/runs/normal: /work/fx/runs/normal/results.csv (No such file or directory (os error 2)); map it with --path-map CONTAINER_PREFIX=LOCAL_PREFIX\n"),
+        "{}",
+        out(&o)
+    );
 
     let o = bin(&["history", "--format", "json"], &db.path);
     let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -142,12 +142,99 @@ fn an_unreadable_run_folder_is_said_and_changes_nothing() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(text.contains("run_folder_unreadable"), "{text}");
-    assert!(text.contains("/work/fx/runs/normal"), "{text}");
+    assert!(
+        text.contains("run folders: 0 read (0 results.csv rows), 1 not readable"),
+        "{text}"
+    );
+    assert!(text.contains("run folder /work/fx/runs/normal: "), "{text}");
     assert!(text.contains("--path-map"), "{text}");
+    assert!(text.contains("skipped: none"), "{text}");
     assert_eq!(db.count("SELECT count(*) FROM results_rows"), 0);
     assert_eq!(
         db.count("SELECT count(*) FROM training_epochs WHERE run_id = 1"),
         10
+    );
+}
+
+/// Run folders no log was kept of: `import` makes a run of each (status from its epochs and
+/// arguments), and importing again adds nothing; a folder a log already named is merged into
+/// that run.
+#[test]
+fn import_makes_runs_of_folders_without_logs_and_merges_named_ones() {
+    let db = Db::new();
+    let root = db.dir.path().join("models");
+    // The real early-stopped run (patience=3), its arguments as Ultralytics writes them.
+    let early = std::fs::read_to_string(fixture("ultralytics/earlystop.results.csv")).unwrap();
+    run_folder(&root, "azaion-2026-03-27", &early);
+    std::fs::write(
+        root.join("azaion-2026-03-27/args.yaml"),
+        "task: detect\nmode: train\nmodel: yolo11n.yaml\ndata: /azaion/data.yaml\nepochs: 40\npatience: 3\nbatch: 16\nsave_dir: /azaion/models/azaion-2026-03-27\nlr0: 0.01\n",
+    )
+    .unwrap();
+    // Written last in March: not a training still running.
+    let st = std::process::Command::new("touch")
+        .args(["-d", "2026-03-27 18:00:00"])
+        .arg(root.join("azaion-2026-03-27/results.csv"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The normal run, which its log names.
+    let normal = std::fs::read_to_string(fixture("ultralytics/normal.results.csv")).unwrap();
+    run_folder(&root, "normal", &normal);
+    replay(&db, "ultralytics/normal-json.log", &[]);
+    let map = format!("/work/fx/runs={}", root.display());
+    let import = |db: &Db| {
+        let o = bin(
+            &["import", "--path-map", &map, &root.to_string_lossy()],
+            &db.path,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let said = import(&db);
+    let rows = early.lines().count() - 1 + normal.lines().count() - 1;
+    assert_eq!(
+        said,
+        format!(
+            "imported 2 run folder(s): 1 new run(s), 1 merged into runs their logs gave, {rows} results.csv row(s)\n"
+        )
+    );
+    let runs: serde_json::Value =
+        serde_json::from_slice(&bin(&["history", "--format", "json"], &db.path).stdout).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let imported = runs.iter().find(|r| r["container"] == "import").unwrap();
+    assert_eq!(imported["status"], "early_stopped", "{imported}");
+    assert_eq!(
+        imported["epochs_done"].as_u64().unwrap() as usize,
+        early.lines().count() - 1
+    );
+    let id = imported["run_id"].as_i64().unwrap().to_string();
+    let o = bin(&["history", "--run", &id, "--format", "csv"], &db.path);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), early);
+    assert_eq!(
+        db.text(&format!(
+            "SELECT json_extract(params, '$.lr0') FROM runs WHERE run_id = {id}"
+        ))
+        .as_deref(),
+        Some("0.01")
+    );
+    // The log's run has its folder's csv now.
+    let o = bin(&["history", "--run", "1", "--format", "csv"], &db.path);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), normal);
+    // Again: nothing new.
+    let before = (
+        db.count("SELECT count(*) FROM runs"),
+        db.count("SELECT count(*) FROM results_rows"),
+        db.count("SELECT count(*) FROM epochs"),
+    );
+    import(&db);
+    assert_eq!(
+        (
+            db.count("SELECT count(*) FROM runs"),
+            db.count("SELECT count(*) FROM results_rows"),
+            db.count("SELECT count(*) FROM epochs"),
+        ),
+        before
     );
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod export;
 pub mod health;
 pub mod history;
+pub mod import;
 pub mod prune;
 pub mod render;
 pub mod replay;

@@ -85,6 +85,28 @@ pub fn run(args: ReplayArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
         let kinds: Vec<String> = s.by_kind.iter().map(|(k, n)| format!("{k}={n}")).collect();
         writeln!(out, "events by kind: {}", kinds.join(" "))?;
     }
+    let f = &s.folders;
+    if f.read > 0 || !f.unreadable.is_empty() {
+        writeln!(
+            out,
+            "run folders: {} read ({} results.csv rows{}), {} not readable",
+            f.read,
+            f.rows,
+            if f.bad_rows > 0 {
+                format!(", {} bad", f.bad_rows)
+            } else {
+                String::new()
+            },
+            f.unreadable.len()
+        )?;
+        for (printed, looked_at, why) in &f.unreadable {
+            writeln!(
+                out,
+                "  run folder {printed}: {} ({why}); map it with --path-map CONTAINER_PREFIX=LOCAL_PREFIX",
+                looked_at.display()
+            )?;
+        }
+    }
     if s.skips.total() > 0 {
         let r: Vec<String> = s
             .skips

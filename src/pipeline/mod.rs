@@ -2,9 +2,11 @@
 //! driver ([`ingest`]) takes the lines of both inputs: archived files ([`replay`](mod@replay)) and the
 //! Docker source's live streams ([`live`]).
 
+pub mod import;
 pub mod ingest;
 pub mod live;
 pub mod replay;
 
+pub use import::{ImportSummary, import};
 pub use ingest::{BATCH_OPS, Counts, Ingest};
-pub use replay::{ReplayError, Summary, replay, replay_with};
+pub use replay::{Folders, ReplayError, Summary, replay, replay_with};

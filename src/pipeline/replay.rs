@@ -50,17 +50,33 @@ pub struct Summary {
     pub skips: Skips,
     pub write: WriteStats,
     pub by_kind: BTreeMap<&'static str, u64>,
+    /// The run folders the logs named.
+    pub folders: Folders,
 }
 
-/// Reads the `results.csv` of a run's folder (found through `path_map`) into `ops`; a folder
-/// that cannot be read is a counted skip, said once.
+/// The run folders a replay looked for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Folders {
+    /// Folders whose results.csv was read, and its rows.
+    pub read: usize,
+    pub rows: usize,
+    /// Rows without their epoch or cells.
+    pub bad_rows: usize,
+    /// Folders that could not be read: the folder as printed, where it was looked for, why.
+    pub unreadable: Vec<(String, PathBuf, String)>,
+}
+
+/// Reads the `results.csv` of a run's folder (found through `path_map`) into `ops`. A folder
+/// that cannot be read is said (a warning, counted as the skip `run_folder_unreadable`) and
+/// changes nothing.
 fn read_run_folder(
     state: &mut ContainerState,
     folder: &RunFolder,
     path_map: &[PathMap],
     ops: &mut Vec<Op>,
-    skips: &mut Skips,
+    said: &mut Folders,
 ) {
+    use crate::telemetry::events::{InternalEvent, ParseSkipped};
     let dir = runfolder::map_path(&folder.save_dir, path_map);
     let path = dir.join("results.csv");
     let mut csv = runfolder::ResultsCsv::new(&path);
@@ -69,22 +85,27 @@ fn read_run_folder(
             let Some(columns) = csv.columns() else {
                 return;
             };
-            let columns: std::sync::Arc<[String]> = columns.into();
+            let columns: Arc<[String]> = columns.into();
             state.results_rows(folder, &path.to_string_lossy(), &columns, &polled.rows, ops);
+            said.read += 1;
+            said.rows += polled.rows.len();
             for _ in 0..polled.bad_rows {
-                skips.record("bad_results_row", &path, 0, "a results.csv row without its epoch or cells");
+                ParseSkipped("bad_results_row").emit();
             }
+            said.bad_rows += polled.bad_rows as usize;
         }
-        Err(e) => skips.record(
-            "run_folder_unreadable",
-            &path,
-            0,
-            &format!(
-                "run folder {} (printed as {}): {e}; map it with --path-map CONTAINER_PREFIX=LOCAL_PREFIX",
-                dir.display(),
-                folder.save_dir
-            ),
-        ),
+        Err(e) => {
+            ParseSkipped("run_folder_unreadable").emit();
+            tracing::warn!(
+                container = %state.container(),
+                save_dir = folder.save_dir,
+                looked_at = %path.display(),
+                error = %e,
+                "Cannot read a run folder's results.csv; map it with --path-map CONTAINER_PREFIX=LOCAL_PREFIX. The history from the log stays as it is."
+            );
+            said.unreadable
+                .push((folder.save_dir.clone(), path, e.to_string()));
+        }
     }
 }
 
@@ -222,7 +243,7 @@ pub fn replay_with(
                     // history before the archive's end resolves what was about its runs.
                     let folders = state.run_folders();
                     for folder in &folders {
-                        read_run_folder(state, folder, path_map, ops, &mut summary.skips);
+                        read_run_folder(state, folder, path_map, ops, &mut summary.folders);
                     }
                     ops.push(Op::Signal(i64::MIN, Signal::LogEnded { container }));
                 }

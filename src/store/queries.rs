@@ -101,6 +101,22 @@ pub fn resume_state(conn: &Connection, container: &Arc<str>) -> Result<Resume, S
     Ok(resume)
 }
 
+/// Every run with a run folder (`save_dir`), of any container.
+pub fn runs_with_save_dir(conn: &Connection) -> Result<Vec<RunRow>, StoreError> {
+    let q = StoreError::sql("list runs with a run folder");
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {RUN_COLUMNS}, container FROM runs WHERE save_dir IS NOT NULL ORDER BY run_id"
+        ))
+        .map_err(StoreError::sql("list runs with a run folder"))?;
+    stmt.query_map([], |r| {
+        let container: Arc<str> = Arc::from(r.get::<_, String>(15)?.as_str());
+        run_from_row(&container, r).map(|(_, row)| row)
+    })
+    .and_then(|it| it.collect())
+    .map_err(q)
+}
+
 /// The stored cursors of `container`: (stream, origin) -> last stored key.
 pub fn cursors(
     conn: &Connection,
