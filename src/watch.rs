@@ -224,6 +224,8 @@ impl Watch {
                 parser,
                 writer: sender,
                 db,
+                // Checked when the config was loaded.
+                path_map: Arc::new(cfg.runs.path_maps().unwrap_or_default()),
             };
             live::run(shared, followers).await;
         } else {

@@ -69,10 +69,9 @@ fn results_csv_completes_the_history_with_every_column_as_written() {
 /// NaN for two epochs, as a too-high learning rate writes them: each NaN is a
 /// `loss_non_finite` naming its column and epoch, the epochs are non-finite, and
 /// `TrainingLossNonFinite` is recorded.
-#[test]
-fn nan_validation_losses_in_results_csv_alert_under_a_clean_console() {
-    let db = Db::new();
-    let root = db.dir.path().join("runs");
+/// The normal run's real results.csv with the validation losses of epochs 3 and 4 made NaN,
+/// as a too-high learning rate writes them; and how many columns were made NaN per epoch.
+fn with_nan_validation() -> (String, usize) {
     let csv = std::fs::read_to_string(fixture("ultralytics/normal.results.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     let nan_cols: Vec<usize> = header
@@ -93,12 +92,20 @@ fn nan_validation_losses_in_results_csv_alert_under_a_clean_console() {
             cells.join(",") + "\n"
         })
         .collect();
+    (nan_csv, nan_cols.len())
+}
+
+#[test]
+fn nan_validation_losses_in_results_csv_alert_under_a_clean_console() {
+    let db = Db::new();
+    let root = db.dir.path().join("runs");
+    let (nan_csv, nan_cols) = with_nan_validation();
     run_folder(&root, "normal", &nan_csv);
     let map = format!("/work/fx/runs={}", root.display());
     replay(&db, "ultralytics/normal-json.log", &["--path-map", &map]);
     assert_eq!(
         db.count("SELECT count(*) FROM events WHERE kind = 'loss_non_finite'"),
-        2 * nan_cols.len() as i64
+        2 * nan_cols as i64
     );
     assert_eq!(
         db.text(
@@ -236,5 +243,80 @@ fn import_makes_runs_of_folders_without_logs_and_merges_named_ones() {
             db.count("SELECT count(*) FROM epochs"),
         ),
         before
+    );
+}
+
+/// `watch` follows a training container whose run folder is bind-mounted: it finds the folder
+/// through the container's mounts (no path map), reads its results.csv while the run runs, and
+/// pages the NaN validation losses the console never printed, then their end.
+#[test]
+fn watch_reads_the_run_folder_through_the_container_s_mount() {
+    use crate::alerts::Receiver;
+    use crate::docker::{Lab, capture_entries, docker_ready};
+    if !docker_ready() {
+        return;
+    }
+    let rx = Receiver::start(0, 0);
+    let mut lab = Lab::new(
+        "folder",
+        &format!(
+            "[[notify.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            rx.url
+        ),
+    );
+    lab.start_watch(&[]);
+    let runs = lab.db.dir.path().join("runs");
+    let (nan_csv, nan_cols) = with_nan_validation();
+    run_folder(&runs, "normal", &nan_csv);
+    let mount = format!("{}:/work/fx/runs:ro", runs.display());
+    let entries = capture_entries("ultralytics/normal-json.log");
+    let c = lab.play_then("train", &entries, 100_000, "exit 0", &["-v", &mount]);
+    lab.wait_exit(&c);
+    lab.wait_for(
+        "SELECT count(*) FROM training_runs WHERE status = 'completed'",
+        1,
+    );
+    lab.wait_for("SELECT count(*) FROM results_rows", 10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while rx.received().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}\n{}",
+            rx.received(),
+            lab.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    lab.stop_watch();
+    let pages: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["event"].as_str().unwrap(),
+                p["alert"]["alertname"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        pages,
+        [
+            "firing TrainingLossNonFinite",
+            "resolved TrainingLossNonFinite"
+        ]
+    );
+    let o = bin(&["history", "--run", "1", "--format", "csv"], &lab.db.path);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), nan_csv);
+    assert_eq!(
+        lab.db
+            .count("SELECT count(*) FROM training_epochs WHERE non_finite = 1"),
+        2
+    );
+    assert_eq!(
+        lab.db.count(
+            "SELECT count(*) FROM events WHERE kind = 'loss_non_finite' AND stream = 'run_folder'"
+        ),
+        2 * nan_cols as i64
     );
 }

@@ -218,6 +218,7 @@ pub fn import(
             &path.to_string_lossy(),
             &columns,
             &polled.rows,
+            false,
             &mut ops,
         );
         writer.send(ops)?;

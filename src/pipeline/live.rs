@@ -25,8 +25,10 @@ use crate::source::docker::{
     self, Backoff, ContainerInfo, Exited, Shared, precise_since, split_timestamp,
 };
 use crate::source::partial::Merger;
+use crate::source::runfolder::PathMap;
 use crate::telemetry::events::{InternalEvent, LinesRead};
 
+use super::folders::{FolderTail, folder_mapping};
 use super::ingest::Ingest;
 
 /// What the followers need besides the Docker source: the parser, the store writer, and the
@@ -36,6 +38,8 @@ pub struct Live {
     pub parser: Arc<Parser>,
     pub writer: WriterSender,
     pub db: std::path::PathBuf,
+    /// `[runs] path_map`: where run folders are here, before the containers' mounts.
+    pub path_map: Arc<Vec<PathMap>>,
 }
 
 /// Discovery and events (the Docker source), with a follower per selected container, until
@@ -318,6 +322,25 @@ async fn read_to_the_end(
     send(f, writer).await;
 }
 
+/// A container removed while followed: its log went with it (`docker run --rm`, `docker rm`),
+/// so what was read is all there will be, and what is still open (a traceback's group, a line
+/// without its end) is let out now. A read that failed (rather than ended) was cut off by the
+/// removal: that is said.
+async fn let_go_removed(
+    f: &mut Ingest<'_>,
+    merger: &mut Merger,
+    failed: Option<DockerError>,
+    role: &str,
+    writer: &WriterSender,
+) {
+    let container = f.container().clone();
+    if let Some(e) = &failed {
+        removed_before_read(f, &container, e);
+    }
+    read_to_the_end(f, merger, None, role, writer).await;
+    tracing::info!(container = %container, "Container removed; no longer following it.");
+}
+
 /// A `log_lost` for a container removed (its log with it) before its log was read to the end.
 fn removed_before_read(f: &mut Ingest<'_>, container: &str, e: &DockerError) {
     let message = if f.read_any() {
@@ -366,6 +389,7 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
     // How it stopped, as the inspect that found it stopped tells.
     let mut exited: Option<Exited> = None;
     let mut silence = Silence::new(shared, &container, role);
+    let mut folders = FolderTail::new(folder_mapping(shared, info, &live.path_map).await);
     loop {
         // Lines at the cursor's instant are re-delivered and dropped by key.
         f.restart();
@@ -396,6 +420,7 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
                 _ = ticker.tick() => {
                     // Let a traceback at the quiet end of a stream out after a while.
                     f.flush_older_than(crate::time::now_ns() - crate::assemble::multiline::MAX_HOLD_NS);
+                    folders.poll(&mut f);
                     if !send(&mut f, &live.writer).await {
                         return;
                     }
@@ -431,16 +456,7 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
         }
         send(&mut f, &live.writer).await;
         let Some(running) = still_running(shared, info, &mut exited).await else {
-            // Its log went with it (`docker run --rm`, `docker rm`): what was read is all there
-            // will be, so what is still open (a traceback's group, a line without its end) is
-            // let out now. A read that failed (rather than ended) was cut off by the removal:
-            // that is said.
-            if let Err(e) = &ended {
-                removed_before_read(&mut f, &container, e);
-            }
-            read_to_the_end(&mut f, &mut merger, None, role, &live.writer).await;
-            tracing::info!(container = %container, "Container removed; no longer following it.");
-            return;
+            return let_go_removed(&mut f, &mut merger, ended.err(), role, &live.writer).await;
         };
         if !running && ended.is_ok() {
             // Pieces of a line not yet whole are re-delivered by the drain (which starts with a

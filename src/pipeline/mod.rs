@@ -2,6 +2,7 @@
 //! driver ([`ingest`]) takes the lines of both inputs: archived files ([`replay`](mod@replay)) and the
 //! Docker source's live streams ([`live`]).
 
+mod folders;
 pub mod import;
 pub mod ingest;
 pub mod live;

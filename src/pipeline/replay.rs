@@ -86,7 +86,8 @@ fn read_run_folder(
                 return;
             };
             let columns: Arc<[String]> = columns.into();
-            state.results_rows(folder, &path.to_string_lossy(), &columns, &polled.rows, ops);
+            let file = path.to_string_lossy();
+            state.results_rows(folder, &file, &columns, &polled.rows, false, ops);
             said.read += 1;
             said.rows += polled.rows.len();
             for _ in 0..polled.bad_rows {

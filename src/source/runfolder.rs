@@ -53,6 +53,68 @@ pub fn map_path(path: &str, maps: &[PathMap]) -> PathBuf {
     }
 }
 
+/// The rest of `path` under `prefix` (whole components only), if it is under it.
+fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let prefix = prefix.trim_end_matches('/');
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/') || prefix.is_empty()).then_some(rest)
+}
+
+/// `path` moved from under `from` to under `to`, by the longest `from` it is under.
+fn through(path: &str, pairs: &[(String, String)]) -> Option<PathBuf> {
+    let (to, rest) = pairs
+        .iter()
+        .filter_map(|(from, to)| Some((from.len(), to, under(path, from)?)))
+        .max_by_key(|(len, _, _)| *len)
+        .map(|(_, to, rest)| (to, rest))?;
+    Some(Path::new(to).join(rest.trim_start_matches('/')))
+}
+
+/// Where the paths a container prints are on this machine: through its mounts (the longest
+/// matching destination wins) to the host, and when trainwatch itself runs in a container,
+/// through trainwatch's own mounts to here. `[runs] path_map` comes first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mapping {
+    /// The container's working directory: a relative `save_dir` is under it.
+    pub workdir: Option<String>,
+    /// The container's mounts: (destination inside it, source on the host).
+    pub mounts: Vec<(String, String)>,
+    /// trainwatch's own mounts when it runs in a container: (source on the host, destination
+    /// inside trainwatch's container).
+    pub own: Option<Vec<(String, String)>>,
+    pub maps: Vec<PathMap>,
+}
+
+impl Mapping {
+    /// Where `save_dir` (as the container printed it) is here, or why it cannot be reached.
+    pub fn local(&self, save_dir: &str) -> Result<PathBuf, String> {
+        let printed = save_dir.trim().trim_matches(['\'', '"']);
+        let path = if printed.starts_with('/') {
+            printed.to_string()
+        } else {
+            match &self.workdir {
+                Some(w) if !w.is_empty() => format!("{}/{printed}", w.trim_end_matches('/')),
+                _ => format!("/{printed}"),
+            }
+        };
+        if self.maps.iter().any(|m| under(&path, &m.from).is_some()) {
+            return Ok(map_path(&path, &self.maps));
+        }
+        let host = through(&path, &self.mounts).ok_or_else(|| {
+            format!("{path} is inside the container, on none of its mounts (bind-mount the run folder, or map it with [runs] path_map)")
+        })?;
+        match &self.own {
+            None => Ok(host),
+            Some(own) => {
+                let host = host.to_string_lossy();
+                through(&host, own).ok_or_else(|| {
+                    format!("{host} on the host is not mounted into trainwatch's container")
+                })
+            }
+        }
+    }
+}
+
 /// One row of `results.csv`: its epoch (the `epoch` column) and every cell as written (trimmed:
 /// Ultralytics 8.0 pads its header and cells with spaces).
 #[derive(Clone, Debug, PartialEq)]
@@ -184,6 +246,54 @@ mod tests {
         assert_eq!(map_path("/other/run", &maps), PathBuf::from("/other/run"));
         assert!(PathMap::parse("nonsense").is_err());
         assert!(PathMap::parse("=/x").is_err());
+    }
+
+    #[test]
+    fn a_run_folder_is_found_through_the_container_s_mounts_and_trainwatch_s_own() {
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        let mut m = Mapping {
+            workdir: Some("/usr/src/app".into()),
+            mounts: vec![
+                pair("/azaion", "/srv/azaion"),
+                pair("/azaion/models", "/data/models"),
+                pair("/usr/src/app/runs", "/home/ci/runs"),
+            ],
+            own: None,
+            maps: vec![],
+        };
+        assert_eq!(
+            m.local("/azaion/models/azaion-2026-03-28/train"),
+            Ok(PathBuf::from("/data/models/azaion-2026-03-28/train"))
+        );
+        // Relative to the working directory.
+        assert_eq!(
+            m.local("runs/detect/train"),
+            Ok(PathBuf::from("/home/ci/runs/detect/train"))
+        );
+        assert!(
+            m.local("/tmp/run")
+                .unwrap_err()
+                .contains("none of its mounts")
+        );
+        // trainwatch in its own container, /srv/azaion mounted read-only at /azaion.
+        m.own = Some(vec![pair("/srv/azaion", "/azaion"), pair("/", "/host")]);
+        assert_eq!(
+            m.local("/azaion/datasets/x"),
+            Ok(PathBuf::from("/azaion/datasets/x"))
+        );
+        assert_eq!(
+            m.local("/azaion/models/x"),
+            Ok(PathBuf::from("/host/data/models/x"))
+        );
+        m.own = Some(vec![pair("/srv/azaion", "/azaion")]);
+        assert!(
+            m.local("/azaion/models/x")
+                .unwrap_err()
+                .contains("not mounted into trainwatch's container")
+        );
+        // An explicit map comes first.
+        m.maps = vec![PathMap::parse("/azaion/models=/mnt/m").unwrap()];
+        assert_eq!(m.local("/azaion/models/x"), Ok(PathBuf::from("/mnt/m/x")));
     }
 
     #[test]

@@ -113,6 +113,9 @@ const UPSERT_RUN: &str =
 
 // ?16 says whether this row carries the loss columns (a training row); validation rows leave
 // them as they are. A re-run epoch (resume, NaN recovery) overwrites with its latest values.
+// ?19 says whether the row may change the values: the run folder's results.csv wins over the
+// console's rounded values whichever comes first, so once an epoch has a results.csv row,
+// console rows change none of the values it gave.
 const UPSERT_EPOCH: &str =
     "INSERT INTO epochs (run_id, epoch, epochs_total, ended_at, box_loss, cls_loss, dfl_loss,
         loss, losses, non_finite, precision, recall, map50, map50_95, gpu_mem_gb, metrics,
@@ -122,19 +125,22 @@ const UPSERT_EPOCH: &str =
      ON CONFLICT (run_id, epoch) DO UPDATE SET
         epochs_total = COALESCE(excluded.epochs_total, epochs_total),
         ended_at = max(excluded.ended_at, ended_at),
-        box_loss = CASE WHEN ?16 THEN excluded.box_loss ELSE box_loss END,
-        cls_loss = CASE WHEN ?16 THEN excluded.cls_loss ELSE cls_loss END,
-        dfl_loss = CASE WHEN ?16 THEN excluded.dfl_loss ELSE dfl_loss END,
-        losses = CASE WHEN ?16 THEN excluded.losses ELSE losses END,
-        loss = CASE WHEN ?16 THEN excluded.loss ELSE COALESCE(excluded.loss, loss) END,
-        non_finite = COALESCE(?10, non_finite),
-        precision = COALESCE(excluded.precision, precision),
-        recall = COALESCE(excluded.recall, recall),
-        map50 = COALESCE(excluded.map50, map50),
-        map50_95 = COALESCE(excluded.map50_95, map50_95),
+        box_loss = CASE WHEN ?16 AND ?19 THEN excluded.box_loss ELSE box_loss END,
+        cls_loss = CASE WHEN ?16 AND ?19 THEN excluded.cls_loss ELSE cls_loss END,
+        dfl_loss = CASE WHEN ?16 AND ?19 THEN excluded.dfl_loss ELSE dfl_loss END,
+        losses = CASE WHEN ?16 AND ?19 THEN excluded.losses ELSE losses END,
+        loss = CASE WHEN NOT ?19 THEN loss WHEN ?16 THEN excluded.loss
+            ELSE COALESCE(excluded.loss, loss) END,
+        non_finite = CASE WHEN ?19 THEN COALESCE(?10, non_finite) ELSE non_finite END,
+        precision = CASE WHEN ?19 THEN COALESCE(excluded.precision, precision) ELSE precision END,
+        recall = CASE WHEN ?19 THEN COALESCE(excluded.recall, recall) ELSE recall END,
+        map50 = CASE WHEN ?19 THEN COALESCE(excluded.map50, map50) ELSE map50 END,
+        map50_95 = CASE WHEN ?19 THEN COALESCE(excluded.map50_95, map50_95) ELSE map50_95 END,
         gpu_mem_gb = COALESCE(excluded.gpu_mem_gb, gpu_mem_gb),
         metrics = COALESCE(excluded.metrics, metrics),
         train_time_s = COALESCE(excluded.train_time_s, train_time_s)";
+
+const CSV_GAVE: &str = "SELECT 1 FROM results_rows WHERE run_id = ?1 AND epoch = ?2";
 
 // A results.csv row as written (a resumed or re-read row replaces it), and the header it is
 // read by (migration 0013).
@@ -609,6 +615,11 @@ fn upsert_epoch(
                 .or(e.non_finite),
         ),
     };
+    // Whether the epoch's values came from its run folder's results.csv.
+    let csv_gave: bool = tx
+        .prepare_cached(CSV_GAVE)
+        .and_then(|mut s| s.exists(params![run_id, e.epoch]))
+        .map_err(StoreError::sql("look for a results.csv row"))?;
     tx.prepare_cached(UPSERT_EPOCH)
         .and_then(|mut s| {
             s.execute(params![
@@ -629,7 +640,9 @@ fn upsert_epoch(
                 e.gpu_mem_gb,
                 e.losses.is_some(),
                 e.metrics,
-                e.train_time_s
+                e.train_time_s,
+                // ?19: a results.csv row, or an epoch no results.csv row gave.
+                e.non_finite.is_some() || !csv_gave
             ])
         })
         .map_err(StoreError::sql("upsert epoch"))?;

@@ -2,7 +2,7 @@
 //! `TrainingLossDiverging`, `TrainingStalled`, `TrainingContainerDied`. What they know of each container's run (its
 //! losses, its pace, when it ended) is kept here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,11 @@ pub(super) struct State {
     /// the folder training again in another container resolves them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     failed_dirs: BTreeMap<String, Arc<str>>,
+    /// Containers whose run folder's results.csv last said NaN/inf (a validation loss the
+    /// console does not print): only a finite row of it resolves `TrainingLossNonFinite`, not
+    /// the console's next epoch, which comes first.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    csv_non_finite: BTreeSet<Arc<str>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -135,6 +140,11 @@ impl State {
         let cs: &str = &c;
         // Any training epoch shows the GPU has memory again.
         cx.resolve_named(AlertName::GpuOutOfMemory, cs, e.ended_at);
+        if e.non_finite == Some(true) {
+            self.csv_non_finite.insert(c.clone());
+        } else if e.non_finite == Some(false) {
+            self.csv_non_finite.remove(cs);
+        }
         if !total.is_finite() || e.non_finite == Some(true) {
             let l = labels(AlertName::TrainingLossNonFinite, &[("container", cs)]);
             let summary = if total.is_finite() {
@@ -152,7 +162,9 @@ impl State {
             cx.fire_now(name, l, summary, e.ended_at, Some(key.clone()));
             return;
         }
-        cx.resolve_named(AlertName::TrainingLossNonFinite, cs, e.ended_at);
+        if !self.csv_non_finite.contains(cs) {
+            cx.resolve_named(AlertName::TrainingLossNonFinite, cs, e.ended_at);
+        }
         let rules = cx.rules;
         let d = &rules.diverging;
         let track = self.losses.entry(c.clone()).or_default();
@@ -211,6 +223,7 @@ impl State {
                 // A resumed run's row carries its first start: the time is the container's.
                 let at = ts.max(cx.now(Some(c)));
                 resolve_run_alerts(cx, c, at);
+                self.csv_non_finite.remove(c);
             }
             // The same run folder trains again, in another container.
             if let Some(dir) = &r.save_dir {
@@ -265,6 +278,7 @@ impl State {
         self.run_ended.remove(container);
         self.pace.remove(container);
         self.failed_dirs.retain(|_, c| &**c != container);
+        self.csv_non_finite.remove(container);
     }
 
     /// An archived log ended (`replay`): whether the run goes on is no longer known, and

@@ -71,16 +71,47 @@ impl ContainerState {
         out
     }
 
+    /// The running run's folder, if it printed one.
+    pub fn running_folder(&self) -> Option<RunFolder> {
+        let run = self.run.as_ref().filter(|r| r.is_running())?;
+        Some(RunFolder {
+            key: run.row.key.clone(),
+            save_dir: run.row.save_dir.clone()?,
+            train_start: run.train_start.unwrap_or(run.row.started_at),
+        })
+    }
+
     /// Merges rows of the run folder's `results.csv` (`file`, with its header `columns`) into
-    /// the epochs of `run`.
+    /// the epochs of `run`. For the container's latest run, rows up to the last one merged are
+    /// passed over (a restarted `watch` reads the file from its start) unless the file was
+    /// `restarted` (rewritten).
     pub fn results_rows(
         &mut self,
         run: &RunFolder,
         file: &str,
         columns: &Arc<[String]>,
         rows: &[CsvRow],
+        restarted: bool,
         out: &mut Vec<Op>,
     ) {
+        let latest = self.run.as_mut().filter(|r| r.row.key == run.key);
+        let done = match latest {
+            Some(r) => {
+                if restarted {
+                    r.csv_epoch = None;
+                }
+                let done = r.csv_epoch;
+                if let Some(last) = rows.iter().map(|r| r.epoch).max() {
+                    r.csv_epoch = Some(r.csv_epoch.map_or(last, |e| e.max(last)));
+                }
+                done
+            }
+            None => None,
+        };
+        let rows: Vec<&CsvRow> = rows
+            .iter()
+            .filter(|r| done.is_none_or(|d| r.epoch > d))
+            .collect();
         let at = |names: &[&str]| columns.iter().position(|c| names.contains(&c.as_str()));
         let time = at(&["time"]);
         let (precision, recall, map50, map50_95) =
@@ -118,7 +149,9 @@ impl ContainerState {
                     map50: cell(map50),
                     map50_95: cell(map50_95),
                     train_time_s,
-                    non_finite: (!non_finite.is_empty()).then_some(true),
+                    // Some: a row of results.csv (finite or not), which the alert rules
+                    // weigh above the console's.
+                    non_finite: Some(!non_finite.is_empty()),
                     ..EpochRow::default()
                 },
             ));

@@ -571,6 +571,7 @@ impl ContainerState {
             train_start: None,
             nan_epoch: None,
             last_error: None,
+            csv_epoch: None,
         });
     }
 
@@ -603,6 +604,7 @@ impl ContainerState {
                 train_start: None,
                 nan_epoch: None,
                 last_error: None,
+                csv_epoch: None,
             });
         }
         let run = self.run.as_mut().expect("run set above");

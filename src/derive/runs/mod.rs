@@ -155,6 +155,10 @@ struct Run {
     /// service that logs its failure and exits 0 failed.
     #[serde(default)]
     last_error: Option<String>,
+    /// The last epoch of its run folder's results.csv merged: a restarted `watch` reading the
+    /// file again from the start takes only the rows after it.
+    #[serde(default)]
+    csv_epoch: Option<u32>,
 }
 
 impl Run {
@@ -241,6 +245,7 @@ impl ContainerState {
                 train_start: None,
                 nan_epoch: None,
                 last_error: None,
+                csv_epoch: None,
             });
         }
         for (name, v) in resume.counters {

@@ -177,15 +177,20 @@ impl DockerConfig {
 
 /// Whether `id` is the container trainwatch itself runs in.
 fn is_self(id: &str) -> bool {
+    own_id().is_some_and(|own| id.starts_with(own))
+}
+
+/// The id (or its short form) of the container trainwatch runs in, if it runs in one.
+pub fn own_id() -> Option<&'static str> {
     static SELF: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let own = SELF.get_or_init(|| {
+    SELF.get_or_init(|| {
         std::fs::read_to_string("/proc/self/mountinfo")
             .ok()
             .and_then(|m| own_container_id(&m))
             // A container's default hostname is its short id (a compose `hostname:` changes it).
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| h.len() >= 12))
-    });
-    own.as_deref().is_some_and(|own| id.starts_with(own))
+    })
+    .as_deref()
 }
 
 /// The container id in the mount table of a process inside a Docker container: the daemon

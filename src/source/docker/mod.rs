@@ -30,7 +30,7 @@ mod discovery;
 pub mod stats;
 
 pub use crate::backoff::Backoff;
-pub use config::{ContainerInfo, DockerConfig, Selector, own_container_id};
+pub use config::{ContainerInfo, DockerConfig, Selector, own_container_id, own_id};
 pub use daemon::{Outage, connect};
 pub use discovery::run;
 

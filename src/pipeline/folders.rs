@@ -1,0 +1,154 @@
+//! The run folder of a followed container's running training: found through the container's
+//! mounts (and trainwatch's own, when it runs in a container), its `results.csv` read as it
+//! grows and merged into the run ([`crate::derive::ContainerState::results_rows`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::query_parameters::InspectContainerOptions;
+
+use crate::derive::{ContainerState, Op, RunFolder};
+use crate::source::docker::{ContainerInfo, Shared};
+use crate::source::runfolder::{Mapping, PathMap, ResultsCsv};
+use crate::telemetry::events::{InternalEvent, ParseSkipped};
+
+use super::ingest::Ingest;
+
+/// How often a running run's results.csv is looked at.
+const FOLDER_POLL: Duration = Duration::from_secs(2);
+
+/// Where a container's paths are here: its mounts and working directory (one inspect), and
+/// trainwatch's own mounts when it runs in a container.
+pub(super) async fn folder_mapping(
+    shared: &Shared,
+    info: &ContainerInfo,
+    maps: &[PathMap],
+) -> Mapping {
+    let mounts = |i: &bollard::models::ContainerInspectResponse| -> Vec<(String, String)> {
+        i.mounts
+            .iter()
+            .flatten()
+            .filter_map(|m| Some((m.destination.clone()?, m.source.clone()?)))
+            .collect()
+    };
+    let mut mapping = Mapping {
+        maps: maps.to_vec(),
+        ..Mapping::default()
+    };
+    if let Ok(i) = shared
+        .docker
+        .inspect_container(&info.id, None::<InspectContainerOptions>)
+        .await
+    {
+        mapping.workdir = i.config.as_ref().and_then(|c| c.working_dir.clone());
+        mapping.mounts = mounts(&i);
+    }
+    if let Some(own) = crate::source::docker::own_id()
+        && let Ok(i) = shared
+            .docker
+            .inspect_container(own, None::<InspectContainerOptions>)
+            .await
+    {
+        // (source on the host, destination here)
+        mapping.own = Some(mounts(&i).into_iter().map(|(d, s)| (s, d)).collect());
+    }
+    mapping
+}
+
+/// The running run's results.csv, read as it grows ([`crate::derive::runs`] merges it).
+pub(super) struct FolderTail {
+    mapping: Mapping,
+    tail: Option<(RunFolder, ResultsCsv)>,
+    /// Folders already said to be unreadable (said once).
+    said: std::collections::HashSet<String>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl FolderTail {
+    pub(super) fn new(mapping: Mapping) -> Self {
+        FolderTail {
+            mapping,
+            tail: None,
+            said: Default::default(),
+            last: None,
+        }
+    }
+
+    /// Reads what the running run's results.csv gained (at most every [`FOLDER_POLL`]); the
+    /// run that just ended gets a last read.
+    pub(super) fn poll(&mut self, f: &mut Ingest<'_>) {
+        if self.last.is_some_and(|t| t.elapsed() < FOLDER_POLL) {
+            return;
+        }
+        self.last = Some(tokio::time::Instant::now());
+        let (state, ops) = f.state_and_ops();
+        let running = state.running_folder();
+        if let Some((folder, csv)) = &mut self.tail {
+            let same = running.as_ref().is_some_and(|r| r.key == folder.key);
+            read_csv(state, folder, csv, ops, &mut self.said);
+            if same {
+                return;
+            }
+            self.tail = None;
+        }
+        let Some(folder) = running else {
+            return;
+        };
+        match self.mapping.local(&folder.save_dir) {
+            Ok(dir) => {
+                let mut csv = ResultsCsv::new(dir.join("results.csv"));
+                read_csv(state, &folder, &mut csv, ops, &mut self.said);
+                self.tail = Some((folder, csv));
+            }
+            Err(why) => say_unreadable(state.container(), &folder.save_dir, &why, &mut self.said),
+        }
+    }
+}
+
+/// Merges what `csv` gained; a file not written yet (no epoch ended) is waited for.
+fn read_csv(
+    state: &mut ContainerState,
+    folder: &RunFolder,
+    csv: &mut ResultsCsv,
+    ops: &mut Vec<Op>,
+    said: &mut std::collections::HashSet<String>,
+) {
+    match csv.poll() {
+        Ok(polled) => {
+            let Some(columns) = csv.columns() else {
+                return;
+            };
+            let columns: Arc<[String]> = columns.into();
+            let file = csv.path().to_string_lossy().into_owned();
+            state.results_rows(folder, &file, &columns, &polled.rows, polled.restarted, ops);
+            for _ in 0..polled.bad_rows {
+                ParseSkipped("bad_results_row").emit();
+            }
+        }
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && csv.path().parent().is_some_and(std::path::Path::is_dir) => {}
+        Err(e) => {
+            let why = format!("{}: {e}", csv.path().display());
+            say_unreadable(state.container(), &folder.save_dir, &why, said);
+        }
+    }
+}
+
+/// A run folder that cannot be read, said once: a warning and the skip `run_folder_unreadable`.
+fn say_unreadable(
+    container: &str,
+    save_dir: &str,
+    why: &str,
+    said: &mut std::collections::HashSet<String>,
+) {
+    if said.insert(save_dir.to_string()) {
+        ParseSkipped("run_folder_unreadable").emit();
+        tracing::warn!(
+            container,
+            save_dir,
+            why,
+            "Cannot read the run folder; the history from the log stays as it is."
+        );
+    }
+}
