@@ -1,9 +1,10 @@
 //! Who holds the listener's connections: at most `max` at once and `per_peer` from one
 //! address. A new connection that finds no room takes the place of the oldest idle one
-//! (connected with no request in flight: a client that sends nothing, one that sends its
-//! headers a byte at a time, a keep-alive between two scrapes) of the peer holding the most,
-//! so neither thousands of idle sockets nor slow clients can keep `/healthz` and `/metrics`
-//! out: a probe's connection sends its request at once and is answered. Only when every
+//! (connected with no request in flight) of the peer holding the most: first one that never
+//! sent a whole request (a client that sends nothing, or its headers a byte at a time), then a
+//! keep-alive between two requests. So neither thousands of idle sockets nor slow clients can
+//! keep `/healthz` and `/metrics` out: a probe's connection sends its request at once and is
+//! answered, and a scraper's kept-alive connection outlives the idle ones. Only when every
 //! connection has a request in flight is a new one refused.
 
 use std::future::Future;
@@ -38,6 +39,21 @@ struct Entry {
     busy: Arc<AtomicUsize>,
     evict: CancellationToken,
 }
+
+impl Entry {
+    fn idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) & IN_FLIGHT_MASK == 0
+    }
+
+    /// Whether a whole request came on it.
+    fn served(&self) -> bool {
+        self.busy.load(Ordering::Acquire) & SERVED != 0
+    }
+}
+
+/// The high bit of a connection's count: it has had a request.
+const SERVED: usize = 1 << (usize::BITS - 1);
+const IN_FLIGHT_MASK: usize = SERVED - 1;
 
 /// Why a connection was not taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,19 +142,20 @@ impl Conns {
     }
 }
 
-/// The index of the oldest connection with no request in flight among those `of` picks.
+/// The index of the oldest connection with no request in flight among those `of` picks, one
+/// that never had a request first.
 fn oldest_idle(list: &[Entry], of: impl Fn(&Entry) -> bool) -> Option<usize> {
     list.iter()
         .enumerate()
-        .filter(|(_, e)| of(e) && e.busy.load(Ordering::Acquire) == 0)
-        .min_by_key(|(_, e)| e.since)
+        .filter(|(_, e)| of(e) && e.idle())
+        .min_by_key(|(_, e)| (e.served(), e.since))
         .map(|(i, _)| i)
 }
 
 /// The oldest idle connection of the peer holding the most idle ones.
 fn busiest_peers_oldest_idle(list: &[Entry]) -> Option<usize> {
     let mut counts: Vec<(IpAddr, usize)> = Vec::new();
-    for e in list.iter().filter(|e| e.busy.load(Ordering::Acquire) == 0) {
+    for e in list.iter().filter(|e| e.idle()) {
         match counts.iter_mut().find(|(p, _)| *p == e.peer) {
             Some(c) => c.1 += 1,
             None => counts.push((e.peer, 1)),
@@ -175,6 +192,7 @@ where
 
     fn call(&self, req: R) -> Self::Future {
         self.busy.fetch_add(1, Ordering::AcqRel);
+        self.busy.fetch_or(SERVED, Ordering::AcqRel);
         let in_flight = InFlight(self.busy.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -220,6 +238,21 @@ mod tests {
         // A dropped slot frees its place.
         drop(b1);
         assert_eq!(conns.len(), 3);
+    }
+
+    #[test]
+    fn a_connection_that_was_served_outlives_one_that_never_sent_a_request() {
+        let conns = Conns::new(3, 3);
+        let a = ip("10.0.0.1");
+        let scraper = conns.admit(a).unwrap();
+        // It had a request (now answered): a keep-alive between two scrapes.
+        scraper.busy.fetch_or(SERVED, Ordering::AcqRel);
+        let idle1 = conns.admit(a).unwrap();
+        let idle2 = conns.admit(a).unwrap();
+        let _idle3 = conns.admit(a).unwrap();
+        assert!(idle1.evict.is_cancelled() && !scraper.evict.is_cancelled());
+        let _idle4 = conns.admit(a).unwrap();
+        assert!(idle2.evict.is_cancelled() && !scraper.evict.is_cancelled());
     }
 
     #[test]
