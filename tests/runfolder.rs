@@ -320,3 +320,75 @@ fn watch_reads_the_run_folder_through_the_container_s_mount() {
         2 * nan_cols as i64
     );
 }
+
+/// A training whose `weights/last.pt` is rewritten after its first three epochs and then no
+/// more while its epochs go on: each settled write is a `checkpoint_saved` (file, epoch, size),
+/// and two epochs without a rewrite are one `checkpoint_save_failed`, which fires
+/// `CheckpointSaveFailed`.
+#[test]
+fn watch_sees_checkpoints_settle_and_last_pt_stop_being_rewritten() {
+    use crate::docker::{Lab, capture_entries, docker_ready};
+    if !docker_ready() {
+        return;
+    }
+    let mut lab = Lab::new("ckpt", "");
+    lab.start_watch(&[]);
+    let runs = lab.db.dir.path().join("runs");
+    let weights = runs.join("normal/weights");
+    std::fs::create_dir_all(&weights).unwrap();
+    let mount = format!("{}:/work/fx/runs:ro", runs.display());
+    let entries = capture_entries("ultralytics/normal-json.log");
+    let c = lab.play_then("train", &entries, 150_000, "exit 0", &["-v", &mount]);
+    // As Ultralytics does after each epoch's validation: last.pt rewritten in place (truncated,
+    // then written), for epochs 1 to 3 only.
+    let validated = "SELECT count(*) FROM training_epochs WHERE map50 IS NOT NULL";
+    let mut written = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while written < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", lab.log_text());
+        let done = lab.db.count(validated);
+        if done > written {
+            written = done;
+            let last = weights.join("last.pt");
+            std::fs::write(&last, b"").unwrap();
+            std::fs::write(&last, vec![1u8; 5_300_000]).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    lab.wait_exit(&c);
+    lab.wait_for(
+        "SELECT count(*) FROM training_runs WHERE status = 'completed'",
+        1,
+    );
+    lab.stop_watch();
+    let saved = lab
+        .db
+        .text("SELECT message FROM events WHERE kind = 'checkpoint_saved' AND stream = 'run_folder' ORDER BY ts LIMIT 1")
+        .unwrap_or_default();
+    assert!(
+        saved.starts_with("last.pt, epoch ") && saved.ends_with(", 5.3 MB"),
+        "{saved}\n{}",
+        lab.log_text()
+    );
+    assert_eq!(
+        lab.db.count(
+            "SELECT count(*) FROM events WHERE kind = 'checkpoint_save_failed' AND stream = 'run_folder'"
+        ),
+        1,
+        "{}",
+        crate::util::dump_all(&lab.db)
+    );
+    let failed = lab
+        .db
+        .text("SELECT message FROM events WHERE kind = 'checkpoint_save_failed'")
+        .unwrap();
+    assert!(
+        failed.starts_with("weights/last.pt was not rewritten after epoch "),
+        "{failed}"
+    );
+    assert_eq!(
+        lab.db
+            .count("SELECT count(*) FROM alerts WHERE alertname = 'CheckpointSaveFailed'"),
+        1
+    );
+}

@@ -9,7 +9,7 @@ use bollard::query_parameters::InspectContainerOptions;
 
 use crate::derive::{ContainerState, Op, RunFolder};
 use crate::source::docker::{ContainerInfo, Shared};
-use crate::source::runfolder::{Mapping, PathMap, ResultsCsv};
+use crate::source::runfolder::{Checkpoints, Mapping, PathMap, ResultsCsv};
 use crate::telemetry::events::{InternalEvent, ParseSkipped};
 
 use super::ingest::Ingest;
@@ -58,7 +58,7 @@ pub(super) async fn folder_mapping(
 /// The running run's results.csv, read as it grows ([`crate::derive::runs`] merges it).
 pub(super) struct FolderTail {
     mapping: Mapping,
-    tail: Option<(RunFolder, ResultsCsv)>,
+    tail: Option<(RunFolder, ResultsCsv, Checkpoints)>,
     /// Folders already said to be unreadable (said once).
     said: std::collections::HashSet<String>,
     last: Option<tokio::time::Instant>,
@@ -83,9 +83,11 @@ impl FolderTail {
         self.last = Some(tokio::time::Instant::now());
         let (state, ops) = f.state_and_ops();
         let running = state.running_folder();
-        if let Some((folder, csv)) = &mut self.tail {
+        if let Some((folder, csv, checkpoints)) = &mut self.tail {
             let same = running.as_ref().is_some_and(|r| r.key == folder.key);
             read_csv(state, folder, csv, ops, &mut self.said);
+            let saved = checkpoints.poll();
+            state.checkpoints(folder, &saved, checkpoints.written_at("last.pt"), ops);
             if same {
                 return;
             }
@@ -98,7 +100,7 @@ impl FolderTail {
             Ok(dir) => {
                 let mut csv = ResultsCsv::new(dir.join("results.csv"));
                 read_csv(state, &folder, &mut csv, ops, &mut self.said);
-                self.tail = Some((folder, csv));
+                self.tail = Some((folder, csv, Checkpoints::new(&dir)));
             }
             Err(why) => say_unreadable(state.container(), &folder.save_dir, &why, &mut self.said),
         }

@@ -115,6 +115,96 @@ impl Mapping {
     }
 }
 
+/// A checkpoint write that settled: `weights/<name>` with its size, unchanged over two looks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    /// Its modification time (ns).
+    pub written_at: i64,
+}
+
+/// A run folder's `weights/` watched for settled checkpoint writes. torch.save rewrites
+/// `last.pt` in place (a reader can see it at 0 bytes, or part-written): a write counts once
+/// its size and time have not changed between two looks and it is not empty.
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    dir: PathBuf,
+    /// Per file: what the last look saw, and whether that was reported.
+    seen: std::collections::BTreeMap<String, ((u64, i64), bool)>,
+}
+
+impl Checkpoints {
+    /// Watches `run_dir/weights`. Files already there at the first look are taken as reported
+    /// (a restarted `watch` does not report them again).
+    pub fn new(run_dir: &Path) -> Self {
+        let mut c = Checkpoints {
+            dir: run_dir.join("weights"),
+            seen: Default::default(),
+        };
+        for (name, stamp) in c.look() {
+            c.seen.insert(name, (stamp, true));
+        }
+        c
+    }
+
+    fn look(&self) -> Vec<(String, (u64, i64))> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, (u64, i64))> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(".pt") {
+                    return None;
+                }
+                let m = e.metadata().ok()?;
+                let t = m
+                    .modified()
+                    .ok()?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_nanos() as i64;
+                Some((name, (m.len(), t)))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// When `name` was last seen written (ns), if it exists.
+    pub fn written_at(&self, name: &str) -> Option<i64> {
+        self.seen.get(name).map(|((_, t), _)| *t)
+    }
+
+    /// The writes that settled since the last look.
+    pub fn poll(&mut self) -> Vec<Checkpoint> {
+        let mut settled = Vec::new();
+        for (name, stamp) in self.look() {
+            match self.seen.get_mut(&name) {
+                Some((last, reported)) if *last == stamp => {
+                    if !*reported && stamp.0 > 0 {
+                        *reported = true;
+                        settled.push(Checkpoint {
+                            path: self.dir.join(&name),
+                            name,
+                            size: stamp.0,
+                            written_at: stamp.1,
+                        });
+                    }
+                }
+                Some(entry) => *entry = (stamp, false),
+                None => {
+                    self.seen.insert(name, (stamp, false));
+                }
+            }
+        }
+        settled
+    }
+}
+
 /// One row of `results.csv`: its epoch (the `epoch` column) and every cell as written (trimmed:
 /// Ultralytics 8.0 pads its header and cells with spaces).
 #[derive(Clone, Debug, PartialEq)]
@@ -294,6 +384,33 @@ mod tests {
         // An explicit map comes first.
         m.maps = vec![PathMap::parse("/azaion/models=/mnt/m").unwrap()];
         assert_eq!(m.local("/azaion/models/x"), Ok(PathBuf::from("/mnt/m/x")));
+    }
+
+    #[test]
+    fn a_checkpoint_counts_once_its_write_settled_and_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path().join("weights");
+        std::fs::create_dir(&w).unwrap();
+        std::fs::write(w.join("old.pt"), b"x").unwrap();
+        let mut c = Checkpoints::new(dir.path());
+        assert!(c.poll().is_empty(), "what was there before is not news");
+        // torch.save truncates, then writes: the 0-byte file is never a checkpoint.
+        std::fs::write(w.join("last.pt"), b"").unwrap();
+        assert!(c.poll().is_empty());
+        assert!(c.poll().is_empty());
+        std::fs::write(w.join("last.pt"), vec![7u8; 1000]).unwrap();
+        assert!(c.poll().is_empty(), "not settled yet");
+        let got = c.poll();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].name.as_str(), got[0].size), ("last.pt", 1000));
+        assert!(c.poll().is_empty(), "reported once");
+        // Rewritten (the next epoch): reported again once settled.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(w.join("last.pt"), vec![7u8; 1200]).unwrap();
+        std::fs::write(w.join("epoch2.pt"), vec![7u8; 900]).unwrap();
+        assert!(c.poll().is_empty());
+        let names: Vec<String> = c.poll().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["epoch2.pt", "last.pt"]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{ContainerState, RunKey};
 use crate::derive::{EpochRow, EventRow, Op};
 use crate::event::{Level, kind};
-use crate::source::runfolder::CsvRow;
+use crate::source::runfolder::{Checkpoint, CsvRow};
 
 /// The `stream` of what a run folder says (its events are no line of the container's log).
 pub const RUN_FOLDER: &str = "run_folder";
@@ -174,5 +174,76 @@ impl ContainerState {
                 }));
             }
         }
+    }
+
+    /// Checkpoint writes of the run folder that settled (`checkpoint_saved`: file, size, the
+    /// epoch it followed), and whether `last.pt` stopped being rewritten: `last_pt` is when it
+    /// was last written (ns). Two epochs of the running run ended after it without a rewrite
+    /// (it was being rewritten before: it exists) is a `checkpoint_save_failed`, said once.
+    pub fn checkpoints(
+        &mut self,
+        folder: &RunFolder,
+        saved: &[Checkpoint],
+        last_pt: Option<i64>,
+        out: &mut Vec<Op>,
+    ) {
+        let Some(run) = self.run.as_mut().filter(|r| r.row.key == folder.key) else {
+            return;
+        };
+        let epoch = run.last_epoch;
+        for c in saved {
+            if c.name == "last.pt" {
+                run.stall_said = None;
+            }
+            let at = match epoch {
+                Some(e) => format!(", epoch {e}"),
+                None => String::new(),
+            };
+            out.push(Op::Event(EventRow {
+                ts: c.written_at,
+                container: self.container.clone(),
+                stream: RUN_FOLDER,
+                seq: crate::hash::fnv1a(c.name.as_bytes()) as u32,
+                key_ts: c.written_at,
+                level: Level::Info,
+                kind: kind::CHECKPOINT_SAVED,
+                message: format!("{}{at}, {:.1} MB", c.name, c.size as f64 / 1e6),
+                context: json!({
+                    "file": c.name, "path": c.path.to_string_lossy(), "size": c.size,
+                    "epoch": epoch, "source": "run_folder",
+                })
+                .to_string(),
+            }));
+        }
+        let (Some(written), true) = (last_pt, run.is_running()) else {
+            return;
+        };
+        let n = run.ends.len();
+        if n < 2 || run.stall_said == Some(written) {
+            return;
+        }
+        let ((before, before_end), (now, now_end)) = (run.ends[n - 2], run.ends[n - 1]);
+        if written >= before_end || written < folder.train_start {
+            return;
+        }
+        run.stall_said = Some(written);
+        out.push(Op::Event(EventRow {
+            ts: now_end,
+            container: self.container.clone(),
+            stream: RUN_FOLDER,
+            seq: now,
+            key_ts: now_end,
+            level: Level::Error,
+            kind: kind::CHECKPOINT_SAVE_FAILED,
+            message: format!(
+                "weights/last.pt was not rewritten after epoch {before} (last written {}); the run is at epoch {now}",
+                crate::time::format_ns(written)
+            ),
+            context: json!({
+                "file": "last.pt", "last_written": crate::time::format_ns(written),
+                "epoch": now, "source": "run_folder",
+            })
+            .to_string(),
+        }));
     }
 }

@@ -572,6 +572,8 @@ impl ContainerState {
             nan_epoch: None,
             last_error: None,
             csv_epoch: None,
+            ends: Vec::new(),
+            stall_said: None,
         });
     }
 
@@ -605,6 +607,8 @@ impl ContainerState {
                 nan_epoch: None,
                 last_error: None,
                 csv_epoch: None,
+                ends: Vec::new(),
+                stall_said: None,
             });
         }
         let run = self.run.as_mut().expect("run set above");

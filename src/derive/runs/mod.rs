@@ -159,6 +159,13 @@ struct Run {
     /// file again from the start takes only the rows after it.
     #[serde(default)]
     csv_epoch: Option<u32>,
+    /// When its latest epochs ended (epoch, log time), the last few: whether `last.pt` was
+    /// rewritten after them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ends: Vec<(u32, i64)>,
+    /// The `last.pt` time a stall was said for (said once per stall).
+    #[serde(default)]
+    stall_said: Option<i64>,
 }
 
 impl Run {
@@ -246,6 +253,8 @@ impl ContainerState {
                 nan_epoch: None,
                 last_error: None,
                 csv_epoch: None,
+                ends: Vec::new(),
+                stall_said: None,
             });
         }
         for (name, v) in resume.counters {
@@ -329,6 +338,16 @@ impl ContainerState {
                 }
                 // An epoch after an error: the run recovered from it.
                 run.last_error = None;
+                match run.ends.iter_mut().find(|(ep, _)| *ep == e.epoch) {
+                    Some(end) => end.1 = end.1.max(e.ended_at),
+                    None => {
+                        run.ends.push((e.epoch, e.ended_at));
+                        run.ends.sort_unstable();
+                        if run.ends.len() > 4 {
+                            run.ends.remove(0);
+                        }
+                    }
+                }
             }
         }
     }
