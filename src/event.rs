@@ -271,6 +271,8 @@ pub mod kind {
     /// Lines that are gone before they were read: rotated away by the daemon, or removed
     /// with their container.
     pub const LOG_LOST: &str = "log_lost";
+    /// A run's folder (its `save_dir`) that cannot be read: why, once.
+    pub const RUN_FOLDER_UNREADABLE: &str = "run_folder_unreadable";
 }
 
 /// A kind or metric name as a `&'static str` (rows carry their names as such): the known

@@ -1486,6 +1486,29 @@ fn watch_exports_a_live_training_to_a_real_mlflow_server() {
     );
 }
 
+/// The rows `sql` gives (`?1` is `container`), every value as text.
+fn rows_of(db: &Db, sql: &str, container: &str) -> Vec<Vec<String>> {
+    let conn = db.conn();
+    let mut st = conn.prepare(sql).unwrap();
+    let n = st.column_count();
+    let params: Vec<&dyn rusqlite::ToSql> = if sql.contains("?1") {
+        vec![&container]
+    } else {
+        vec![]
+    };
+    st.query_map(params.as_slice(), |r| {
+        (0..n)
+            .map(|i| {
+                r.get::<_, rusqlite::types::Value>(i)
+                    .map(|v| format!("{v:?}"))
+            })
+            .collect()
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
 /// The skips `/metrics` counted (those above 0), by reason.
 fn skips_of(metrics: &str) -> std::collections::BTreeMap<String, u64> {
     metrics
@@ -1576,33 +1599,22 @@ fn live_follow_and_replay_of_the_same_log_store_the_same_rows_and_skips() {
         .map(|(k, v)| (k.to_string(), *v))
         .collect();
     assert_eq!(replay_skips, live_skips, "skips: replay vs live");
+    // Both say so once, each with its own reason (compared apart from the other events).
+    for db in [&lab.db, &replayed] {
+        assert_eq!(
+            db.count("SELECT count(*) FROM events WHERE stream = 'run_folder'"),
+            1
+        );
+    }
 
     for sql in [
         "SELECT ts, container, stream, level, kind, message, context, key_ts, seq FROM events \
-         WHERE stream != 'docker' ORDER BY key_ts, seq, stream, kind",
+         WHERE stream NOT IN ('docker', 'run_folder') ORDER BY key_ts, seq, stream, kind",
         "SELECT * FROM training_runs ORDER BY run_id",
         "SELECT * FROM training_epochs ORDER BY run_id, epoch",
         "SELECT ts, container, name, value FROM metric_samples WHERE container = ?1 ORDER BY ts, name",
     ] {
-        let rows = |db: &Db| -> Vec<Vec<String>> {
-            let conn = db.conn();
-            let mut st = conn.prepare(sql).unwrap();
-            let n = st.column_count();
-            let params: Vec<&dyn rusqlite::ToSql> =
-                if sql.contains("?1") { vec![&c] } else { vec![] };
-            st.query_map(params.as_slice(), |r| {
-                (0..n)
-                    .map(|i| {
-                        r.get::<_, rusqlite::types::Value>(i)
-                            .map(|v| format!("{v:?}"))
-                    })
-                    .collect()
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-        };
-        let (live, replay) = (rows(&lab.db), rows(&replayed));
+        let (live, replay) = (rows_of(&lab.db, sql, &c), rows_of(&replayed, sql, &c));
         assert!(!live.is_empty(), "{sql}: no rows");
         assert_eq!(live.len(), replay.len(), "{sql}: row counts live vs replay");
         for (l, r) in live.iter().zip(&replay) {

@@ -161,6 +161,17 @@ fn an_unreadable_run_folder_is_said_and_changes_nothing() {
         db.count("SELECT count(*) FROM training_epochs WHERE run_id = 1"),
         10
     );
+    // status says it with the run; a replay again says nothing new.
+    let status = String::from_utf8_lossy(&bin(&["status"], &db.path).stdout).to_string();
+    assert!(
+        status.contains("           run folder   The run folder /work/fx/runs/normal cannot be read: /work/fx/runs/normal/results.csv: No such file"),
+        "{status}"
+    );
+    replay(&db, "ultralytics/normal-json.log", &[]);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'run_folder_unreadable'"),
+        1
+    );
 }
 
 /// Run folders no log was kept of: `import` makes a run of each (status from its epochs and

@@ -107,6 +107,9 @@ fn training(o: &mut impl Write, now: i64, s: &status::Status) -> std::io::Result
             if let Some(f) = &t.failure {
                 writeln!(o, "           why          {}", clip_chars(f, 100))?;
             }
+            if let Some(p) = &t.folder_problem {
+                writeln!(o, "           run folder   {}", clip_chars(p, 100))?;
+            }
             let losses = page::losses_text(&t.losses).unwrap_or_else(|| opt(t.loss, 4, ""));
             writeln!(o, "           last losses  {losses}")?;
             let summary = t.metrics_summary();

@@ -534,6 +534,9 @@ pub fn render(s: &Status, c: &Charts, refresh_secs: Option<u64>) -> String {
                                 @if let Some(f) = &t.failure {
                                     p.failure { strong { "Why: " } (f) }
                                 }
+                                @if let Some(problem) = &t.folder_problem {
+                                    p.muted { strong { "Run folder: " } (problem) }
+                                }
                                 @if let Some(n) = t.epochs_total.filter(|n| *n > 0) {
                                     div.bar { div style=(format!("width:{:.1}%", (t.epoch as f64 * 100.0 / n as f64).min(100.0))) {} }
                                 }

@@ -104,6 +104,8 @@ pub struct Training {
     pub save_dir: Option<String>,
     /// Why it failed or was interrupted (`training_runs.failure`).
     pub failure: Option<String>,
+    /// Why its run folder cannot be read (while none of its results.csv was).
+    pub folder_problem: Option<String>,
 }
 
 impl Training {
@@ -354,6 +356,7 @@ pub fn training(
                 best_map50_95: r.get(7)?,
                 save_dir: r.get(8)?,
                 failure: r.get(9)?,
+                folder_problem: None,
                 last_epoch_at: None,
                 epoch_seconds: None,
                 eta_seconds: None,
@@ -369,6 +372,10 @@ pub fn training(
         .optional()
         .map_err(q)?;
     let Some(mut t) = row else { return Ok(None) };
+    t.folder_problem = conn
+        .query_row(queries::RUN_FOLDER_PROBLEM, params![t.run_id], |r| r.get(0))
+        .optional()
+        .map_err(StoreError::sql("read the run folder's state"))?;
     // The last six epochs: the last one's values, and five durations.
     let mut stmt = conn
         .prepare_cached(queries::STATUS_LAST_EPOCHS)
@@ -902,6 +909,7 @@ mod tests {
                 best_map50_95: None,
                 save_dir: None,
                 failure: None,
+                folder_problem: None,
             }),
             queues: vec![Queue {
                 container: "annotation-queue".into(),

@@ -102,7 +102,7 @@ impl FolderTail {
                 read_csv(state, &folder, &mut csv, ops, &mut self.said);
                 self.tail = Some((folder, csv, Checkpoints::new(&dir)));
             }
-            Err(why) => say_unreadable(state.container(), &folder.save_dir, &why, &mut self.said),
+            Err(why) => say_unreadable(state, &folder, &why, &mut self.said, ops),
         }
     }
 }
@@ -132,25 +132,28 @@ fn read_csv(
                 && csv.path().parent().is_some_and(std::path::Path::is_dir) => {}
         Err(e) => {
             let why = format!("{}: {e}", csv.path().display());
-            say_unreadable(state.container(), &folder.save_dir, &why, said);
+            say_unreadable(state, folder, &why, said, ops);
         }
     }
 }
 
 /// A run folder that cannot be read, said once: a warning and the skip `run_folder_unreadable`.
+/// The `run_folder_unreadable` event says it on `status` and the page.
 fn say_unreadable(
-    container: &str,
-    save_dir: &str,
+    state: &ContainerState,
+    folder: &RunFolder,
     why: &str,
     said: &mut std::collections::HashSet<String>,
+    ops: &mut Vec<Op>,
 ) {
-    if said.insert(save_dir.to_string()) {
+    if said.insert(folder.save_dir.clone()) {
         ParseSkipped("run_folder_unreadable").emit();
         tracing::warn!(
-            container,
-            save_dir,
+            container = %state.container(),
+            save_dir = folder.save_dir,
             why,
             "Cannot read the run folder; the history from the log stays as it is."
         );
+        state.folder_unreadable(folder, why, ops);
     }
 }

@@ -104,6 +104,7 @@ fn read_run_folder(
                 error = %e,
                 "Cannot read a run folder's results.csv; map it with --path-map CONTAINER_PREFIX=LOCAL_PREFIX. The history from the log stays as it is."
             );
+            state.folder_unreadable(folder, &format!("{}: {e}", path.display()), ops);
             said.unreadable
                 .push((folder.save_dir.clone(), path, e.to_string()));
         }

@@ -101,6 +101,14 @@ pub fn resume_state(conn: &Connection, container: &Arc<str>) -> Result<Resume, S
     Ok(resume)
 }
 
+/// Why a run's folder cannot be read (the latest said), unless a row of its results.csv was
+/// read after all.
+pub const RUN_FOLDER_PROBLEM: &str = "SELECT e.message FROM events e JOIN runs r ON r.run_id = ?1
+     WHERE e.kind = 'run_folder_unreadable' AND e.container = r.container
+       AND e.ts >= r.started_at
+       AND NOT EXISTS (SELECT 1 FROM results_rows rr WHERE rr.run_id = ?1)
+     ORDER BY e.ts DESC LIMIT 1";
+
 /// Every run with a run folder (`save_dir`), of any container.
 pub fn runs_with_save_dir(conn: &Connection) -> Result<Vec<RunRow>, StoreError> {
     let q = StoreError::sql("list runs with a run folder");

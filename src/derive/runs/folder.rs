@@ -246,4 +246,20 @@ impl ContainerState {
             .to_string(),
         }));
     }
+
+    /// Says that `folder` cannot be read (and why): a `run_folder_unreadable` warning at the
+    /// run's start, which `status` and the page show with the run.
+    pub fn folder_unreadable(&self, folder: &RunFolder, why: &str, out: &mut Vec<Op>) {
+        out.push(Op::Event(EventRow {
+            ts: folder.train_start,
+            container: self.container.clone(),
+            stream: RUN_FOLDER,
+            seq: u32::MAX,
+            key_ts: folder.train_start,
+            level: Level::Warning,
+            kind: kind::RUN_FOLDER_UNREADABLE,
+            message: format!("The run folder {} cannot be read: {why}", folder.save_dir),
+            context: json!({ "save_dir": folder.save_dir, "why": why }).to_string(),
+        }));
+    }
 }
