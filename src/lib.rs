@@ -10,6 +10,7 @@
 //!   rotated sets)    │  tracebacks/multiline  Python logging      gauges), events;     transactions,        /metrics, health,
 //!  plain text logs  ─┘                                            alert rules          cursor + natural     MLflow export
 //!  probes (GPU, disk, offset), Docker events and stats ─────────────────────────────>  keys
+//!  run folders (results.csv, weights/) ──────────────────────────> merged into runs
 //! ```
 //! `replay` (archived files) and `watch` (the Docker source) hand their lines to one ingest
 //! driver ([`pipeline::ingest`]); every stage after the source is shared. The store's writer
@@ -18,7 +19,7 @@
 //!
 //! # Layout
 //! - [`source`]: live Docker follow, files, json-file reader with partial merge, plain text,
-//!   host probes.
+//!   host probes, run folders (results.csv as it grows, checkpoints).
 //! - [`grammar`]: the line grammars (nom) of Python logging and Ultralytics' console, used by
 //!   assembly (what starts a group, what a frame is) and by parsing.
 //! - [`assemble`]: `\r` frames, ANSI stripping, multi-line grouping.
@@ -29,7 +30,8 @@
 //! - [`output`]: alert delivery (webhooks, Alertmanager, e-mail), the status file and page,
 //!   `/metrics`, results.csv and the MLflow export.
 //! - [`pipeline`]: the one ingest driver, and the two inputs that feed it: replay (files) and
-//!   live (a follower per container of the Docker source).
+//!   live (a follower per container of the Docker source, with its run folder); import (run
+//!   folders with no log).
 //! - [`watch`]: `watch` as one value: what it opens, starts, and stops, in which order.
 //! - [`redact`]: secret and payload redaction before anything is stored or logged.
 //! - [`telemetry`]: trainwatch's own logs in the service JSON format.
