@@ -1557,14 +1557,7 @@ fn live_follow_and_replay_of_the_same_log_store_the_same_rows_and_skips() {
         1,
     );
     // The skips as the live process counted them.
-    let metrics = crate::mlflow::runtime().block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let metrics = crate::util::get_metrics(port);
     lab.stop_watch();
     let mut live_skips = skips_of(&metrics);
     assert_eq!(

@@ -67,14 +67,7 @@ fn a_service_writing_secrets_is_named_per_kind_and_counted() {
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["image_payload", "password", "token"]);
-    let metrics = crate::mlflow::runtime().block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let metrics = crate::util::get_metrics(port);
     for (kind, n) in [("password", 2), ("token", 1), ("image_payload", 1)] {
         let want =
             format!("trainwatch_redactions_total{{container=\"{c}\",kind=\"{kind}\"}} {n}\n");

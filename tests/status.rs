@@ -614,26 +614,34 @@ fn closed_by_server(s: &mut std::net::TcpStream, wait: Duration) -> bool {
     }
 }
 
-/// Hundreds of idle sockets and clients that send their headers a byte at a time, from the
-/// probe's own address, all connected at once: `/healthz` and `/metrics` answer every time
-/// (their connection takes the place of the oldest idle one), and descriptors stay bounded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn monitoring_stays_reachable_under_idle_and_slow_clients() {
-    let db = Db::new();
+/// A store with the queue's log, and `watch --listen` on it with `listen` (config) answering
+/// `/healthz`: the process, its port and its base URL.
+async fn queue_listening(db: &Db, listen: &str) -> (Kill, u16, String) {
     tokio::task::block_in_place(|| {
         db.replay(&[fixture_str("queue/queue.log")], Some("annotation-queue"));
     });
-    let (watch, port) = watch_listen(
-        &db,
-        "[listen]\nmax_connections = 32\nmax_per_peer = 16\nheader_timeout = \"30s\"\n",
-    );
-    let pid = watch.0.id();
+    let (watch, port) = watch_listen(db, listen);
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(&format!("{base}/healthz")).await.is_none() {
         assert!(Instant::now() < deadline, "watch --listen did not answer");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (watch, port, base)
+}
+
+/// Hundreds of idle sockets and clients that send their headers a byte at a time, from the
+/// probe's own address, all connected at once: `/healthz` and `/metrics` answer every time
+/// (their connection takes the place of the oldest idle one), and descriptors stay bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_stays_reachable_under_idle_and_slow_clients() {
+    let db = Db::new();
+    let (watch, port, base) = queue_listening(
+        &db,
+        "[listen]\nmax_connections = 32\nmax_per_peer = 16\nheader_timeout = \"30s\"\n",
+    )
+    .await;
+    let pid = watch.0.id();
     let before = open_fds(pid);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // 100 clients that drip their headers one byte every 100 ms, reconnecting when closed.
@@ -697,20 +705,12 @@ async fn monitoring_stays_reachable_under_idle_and_slow_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_bounds_idle_and_slow_clients() {
     let db = Db::new();
-    tokio::task::block_in_place(|| {
-        db.replay(&[fixture_str("queue/queue.log")], Some("annotation-queue"));
-    });
-    let (watch, port) = watch_listen(
+    let (watch, port, base) = queue_listening(
         &db,
         "[listen]\nmax_connections = 32\nheader_timeout = \"1s\"\n",
-    );
+    )
+    .await;
     let pid = watch.0.id();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&format!("{base}/healthz")).await.is_none() {
-        assert!(Instant::now() < deadline, "watch --listen did not answer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let before = open_fds(pid);
     tokio::task::block_in_place(|| {
         // 300 clients that connect and send nothing: at most 32 are held open.

@@ -203,3 +203,15 @@ pub fn skip(reason: &str) {
             .trim_start_matches("skipping ")
     );
 }
+
+/// The exposition `watch --listen 127.0.0.1:PORT` serves at `/metrics`.
+pub fn get_metrics(port: u16) -> String {
+    crate::mlflow::runtime().block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
