@@ -9,7 +9,7 @@ use bollard::query_parameters::InspectContainerOptions;
 
 use crate::derive::{ContainerState, Op, RunFolder};
 use crate::source::docker::{ContainerInfo, Shared};
-use crate::source::runfolder::{Checkpoints, Mapping, PathMap, ResultsCsv};
+use crate::source::runfolder::{Checkpoints, Mapping, PathMap, Polled, ResultsCsv};
 use crate::telemetry::events::{InternalEvent, ParseSkipped};
 
 use super::ingest::Ingest;
@@ -117,15 +117,7 @@ fn read_csv(
 ) {
     match csv.poll() {
         Ok(polled) => {
-            let Some(columns) = csv.columns() else {
-                return;
-            };
-            let columns: Arc<[String]> = columns.into();
-            let file = csv.path().to_string_lossy().into_owned();
-            state.results_rows(folder, &file, &columns, &polled.rows, polled.restarted, ops);
-            for _ in 0..polled.bad_rows {
-                ParseSkipped("bad_results_row").emit();
-            }
+            merge(state, folder, csv, &polled, ops);
         }
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
@@ -135,6 +127,27 @@ fn read_csv(
             say_unreadable(state, folder, &why, said, ops);
         }
     }
+}
+
+/// Merges what a poll of `csv` read into `folder`'s run (once its header is known; rows
+/// without their epoch or cells are counted as `bad_results_row`). Whether it merged.
+pub(super) fn merge(
+    state: &mut ContainerState,
+    folder: &RunFolder,
+    csv: &ResultsCsv,
+    polled: &Polled,
+    ops: &mut Vec<Op>,
+) -> bool {
+    let Some(columns) = csv.columns() else {
+        return false;
+    };
+    let columns: Arc<[String]> = columns.into();
+    let file = csv.path().to_string_lossy().into_owned();
+    state.results_rows(folder, &file, &columns, &polled.rows, polled.restarted, ops);
+    for _ in 0..polled.bad_rows {
+        ParseSkipped("bad_results_row").emit();
+    }
+    true
 }
 
 /// A run folder that cannot be read, said once: a warning and the skip `run_folder_unreadable`.

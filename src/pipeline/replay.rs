@@ -82,18 +82,11 @@ fn read_run_folder(
     let mut csv = runfolder::ResultsCsv::new(&path);
     match csv.poll() {
         Ok(polled) => {
-            let Some(columns) = csv.columns() else {
-                return;
-            };
-            let columns: Arc<[String]> = columns.into();
-            let file = path.to_string_lossy();
-            state.results_rows(folder, &file, &columns, &polled.rows, false, ops);
-            said.read += 1;
-            said.rows += polled.rows.len();
-            for _ in 0..polled.bad_rows {
-                ParseSkipped("bad_results_row").emit();
+            if super::folders::merge(state, folder, &csv, &polled, ops) {
+                said.read += 1;
+                said.rows += polled.rows.len();
+                said.bad_rows += polled.bad_rows as usize;
             }
-            said.bad_rows += polled.bad_rows as usize;
         }
         Err(e) => {
             ParseSkipped("run_folder_unreadable").emit();
