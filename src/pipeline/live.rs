@@ -334,24 +334,21 @@ async fn let_go_removed(
     writer: &WriterSender,
 ) {
     let container = f.container().clone();
-    if let Some(e) = &failed {
+    // Only a container none of whose lines was read is certain to have lost some; one read
+    // before (`docker rm -f` after its last line) may have lost nothing, and a batch carrying
+    // its cursor would bring back the cursors its `destroy` removed.
+    if let Some(e) = failed.as_ref().filter(|_| !f.read_any()) {
         removed_before_read(f, &container, e);
     }
     read_to_the_end(f, merger, None, role, writer).await;
     tracing::info!(container = %container, "Container removed; no longer following it.");
 }
 
-/// A `log_lost` for a container removed (its log with it) before its log was read to the end.
+/// A `log_lost` for a container removed (its log with it) before any of its log was read.
 fn removed_before_read(f: &mut Ingest<'_>, container: &str, e: &DockerError) {
-    let message = if f.read_any() {
-        format!(
-            "The log of {container} was removed with it before it was read to the end ({e}): its last lines are lost"
-        )
-    } else {
-        format!(
-            "{container} was removed before its log could be read ({e}): every line it printed is lost"
-        )
-    };
+    let message = format!(
+        "{container} was removed before its log could be read ({e}): every line it printed is lost"
+    );
     let context = serde_json::json!({
         "reason": "removed_before_read",
         "lines_read": f.counts.lines,
