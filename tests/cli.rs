@@ -511,10 +511,15 @@ fn read_commands_upgrade_a_database_an_older_trainwatch_wrote() {
     db.replay(&[fixture_str("ultralytics/normal-json.log")], Some("gpu"));
     {
         let conn = rusqlite::Connection::open(&db.path).unwrap();
-        // Undo 0013, 0012, 0011 and 0010, 0009 (the view of 0004 back, then its tables and
-        // columns) and 0008.
+        // Undo 0014, 0013, 0012, 0011 and 0010, 0009 (the view of 0004 back, then its tables
+        // and columns) and 0008.
         conn.execute_batch(
-            "DROP VIEW training_results; DROP TABLE results_rows;
+            "ALTER TABLE runs DROP COLUMN folder; ALTER TABLE runs DROP COLUMN mlflow_run_id;
+             ALTER TABLE runs DROP COLUMN mlflow_uri;
+             ALTER TABLE mlflow_runs DROP COLUMN artifacts_sent;
+             ALTER TABLE mlflow_runs DROP COLUMN linked;
+             ALTER TABLE mlflow_runs DROP COLUMN final_sent;
+             DROP VIEW training_results; DROP TABLE results_rows;
              ALTER TABLE runs DROP COLUMN results_columns;",
         )
         .unwrap();

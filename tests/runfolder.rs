@@ -65,6 +65,46 @@ fn results_csv_completes_the_history_with_every_column_as_written() {
     assert_eq!(db.count("SELECT count(*) FROM results_rows"), before);
 }
 
+/// The run's params are the values it trained with: the console's `optimizer:` line replaces
+/// `optimizer=auto` and the printed `lr0`/`momentum`; the folder's `args.yaml` fills what no
+/// line printed and never replaces what one did; the run knows where its folder is read.
+#[test]
+fn a_run_s_params_are_the_resolved_ones_filled_from_args_yaml() {
+    let db = Db::new();
+    let root = db.dir.path().join("runs");
+    let csv = std::fs::read_to_string(fixture("ultralytics/normal.results.csv")).unwrap();
+    run_folder(&root, "normal", &csv);
+    std::fs::write(
+        root.join("normal/args.yaml"),
+        "task: detect\nmode: train\noptimizer: auto\nlr0: 0.01\nepochs: 99\nsome_new_arg: true\nanother: null\n",
+    )
+    .unwrap();
+    let map = format!("/work/fx/runs={}", root.display());
+    replay(&db, "ultralytics/normal-json.log", &["--path-map", &map]);
+    let param = |k: &str| {
+        db.text(&format!(
+            "SELECT json_extract(params, '$.{k}') FROM runs WHERE run_id = 1"
+        ))
+    };
+    // The real console: `optimizer: AdamW(lr=0.001667, momentum=0.9) with parameter groups ...`
+    assert_eq!(param("optimizer").as_deref(), Some("AdamW"));
+    assert_eq!(param("lr0").as_deref(), Some("0.001667"));
+    assert_eq!(param("momentum").as_deref(), Some("0.9"));
+    assert_eq!(param("warmup_bias_lr").as_deref(), Some("0.0"));
+    // Printed on the settings line: kept as printed.
+    assert_eq!(param("epochs").as_deref(), Some("10"));
+    assert_eq!(param("some_new_arg").as_deref(), Some("True"));
+    assert_eq!(param("another").as_deref(), Some("None"));
+    assert_eq!(
+        db.text("SELECT folder FROM runs WHERE run_id = 1"),
+        Some(root.join("normal").to_string_lossy().into_owned())
+    );
+    // Again: the same.
+    let before = db.text("SELECT params FROM runs WHERE run_id = 1");
+    replay(&db, "ultralytics/normal-json.log", &["--path-map", &map]);
+    assert_eq!(db.text("SELECT params FROM runs WHERE run_id = 1"), before);
+}
+
 /// A clean console (finite losses every epoch) over a results.csv whose validation losses are
 /// NaN for two epochs, as a too-high learning rate writes them: each NaN is a
 /// `loss_non_finite` naming its column and epoch, the epochs are non-finite, and
@@ -357,6 +397,11 @@ fn watch_sees_checkpoints_settle_and_last_pt_stop_being_rewritten() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while written < 3 {
         assert!(std::time::Instant::now() < deadline, "{}", lab.log_text());
+        // The watch creates the database when it starts (later on a loaded machine).
+        if !lab.db.path.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
         let done = lab.db.count(validated);
         if done > written {
             written = done;

@@ -20,6 +20,8 @@
 //! - `mail`: e-mail alerts through a real SMTP server (aiosmtpd): outage, TLS, login.
 //! - `mlflow`: the training history exported to a real MLflow tracking server, killed and
 //!   restarted mid-export, against `history`.
+//! - `mlflow_folder`: the export as Ultralytics' own MLflow callback logs a run (resolved
+//!   params, 0-based steps, the run folder's artifacts), and a training that logs itself linked.
 //! - `pipes`: inputs read only once: `<(...)`, standard input, a named FIFO, gzip on a pipe.
 //! - `props`: property tests: the parsers never panic; the alert rules keep their invariants
 //!   and resume exactly from a snapshot.
@@ -45,6 +47,7 @@ mod endings;
 mod jsonlog;
 mod mail;
 mod mlflow;
+mod mlflow_folder;
 mod pipes;
 pub(crate) mod props;
 mod queue;

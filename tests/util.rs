@@ -215,3 +215,68 @@ pub fn get_metrics(port: u16) -> String {
             .unwrap()
     })
 }
+
+/// A run folder recorded as a real training wrote it (`fixtures/runfolder/NAME.folder.jsonl`,
+/// by `fixtures/tools/record_runfolder.py`): every write, in order.
+pub struct RecordedFolder {
+    pub writes: Vec<FolderWrite>,
+}
+
+/// One change of one file of a recorded run folder.
+#[derive(Clone, Debug)]
+pub struct FolderWrite {
+    /// Seconds since the recording started, and the wall clock then (Unix ns).
+    pub t: f64,
+    pub ns: i64,
+    /// The file, relative to the run folder.
+    pub path: String,
+    pub size: u64,
+    /// The content of a text file (results.csv, args.yaml); a checkpoint has none.
+    pub text: Option<String>,
+}
+
+impl RecordedFolder {
+    pub fn load(rel: &str) -> RecordedFolder {
+        let text = std::fs::read_to_string(fixture(rel)).unwrap();
+        let writes = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                FolderWrite {
+                    t: v["t"].as_f64().unwrap(),
+                    ns: v["ns"].as_i64().unwrap_or(0),
+                    path: v["path"].as_str().unwrap().to_string(),
+                    size: v["size"].as_u64().unwrap(),
+                    text: v["text"].as_str().map(str::to_string),
+                }
+            })
+            .collect();
+        RecordedFolder { writes }
+    }
+
+    /// Writes one recorded change into `dir`: a text file as recorded, a checkpoint rewritten
+    /// in place (truncated, then written) with zeros of the recorded size.
+    pub fn apply(w: &FolderWrite, dir: &Path) {
+        let path = dir.join(&w.path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        match &w.text {
+            Some(t) => std::fs::write(&path, t).unwrap(),
+            None => {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&path).unwrap();
+                f.write_all(&vec![0u8; w.size as usize]).unwrap();
+            }
+        }
+    }
+
+    /// The folder as the training left it, in `dir`.
+    pub fn write_final(&self, dir: &Path) {
+        let mut last: std::collections::BTreeMap<&str, &FolderWrite> = Default::default();
+        for w in &self.writes {
+            last.insert(&w.path, w);
+        }
+        for w in last.values() {
+            Self::apply(w, dir);
+        }
+    }
+}

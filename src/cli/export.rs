@@ -98,7 +98,9 @@ pub fn run(args: ExportArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
         let mut failures = 0u32;
         let mut last_progress = Instant::now();
         loop {
-            let sent = |s: &Summary| s.runs_created + s.runs_updated + s.params + s.points;
+            let sent = |s: &Summary| {
+                s.runs_created + s.runs_updated + s.params + s.points + s.artifacts + s.runs_linked
+            };
             let before = sent(&s);
             match exporter.pass(&mut s).await {
                 Ok(()) => break,
@@ -141,6 +143,15 @@ pub fn run(args: ExportArgs, db: &Path, config: Option<&Path>) -> anyhow::Result
         summary.points,
         summary.requests
     )?;
+    if summary.artifacts + summary.runs_linked > 0 {
+        writeln!(
+            o,
+            "{} artifact file(s) uploaded ({:.1} MB), {} run(s) linked to the training's own MLflow run",
+            summary.artifacts,
+            summary.artifact_bytes as f64 / 1e6,
+            summary.runs_linked
+        )?;
+    }
     if !refused.is_empty() {
         for (run, why) in &refused {
             writeln!(std::io::stderr(), "run {run} refused: {why}")?;

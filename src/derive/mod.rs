@@ -9,7 +9,9 @@ pub mod alerts;
 pub mod paths;
 mod runs;
 
-pub use runs::{ContainerState, Exit, RUN_FOLDER, Resume, RunFolder, RunKey, RunStatus};
+pub use runs::{
+    ContainerState, Exit, RUN_FOLDER, Resume, RunFolder, RunKey, RunStatus, args_params,
+};
 
 use std::sync::Arc;
 
@@ -160,6 +162,20 @@ impl Op {
     }
 }
 
+/// A change to a stored run beyond its row ([`Op::RunPatch`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunPatch {
+    /// Parameters that fill what the run lacks (its folder's `args.yaml`): a JSON object.
+    ParamsFill(String),
+    /// Parameters that replace what was printed (the optimizer the training resolved): a
+    /// JSON object.
+    ParamsOverride(String),
+    /// Where its run folder is read here (the local path its `save_dir` maps to).
+    Folder(String),
+    /// Ultralytics' own MLflow run of it: its run id and tracking URI.
+    Mlflow { run_id: String, uri: String },
+}
+
 /// What derivation asks the store to write. A batch of ops is committed in one transaction.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -180,6 +196,8 @@ pub enum Op {
     ContainerState(i64, Arc<str>, ContainerRun),
     /// A row of a run's `results.csv` (run, epoch, header, cells as written).
     ResultsRow(RunKey, u32, Arc<[String]>, Vec<String>),
+    /// A change to a stored run that its row does not carry.
+    RunPatch(RunKey, RunPatch),
     /// A source that is gone for good (a destroyed container's id): its cursors are removed.
     ForgetOrigin(Arc<str>),
     /// Retention: rows older than the cutoffs (stored time text) are deleted, history only

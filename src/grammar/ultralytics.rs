@@ -386,6 +386,52 @@ pub fn results_dir(line: &str) -> Option<&str> {
     (!dir.is_empty()).then_some(dir.trim())
 }
 
+/// The optimizer a training resolved, as its `optimizer:` line prints it: the values used,
+/// which differ from the settings' when `optimizer=auto`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Optimizer {
+    /// `AdamW`, `SGD`, `MuSGD`, ...
+    pub name: String,
+    /// Its arguments as printed (`lr`, `momentum`), in order.
+    pub args: Vec<(String, String)>,
+}
+
+/// `optimizer: AdamW(lr=0.001667, momentum=0.9) with parameter groups 81 weight(decay=0.0), ...`
+/// (YOLOv5: `optimizer: SGD(lr=0.01) with parameter groups ...`). The line that announces the
+/// resolution (`optimizer: 'optimizer=auto' found, ignoring ...`) is none.
+pub fn optimizer(line: &str) -> Option<Optimizer> {
+    let rest = line.trim().strip_prefix("optimizer:")?.trim_start();
+    let (name, rest) = rest.split_once('(')?;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return None;
+    }
+    let (inner, tail) = rest.split_once(')')?;
+    if !tail.trim_start().starts_with("with parameter groups") {
+        return None;
+    }
+    let args = inner
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .collect();
+    Some(Optimizer {
+        name: name.to_string(),
+        args,
+    })
+}
+
+/// `MLflow: logging run_id(0c9b...) to http://mlflow:5000`: Ultralytics' own MLflow callback
+/// logs the training itself. Its run id and tracking URI.
+pub fn mlflow_run(line: &str) -> Option<(&str, &str)> {
+    let rest = line.trim().strip_prefix("MLflow:")?.trim_start();
+    let rest = rest.strip_prefix("logging run_id(")?;
+    let (id, uri) = rest.split_once(')')?;
+    let uri = uri.trim_start().strip_prefix("to ")?.trim();
+    let id_ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    (id_ok && !uri.is_empty()).then_some((id, uri))
+}
+
 /// `Validating runs/detect/train/weights/best.pt...`: the final validation of the best model.
 pub fn validating_best(line: &str) -> bool {
     let t = line.trim();
@@ -582,6 +628,49 @@ mod tests {
             None
         );
         assert!(val_all_row("                   car        100        222        0.4      0.414      0.366      0.292").is_none());
+    }
+
+    #[test]
+    fn optimizer_and_mlflow_lines() {
+        assert_eq!(
+            optimizer(
+                "optimizer: AdamW(lr=0.001667, momentum=0.9) with parameter groups 81 weight(decay=0.0), 88 weight(decay=0.0005), 87 bias(decay=0.0)"
+            ),
+            Some(Optimizer {
+                name: "AdamW".into(),
+                args: vec![
+                    ("lr".into(), "0.001667".into()),
+                    ("momentum".into(), "0.9".into())
+                ],
+            })
+        );
+        assert_eq!(
+            optimizer(
+                "optimizer: SGD(lr=0.01) with parameter groups 57 weight(decay=0.0), 60 weight(decay=0.0005), 60 bias"
+            )
+            .map(|o| (o.name, o.args.len())),
+            Some(("SGD".into(), 1))
+        );
+        assert_eq!(
+            optimizer(
+                "optimizer: 'optimizer=auto' found, ignoring 'lr0=0.01' and 'momentum=0.937' and determining best 'optimizer', 'lr0' and 'momentum' automatically... "
+            ),
+            None
+        );
+        assert_eq!(
+            mlflow_run(
+                "MLflow: logging run_id(5b0f2c8e1d9a4f7e8c6b3a2d1e0f9a8b) to http://127.0.0.1:5000"
+            ),
+            Some(("5b0f2c8e1d9a4f7e8c6b3a2d1e0f9a8b", "http://127.0.0.1:5000"))
+        );
+        assert_eq!(
+            mlflow_run("MLflow: logging run_id(ab12) to /work/runs/mlflow"),
+            Some(("ab12", "/work/runs/mlflow"))
+        );
+        assert_eq!(
+            mlflow_run("MLflow: disable with 'yolo settings mlflow=False'"),
+            None
+        );
     }
 
     #[test]

@@ -48,6 +48,59 @@ pub fn results_csv_as_written(conn: &Connection, run_id: i64) -> Result<Option<R
     Ok(Some(Rows { columns, rows }))
 }
 
+/// The results.csv table the MLflow export logs: the run folder's own rows as written (full
+/// precision, validation losses and learning rates), each at its epoch's end; the console's
+/// epochs where there is no folder. While a run whose folder holds a results.csv has none of
+/// its rows read yet, nothing: the console's rounded values would be logged at the same steps
+/// as the csv's a moment later.
+pub fn for_export(
+    conn: &Connection,
+    run_id: i64,
+    folder: Option<&str>,
+    running: bool,
+) -> Result<ResultsCsv, StoreError> {
+    let console = results_csv(conn, run_id, epochs(conn, run_id)?)?;
+    match results_csv_as_written(conn, run_id)? {
+        Some(table) if !table.rows.is_empty() => {
+            let ends: std::collections::HashMap<i64, Option<i64>> = console
+                .table
+                .rows
+                .iter()
+                .zip(&console.ended_at)
+                .filter_map(|(r, e)| match r.first() {
+                    Some(Value::Integer(n)) => Some((*n, *e)),
+                    _ => None,
+                })
+                .collect();
+            let ended_at = table
+                .rows
+                .iter()
+                .map(|r| match r.first() {
+                    Some(Value::Text(t)) => t
+                        .trim()
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(|n| ends.get(&n).copied().flatten()),
+                    _ => None,
+                })
+                .collect();
+            Ok(ResultsCsv { table, ended_at })
+        }
+        _ if running
+            && folder.is_some_and(|f| std::path::Path::new(f).join("results.csv").exists()) =>
+        {
+            Ok(ResultsCsv {
+                table: Rows {
+                    columns: console.table.columns,
+                    rows: Vec::new(),
+                },
+                ended_at: Vec::new(),
+            })
+        }
+        _ => Ok(console),
+    }
+}
+
 /// A run's epochs as stored ([`queries::HISTORY_EPOCHS`]), the input of [`results_csv`].
 pub fn epochs(conn: &Connection, run_id: i64) -> Result<Rows, StoreError> {
     Rows::query(conn, queries::HISTORY_EPOCHS, &[&run_id]).map_err(StoreError::sql("list epochs"))

@@ -55,6 +55,14 @@ pub enum Detail {
     ValidatingBest,
     ResultsDir(String),
     Banner(String),
+    /// `optimizer: AdamW(lr=0.001667, momentum=0.9) with parameter groups ...`: the optimizer
+    /// the training resolved.
+    Optimizer(ultralytics::Optimizer),
+    /// `MLflow: logging run_id(<id>) to <uri>`: the training logs itself to MLflow.
+    MlflowRun {
+        run_id: String,
+        uri: String,
+    },
     /// A service JSON `Epoch k/N completed` line.
     ServiceEpoch {
         epoch: u32,
@@ -369,6 +377,13 @@ impl Parser {
             Detail::ValidatingBest
         } else if let Some(dir) = ultralytics::results_dir(text) {
             Detail::ResultsDir(dir.to_string())
+        } else if let Some(o) = ultralytics::optimizer(text) {
+            Detail::Optimizer(o)
+        } else if let Some((run_id, uri)) = ultralytics::mlflow_run(text) {
+            Detail::MlflowRun {
+                run_id: run_id.to_string(),
+                uri: uri.to_string(),
+            }
         } else if let Some(v) = ultralytics::banner(text) {
             Detail::Banner(v.to_string())
         } else {

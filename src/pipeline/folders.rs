@@ -9,7 +9,7 @@ use bollard::query_parameters::InspectContainerOptions;
 
 use crate::derive::{ContainerState, Op, RunFolder};
 use crate::source::docker::{ContainerInfo, Shared};
-use crate::source::runfolder::{Checkpoints, Mapping, PathMap, Polled, ResultsCsv};
+use crate::source::runfolder::{self, Checkpoints, Mapping, PathMap, Polled, ResultsCsv};
 use crate::telemetry::events::{InternalEvent, ParseSkipped};
 
 use super::ingest::Ingest;
@@ -55,10 +55,22 @@ pub(super) async fn folder_mapping(
     mapping
 }
 
+/// The folder of the running run as read here.
+struct Tailed {
+    folder: RunFolder,
+    dir: std::path::PathBuf,
+    csv: ResultsCsv,
+    checkpoints: Checkpoints,
+    /// Its `args.yaml` was read (it is written once, at the trainer's start).
+    args_read: bool,
+    /// The run was told where its folder is.
+    found_said: bool,
+}
+
 /// The running run's results.csv, read as it grows ([`crate::derive::runs`] merges it).
 pub(super) struct FolderTail {
     mapping: Mapping,
-    tail: Option<(RunFolder, ResultsCsv, Checkpoints)>,
+    tail: Option<Tailed>,
     /// Folders already said to be unreadable (said once).
     said: std::collections::HashSet<String>,
     last: Option<tokio::time::Instant>,
@@ -83,11 +95,14 @@ impl FolderTail {
         self.last = Some(tokio::time::Instant::now());
         let (state, ops) = f.state_and_ops();
         let running = state.running_folder();
-        if let Some((folder, csv, checkpoints)) = &mut self.tail {
-            let same = running.as_ref().is_some_and(|r| r.key == folder.key);
-            read_csv(state, folder, csv, ops, &mut self.said);
-            let saved = checkpoints.poll();
-            state.checkpoints(folder, &saved, checkpoints.written_at("last.pt"), ops);
+        if let Some(t) = &mut self.tail {
+            let same = running.as_ref().is_some_and(|r| r.key == t.folder.key);
+            if !t.args_read {
+                read_args(state, t, ops);
+            }
+            read_csv(state, &t.folder, &mut t.csv, ops, &mut self.said);
+            let saved = t.checkpoints.poll();
+            state.checkpoints(&t.folder, &saved, t.checkpoints.written_at("last.pt"), ops);
             if same {
                 return;
             }
@@ -100,11 +115,48 @@ impl FolderTail {
             Ok(dir) => {
                 let mut csv = ResultsCsv::new(dir.join("results.csv"));
                 read_csv(state, &folder, &mut csv, ops, &mut self.said);
-                self.tail = Some((folder, csv, Checkpoints::new(&dir)));
+                let mut t = Tailed {
+                    checkpoints: Checkpoints::new(&dir),
+                    folder,
+                    dir,
+                    csv,
+                    args_read: false,
+                    found_said: false,
+                };
+                read_args(state, &mut t, ops);
+                self.tail = Some(t);
             }
             Err(why) => say_unreadable(state, &folder, &why, &mut self.said, ops),
         }
     }
+}
+
+/// The folder's `args.yaml`, once it is there: the run's params are filled from it, and the
+/// run learns where its folder is read.
+fn read_args(state: &mut ContainerState, t: &mut Tailed, ops: &mut Vec<Op>) {
+    let args = match runfolder::read_args(&t.dir) {
+        Ok(Some(args)) => Some(args),
+        // Not written yet (or a trainer that writes none, YOLOv5's `opt.yaml`): looked for
+        // again at the next poll.
+        Ok(None) => None,
+        Err(e) => {
+            t.args_read = true;
+            tracing::warn!(
+                container = %state.container(),
+                dir = %t.dir.display(),
+                error = %e,
+                "Cannot read the run folder's args.yaml; the run keeps the parameters its log printed."
+            );
+            None
+        }
+    };
+    if args.is_some() {
+        t.args_read = true;
+    } else if t.found_said || !t.dir.is_dir() {
+        return;
+    }
+    t.found_said = true;
+    state.run_folder_found(&t.folder, &t.dir, args.as_deref(), ops);
 }
 
 /// Merges what `csv` gained; a file not written yet (no epoch ended) is waited for.

@@ -60,25 +60,6 @@ fn run_folders(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// `args.yaml`'s `key: value` lines (Ultralytics writes it flat, one argument per line), the
-/// values as text without their quotes.
-pub fn parse_args_yaml(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter(|l| !l.starts_with([' ', '\t', '#', '-']))
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('\'')
-                .and_then(|v| v.strip_suffix('\''))
-                .or_else(|| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
-                .unwrap_or(v);
-            (k.trim().to_string(), v.to_string())
-        })
-        .filter(|(k, _)| !k.is_empty())
-        .collect()
-}
-
 /// A stable key time for a folder: the same folder is the same run at every import.
 fn folder_key_ts(dir: &Path) -> i64 {
     (crate::hash::fnv1a(dir.to_string_lossy().as_bytes()) >> 1) as i64
@@ -183,6 +164,7 @@ pub fn import(
         summary.rows += polled.rows.len();
         summary.bad_rows += polled.bad_rows as usize;
         let mut ops = Vec::new();
+        let args = runfolder::read_args(dir).ok().flatten().unwrap_or_default();
         // The run a log named with this folder (as printed there, mapped here).
         let same = |save_dir: &str| {
             let mapped = runfolder::map_path(save_dir, path_map);
@@ -202,7 +184,7 @@ pub fn import(
             }
             None => {
                 summary.new_runs += 1;
-                let row = new_run(dir, &container, &columns, &polled.rows, now);
+                let row = new_run(dir, &container, &columns, &polled.rows, &args, now);
                 let folder = RunFolder {
                     key: row.key.clone(),
                     save_dir: row.save_dir.clone().unwrap_or_default(),
@@ -212,6 +194,7 @@ pub fn import(
                 folder
             }
         };
+        folder.found(dir, Some(&args), &mut ops);
         let mut state = ContainerState::new(folder.key.container.clone(), Resume::default());
         state.results_rows(
             &folder,
@@ -234,11 +217,9 @@ fn new_run(
     container: &Arc<str>,
     columns: &[String],
     rows: &[CsvRow],
+    args: &[(String, String)],
     now: i64,
 ) -> RunRow {
-    let args = std::fs::read_to_string(dir.join("args.yaml"))
-        .map(|t| parse_args_yaml(&t))
-        .unwrap_or_default();
     let arg = |k: &str| {
         args.iter()
             .find(|(n, _)| n == k)
@@ -259,13 +240,7 @@ fn new_run(
         .filter(|t| t.is_finite() && *t >= 0.0)
         .unwrap_or(0.0);
     let started_at = written_at - (last_time * 1e9) as i64;
-    let status = status_of(columns, rows, &args, written_at, now);
-    let params: serde_json::Map<String, serde_json::Value> = args
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    let mut params = serde_json::Value::Object(params);
-    crate::redact::json(&mut params);
+    let status = status_of(columns, rows, args, written_at, now);
     RunRow {
         key: RunKey {
             container: container.clone(),
@@ -285,7 +260,7 @@ fn new_run(
             .filter_map(|c| c.strip_prefix("train/"))
             .map(str::to_string)
             .collect(),
-        params: Some(params.to_string()),
+        params: Some(crate::derive::args_params(args)),
         ultralytics_version: None,
         failure: None,
     }
@@ -297,7 +272,7 @@ mod tests {
 
     #[test]
     fn args_yaml_is_read_flat() {
-        let args = parse_args_yaml(
+        let args = runfolder::parse_args_yaml(
             "task: detect\nmode: train\nmodel: yolo11n.yaml\nepochs: 40\nname: 'earlystop'\nsave_dir: /work/fx/runs/earlystop\ncfg: null\nmixup: 0.0\n",
         );
         assert_eq!(args[0], ("task".into(), "detect".into()));

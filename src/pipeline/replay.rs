@@ -82,6 +82,11 @@ fn read_run_folder(
     let mut csv = runfolder::ResultsCsv::new(&path);
     match csv.poll() {
         Ok(polled) => {
+            let args = runfolder::read_args(&dir).unwrap_or_else(|e| {
+                tracing::warn!(dir = %dir.display(), error = %e, "Cannot read the run folder's args.yaml.");
+                None
+            });
+            state.run_folder_found(folder, &dir, args.as_deref(), ops);
             if super::folders::merge(state, folder, &csv, &polled, ops) {
                 said.read += 1;
                 said.rows += polled.rows.len();

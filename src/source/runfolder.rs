@@ -115,6 +115,34 @@ impl Mapping {
     }
 }
 
+/// `args.yaml`'s `key: value` lines (Ultralytics writes it flat, one argument per line), the
+/// values as text without their quotes.
+pub fn parse_args_yaml(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with([' ', '\t', '#', '-']))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .or_else(|| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+                .unwrap_or(v);
+            (k.trim().to_string(), v.to_string())
+        })
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+/// The run folder's `args.yaml` (`None` when it is not written yet).
+pub fn read_args(dir: &Path) -> std::io::Result<Option<Vec<(String, String)>>> {
+    match std::fs::read_to_string(dir.join("args.yaml")) {
+        Ok(t) => Ok(Some(parse_args_yaml(&t))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A checkpoint write that settled: `weights/<name>` with its size, unchanged over two looks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {

@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0011_silences.sql"),
     include_str!("../../migrations/0012_arrival_of_future_rows.sql"),
     include_str!("../../migrations/0013_results_csv.sql"),
+    include_str!("../../migrations/0014_run_links.sql"),
 ];
 
 /// Brings the schema up to the latest version.

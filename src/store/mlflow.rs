@@ -35,6 +35,12 @@ pub struct ExportRun {
     pub best_epoch: Option<i64>,
     /// Why a failed or interrupted run ended (`training_runs.failure`).
     pub failure: Option<String>,
+    /// Epochs it has done (`training_runs.epochs_done`).
+    pub epochs_done: i64,
+    /// Where its run folder is read here (`runs.folder`).
+    pub folder: Option<String>,
+    /// Ultralytics' own MLflow run of it: (run id, tracking URI) as its log printed them.
+    pub own_mlflow: Option<(String, String)>,
 }
 
 /// What the server has of a run.
@@ -47,19 +53,29 @@ pub struct Exported {
     pub ended_sent: Option<String>,
     pub name_sent: Option<String>,
     pub error: Option<String>,
+    /// The artifacts acknowledged (JSON object: path -> size); `None`: not yet sent.
+    pub artifacts_sent: Option<String>,
+    /// The MLflow run is the training's own (its callback's), linked rather than created.
+    pub linked: bool,
+    /// The final validation of best.pt was logged (or given up: none was printed).
+    pub final_sent: bool,
 }
 
 /// Runs with something the target lacks: never sent, parameters not acknowledged, another
-/// status or end, still running (new epochs), or an epoch without an acknowledged digest.
+/// status or end, still running (new epochs), an epoch without an acknowledged digest, or an
+/// ended run with a folder whose artifacts were not sent.
 /// Runs refused for good (`error`) are left until cleared. Oldest first.
 const DUE_RUNS: &str = "SELECT r.run_id FROM runs r
     LEFT JOIN mlflow_runs m ON m.target = ?1 AND m.run_id = r.run_id
     WHERE m.error IS NULL AND (
         m.run_id IS NULL OR m.params_sent = 0 OR r.status = 'running'
         OR m.status_sent IS NOT r.status OR m.ended_sent IS NOT r.ended_at
-        OR EXISTS (SELECT 1 FROM epochs e WHERE e.run_id = r.run_id AND NOT EXISTS (
+        OR (r.status <> 'running' AND r.folder IS NOT NULL AND m.linked = 0
+            AND m.artifacts_sent IS NULL)
+        OR (r.status IN ('completed', 'early_stopped') AND m.linked = 0 AND m.final_sent = 0)
+        OR (m.linked IS NOT 1 AND EXISTS (SELECT 1 FROM epochs e WHERE e.run_id = r.run_id AND NOT EXISTS (
             SELECT 1 FROM mlflow_epochs x
-            WHERE x.target = ?1 AND x.run_id = r.run_id AND x.epoch = e.epoch)))
+            WHERE x.target = ?1 AND x.run_id = r.run_id AND x.epoch = e.epoch))))
     ORDER BY r.started_at, r.run_id";
 
 pub fn due_runs(conn: &Connection, target: &str) -> Result<Vec<i64>, StoreError> {
@@ -75,7 +91,8 @@ pub fn run(conn: &Connection, run_id: i64) -> Result<Option<ExportRun>, StoreErr
     conn.query_row(
         "SELECT v.run_id, v.container, r.start_stream, r.start_key_ts, r.start_seq, v.started_at,
             v.ended_at, v.status, v.save_dir, v.model, v.params, v.ultralytics_version,
-            v.epochs_total, v.best_epoch, v.failure
+            v.epochs_total, v.best_epoch, v.failure, v.epochs_done, r.folder, r.mlflow_run_id,
+            r.mlflow_uri
          FROM training_runs v JOIN runs r ON r.run_id = v.run_id WHERE v.run_id = ?1",
         [run_id],
         |r| {
@@ -95,6 +112,12 @@ pub fn run(conn: &Connection, run_id: i64) -> Result<Option<ExportRun>, StoreErr
                 epochs_total: r.get(12)?,
                 best_epoch: r.get(13)?,
                 failure: r.get(14)?,
+                epochs_done: r.get(15)?,
+                folder: r.get(16)?,
+                own_mlflow: match (r.get(17)?, r.get(18)?) {
+                    (Some(id), Some(uri)) => Some((id, uri)),
+                    _ => None,
+                },
             })
         },
     )
@@ -109,7 +132,7 @@ pub fn exported(
 ) -> Result<Option<Exported>, StoreError> {
     conn.query_row(
         "SELECT experiment_id, mlflow_run_id, params_sent, status_sent, ended_sent, name_sent,
-            error
+            error, artifacts_sent, linked, final_sent
          FROM mlflow_runs WHERE target = ?1 AND run_id = ?2",
         params![target, run_id],
         |r| {
@@ -121,6 +144,9 @@ pub fn exported(
                 ended_sent: r.get(4)?,
                 name_sent: r.get(5)?,
                 error: r.get(6)?,
+                artifacts_sent: r.get(7)?,
+                linked: r.get(8)?,
+                final_sent: r.get(9)?,
             })
         },
     )
@@ -128,7 +154,8 @@ pub fn exported(
     .map_err(StoreError::sql("read export progress"))
 }
 
-/// Records that `run_id` is MLflow run `mlflow_run_id` (nothing else acknowledged yet).
+/// Records that `run_id` is MLflow run `mlflow_run_id` (nothing else acknowledged yet);
+/// `linked`: the training's own run, found rather than created.
 pub fn map_run(
     conn: &Connection,
     target: &str,
@@ -136,14 +163,16 @@ pub fn map_run(
     experiment_id: &str,
     mlflow_run_id: &str,
     name: &str,
+    linked: bool,
 ) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO mlflow_runs (target, run_id, experiment_id, mlflow_run_id, name_sent,
-            updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            linked, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (target, run_id) DO UPDATE SET experiment_id = excluded.experiment_id,
             mlflow_run_id = excluded.mlflow_run_id, params_sent = 0, status_sent = NULL,
             ended_sent = NULL, name_sent = excluded.name_sent, error = NULL,
+            artifacts_sent = NULL, linked = excluded.linked, final_sent = 0,
             updated_at = excluded.updated_at",
         params![
             target,
@@ -151,6 +180,7 @@ pub fn map_run(
             experiment_id,
             mlflow_run_id,
             name,
+            linked,
             format_ns(now_ns())
         ],
     )
@@ -165,6 +195,56 @@ pub fn mark_params(conn: &Connection, target: &str, run_id: i64) -> Result<(), S
         params![target, run_id, format_ns(now_ns())],
     )
     .map_err(StoreError::sql("record exported params"))?;
+    Ok(())
+}
+
+/// Records that a run's final validation was logged (or that there is none to log).
+pub fn mark_final(conn: &Connection, target: &str, run_id: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE mlflow_runs SET final_sent = 1, updated_at = ?3 WHERE target = ?1 AND run_id = ?2",
+        params![target, run_id, format_ns(now_ns())],
+    )
+    .map_err(StoreError::sql("record exported final validation"))?;
+    Ok(())
+}
+
+/// The final validation of a run's best.pt (the `validation` event marked `final` after its
+/// last epoch and before the container's next run): when, and its context.
+pub fn final_validation(
+    conn: &Connection,
+    run_id: i64,
+) -> Result<Option<(String, String)>, StoreError> {
+    conn.query_row(
+        "SELECT e.ts, e.context FROM runs r JOIN event_log e
+            ON e.kind = 'validation' AND e.container = r.container
+         WHERE r.run_id = ?1
+            AND e.ts >= COALESCE((SELECT max(x.ended_at) FROM epochs x WHERE x.run_id = ?1),
+                                 r.started_at)
+            AND e.ts < COALESCE((SELECT min(n.started_at) FROM runs n
+                                 WHERE n.container = r.container AND n.started_at > r.started_at),
+                                '9999')
+            AND json_extract(e.context, '$.final') = 1
+         ORDER BY e.ts LIMIT 1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(StoreError::sql("read the final validation"))
+}
+
+/// Records the artifacts the server acknowledged for a run (JSON object: path -> size).
+pub fn mark_artifacts(
+    conn: &Connection,
+    target: &str,
+    run_id: i64,
+    sent: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE mlflow_runs SET artifacts_sent = ?3, updated_at = ?4
+         WHERE target = ?1 AND run_id = ?2",
+        params![target, run_id, sent, format_ns(now_ns())],
+    )
+    .map_err(StoreError::sql("record exported artifacts"))?;
     Ok(())
 }
 

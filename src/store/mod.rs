@@ -525,6 +525,7 @@ mod tests {
             experiment_id: "7".into(),
             mlflow_run_id: "abc".into(),
             name: "train".into(),
+            linked: false,
         };
         assert_eq!(tx.record(run("t1")).await.unwrap(), 0);
         // Seen by another connection as soon as the record is answered.

@@ -30,7 +30,17 @@ pub enum OutboxChange {
         experiment_id: String,
         mlflow_run_id: String,
         name: String,
+        /// The training's own MLflow run (its callback's), found and linked.
+        linked: bool,
     },
+    /// A run's artifacts were acknowledged (JSON object: path -> size).
+    MlflowArtifacts {
+        target: String,
+        run_id: i64,
+        sent: String,
+    },
+    /// A run's final validation was logged (or there is none to log).
+    MlflowFinal { target: String, run_id: i64 },
     /// A run's parameters were acknowledged.
     MlflowParams { target: String, run_id: i64 },
     /// A run's status, end and name were acknowledged.
@@ -78,8 +88,23 @@ impl OutboxChange {
                 experiment_id,
                 mlflow_run_id,
                 name,
-            } => mlflow::map_run(conn, target, *run_id, experiment_id, mlflow_run_id, name)?,
+                linked,
+            } => mlflow::map_run(
+                conn,
+                target,
+                *run_id,
+                experiment_id,
+                mlflow_run_id,
+                name,
+                *linked,
+            )?,
+            MlflowArtifacts {
+                target,
+                run_id,
+                sent,
+            } => mlflow::mark_artifacts(conn, target, *run_id, sent)?,
             MlflowParams { target, run_id } => mlflow::mark_params(conn, target, *run_id)?,
+            MlflowFinal { target, run_id } => mlflow::mark_final(conn, target, *run_id)?,
             MlflowStatus {
                 target,
                 run_id,

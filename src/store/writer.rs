@@ -144,6 +144,16 @@ const CSV_GAVE: &str = "SELECT 1 FROM results_rows WHERE run_id = ?1 AND epoch =
 
 // A results.csv row as written (a resumed or re-read row replaces it), and the header it is
 // read by (migration 0013).
+// A run's params merged with a patch (JSON objects): `args.yaml` fills only what is missing,
+// the resolved optimizer replaces.
+const PARAMS_FILL: &str =
+    "UPDATE runs SET params = json_patch(?2, COALESCE(params, '{}')) WHERE run_id = ?1";
+const PARAMS_OVERRIDE: &str =
+    "UPDATE runs SET params = json_patch(COALESCE(params, '{}'), ?2) WHERE run_id = ?1";
+const SET_RUN_FOLDER: &str = "UPDATE runs SET folder = ?2 WHERE run_id = ?1";
+const SET_RUN_MLFLOW: &str =
+    "UPDATE runs SET mlflow_run_id = ?2, mlflow_uri = ?3 WHERE run_id = ?1";
+
 const UPSERT_RESULTS_ROW: &str =
     "INSERT INTO results_rows (run_id, epoch, cells) VALUES (?1, ?2, ?3)
      ON CONFLICT (run_id, epoch) DO UPDATE SET cells = excluded.cells";
@@ -810,6 +820,25 @@ fn write_op(
             let run_id = run_id_of(tx, key, run_ids, new_runs)?;
             upsert_epoch(tx, run_id, e)?;
             stats.epochs_written += 1;
+        }
+        Op::RunPatch(key, patch) => {
+            use crate::derive::RunPatch;
+            let run_id = run_id_of(tx, key, run_ids, new_runs)?;
+            let done = match patch {
+                RunPatch::ParamsFill(p) => tx
+                    .prepare_cached(PARAMS_FILL)
+                    .and_then(|mut s| s.execute(params![run_id, p])),
+                RunPatch::ParamsOverride(p) => tx
+                    .prepare_cached(PARAMS_OVERRIDE)
+                    .and_then(|mut s| s.execute(params![run_id, p])),
+                RunPatch::Folder(dir) => tx
+                    .prepare_cached(SET_RUN_FOLDER)
+                    .and_then(|mut s| s.execute(params![run_id, dir])),
+                RunPatch::Mlflow { run_id: id, uri } => tx
+                    .prepare_cached(SET_RUN_MLFLOW)
+                    .and_then(|mut s| s.execute(params![run_id, id, uri])),
+            };
+            done.map_err(StoreError::sql("update a run"))?;
         }
         Op::ResultsRow(key, epoch, columns, cells) => {
             let run_id = run_id_of(tx, key, run_ids, new_runs)?;

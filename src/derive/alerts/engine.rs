@@ -228,6 +228,7 @@ impl Engine {
             }
             Op::Cursor(_)
             | Op::ResultsRow(..)
+            | Op::RunPatch(..)
             | Op::Container(..)
             | Op::State(..)
             | Op::ContainerState(..)

@@ -23,14 +23,17 @@
 //!   (completed, early stopped, failed, interrupted, the container's exit);
 //! - `epochs`: epochs from progress bars, validation rows and the service's JSON epochs;
 //! - `counters`: metric samples, queue counters and the events of single lines;
+//! - `params`: the resolved optimizer, `args.yaml` and the MLflow link, merged into params;
 //! - `saved`: the snapshot committed with each batch, and its resumption.
 
 mod counters;
 mod epochs;
 mod folder;
 mod lifecycle;
+mod params;
 
 pub use folder::{RUN_FOLDER, RunFolder};
+pub use params::args_params;
 
 pub use lifecycle::Exit;
 mod saved;
@@ -394,6 +397,8 @@ impl ContainerState {
             } => self.early_stopped(rec, &p.message, *best_epoch, *patience, out),
             Detail::ValidatingBest => self.final_validation = true,
             Detail::ResultsDir(dir) => self.results_dir(dir, out),
+            Detail::Optimizer(o) => self.optimizer(o, out),
+            Detail::MlflowRun { run_id, uri } => self.mlflow_link(run_id, uri, out),
             Detail::Traceback { .. } => self.traceback(rec, &p, out),
             Detail::ServiceRun(what) => self.service_run(rec, &p, *what, out),
         }

@@ -1,6 +1,7 @@
 //! The run state machine on real consoles' lines.
 
 use super::*;
+use crate::derive::RunPatch;
 use crate::event::Key;
 use crate::parse::Parser;
 
@@ -397,4 +398,54 @@ fn queue_counters_accumulate() {
     let metrics = h.metrics();
     assert_eq!(metrics, vec![("queue_messages_processed", 9.0)]);
     assert_eq!(h.kinds(), vec!["annotation_processed"]);
+}
+
+#[test]
+fn the_resolved_optimizer_and_the_mlflow_link_patch_the_running_run() {
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, mode=train, model=yolo11n.yaml, epochs=3, optimizer=auto, lr0=0.01, momentum=0.937, warmup_bias_lr=0.1, save_dir=/w/runs/train");
+    h.line("optimizer: 'optimizer=auto' found, ignoring 'lr0=0.01' and 'momentum=0.937' and determining best 'optimizer', 'lr0' and 'momentum' automatically... ");
+    h.line("optimizer: AdamW(lr=0.001667, momentum=0.9) with parameter groups 81 weight(decay=0.0), 88 weight(decay=0.0005), 87 bias(decay=0.0)");
+    h.line("MLflow: logging run_id(5b0f2c8e1d9a4f7e8c6b3a2d1e0f9a8b) to http://mlflow:5000");
+    let key = h.runs()[0].key.clone();
+    let patches: Vec<&RunPatch> = h
+        .ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::RunPatch(k, p) if *k == key => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    let RunPatch::ParamsOverride(p) = patches[0] else {
+        panic!("{patches:?}")
+    };
+    let p: Value = serde_json::from_str(p).unwrap();
+    assert_eq!(
+        p,
+        serde_json::json!({"optimizer": "AdamW", "lr0": "0.001667", "momentum": "0.9", "warmup_bias_lr": "0.0"})
+    );
+    assert_eq!(
+        patches[1],
+        &RunPatch::Mlflow {
+            run_id: "5b0f2c8e1d9a4f7e8c6b3a2d1e0f9a8b".into(),
+            uri: "http://mlflow:5000".into()
+        }
+    );
+    // An explicit SGD keeps its warmup; the announcement line is no optimizer.
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, mode=train, optimizer=SGD, lr0=0.02, epochs=3");
+    h.line("optimizer: SGD(lr=0.02, momentum=0.937) with parameter groups 57 weight(decay=0.0), 64 weight(decay=0.0005), 63 bias(decay=0.0)");
+    let p: Vec<Value> = h
+        .ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::RunPatch(_, RunPatch::ParamsOverride(p)) => serde_json::from_str(p).ok(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        p,
+        [serde_json::json!({"optimizer": "SGD", "lr0": "0.02", "momentum": "0.937"})]
+    );
 }

@@ -15,7 +15,7 @@
 //!   `trainwatch.run_id`, `trainwatch.run_key`.
 //! - `runs/log-batch` of params: every `key=value` of the trainer's settings line as printed
 //!   (redacted), at most 100 per request (MLflow's limit).
-//! - `runs/log-batch` of metrics: results.csv's columns ([`super::results`]) with MLflow's
+//! - `runs/log-batch` of metrics: results.csv's columns ([`crate::output::results`]) with MLflow's
 //!   allowed names (the parentheses removed, as Ultralytics' own MLflow callback does:
 //!   `metrics/mAP50-95(B)` -> `metrics/mAP50-95B`), `step` = epoch, timestamp = the epoch's
 //!   end; at most 1000 per request. An epoch is sent once it is settled: validated, followed by
@@ -44,6 +44,10 @@ use crate::store::mlflow::{self as store, ExportRun, Exported};
 use crate::store::{OutboxChange, WriterSender};
 use crate::telemetry::events::{InternalEvent, MlflowPointsExported, MlflowRequestFailed};
 use crate::time::{Age, parse_rfc3339};
+
+mod artifacts;
+mod final_val;
+mod linked;
 
 /// MLflow's `runs/log-batch` limits: 1000 metrics, 100 params, 100 tags per request.
 const MAX_METRICS: usize = 1000;
@@ -77,6 +81,33 @@ pub struct MlflowConfig {
     pub interval: Age,
     /// Per-request timeout.
     pub timeout: Age,
+    /// The `step` of an epoch's metric points: `epoch` (as printed, from 1) or `zero_based`
+    /// (from 0, as Ultralytics' own MLflow callback logs them, so the two overlay).
+    pub step: Step,
+    /// Upload an ended run's `weights/`, `args.yaml`, `results.csv` and plots as its
+    /// artifacts (through the tracking server's artifact proxy, `mlflow server
+    /// --serve-artifacts`, the default since MLflow 2).
+    pub artifacts: bool,
+}
+
+/// The `step` of an epoch's metric points (`[mlflow] step`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// The epoch as printed, `1..=N`.
+    #[default]
+    Epoch,
+    /// The epoch from 0, `0..N`, as Ultralytics' MLflow callback logs it.
+    ZeroBased,
+}
+
+impl Step {
+    fn of(self, epoch: i64) -> i64 {
+        match self {
+            Step::Epoch => epoch,
+            Step::ZeroBased => epoch - 1,
+        }
+    }
 }
 
 impl Default for MlflowConfig {
@@ -91,6 +122,8 @@ impl Default for MlflowConfig {
             host: None,
             interval: Age::secs(30),
             timeout: Age::secs(30),
+            step: Step::Epoch,
+            artifacts: true,
         }
     }
 }
@@ -173,13 +206,24 @@ pub struct Summary {
     pub params: u64,
     pub points: u64,
     pub requests: u64,
+    /// Artifact files uploaded, and their bytes.
+    pub artifacts: u64,
+    pub artifact_bytes: u64,
+    /// Runs found to be logged by the training's own MLflow callback, linked.
+    pub runs_linked: u64,
     /// Runs the server refused in these passes: (run_id, why).
     pub refused: Vec<(i64, String)>,
 }
 
 impl Summary {
     pub fn sent_anything(&self) -> bool {
-        self.runs_created + self.runs_updated + self.params + self.points > 0
+        self.runs_created
+            + self.runs_updated
+            + self.params
+            + self.points
+            + self.artifacts
+            + self.runs_linked
+            > 0
     }
 }
 
@@ -230,6 +274,21 @@ impl Exporter {
         &self.target
     }
 
+    /// A request to `url` with this export's timeout and credentials.
+    fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self
+            .client
+            .request(method, url)
+            .timeout(self.cfg.timeout.as_duration());
+        if let Some(t) = self.cfg.token() {
+            req.bearer_auth(t)
+        } else if let Some((u, p)) = self.cfg.basic() {
+            req.basic_auth(u, Some(p))
+        } else {
+            req
+        }
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -239,10 +298,7 @@ impl Exporter {
         s: &mut Summary,
     ) -> Result<Value, MlflowError> {
         s.requests += 1;
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.api))
-            .timeout(self.cfg.timeout.as_duration());
+        let mut req = self.request(method, &format!("{}{path}", self.api));
         if !query.is_empty() {
             req = req.query(query);
         }
@@ -250,31 +306,7 @@ impl Exporter {
             // MLflow refuses a body without `Content-Type: application/json`.
             req = req.json(b);
         }
-        if let Some(t) = self.cfg.token() {
-            req = req.bearer_auth(t);
-        } else if let Some((u, p)) = self.cfg.basic() {
-            req = req.basic_auth(u, Some(p));
-        }
-        let failed = |e: reqwest::Error| {
-            MlflowRequestFailed.emit();
-            MlflowError::Unreachable(with_causes(&e.without_url()))
-        };
-        let resp = req.send().await.map_err(failed)?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(failed)?;
-        if status.is_success() {
-            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
-        }
-        MlflowRequestFailed.emit();
-        let v: Value = serde_json::from_str(&text).unwrap_or_default();
-        let message = v["message"].as_str().unwrap_or(&text);
-        // The first line: SQL errors follow on the next ones.
-        let message = message.lines().next().unwrap_or_default();
-        Err(MlflowError::Refused {
-            status: status.as_u16(),
-            code: v["error_code"].as_str().unwrap_or_default().to_string(),
-            message: clip(message, 300).to_string(),
-        })
+        answer(req.send().await).await
     }
 
     async fn post(&self, path: &str, body: Value, s: &mut Summary) -> Result<Value, MlflowError> {
@@ -381,7 +413,8 @@ impl Exporter {
                 .call(move |c| store::exported(c, &target, run_id))
                 .await?;
             // A mapping into another experiment (deleted and made again under the same name)
-            // is of no use.
+            // is of no use. (A linked run is the training's own, in whatever experiment it
+            // chose; its mapping records the export's.)
             if exported
                 .as_ref()
                 .is_some_and(|e| e.experiment_id != experiment_id || e.mlflow_run_id.is_empty())
@@ -392,8 +425,18 @@ impl Exporter {
             let name = run_name(&run);
             let exported = match exported {
                 Some(e) => e,
+                // A run is created once it has an epoch or has ended: by then its log has said
+                // whether the training logs itself (`MLflow: logging run_id(...)` comes before
+                // the first epoch), and its parameters are the resolved ones.
+                None if run.status.is_running() && run.epochs_done == 0 => return Ok(()),
                 None => {
-                    let id = self.find_or_create(&run, experiment_id, &name, s).await?;
+                    let (id, linked) = match self.own_run(&run, s).await? {
+                        Some(id) => (id, true),
+                        None => (
+                            self.find_or_create(&run, experiment_id, &name, s).await?,
+                            false,
+                        ),
+                    };
                     self.writer
                         .record(OutboxChange::MlflowRun {
                             target: self.target.clone(),
@@ -401,17 +444,24 @@ impl Exporter {
                             experiment_id: experiment_id.to_string(),
                             mlflow_run_id: id.clone(),
                             name: name.clone(),
+                            linked,
                         })
                         .await?;
                     Exported {
                         experiment_id: experiment_id.to_string(),
                         mlflow_run_id: id,
                         name_sent: Some(name.clone()),
+                        linked,
                         ..Exported::default()
                     }
                 }
             };
-            match self.send_run(&run, &exported, &name, s).await {
+            let sent = if exported.linked {
+                self.send_linked(&run, &exported, s).await
+            } else {
+                self.send_run(&run, &exported, &name, s).await
+            };
+            match sent {
                 Err(e) if e.not_found() && attempt == 0 => {
                     tracing::info!(
                         run_id,
@@ -471,6 +521,11 @@ impl Exporter {
         if let Some(n) = run.epochs_total {
             tags.push(("epochs_total", Some(n.to_string())));
         }
+        // The training logs itself elsewhere (its callback's own tracking URI): the link.
+        if let Some((id, uri)) = &run.own_mlflow {
+            tags.push(("ultralytics.mlflow_run_id", Some(id.clone())));
+            tags.push(("ultralytics.mlflow_uri", Some(uri.clone())));
+        }
         let tags: Vec<Value> = tags
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| json!({ "key": k, "value": clip(&v, MAX_TAG_VALUE) })))
@@ -509,35 +564,18 @@ impl Exporter {
         let run_id = run.run_id;
         let mlflow_run = exported.mlflow_run_id.as_str();
         if !exported.params_sent {
-            let params = params(run.params.as_deref());
-            for chunk in params.chunks(MAX_PARAMS) {
-                let body: Vec<Value> = chunk
-                    .iter()
-                    .map(|(k, v)| json!({ "key": k, "value": v }))
-                    .collect();
-                self.post(
-                    "runs/log-batch",
-                    json!({ "run_id": mlflow_run, "params": body }),
-                    s,
-                )
-                .await?;
-                s.params += chunk.len() as u64;
-            }
-            self.writer
-                .record(OutboxChange::MlflowParams {
-                    target: self.target.clone(),
-                    run_id,
-                })
-                .await?;
+            self.send_params(run, mlflow_run, s).await?;
         }
 
         // The epochs the server lacks, in batches within MLflow's limit.
         let target = self.target.clone();
+        let folder = run.folder.clone();
+        let running = run.status.is_running();
         let (csv, sent) = self
             .conn
             .call(move |c| {
-                let rows = super::results::epochs(c, run_id)?;
-                let csv = super::results::results_csv(c, run_id, rows)?;
+                let csv =
+                    crate::output::results::for_export(c, run_id, folder.as_deref(), running)?;
                 Ok((csv, store::epoch_digests(c, &target, run_id)?))
             })
             .await?;
@@ -557,13 +595,22 @@ impl Exporter {
                     "key": key,
                     "value": metric_value(*value),
                     "timestamp": e.timestamp,
-                    "step": e.epoch,
+                    "step": self.cfg.step.of(e.epoch),
                 }));
             }
             marks.push((e.epoch, e.digest));
         }
         self.send_points(run_id, mlflow_run, &mut batch, &mut marks, s)
             .await?;
+        if !exported.final_sent
+            && matches!(
+                run.status,
+                crate::derive::RunStatus::Completed | crate::derive::RunStatus::EarlyStopped
+            )
+        {
+            self.send_final(run, mlflow_run, &csv.table.columns, s)
+                .await?;
+        }
 
         let ended = if run.status.is_running() {
             None
@@ -601,6 +648,40 @@ impl Exporter {
                 })
                 .await?;
         }
+        if !run.status.is_running() && exported.artifacts_sent.is_none() && run.folder.is_some() {
+            self.send_artifacts(run, exported, s).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the run's params within MLflow's limit per request, and records them.
+    async fn send_params(
+        &self,
+        run: &ExportRun,
+        mlflow_run: &str,
+        s: &mut Summary,
+    ) -> Result<(), MlflowError> {
+        let run_id = run.run_id;
+        let params = params(run.params.as_deref());
+        for chunk in params.chunks(MAX_PARAMS) {
+            let body: Vec<Value> = chunk
+                .iter()
+                .map(|(k, v)| json!({ "key": k, "value": v }))
+                .collect();
+            self.post(
+                "runs/log-batch",
+                json!({ "run_id": mlflow_run, "params": body }),
+                s,
+            )
+            .await?;
+            s.params += chunk.len() as u64;
+        }
+        self.writer
+            .record(OutboxChange::MlflowParams {
+                target: self.target.clone(),
+                run_id,
+            })
+            .await?;
         Ok(())
     }
 
@@ -778,7 +859,7 @@ pub struct EpochPoints {
 /// The settled epochs of a results.csv table as metric points: all of them when the run has
 /// ended, else those validated or followed by another.
 pub fn epoch_points(
-    csv: &super::results::ResultsCsv,
+    csv: &crate::output::results::ResultsCsv,
     running: bool,
     fallback_ts: i64,
 ) -> Vec<EpochPoints> {
@@ -791,7 +872,11 @@ pub fn epoch_points(
         };
         let mut points = Vec::new();
         let mut validated = false;
+        // Not `time`: Ultralytics' callback does not log it (the points' timestamps carry it).
         for (c, v) in cols.iter().zip(row).skip(1) {
+            if c == "time" {
+                continue;
+            }
             if let Some(x) = cell_number(v) {
                 validated |= c.starts_with("metrics/");
                 points.push((metric_name(c), x));
@@ -857,6 +942,31 @@ fn metric_value(v: f64) -> Value {
     } else {
         json!(v)
     }
+}
+
+/// The server's answer as JSON, or why there is none: no answer, or a status other than 2xx
+/// with MLflow's `error_code` and `message`.
+async fn answer(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Value, MlflowError> {
+    let failed = |e: reqwest::Error| {
+        MlflowRequestFailed.emit();
+        MlflowError::Unreachable(with_causes(&e.without_url()))
+    };
+    let resp = resp.map_err(failed)?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(failed)?;
+    if status.is_success() {
+        return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+    }
+    MlflowRequestFailed.emit();
+    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+    let message = v["message"].as_str().unwrap_or(&text);
+    // The first line: SQL errors follow on the next ones.
+    let message = message.lines().next().unwrap_or_default();
+    Err(MlflowError::Refused {
+        status: status.as_u16(),
+        code: v["error_code"].as_str().unwrap_or_default().to_string(),
+        message: clip(message, 300).to_string(),
+    })
 }
 
 /// An error and its causes (reqwest's own text is only `error sending request`).
@@ -987,6 +1097,9 @@ mod tests {
             epochs_total: None,
             best_epoch: None,
             failure: None,
+            epochs_done: 0,
+            folder: None,
+            own_mlflow: None,
         }
     }
 
@@ -1004,7 +1117,7 @@ mod tests {
 
     #[test]
     fn only_settled_epochs_are_points() {
-        let csv = super::super::results::ResultsCsv {
+        let csv = crate::output::results::ResultsCsv {
             table: crate::store::queries::Rows {
                 columns: vec![
                     "epoch".into(),
