@@ -12,3 +12,27 @@ ALTER TABLE runs ADD COLUMN mlflow_uri TEXT;
 ALTER TABLE mlflow_runs ADD COLUMN artifacts_sent TEXT;
 ALTER TABLE mlflow_runs ADD COLUMN linked INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE mlflow_runs ADD COLUMN final_sent INTEGER NOT NULL DEFAULT 0;
+-- results.csv rows by their place in the file: a resumed training appends the epoch it resumed
+-- at again, and `history --format csv` writes the file back as it is. `training_results` shows
+-- the latest row of each epoch (the one the run's weights went on from).
+DROP VIEW training_results;
+CREATE TABLE results_rows_by_row (
+    run_id INTEGER NOT NULL,
+    row    INTEGER NOT NULL,
+    epoch  INTEGER NOT NULL,
+    cells  TEXT NOT NULL,
+    PRIMARY KEY (run_id, row)
+) WITHOUT ROWID;
+INSERT INTO results_rows_by_row (run_id, row, epoch, cells)
+SELECT run_id, row_number() OVER (PARTITION BY run_id ORDER BY epoch) - 1, epoch, cells
+FROM results_rows;
+DROP TABLE results_rows;
+ALTER TABLE results_rows_by_row RENAME TO results_rows;
+CREATE VIEW training_results AS
+SELECT rr.run_id, rr.epoch, c.value AS name, v.value AS value
+FROM results_rows rr
+JOIN runs r ON r.run_id = rr.run_id
+JOIN json_each(r.results_columns) c
+JOIN json_each(rr.cells) v ON v.key = c.key
+WHERE NOT EXISTS (SELECT 1 FROM results_rows later
+                  WHERE later.run_id = rr.run_id AND later.row > rr.row AND later.epoch = rr.epoch);

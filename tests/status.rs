@@ -642,6 +642,14 @@ async fn monitoring_stays_reachable_under_idle_and_slow_clients() {
     )
     .await;
     let pid = watch.0.id();
+    // The baseline once the watch has served a page of each kind (its store readers, the
+    // writer's WAL and the runtime's descriptors are all open by then).
+    let warm = reqwest::Client::new();
+    for path in ["/healthz", "/metrics", "/healthz", "/metrics"] {
+        let _ = warm.get(format!("{base}{path}")).send().await;
+    }
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = open_fds(pid);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // 100 clients that drip their headers one byte every 100 ms, reconnecting when closed.

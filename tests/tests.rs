@@ -29,6 +29,8 @@
 //!   YOLOv5, pasted/notebook/CRLF/cut consoles) against the values they print.
 //! - `runfolder`: a replayed training's results.csv found through `--path-map`: every
 //!   column as written, full precision, NaN validation losses alerting.
+//! - `runfolder_real`: run folders recorded as real trainings wrote them (NaN validation,
+//!   early stop, resume), replayed and written at their recorded pace while `watch` follows.
 //! - `secrets`: a followed container that writes secrets: `SecretsInLogs` per kind, the
 //!   redactions counted on `/metrics` and in `status`, nothing stored.
 //! - `status`: `health` exit codes, `status`, the page in headless Chromium, `/metrics` checked
@@ -54,6 +56,7 @@ mod queue;
 mod replay;
 mod replay_tqdm;
 mod runfolder;
+mod runfolder_real;
 mod secrets;
 mod status;
 mod users;

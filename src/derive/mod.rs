@@ -174,6 +174,8 @@ pub enum RunPatch {
     Folder(String),
     /// Ultralytics' own MLflow run of it: its run id and tracking URI.
     Mlflow { run_id: String, uri: String },
+    /// Its results.csv was replaced: the rows read of it before no longer hold.
+    ResultsRestarted,
 }
 
 /// What derivation asks the store to write. A batch of ops is committed in one transaction.
@@ -194,8 +196,9 @@ pub enum Op {
     State(Arc<str>, String),
     /// A followed container's state as the daemon reports it (ns).
     ContainerState(i64, Arc<str>, ContainerRun),
-    /// A row of a run's `results.csv` (run, epoch, header, cells as written).
-    ResultsRow(RunKey, u32, Arc<[String]>, Vec<String>),
+    /// A row of a run's `results.csv` (run, row index in the file, epoch, header, cells as
+    /// written).
+    ResultsRow(RunKey, u32, u32, Arc<[String]>, Vec<String>),
     /// A change to a stored run that its row does not carry.
     RunPatch(RunKey, RunPatch),
     /// A source that is gone for good (a destroyed container's id): its cursors are removed.

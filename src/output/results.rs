@@ -31,7 +31,7 @@ pub fn results_csv_as_written(conn: &Connection, run_id: i64) -> Result<Option<R
         return Ok(None);
     };
     let mut stmt = conn
-        .prepare("SELECT cells FROM results_rows WHERE run_id = ?1 ORDER BY epoch")
+        .prepare("SELECT cells FROM results_rows WHERE run_id = ?1 ORDER BY row")
         .map_err(StoreError::sql("read the run's results.csv"))?;
     let rows = stmt
         .query_map([run_id], |r| r.get::<_, String>(0))
@@ -49,7 +49,8 @@ pub fn results_csv_as_written(conn: &Connection, run_id: i64) -> Result<Option<R
 }
 
 /// The results.csv table the MLflow export logs: the run folder's own rows as written (full
-/// precision, validation losses and learning rates), each at its epoch's end; the console's
+/// precision, validation losses and learning rates; the latest row of an epoch a resume
+/// repeated), each at its epoch's end; the console's
 /// epochs where there is no folder. While a run whose folder holds a results.csv has none of
 /// its rows read yet, nothing: the console's rounded values would be logged at the same steps
 /// as the csv's a moment later.
@@ -61,7 +62,22 @@ pub fn for_export(
 ) -> Result<ResultsCsv, StoreError> {
     let console = results_csv(conn, run_id, epochs(conn, run_id)?)?;
     match results_csv_as_written(conn, run_id)? {
-        Some(table) if !table.rows.is_empty() => {
+        Some(mut table) if !table.rows.is_empty() => {
+            // A resumed run's results.csv repeats the epoch it resumed at: the latest row of
+            // each epoch is the one its weights went on from.
+            let epoch_of = |r: &Vec<Value>| match r.first() {
+                Some(Value::Text(t)) => t.trim().parse::<i64>().ok(),
+                _ => None,
+            };
+            let mut last_row = std::collections::HashMap::new();
+            for (i, r) in table.rows.iter().enumerate() {
+                last_row.insert(epoch_of(r), i);
+            }
+            let mut i = 0;
+            table.rows.retain(|r| {
+                i += 1;
+                last_row.get(&epoch_of(r)) == Some(&(i - 1))
+            });
             let ends: std::collections::HashMap<i64, Option<i64>> = console
                 .table
                 .rows

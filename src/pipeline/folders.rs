@@ -103,7 +103,9 @@ impl FolderTail {
             read_csv(state, &t.folder, &mut t.csv, ops, &mut self.said);
             let saved = t.checkpoints.poll();
             state.checkpoints(&t.folder, &saved, t.checkpoints.written_at("last.pt"), ops);
-            if same {
+            // An ended run's folder is still looked at (its last checkpoints are rewritten
+            // after its end) until another run starts.
+            if same || running.is_none() {
                 return;
             }
             self.tail = None;
@@ -127,6 +129,19 @@ impl FolderTail {
                 self.tail = Some(t);
             }
             Err(why) => say_unreadable(state, &folder, &why, &mut self.said, ops),
+        }
+    }
+}
+
+impl FolderTail {
+    /// The container stopped: what its folder gained last (the final results.csv rows, the
+    /// checkpoints rewritten at the end), every checkpoint write taken as settled.
+    pub(super) fn last_look(&mut self, f: &mut Ingest<'_>) {
+        let (state, ops) = f.state_and_ops();
+        if let Some(t) = &mut self.tail {
+            read_csv(state, &t.folder, &mut t.csv, ops, &mut self.said);
+            let saved = t.checkpoints.last_look();
+            state.checkpoints(&t.folder, &saved, t.checkpoints.written_at("last.pt"), ops);
         }
     }
 }

@@ -296,6 +296,7 @@ mod tests {
             (4, "0.2", "0.1"),
         ]
         .map(|(e, a, b)| CsvRow {
+            row: e - 1,
             epoch: e,
             cells: vec![e.to_string(), a.into(), b.into()],
         })

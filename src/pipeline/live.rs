@@ -447,6 +447,7 @@ async fn follow(shared: &Shared, live: &Live, info: &ContainerInfo, role: &str) 
             }
         };
         if draining && ended.is_ok() {
+            folders.last_look(&mut f);
             read_to_the_end(&mut f, &mut merger, exited.as_ref(), role, &live.writer).await;
             tracing::info!(container = %container, "Container stopped; its logs were read to the end.");
             return;

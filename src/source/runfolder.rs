@@ -153,9 +153,14 @@ pub struct Checkpoint {
     pub written_at: i64,
 }
 
+/// How long a checkpoint must go unwritten to count as settled at a single look.
+pub const QUIET: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// A run folder's `weights/` watched for settled checkpoint writes. torch.save rewrites
 /// `last.pt` in place (a reader can see it at 0 bytes, or part-written): a write counts once
-/// its size and time have not changed between two looks and it is not empty.
+/// it is not empty and its size and time have not changed between two looks, or it was last
+/// written [`QUIET`] before the look (an epoch shorter than the time between looks rewrites
+/// it before a second look); once the training is gone, every write counts.
 #[derive(Debug, Default)]
 pub struct Checkpoints {
     dir: PathBuf,
@@ -209,24 +214,39 @@ impl Checkpoints {
 
     /// The writes that settled since the last look.
     pub fn poll(&mut self) -> Vec<Checkpoint> {
+        self.look_for(false)
+    }
+
+    /// The writes not reported yet, all taken as settled: the training that wrote them is
+    /// gone (its container stopped).
+    pub fn last_look(&mut self) -> Vec<Checkpoint> {
+        self.look_for(true)
+    }
+
+    fn look_for(&mut self, writer_gone: bool) -> Vec<Checkpoint> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
         let mut settled = Vec::new();
         for (name, stamp) in self.look() {
-            match self.seen.get_mut(&name) {
-                Some((last, reported)) if *last == stamp => {
-                    if !*reported && stamp.0 > 0 {
-                        *reported = true;
-                        settled.push(Checkpoint {
-                            path: self.dir.join(&name),
-                            name,
-                            size: stamp.0,
-                            written_at: stamp.1,
-                        });
-                    }
-                }
-                Some(entry) => *entry = (stamp, false),
-                None => {
-                    self.seen.insert(name, (stamp, false));
-                }
+            let quiet = writer_gone || now - stamp.1 >= QUIET.as_nanos() as i64;
+            let mut unchanged = true;
+            let entry = self.seen.entry(name.clone()).or_insert_with(|| {
+                unchanged = false;
+                (stamp, false)
+            });
+            if entry.0 != stamp {
+                unchanged = false;
+                *entry = (stamp, false);
+            }
+            if !entry.1 && stamp.0 > 0 && (unchanged || quiet) {
+                entry.1 = true;
+                settled.push(Checkpoint {
+                    path: self.dir.join(&name),
+                    name,
+                    size: stamp.0,
+                    written_at: stamp.1,
+                });
             }
         }
         settled
@@ -237,6 +257,9 @@ impl Checkpoints {
 /// Ultralytics 8.0 pads its header and cells with spaces).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CsvRow {
+    /// Its place among the file's rows, from 0: a resumed training appends the epoch it
+    /// resumed at again, so epochs repeat.
+    pub row: u32,
     pub epoch: u32,
     pub cells: Vec<String>,
 }
@@ -251,6 +274,8 @@ pub struct ResultsCsv {
     columns: Option<Vec<String>>,
     /// Bytes of a row whose newline has not come yet.
     pending: Vec<u8>,
+    /// Rows read so far (the next row's index).
+    rows: u32,
 }
 
 /// What a poll found.
@@ -271,6 +296,7 @@ impl ResultsCsv {
             identity: None,
             columns: None,
             pending: Vec::new(),
+            rows: 0,
         }
     }
 
@@ -296,6 +322,7 @@ impl ResultsCsv {
             self.offset = 0;
             self.columns = None;
             self.pending.clear();
+            self.rows = 0;
         }
         if meta.len() == self.offset {
             return Ok(polled);
@@ -331,11 +358,18 @@ impl ResultsCsv {
             .and_then(|e| e.parse::<f64>().ok())
             .filter(|e| e.is_finite() && *e >= 0.0 && e.fract() == 0.0);
         match epoch {
-            Some(e) if cells.len() == columns.len() => polled.rows.push(CsvRow {
-                epoch: e as u32,
-                cells,
-            }),
-            _ => polled.bad_rows += 1,
+            Some(e) if cells.len() == columns.len() => {
+                polled.rows.push(CsvRow {
+                    row: self.rows,
+                    epoch: e as u32,
+                    cells,
+                });
+                self.rows += 1;
+            }
+            _ => {
+                polled.bad_rows += 1;
+                self.rows += 1;
+            }
         }
     }
 }
@@ -439,6 +473,18 @@ mod tests {
         assert!(c.poll().is_empty());
         let names: Vec<String> = c.poll().into_iter().map(|c| c.name).collect();
         assert_eq!(names, ["epoch2.pt", "last.pt"]);
+        // Rewritten between two looks, and quiet since: settled at one look (a fast epoch).
+        std::fs::write(w.join("last.pt"), vec![7u8; 1300]).unwrap();
+        let f = File::options().write(true).open(w.join("last.pt")).unwrap();
+        f.set_modified(std::time::SystemTime::now() - QUIET * 2)
+            .unwrap();
+        let got = c.poll();
+        assert_eq!((got[0].name.as_str(), got[0].size), ("last.pt", 1300));
+        // The training gone: its last write counts at once.
+        std::fs::write(w.join("best.pt"), vec![7u8; 1400]).unwrap();
+        let got = c.last_look();
+        assert_eq!((got[0].name.as_str(), got[0].size), ("best.pt", 1400));
+        assert!(c.last_look().is_empty());
     }
 
     #[test]
@@ -460,6 +506,7 @@ mod tests {
         assert_eq!(
             got.rows,
             [CsvRow {
+                row: 0,
                 epoch: 1,
                 cells: vec!["1".into(), "2.5".into(), "nan".into()]
             }]
@@ -469,6 +516,7 @@ mod tests {
         let got = r.poll().unwrap();
         assert_eq!(got.rows.len(), 1);
         assert_eq!(got.rows[0].cells, ["2", "2.4", "1.9"]);
+        assert_eq!(got.rows[0].row, 1);
         assert_eq!(r.poll().unwrap(), Polled::default());
         // A row with a cell too few is counted, not taken.
         writeln!(f, "3,2.3").unwrap();
@@ -478,5 +526,11 @@ mod tests {
         let got = r.poll().unwrap();
         assert!(got.restarted);
         assert_eq!(got.rows[0].cells, ["1", "3.0"]);
+        assert_eq!(got.rows[0].row, 0);
+        // A resumed training appends the epoch it resumed at again: a row of its own.
+        std::fs::write(&p, "epoch,train/box_loss\n1,3.0\n2,2.9\n2,2.8\n").unwrap();
+        let got = r.poll().unwrap();
+        let rows: Vec<(u32, u32)> = got.rows.iter().map(|r| (r.row, r.epoch)).collect();
+        assert_eq!(rows, [(1, 2), (2, 2)]);
     }
 }

@@ -155,8 +155,9 @@ const SET_RUN_MLFLOW: &str =
     "UPDATE runs SET mlflow_run_id = ?2, mlflow_uri = ?3 WHERE run_id = ?1";
 
 const UPSERT_RESULTS_ROW: &str =
-    "INSERT INTO results_rows (run_id, epoch, cells) VALUES (?1, ?2, ?3)
-     ON CONFLICT (run_id, epoch) DO UPDATE SET cells = excluded.cells";
+    "INSERT INTO results_rows (run_id, row, epoch, cells) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (run_id, row) DO UPDATE SET epoch = excluded.epoch, cells = excluded.cells";
+const CLEAR_RESULTS_ROWS: &str = "DELETE FROM results_rows WHERE run_id = ?1";
 const SET_RESULTS_COLUMNS: &str =
     "UPDATE runs SET results_columns = ?2 WHERE run_id = ?1 AND results_columns IS NOT ?2";
 
@@ -761,6 +762,33 @@ fn run_id_of(
     Ok(id)
 }
 
+/// Applies a [`crate::derive::RunPatch`] to a stored run.
+fn patch_run(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: i64,
+    patch: &crate::derive::RunPatch,
+) -> Result<(), StoreError> {
+    use crate::derive::RunPatch;
+    let done = match patch {
+        RunPatch::ParamsFill(p) => tx
+            .prepare_cached(PARAMS_FILL)
+            .and_then(|mut s| s.execute(params![run_id, p])),
+        RunPatch::ParamsOverride(p) => tx
+            .prepare_cached(PARAMS_OVERRIDE)
+            .and_then(|mut s| s.execute(params![run_id, p])),
+        RunPatch::Folder(dir) => tx
+            .prepare_cached(SET_RUN_FOLDER)
+            .and_then(|mut s| s.execute(params![run_id, dir])),
+        RunPatch::Mlflow { run_id: id, uri } => tx
+            .prepare_cached(SET_RUN_MLFLOW)
+            .and_then(|mut s| s.execute(params![run_id, id, uri])),
+        RunPatch::ResultsRestarted => tx
+            .prepare_cached(CLEAR_RESULTS_ROWS)
+            .and_then(|mut s| s.execute(params![run_id])),
+    };
+    done.map(drop).map_err(StoreError::sql("update a run"))
+}
+
 /// Writes one op that is not a row of the logs.
 fn write_op(
     tx: &rusqlite::Transaction<'_>,
@@ -822,30 +850,15 @@ fn write_op(
             stats.epochs_written += 1;
         }
         Op::RunPatch(key, patch) => {
-            use crate::derive::RunPatch;
             let run_id = run_id_of(tx, key, run_ids, new_runs)?;
-            let done = match patch {
-                RunPatch::ParamsFill(p) => tx
-                    .prepare_cached(PARAMS_FILL)
-                    .and_then(|mut s| s.execute(params![run_id, p])),
-                RunPatch::ParamsOverride(p) => tx
-                    .prepare_cached(PARAMS_OVERRIDE)
-                    .and_then(|mut s| s.execute(params![run_id, p])),
-                RunPatch::Folder(dir) => tx
-                    .prepare_cached(SET_RUN_FOLDER)
-                    .and_then(|mut s| s.execute(params![run_id, dir])),
-                RunPatch::Mlflow { run_id: id, uri } => tx
-                    .prepare_cached(SET_RUN_MLFLOW)
-                    .and_then(|mut s| s.execute(params![run_id, id, uri])),
-            };
-            done.map_err(StoreError::sql("update a run"))?;
+            patch_run(tx, run_id, patch)?;
         }
-        Op::ResultsRow(key, epoch, columns, cells) => {
+        Op::ResultsRow(key, row, epoch, columns, cells) => {
             let run_id = run_id_of(tx, key, run_ids, new_runs)?;
             let columns = serde_json::to_string(&**columns).unwrap_or_default();
             let cells = serde_json::to_string(cells).unwrap_or_default();
             tx.prepare_cached(UPSERT_RESULTS_ROW)
-                .and_then(|mut s| s.execute(params![run_id, epoch, cells]))
+                .and_then(|mut s| s.execute(params![run_id, row, epoch, cells]))
                 .and_then(|_| tx.prepare_cached(SET_RESULTS_COLUMNS))
                 .and_then(|mut s| s.execute(params![run_id, columns]))
                 .map_err(StoreError::sql("write a results.csv row"))?;

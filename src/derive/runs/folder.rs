@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::{ContainerState, RunKey};
-use crate::derive::{EpochRow, EventRow, Op};
+use crate::derive::{EpochRow, EventRow, Op, RunPatch};
 use crate::event::{Level, kind};
 use crate::source::runfolder::{Checkpoint, CsvRow};
 
@@ -94,15 +94,18 @@ impl ContainerState {
         restarted: bool,
         out: &mut Vec<Op>,
     ) {
+        if restarted {
+            out.push(Op::RunPatch(run.key.clone(), RunPatch::ResultsRestarted));
+        }
         let latest = self.run.as_mut().filter(|r| r.row.key == run.key);
         let done = match latest {
             Some(r) => {
                 if restarted {
-                    r.csv_epoch = None;
+                    r.csv_rows = None;
                 }
-                let done = r.csv_epoch;
-                if let Some(last) = rows.iter().map(|r| r.epoch).max() {
-                    r.csv_epoch = Some(r.csv_epoch.map_or(last, |e| e.max(last)));
+                let done = r.csv_rows;
+                if let Some(last) = rows.iter().map(|r| r.row + 1).max() {
+                    r.csv_rows = Some(r.csv_rows.map_or(last, |e| e.max(last)));
                 }
                 done
             }
@@ -110,7 +113,7 @@ impl ContainerState {
         };
         let rows: Vec<&CsvRow> = rows
             .iter()
-            .filter(|r| done.is_none_or(|d| r.epoch > d))
+            .filter(|r| done.is_none_or(|d| r.row >= d))
             .collect();
         let at = |names: &[&str]| columns.iter().position(|c| names.contains(&c.as_str()));
         let time = at(&["time"]);
@@ -134,6 +137,7 @@ impl ContainerState {
                 .collect();
             out.push(Op::ResultsRow(
                 run.key.clone(),
+                row.row,
                 row.epoch,
                 columns.clone(),
                 row.cells.clone(),
@@ -177,7 +181,8 @@ impl ContainerState {
     }
 
     /// Checkpoint writes of the run folder that settled (`checkpoint_saved`: file, size, the
-    /// epoch it followed), and whether `last.pt` stopped being rewritten: `last_pt` is when it
+    /// epoch it followed; a `best.pt` write of the running run makes that epoch its best), and
+    /// whether `last.pt` stopped being rewritten: `last_pt` is when it
     /// was last written (ns). Two epochs of the running run ended after it without a rewrite
     /// (it was being rewritten before: it exists) is a `checkpoint_save_failed`, said once.
     pub fn checkpoints(
@@ -190,10 +195,24 @@ impl ContainerState {
         let Some(run) = self.run.as_mut().filter(|r| r.row.key == folder.key) else {
             return;
         };
-        let epoch = run.last_epoch;
+        let mut best = None;
         for c in saved {
             if c.name == "last.pt" {
                 run.stall_said = None;
+            }
+            // The epoch it followed: the latest that ended before it was written (a look may
+            // come after the next epoch ended).
+            let epoch = run
+                .ends
+                .iter()
+                .filter(|(_, end)| *end <= c.written_at)
+                .max_by_key(|(_, end)| *end)
+                .map(|(e, _)| *e)
+                .or(run.last_epoch);
+            // Ultralytics rewrites best.pt when an epoch's fitness is the best so far (ties
+            // included): the run's best epoch. (After the run's end it is only stripped.)
+            if c.name == "best.pt" && run.is_running() && epoch.is_some() {
+                best = epoch;
             }
             let at = match epoch {
                 Some(e) => format!(", epoch {e}"),
@@ -214,6 +233,12 @@ impl ContainerState {
                 })
                 .to_string(),
             }));
+        }
+        if let Some(b) = best
+            && run.row.best_epoch_reported != Some(b)
+        {
+            run.row.best_epoch_reported = Some(b);
+            out.push(Op::Run(run.row.clone()));
         }
         let (Some(written), true) = (last_pt, run.is_running()) else {
             return;

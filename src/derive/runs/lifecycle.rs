@@ -571,7 +571,7 @@ impl ContainerState {
             train_start: None,
             nan_epoch: None,
             last_error: None,
-            csv_epoch: None,
+            csv_rows: None,
             ends: Vec::new(),
             stall_said: None,
         });
@@ -606,7 +606,7 @@ impl ContainerState {
                 train_start: None,
                 nan_epoch: None,
                 last_error: None,
-                csv_epoch: None,
+                csv_rows: None,
                 ends: Vec::new(),
                 stall_said: None,
             });

@@ -158,10 +158,11 @@ struct Run {
     /// service that logs its failure and exits 0 failed.
     #[serde(default)]
     last_error: Option<String>,
-    /// The last epoch of its run folder's results.csv merged: a restarted `watch` reading the
-    /// file again from the start takes only the rows after it.
-    #[serde(default)]
-    csv_epoch: Option<u32>,
+    /// How many rows of its run folder's results.csv were merged: a restarted `watch` reading
+    /// the file again from the start takes only the rows after them. (An older snapshot's
+    /// `csv_epoch`, the last epoch merged, is the same count for a file without a resume.)
+    #[serde(default, alias = "csv_epoch")]
+    csv_rows: Option<u32>,
     /// When its latest epochs ended (epoch, log time), the last few: whether `last.pt` was
     /// rewritten after them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -255,7 +256,7 @@ impl ContainerState {
                 train_start: None,
                 nan_epoch: None,
                 last_error: None,
-                csv_epoch: None,
+                csv_rows: None,
                 ends: Vec::new(),
                 stall_said: None,
             });

@@ -449,3 +449,83 @@ fn the_resolved_optimizer_and_the_mlflow_link_patch_the_running_run() {
         [serde_json::json!({"optimizer": "SGD", "lr0": "0.02", "momentum": "0.937"})]
     );
 }
+
+#[test]
+fn a_resumed_run_s_repeated_epoch_in_results_csv_is_taken_as_a_row_of_its_own() {
+    use crate::source::runfolder::CsvRow;
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, mode=train, epochs=5, save_dir=/w/runs/train");
+    let folder = h.st.running_folder().unwrap();
+    let columns: std::sync::Arc<[String]> =
+        ["epoch".to_string(), "train/box_loss".to_string()].into();
+    let row = |row: u32, epoch: u32, v: &str| CsvRow {
+        row,
+        epoch,
+        cells: vec![epoch.to_string(), v.into()],
+    };
+    let rows_written = |h: &Harness| -> Vec<(u32, u32)> {
+        h.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::ResultsRow(_, row, epoch, ..) => Some((*row, *epoch)),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = [row(0, 1, "0.9"), row(1, 2, "0.8"), row(2, 3, "0.7")];
+    h.st.results_rows(&folder, "results.csv", &columns, &first, false, &mut h.ops);
+    // Killed after epoch 3's row, resumed from epoch 2's checkpoint: epoch 3 again.
+    let resumed = [row(3, 3, "0.75"), row(4, 4, "0.6")];
+    h.st.results_rows(
+        &folder,
+        "results.csv",
+        &columns,
+        &resumed,
+        false,
+        &mut h.ops,
+    );
+    // A restarted watch reads the file from its start: nothing twice.
+    let all: Vec<CsvRow> = first.iter().chain(&resumed).cloned().collect();
+    h.st.results_rows(&folder, "results.csv", &columns, &all, false, &mut h.ops);
+    assert_eq!(rows_written(&h), [(0, 1), (1, 2), (2, 3), (3, 3), (4, 4)]);
+}
+
+#[test]
+fn a_checkpoint_follows_the_epoch_that_ended_before_it_and_best_pt_is_the_best_epoch() {
+    use crate::source::runfolder::Checkpoint;
+    let mut h = Harness::new();
+    h.line("engine/trainer: task=detect, mode=train, epochs=5, save_dir=/w/runs/train");
+    let folder = h.st.running_folder().unwrap();
+    {
+        let run = h.st.run.as_mut().unwrap();
+        run.ends = vec![(1, 1_000), (2, 2_000), (3, 3_000)];
+        run.last_epoch = Some(3);
+    }
+    let cp = |name: &str, at: i64| Checkpoint {
+        name: name.into(),
+        path: format!("/w/runs/train/weights/{name}").into(),
+        size: 5_300_000,
+        written_at: at,
+    };
+    // Looked at after epoch 3 ended: best.pt was written after epoch 2.
+    h.ops.clear();
+    h.st.checkpoints(
+        &folder,
+        &[cp("best.pt", 2_300), cp("last.pt", 3_200)],
+        None,
+        &mut h.ops,
+    );
+    let said: Vec<&str> = h
+        .ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Event(e) if e.kind == "checkpoint_saved" => Some(e.message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        said,
+        ["best.pt, epoch 2, 5.3 MB", "last.pt, epoch 3, 5.3 MB"]
+    );
+    assert_eq!(h.runs()[0].best_epoch_reported, Some(2));
+}
