@@ -12,6 +12,8 @@
 //! - `queue`: the (synthetic) annotation queue logs, counters, redaction.
 //! - `cli`: the binary's commands and their output formats.
 //! - `docker`: `watch` against the real Docker daemon (busybox containers from a scratch image).
+//! - `family`: real consoles of the YOLO family (an 80-column TTY, RT-DETR, two trainings in
+//!   one process, `model.val()` alone, `model.tune()`) against their results.csv.
 //! - `jsonlog`: JSON logs of real Python logging libraries (python-json-logger, structlog,
 //!   loguru, ecs-logging, the service's own), replayed and followed live.
 //! - `endings`: how trainings end (a crash, a NaN, a kill, a `--rm` one-shot, a slow
@@ -46,6 +48,7 @@ mod dedup;
 mod deploy;
 mod docker;
 mod endings;
+mod family;
 mod jsonlog;
 mod mail;
 mod mlflow;

@@ -61,11 +61,13 @@ impl Progress {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Validation {
     pub images: u64,
-    pub instances: u64,
-    pub precision: f64,
-    pub recall: f64,
-    pub map50: f64,
-    pub map50_95: f64,
+    /// The columns after the image count, as far as the row goes: a row cut short (a paste,
+    /// a terminal's width) gives the values it shows, from the left, and invents none.
+    pub instances: Option<u64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub map50: Option<f64>,
+    pub map50_95: Option<f64>,
     /// The columns after the box metrics (a mask or pose group of four), in order.
     pub more: Vec<f64>,
 }
@@ -136,9 +138,22 @@ pub fn progress_row(line: &str) -> Option<Progress> {
         opt(preceded(char(':'), rest)),
     )
         .parse(line);
-    let (_, ((epoch, epochs), gpu_mem_gb, values, tail)) = parsed.ok()?;
+    let (rest, ((epoch, epochs), gpu_mem_gb, values, tail)) = parsed.ok()?;
+    // A row Ultralytics elided to the terminal's width (a TTY, `docker run -t`, 80 columns):
+    // `2/2  0G  6.586  4.3…: 100% ━━━━ 8/8 ...`: its whole values before the cut cell, never
+    // the cut one; the bar after it still tells how far the epoch is.
+    let (tail, elided) = match tail {
+        Some(t) => (Some(t), false),
+        None => match elided_cell(rest) {
+            Some(bar) => (bar, true),
+            None => (None, false),
+        },
+    };
     // 1-based `k/N` (Ultralytics) or 0-based `k/N-1` (YOLOv5): never past the total.
-    if epoch > epochs || values.len() < 2 || (tail.is_some() && values.len() < 3) {
+    if epoch > epochs
+        || (!elided && values.len() < 2)
+        || (tail.is_some() && !elided && values.len() < 3)
+    {
         return None;
     }
     let (percent, batches) = tail.map(bar_fields).unwrap_or((None, None));
@@ -147,10 +162,28 @@ pub fn progress_row(line: &str) -> Option<Progress> {
         epochs,
         gpu_mem_gb,
         values,
-        has_bar: tail.is_some(),
+        has_bar: tail.is_some() && !elided,
         percent,
         batches,
     })
+}
+
+/// What is left of a row after its whole values, when it is one cell cut at the terminal's
+/// width and marked with `…` (or `...`): `Some(the bar after it, if any)`.
+fn elided_cell(rest: &str) -> Option<Option<&str>> {
+    let r = rest.trim_start();
+    let end = r
+        .find(|c: char| c.is_whitespace() || c == ':')
+        .unwrap_or(r.len());
+    let (cell, after) = r.split_at(end);
+    if cell.is_empty() || !(cell.ends_with('…') || cell.ends_with("...")) {
+        return None;
+    }
+    match after.strip_prefix(':') {
+        Some(bar) => Some(Some(bar)),
+        None if after.trim().is_empty() => Some(None),
+        None => None,
+    }
 }
 
 /// The count columns that end an epoch header: Ultralytics and YOLOv5 v6+ `Instances Size`,
@@ -193,7 +226,9 @@ pub fn epoch_header(line: &str) -> Option<Vec<String>> {
         names
             .into_iter()
             .map(|n| {
-                if n.ends_with("_loss") || n == "total" || n == "loss" {
+                // YOLOv5's short names (`box obj cls`) get their suffix; named columns
+                // (`giou_loss`, YOLOv10's `box_om cls_oo`) are kept as printed.
+                if n.contains('_') || n == "total" || n == "loss" {
                     n.to_string()
                 } else if n == "GIoU" {
                     "box_loss".to_string()
@@ -205,40 +240,51 @@ pub fn epoch_header(line: &str) -> Option<Vec<String>> {
     )
 }
 
-/// Parses the validation `all` row.
+/// Parses the validation `all` row: `all  images  instances  P  R  mAP50  mAP50-95 [more]`.
+/// A row cut short keeps what it shows, mapped from the left: one elided to the terminal's
+/// width (`… 0.5  0.2…`, the cut cell dropped), or one that simply ends early when its image
+/// count leaves no doubt that it is no classifier's `all  top1  top5` row.
 pub fn val_all_row(line: &str) -> Option<Validation> {
-    // Counts are integers, except in older YOLOv5 (`%12.3g`: `1.55e+03`).
-    let count = |i| -> R<'_, u64> {
-        let (i, v) = number(i)?;
-        if v.is_finite() && v >= 0.0 && v.fract() == 0.0 {
-            Ok((i, v as u64))
-        } else {
-            Err(nom::Err::Error(nom::error::Error::new(
-                i,
-                nom::error::ErrorKind::Digit,
-            )))
+    let rest = line.trim_start().strip_prefix("all")?;
+    if !rest.starts_with([' ', '\t']) {
+        return None;
+    }
+    let mut tokens = rest.split_whitespace().peekable();
+    let mut numbers: Vec<f64> = Vec::new();
+    while let Some(t) = tokens.peek() {
+        match number(t) {
+            Ok(("", v)) => {
+                numbers.push(v);
+                tokens.next();
+            }
+            _ => break,
         }
+    }
+    let left: Vec<&str> = tokens.collect();
+    let elided = match left[..] {
+        [] => false,
+        [cell] if elided_cell(cell) == Some(None) => true,
+        _ => return None,
     };
-    let parsed: R<'_, _> = (
-        preceded(space0, tag("all")),
-        preceded(space1, count),
-        preceded(space1, count),
-        many1(preceded(space1, number)),
-        space0,
-    )
-        .parse(line);
-    let (rest, (_, images, instances, m, _)) = parsed.ok()?;
-    if !rest.is_empty() || m.len() < 4 {
+    // Counts are integers, except in older YOLOv5 (`%12.3g`: `1.55e+03`).
+    let count = |v: f64| (v.is_finite() && v >= 0.0 && v.fract() == 0.0).then_some(v as u64);
+    let images = count(*numbers.first()?)?;
+    let instances = match numbers.get(1) {
+        Some(v) => Some(count(*v)?),
+        None => None,
+    };
+    let m = numbers.get(2..).unwrap_or_default();
+    if m.len() < 4 && !elided && images <= 1 {
         return None;
     }
     Some(Validation {
         images,
         instances,
-        precision: m[0],
-        recall: m[1],
-        map50: m[2],
-        map50_95: m[3],
-        more: m[4..].to_vec(),
+        precision: m.first().copied(),
+        recall: m.get(1).copied(),
+        map50: m.get(2).copied(),
+        map50_95: m.get(3).copied(),
+        more: m.get(4..).unwrap_or_default().to_vec(),
     })
 }
 
@@ -421,6 +467,16 @@ pub fn optimizer(line: &str) -> Option<Optimizer> {
     })
 }
 
+/// `Tuner: Starting iteration 3/300 with hyperparameters: {...}` (`model.tune()`): the
+/// training that follows is that iteration's. (iteration, iterations)
+pub fn tune_iteration(line: &str) -> Option<(u32, u32)> {
+    let rest = line.trim().strip_prefix("Tuner:")?.trim_start();
+    let rest = rest.strip_prefix("Starting iteration ")?;
+    let (k, rest) = rest.split_once('/')?;
+    let n = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    Some((k.parse().ok()?, n.parse().ok()?))
+}
+
 /// `MLflow: logging run_id(0c9b...) to http://mlflow:5000`: Ultralytics' own MLflow callback
 /// logs the training itself. Its run id and tracking URI.
 pub fn mlflow_run(line: &str) -> Option<(&str, &str)> {
@@ -595,7 +651,10 @@ mod tests {
         );
         // YOLOv5's old `all` row prints its counts with %.3g.
         let v = val_all_row("                 all         281    1.55e+03        0.23       0.328       0.203      0.0525").unwrap();
-        assert_eq!((v.images, v.instances, v.map50_95), (281, 1550, 0.0525));
+        assert_eq!(
+            (v.images, v.instances, v.map50_95),
+            (281, Some(1550), Some(0.0525))
+        );
         let s = trainer_settings("train: weights=yolov5s.pt, cfg=, data=data/coco128.yaml, epochs=100, batch_size=16, imgsz=640, resume=False, project=runs/train, name=exp").unwrap();
         assert!(s.contains(&("epochs".into(), "100".into())));
         assert!(trainer_settings("train: Scanning /d/labels... 126 images").is_none());
@@ -605,18 +664,35 @@ mod tests {
     fn all_rows() {
         let v = val_all_row("                   all        128        929      0.386     0.0348     0.0324     0.0135").unwrap();
         assert_eq!(v.images, 128);
-        assert_eq!(v.instances, 929);
+        assert_eq!(v.instances, Some(929));
         assert_eq!(
             (v.precision, v.recall, v.map50, v.map50_95),
-            (0.386, 0.0348, 0.0324, 0.0135)
+            (Some(0.386), Some(0.0348), Some(0.0324), Some(0.0135))
         );
         let v = val_all_row("                   all        128        929        0.4     0.0366        nan     0.0125").unwrap();
-        assert!(v.map50.is_nan());
+        assert!(v.map50.unwrap().is_nan());
         assert!(v.more.is_empty());
         // Segmentation: Box(P R mAP50 mAP50-95) then Mask(P R mAP50 mAP50-95).
         let v = val_all_row("                   all         16         29      0.689      0.107     0.0836     0.0472      0.752      0.107     0.0706     0.0227").unwrap();
-        assert_eq!((v.precision, v.map50_95), (0.689, 0.0472));
+        assert_eq!((v.precision, v.map50_95), (Some(0.689), Some(0.0472)));
         assert_eq!(v.more, [0.752, 0.107, 0.0706, 0.0227]);
+        // Cut short: what it shows, from the left, and nothing more.
+        let v = val_all_row(
+            "                   all         16         29      0.689      0.107     0.0836",
+        )
+        .unwrap();
+        assert_eq!(
+            (v.precision, v.recall, v.map50, v.map50_95),
+            (Some(0.689), Some(0.107), Some(0.0836), None)
+        );
+        let v = val_all_row("                   all         16").unwrap();
+        assert_eq!((v.images, v.instances, v.precision), (16, None, None));
+        let v = val_all_row("                   all         16         29      0.689      0.1…")
+            .unwrap();
+        assert_eq!((v.precision, v.recall), (Some(0.689), None));
+        assert!(
+            val_all_row("                   all         16         29      0.689 x y").is_none()
+        );
         // Classification: top-1 and top-5 accuracy only.
         let row = "                   all      0.812          1";
         assert!(val_all_row(row).is_none());
@@ -628,6 +704,52 @@ mod tests {
             None
         );
         assert!(val_all_row("                   car        100        222        0.4      0.414      0.366      0.292").is_none());
+    }
+
+    #[test]
+    fn rows_elided_to_the_terminal_keep_their_whole_values() {
+        // `docker run -t` with 80 columns: Ultralytics cuts the row and marks it with `…`.
+        let p = progress_row("        2/2         0G      6.586      4.3…").unwrap();
+        assert_eq!((p.epoch, p.epochs, p.has_bar), (2, 2, false));
+        assert_eq!(p.values, [6.586]);
+        assert_eq!(p.losses(Some(3)), [6.586]);
+        let p = progress_row("       12/100      2.41G      1.023     0.8812      1.1…").unwrap();
+        assert_eq!(p.losses(Some(3)), [1.023, 0.8812]);
+        // As a real 80-column TTY shows it (Ultralytics 8.4.190): the bar after the cut cell.
+        let p = progress_row(
+            "        1/2         0G      2.866      2.1…: 100% ━━━━━━━━━━━━ 8/8 6.1it/s 1.3s",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.values.as_slice(), p.has_bar),
+            ([2.866].as_slice(), false)
+        );
+        assert_eq!(
+            (p.percent, p.batches, p.complete()),
+            (Some(100), Some((8, 8)), true)
+        );
+        let p = progress_row(
+            "        1/2         0G      2.266     …: 12% ━╸────────── 1/8 3.2it/s 0.3s<2.2s",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.values.as_slice(), p.complete()),
+            ([2.266].as_slice(), false)
+        );
+        // A lone value with no mark is no row.
+        assert!(progress_row("        2/2         0G      6.586").is_none());
+        // Named loss columns keep their names: YOLOv10, RT-DETR.
+        assert_eq!(
+            epoch_header("      Epoch    GPU_mem     box_om     cls_om     dfl_om     box_oo     cls_oo     dfl_oo  Instances       Size").unwrap(),
+            ["box_om", "cls_om", "dfl_om", "box_oo", "cls_oo", "dfl_oo"]
+        );
+        assert_eq!(
+            epoch_header(
+                "      Epoch    GPU_mem  giou_loss   cls_loss    l1_loss  Instances       Size"
+            )
+            .unwrap(),
+            ["giou_loss", "cls_loss", "l1_loss"]
+        );
     }
 
     #[test]
@@ -669,6 +791,16 @@ mod tests {
         );
         assert_eq!(
             mlflow_run("MLflow: disable with 'yolo settings mlflow=False'"),
+            None
+        );
+        assert_eq!(
+            tune_iteration(
+                "Tuner: Starting iteration 2/300 with hyperparameters: {'lr0': 0.00972}"
+            ),
+            Some((2, 300))
+        );
+        assert_eq!(
+            tune_iteration("Tuner: 1/2 iterations complete ✅ (10.58s)"),
             None
         );
     }

@@ -58,6 +58,11 @@ pub enum Detail {
     /// `optimizer: AdamW(lr=0.001667, momentum=0.9) with parameter groups ...`: the optimizer
     /// the training resolved.
     Optimizer(ultralytics::Optimizer),
+    /// `Tuner: Starting iteration K/N ...`: the next training is that tune iteration.
+    TuneIteration {
+        iteration: u32,
+        iterations: u32,
+    },
     /// `MLflow: logging run_id(<id>) to <uri>`: the training logs itself to MLflow.
     MlflowRun {
         run_id: String,
@@ -379,6 +384,11 @@ impl Parser {
             Detail::ResultsDir(dir.to_string())
         } else if let Some(o) = ultralytics::optimizer(text) {
             Detail::Optimizer(o)
+        } else if let Some((iteration, iterations)) = ultralytics::tune_iteration(text) {
+            Detail::TuneIteration {
+                iteration,
+                iterations,
+            }
         } else if let Some((run_id, uri)) = ultralytics::mlflow_run(text) {
             Detail::MlflowRun {
                 run_id: run_id.to_string(),

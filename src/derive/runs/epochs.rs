@@ -58,10 +58,11 @@ impl ContainerState {
         v: &Validation,
         out: &mut Vec<Op>,
     ) {
+        let num = |x: Option<f64>| x.map_or(Value::Null, json_num);
         let mut ctx = json!({
             "images": v.images, "instances": v.instances,
-            "precision": json_num(v.precision), "recall": json_num(v.recall),
-            "map50": json_num(v.map50), "map50_95": json_num(v.map50_95),
+            "precision": num(v.precision), "recall": num(v.recall),
+            "map50": num(v.map50), "map50_95": num(v.map50_95),
         });
         let group = match v.more[..] {
             [p_, r_, m50, m5095] => {
@@ -76,17 +77,20 @@ impl ContainerState {
             _ => None,
         };
         let row = EpochRow {
-            precision: Some(v.precision),
-            recall: Some(v.recall),
-            map50: Some(v.map50),
-            map50_95: Some(v.map50_95),
+            precision: v.precision,
+            recall: v.recall,
+            map50: v.map50,
+            map50_95: v.map50_95,
             metrics: group,
             ..Default::default()
         };
-        let samples = [
+        let samples: Vec<(&'static str, f64)> = [
             (metric::TRAINING_MAP50, v.map50),
             (metric::TRAINING_MAP50_95, v.map50_95),
-        ];
+        ]
+        .into_iter()
+        .filter_map(|(name, x)| Some((name, x?)))
+        .collect();
         self.validation_row(rec, message, ctx, row, &samples, out);
     }
 

@@ -560,6 +560,16 @@ impl ContainerState {
             failure: None,
         };
         out.push(Op::Run(row.clone()));
+        // A `model.tune()` iteration: tagged in its params.
+        if let Some((k, n)) = self.tune.take() {
+            out.push(Op::RunPatch(
+                row.key.clone(),
+                crate::derive::RunPatch::ParamsOverride(
+                    json!({ "tune_iteration": k.to_string(), "tune_iterations": n.to_string() })
+                        .to_string(),
+                ),
+            ));
+        }
         self.final_validation = false;
         self.run = Some(Run {
             row,

@@ -214,6 +214,8 @@ pub struct ContainerState {
     /// sample per metric per second is kept (the last), like a scrape interval, so a queue
     /// logging every message does not write two rows per message.
     pending: Vec<MetricRow>,
+    /// `model.tune()` announced the iteration whose training comes next: (k, of n).
+    tune: Option<(u32, u32)>,
 }
 
 const DEFAULT_LOSS_NAMES: [&str; 3] = ["box_loss", "cls_loss", "dfl_loss"];
@@ -236,6 +238,7 @@ impl ContainerState {
             banner: None,
             counters: HashMap::new(),
             pending: Vec::new(),
+            tune: None,
         };
         for (dir, row) in resume.save_dirs {
             st.by_save_dir.insert(dir, row);
@@ -400,6 +403,10 @@ impl ContainerState {
             Detail::ResultsDir(dir) => self.results_dir(dir, out),
             Detail::Optimizer(o) => self.optimizer(o, out),
             Detail::MlflowRun { run_id, uri } => self.mlflow_link(run_id, uri, out),
+            Detail::TuneIteration {
+                iteration,
+                iterations,
+            } => self.tune = Some((*iteration, *iterations)),
             Detail::Traceback { .. } => self.traceback(rec, &p, out),
             Detail::ServiceRun(what) => self.service_run(rec, &p, *what, out),
         }

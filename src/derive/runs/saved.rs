@@ -88,6 +88,7 @@ impl ContainerState {
                     value,
                 })
                 .collect(),
+            tune: None,
             container,
         })
     }
