@@ -153,3 +153,48 @@ fn model_val_alone_is_no_run_and_tune_iterations_are_tagged_runs() {
     };
     assert_eq!(tagged, ["1/2 2", "2/2 2"]);
 }
+
+/// YOLOv7 (YOLOR, YOLOv9's `train.py`): the bars on stderr, the `all` row printed on buffered
+/// stdout, so each epoch's validation reaches the log after the next epoch's header. It is
+/// the validation of the epoch whose rows preceded it, never of the next.
+#[test]
+fn a_validation_printed_after_the_next_epoch_s_header_is_its_own_epoch_s() {
+    let db = Db::new();
+    db.replay(&[fixture_str("yolov7/interleaved-json.log")], Some("v7"));
+    let epochs: Vec<(i64, Option<f64>, Option<f64>)> = {
+        let conn = db.conn();
+        let mut st = conn
+            .prepare("SELECT epoch, map50, box_loss FROM training_epochs ORDER BY epoch")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    // The printed values: epoch k's last frame, then its `all` row (mAP@.5 0.3, 0.4, 0.5).
+    let text = std::fs::read_to_string(fixture("yolov7/interleaved-json.log")).unwrap();
+    let last_frames: Vec<f64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|e| {
+            let last = e["log"].as_str()?.split('\r').next_back()?.to_string();
+            let cells: Vec<&str> = last.split_whitespace().collect();
+            (cells.first()?.contains('/') && cells.get(1)? == &"3.52G")
+                .then(|| cells[2].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(last_frames.len(), 3);
+    assert_eq!(
+        epochs,
+        [
+            (0, Some(0.3), Some(last_frames[0])),
+            (1, Some(0.4), Some(last_frames[1])),
+            (2, Some(0.5), Some(last_frames[2])),
+        ]
+    );
+    assert_eq!(
+        db.text("SELECT status || ' ' || epochs_done FROM training_runs")
+            .as_deref(),
+        Some("completed 3")
+    );
+}

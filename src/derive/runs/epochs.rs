@@ -45,6 +45,9 @@ impl ContainerState {
             let ctx = json!({ "epoch": pr.epoch, "epochs": pr.epochs, "source": "progress" });
             out.push(self.event(rec, Level::Error, kind::LOSS_NON_FINITE, frame, ctx));
         }
+        if let Some(run) = self.run.as_mut() {
+            run.bars_seen = true;
+        }
         if pr.complete() || (rec.terminated && pr.batches.is_none()) {
             self.epoch_from_progress(rec, p, pr, out);
         }
@@ -125,8 +128,11 @@ impl ContainerState {
         out: &mut Vec<Op>,
     ) {
         let final_val = self.final_validation;
+        // With the bars on, a validation row is the epoch's whose rows preceded it, even when
+        // it comes after the next epoch's header or first frame (YOLOv7/YOLOR/YOLOv9 print it
+        // on buffered stdout, the bars on stderr).
         let counted = match self.run.as_mut() {
-            Some(r) if r.header_open && !final_val => {
+            Some(r) if r.header_open && !r.bars_seen && !final_val => {
                 r.header_open = false;
                 r.last_epoch = Some(r.next_epoch());
                 true

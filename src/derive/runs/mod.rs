@@ -147,6 +147,10 @@ struct Run {
     /// (`YOLO_VERBOSE=False` with the logger still at INFO) the header and the validation
     /// `all` row are all an epoch prints: the row then ends the epoch after `last_epoch`.
     header_open: bool,
+    /// A progress row of this run was seen: its bars are on, so a validation row never ends
+    /// an epoch of its own (it validates the epoch its rows ended).
+    #[serde(default)]
+    bars_seen: bool,
     /// When training (re)started: its `Starting training for N epochs...` line.
     #[serde(default)]
     train_start: Option<i64>,
@@ -256,6 +260,7 @@ impl ContainerState {
                 last_ts,
                 starting: false,
                 header_open: false,
+                bars_seen: false,
                 train_start: None,
                 nan_epoch: None,
                 last_error: None,
